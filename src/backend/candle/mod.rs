@@ -1,0 +1,345 @@
+//! The embedded backend: candle running GGUF models in-process on the CPU.
+
+pub mod llama;
+pub mod tokenizer;
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use super::{Backend, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace};
+pub use llama::WeightFormat;
+use llama::{KvCache, Llama};
+use tokenizer::TextTokenizer;
+
+/// `--weights`: how to hold the weights in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsChoice {
+    /// float32 when the dequantized model fits in half the available memory, else quantized.
+    Auto,
+    /// Dequantize every weight to float32 at load.
+    F32,
+    /// Keep the file's quantized blocks.
+    Quantized,
+}
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+/// A GGUF model with its tokenizer, ready to score.
+pub struct CandleBackend {
+    info: ModelInfo,
+    model: Llama,
+    tokenizer: TextTokenizer,
+}
+
+impl CandleBackend {
+    /// Loads a GGUF file; `weights` picks float32 or quantized storage.
+    pub fn load(path: &Path, weights: WeightsChoice) -> Result<Self> {
+        let shown = path.display();
+        let (content, mut reader, arch) = open_gguf(path)?;
+        let parameters: u64 = content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count() as u64)
+            .sum();
+        let format = match weights {
+            WeightsChoice::F32 => WeightFormat::F32,
+            WeightsChoice::Quantized => WeightFormat::Quantized,
+            WeightsChoice::Auto if parameters * 4 <= available_memory_bytes() / 2 => {
+                WeightFormat::F32
+            }
+            WeightsChoice::Auto => WeightFormat::Quantized,
+        };
+        let tokenizer = TextTokenizer::for_gguf(path, &content)?;
+        let model = Llama::load(&content, &mut reader, format, &Device::Cpu)
+            .with_context(|| format!("{shown}: loading weights"))?;
+        let info = ModelInfo {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.display().to_string(),
+            sha256: sha256_file(path)?,
+            architecture: arch,
+            parameters,
+            context_length: model.config().context_length,
+            weights: match format {
+                WeightFormat::F32 => "f32".into(),
+                WeightFormat::Quantized => "quantized".into(),
+            },
+        };
+        Ok(Self {
+            info,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// Token ids of `text` as the model sees it (`<bos>` included when the model adds one).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text)
+    }
+
+    /// Text of `ids`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids)
+    }
+
+    /// `out[t] = log p(ids[t + 1] | ids[..=t])` and the argmax at every position, in one forward pass.
+    pub fn next_token_logprobs(&self, ids: &[u32]) -> Result<(Vec<f32>, Vec<u32>)> {
+        let (hidden, _) = self.model.forward(ids, &self.model.empty_cache())?;
+        let rows: Vec<usize> = (0..ids.len()).collect();
+        let lp = self.model.log_probs(&hidden, &rows)?;
+        let argmax = lp.argmax(1)?.to_vec1::<u32>()?;
+        let lp = lp.to_vec2::<f32>()?;
+        let out = (0..ids.len() - 1)
+            .map(|t| lp[t][ids[t + 1] as usize])
+            .collect();
+        Ok((out, argmax))
+    }
+
+    /// Context tokens never start empty: like lm-eval, an empty context becomes `<bos>` (or `<eos>`).
+    fn context_ids(&self, context: &str) -> Result<Vec<u32>> {
+        let ids = self.tokenizer.encode(context)?;
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+        let start = self.tokenizer.bos_id.or(self.tokenizer.eos_id);
+        Ok(vec![start.context(
+            "empty context and the vocabulary has neither <bos> nor <eos>",
+        )?])
+    }
+
+    fn check_fits(&self, n: usize) -> Result<()> {
+        let max = self.info.context_length;
+        if n > max {
+            bail!(
+                "prompt of {n} tokens exceeds the context length {max} of {}",
+                self.info.name
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks a GGUF header: magic, sizes (candle bounds every length by the file size before
+/// allocating) and a supported architecture.
+fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>, String)> {
+    let shown = path.display();
+    let mut file = File::open(path).with_context(|| format!("{shown}: cannot open model file"))?;
+    let mut magic = [0u8; 4];
+    if file.read_exact(&mut magic).is_err() || &magic != GGUF_MAGIC {
+        bail!(
+            "{shown}: not a GGUF file (the first four bytes are not `GGUF`); --models takes .gguf paths"
+        );
+    }
+    let mut reader = BufReader::new(File::open(path)?);
+    let content = gguf_file::Content::read(&mut reader)
+        .map_err(|e| anyhow::anyhow!("{shown}: invalid GGUF: {}", first_line(&e)))?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .with_context(|| format!("{shown}: GGUF has no `general.architecture`"))?;
+    if arch != "llama" {
+        bail!("{shown}: architecture `{arch}` is not supported yet (supported: llama)");
+    }
+    Ok((content, reader, arch))
+}
+
+/// The tokenizer and context length of a GGUF model, without loading its weights.
+pub fn load_tokenizer(path: &Path) -> Result<(TextTokenizer, usize)> {
+    let (content, _, arch) = open_gguf(path)?;
+    let cfg = llama::LlamaConfig::from_metadata(&content, &arch)?;
+    Ok((TextTokenizer::for_gguf(path, &content)?, cfg.context_length))
+}
+
+fn available_memory_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(8 << 30, |kb| kb * 1024)
+}
+
+/// candle errors carry a backtrace when `RUST_BACKTRACE` is set; users need only the message.
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+/// Streaming sha256 of a file, lower-case hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Log-probability of `target` in `row` and whether it is the (first) argmax.
+fn score_row(row: &[f32], target: u32) -> (f32, bool) {
+    let lp = row[target as usize];
+    let first_max = row
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        });
+    (lp, first_max.0 == target as usize)
+}
+
+impl Backend for CandleBackend {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize> {
+        Ok(self.tokenizer.encode(text)?.len())
+    }
+
+    fn loglikelihood(
+        &mut self,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<Vec<LogLikelihood>> {
+        if continuations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx_text = context.trim_end();
+        let empty_context = self.tokenizer.encode(ctx_text)?.is_empty();
+        let ctx_ids = self.context_ids(ctx_text)?;
+        let n = ctx_ids.len();
+        // Encode context + continuation whole and split at the context's length, so boundary merges
+        // are those the model would see in one pass.
+        let mut wholes = Vec::with_capacity(continuations.len());
+        for c in continuations {
+            let (_, cont) = split_trailing_whitespace(context, c);
+            let whole = if empty_context {
+                // No text to merge with: the start token, then the continuation on its own.
+                let mut w = ctx_ids.clone();
+                w.extend(self.tokenizer.encode(&cont)?);
+                w
+            } else {
+                self.tokenizer.encode(&format!("{ctx_text}{cont}"))?
+            };
+            if whole.len() <= n {
+                bail!("continuation {c:?} adds no token after the context");
+            }
+            self.check_fits(whole.len())?;
+            wholes.push(whole);
+        }
+        // The shared prefix runs once; every continuation branches off its KV cache.
+        let p = wholes
+            .iter()
+            .map(|w| {
+                w[..n]
+                    .iter()
+                    .zip(&ctx_ids)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            })
+            .min()
+            .unwrap_or(0);
+        let (prefix_hidden, prefix_cache): (Option<Tensor>, KvCache) = if p > 0 {
+            let (h, c) = self
+                .model
+                .forward(&wholes[0][..p], &self.model.empty_cache())?;
+            (Some(h), c)
+        } else {
+            (None, self.model.empty_cache())
+        };
+        let prefix_last = match (&prefix_hidden, p == n) {
+            (Some(h), true) => Some(
+                self.model
+                    .log_probs(h, &[p - 1])?
+                    .to_vec2::<f32>()?
+                    .remove(0),
+            ),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(wholes.len());
+        for whole in &wholes {
+            let len = whole.len();
+            // Targets whole[n..len] are predicted at positions n-1..len-1; positions ≥ p come from a
+            // forward pass over whole[p..len-1] on top of the prefix cache.
+            let rows: Vec<Vec<f32>> = if len - 1 > p {
+                let (h, _) = self.model.forward(&whole[p..len - 1], &prefix_cache)?;
+                let first = (n - 1).max(p);
+                let wanted: Vec<usize> = (first..len - 1).map(|pos| pos - p).collect();
+                self.model.log_probs(&h, &wanted)?.to_vec2::<f32>()?
+            } else {
+                Vec::new()
+            };
+            let mut all_rows: Vec<&[f32]> = Vec::with_capacity(len - n);
+            if p == n {
+                all_rows.push(
+                    prefix_last
+                        .as_deref()
+                        .context("prefix log-probabilities missing")?,
+                );
+            }
+            all_rows.extend(rows.iter().map(|r| r.as_slice()));
+            let mut logprob = 0.0f64;
+            let mut is_greedy = true;
+            for (row, &target) in all_rows.iter().zip(&whole[n..]) {
+                let (lp, greedy) = score_row(row, target);
+                logprob += lp as f64;
+                is_greedy &= greedy;
+            }
+            out.push(LogLikelihood {
+                logprob,
+                is_greedy,
+                n_tokens: len - n,
+            });
+        }
+        Ok(out)
+    }
+
+    fn generate_until(
+        &mut self,
+        context: &str,
+        until: &[String],
+        max_tokens: usize,
+    ) -> Result<String> {
+        let ids = self.context_ids(context)?;
+        self.check_fits(ids.len() + max_tokens)?;
+        let (mut hidden, mut cache) = self.model.forward(&ids, &self.model.empty_cache())?;
+        let mut generated: Vec<u32> = Vec::new();
+        let mut text = String::new();
+        for _ in 0..max_tokens {
+            let last = hidden.dim(0)? - 1;
+            let next = self
+                .model
+                .log_probs(&hidden, &[last])?
+                .argmax(1)?
+                .to_vec1::<u32>()?[0];
+            if Some(next) == self.tokenizer.eos_id {
+                break;
+            }
+            generated.push(next);
+            text = self.tokenizer.decode(&generated)?;
+            let (cut, stopped) = cut_at_stop(&text, until);
+            if stopped {
+                return Ok(cut);
+            }
+            let (h, c) = self.model.forward(&[next], &cache)?;
+            hidden = h;
+            cache = c;
+        }
+        Ok(text)
+    }
+}

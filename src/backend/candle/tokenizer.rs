@@ -1,0 +1,166 @@
+//! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), or a `tokenizer.json` beside the model.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use candle_core::quantized::gguf_file;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+/// The pre-tokenizer regex of Qwen2's original `tokenizer.json`.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// GGUF token types (llama.cpp `llama_token_type`): control and user-defined tokens are matched whole.
+const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// A text tokenizer plus the special-token facts scoring needs.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    /// Beginning-of-sequence id, if the vocabulary has one.
+    pub bos_id: Option<u32>,
+    /// End-of-sequence id, if the vocabulary has one.
+    pub eos_id: Option<u32>,
+    /// Whether `<bos>` is prepended to every encoded text.
+    pub add_bos: bool,
+}
+
+impl TextTokenizer {
+    /// Builds the tokenizer for a GGUF model: `tokenizer.json` beside the file wins over the metadata.
+    pub fn for_gguf(path: &Path, content: &gguf_file::Content) -> Result<Self> {
+        let md = &content.metadata;
+        let bos_id = md
+            .get("tokenizer.ggml.bos_token_id")
+            .and_then(|v| v.to_u32().ok());
+        let eos_id = md
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.to_u32().ok());
+        let add_bos = md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        let beside = path.with_file_name("tokenizer.json");
+        let inner = if beside.is_file() {
+            Tokenizer::from_file(&beside)
+                .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", beside.display()))?
+        } else {
+            from_gguf_metadata(content)
+                .with_context(|| format!("{}: tokenizer metadata", path.display()))?
+        };
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_id,
+            add_bos,
+        })
+    }
+
+    /// Token ids of `text`, with `<bos>` first when the model adds one.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos
+            && let Some(bos) = self.bos_id
+        {
+            ids.push(bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens included.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))
+    }
+}
+
+fn from_gguf_metadata(content: &gguf_file::Content) -> Result<Tokenizer> {
+    let md = &content.metadata;
+    let get = |k: &str| md.get(k).with_context(|| format!("missing `{k}`"));
+    let model = get("tokenizer.ggml.model")?.to_string()?.clone();
+    if model != "gpt2" {
+        bail!(
+            "tokenizer model `{model}` is not supported yet (only GPT-2-style byte-level BPE); \
+             put a tokenizer.json beside the GGUF file"
+        );
+    }
+    let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
+        .to_vec()?
+        .iter()
+        .map(|v| v.to_string().cloned())
+        .collect::<candle_core::Result<_>>()?;
+    let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
+        .to_vec()?
+        .iter()
+        .map(|v| {
+            let s = v.to_string()?;
+            s.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| candle_core::Error::Msg(format!("merge `{s}` has no space")))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()?
+            .iter()
+            .map(|t| t.to_i32())
+            .collect::<candle_core::Result<_>>()?,
+        None => Vec::new(),
+    };
+    let vocab: ahash::AHashMap<String, u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot build BPE: {e}"))?;
+    let pre = md
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_else(|| "gpt2".to_string());
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
+        // SmolLM's own tokenizer.json isolates every numeric character before GPT-2 splitting.
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "qwen2" => Sequence::new(vec![
+            Split::new(
+                SplitPattern::Regex(QWEN2_PATTERN.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| anyhow::anyhow!("bad qwen2 pattern: {e}"))?
+            .into(),
+            ByteLevel::new(false, true, false).into(),
+        ])
+        .into(),
+        "gpt2" | "default" => byte_level.into(),
+        other => bail!(
+            "pre-tokenizer `{other}` is not supported; put a tokenizer.json beside the GGUF file"
+        ),
+    };
+    let mut tok = Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(pre_tokenizer));
+    tok.with_decoder(Some(ByteLevelDecoder::default()));
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(types.iter())
+        .filter(|(_, t)| matches!(**t, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
+        .map(|(s, _)| AddedToken::from(s.clone(), true))
+        .collect();
+    tok.add_special_tokens(specials)
+        .map_err(|e| anyhow::anyhow!("cannot add special tokens: {e}"))?;
+    Ok(tok)
+}

@@ -1,0 +1,105 @@
+//! The model interface scoring talks to, and its implementations (one folder each).
+
+pub mod candle;
+
+use anyhow::Result;
+use serde::Serialize;
+
+/// What a run records about a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// Short name used in tables and charts (file stem).
+    pub name: String,
+    pub path: String,
+    pub sha256: String,
+    pub architecture: String,
+    /// Parameters counted from the weights (every tensor once).
+    pub parameters: u64,
+    pub context_length: usize,
+    /// Storage of the weights in memory (`f32` or `quantized`).
+    pub weights: String,
+}
+
+/// Score of one continuation after a context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLikelihood {
+    /// Sum of the continuation tokens' log-probabilities (nats).
+    pub logprob: f64,
+    /// Whether every continuation token was the argmax at its position.
+    pub is_greedy: bool,
+    /// Number of continuation tokens.
+    pub n_tokens: usize,
+}
+
+/// A language model that can score and generate text.
+pub trait Backend {
+    /// Identity and size of the model.
+    fn info(&self) -> &ModelInfo;
+
+    /// Number of tokens `text` takes as a prompt (special tokens the model adds included).
+    fn count_tokens(&self, text: &str) -> Result<usize>;
+
+    /// Scores each continuation after the shared `context`, computing the context once.
+    fn loglikelihood(
+        &mut self,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<Vec<LogLikelihood>>;
+
+    /// Greedy generation from `context` until one of `until` appears (cut off), `max_tokens` tokens
+    /// or end of sequence.
+    fn generate_until(
+        &mut self,
+        context: &str,
+        until: &[String],
+        max_tokens: usize,
+    ) -> Result<String>;
+}
+
+/// Moves the context's trailing whitespace to the start of each continuation, as lm-eval does, so that
+/// the boundary token (e.g. `" positive"`) is scored as one piece.
+pub fn split_trailing_whitespace<'a>(context: &'a str, continuation: &str) -> (&'a str, String) {
+    let trimmed = context.trim_end();
+    let moved = &context[trimmed.len()..];
+    (trimmed, format!("{moved}{continuation}"))
+}
+
+/// Cuts generated text at the first stop sequence; returns whether one was found.
+pub fn cut_at_stop(text: &str, until: &[String]) -> (String, bool) {
+    let first = until
+        .iter()
+        .filter(|u| !u.is_empty())
+        .filter_map(|u| text.find(u.as_str()))
+        .min();
+    match first {
+        Some(i) => (text[..i].to_string(), true),
+        None => (text.to_string(), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_whitespace_moves_to_continuation() {
+        assert_eq!(
+            split_trailing_whitespace("Sentiment: \n", "positive"),
+            ("Sentiment:", " \npositive".to_string())
+        );
+        assert_eq!(
+            split_trailing_whitespace("A:", " 12"),
+            ("A:", " 12".to_string())
+        );
+    }
+
+    #[test]
+    fn stop_sequences_cut_at_the_earliest() {
+        let until = vec!["\n".to_string(), "Q:".to_string()];
+        assert_eq!(
+            cut_at_stop(" 124 Q: x\ny", &until),
+            (" 124 ".to_string(), true)
+        );
+        assert_eq!(cut_at_stop(" 124", &until), (" 124".to_string(), false));
+    }
+}

@@ -1,0 +1,240 @@
+//! Command-line definitions and dispatch; every subcommand is a thin call into the library.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use icl_eval::backend::candle::{WeightsChoice, load_tokenizer};
+use icl_eval::run::{RunConfig, run};
+use icl_eval::task::{self, discover, load_task, validate_task};
+use icl_eval::{fewshot, prompt};
+
+/// Evaluate how language models learn from K demonstrations in their prompt.
+#[derive(Parser, Debug)]
+#[command(name = "icl-eval", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Score every test doc at every K, on every model; write a run folder.
+    Run(RunArgs),
+    /// List the tasks found.
+    Tasks(TaskDirs),
+    /// Print the exact prompt `run` would send for one doc.
+    Prompt(PromptArgs),
+    /// Check task YAMLs and report every problem.
+    Validate(ValidateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct TaskDirs {
+    /// Extra folders of task YAMLs (besides ./tasks).
+    #[arg(long = "tasks-dir", value_name = "DIR")]
+    tasks_dir: Vec<PathBuf>,
+    /// Folder holding external datasets referenced as `${DATA_DIR}/...`.
+    #[arg(long, value_name = "DIR", env = "ICL_EVAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl TaskDirs {
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut d = Vec::new();
+        if Path::new("tasks").is_dir() {
+            d.push(PathBuf::from("tasks"));
+        }
+        d.extend(self.tasks_dir.iter().cloned());
+        d
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Task names (from ./tasks or --tasks-dir) or YAML paths, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// GGUF model paths, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    models: Vec<PathBuf>,
+    /// Numbers of demonstrations, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,32", value_parser = parse_shots, allow_negative_numbers = true)]
+    shots: Vec<usize>,
+    /// Evaluate only the first N test docs of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seed of the demonstration draws.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// CPU threads for the forward pass (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run folder (default: results/<timestamp>-<hash>/).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// How to hold the weights in memory.
+    #[arg(long, value_enum, default_value_t = WeightsChoice::Auto)]
+    weights: WeightsChoice,
+    #[command(flatten)]
+    dirs: TaskDirs,
+}
+
+#[derive(Args, Debug)]
+struct PromptArgs {
+    /// Task name or YAML path.
+    #[arg(long)]
+    task: String,
+    /// Number of demonstrations.
+    #[arg(long, default_value_t = 0, value_parser = parse_shots, allow_negative_numbers = true)]
+    shots: usize,
+    /// Index of the test doc.
+    #[arg(long, default_value_t = 0)]
+    doc: usize,
+    /// Seed of the demonstration draw.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// A GGUF model: fit the prompt to its context and print the token count.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    dirs: TaskDirs,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// Task YAML files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    dirs: TaskDirs,
+}
+
+fn parse_shots(s: &str) -> Result<usize, String> {
+    s.trim().parse::<usize>().map_err(|_| {
+        format!(
+            "`{s}` is not a number of demonstrations; use whole numbers ≥ 0, e.g. --shots 0,1,32"
+        )
+    })
+}
+
+/// Runs the parsed command.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Tasks(d) => cmd_tasks(&d),
+        Cmd::Prompt(a) => cmd_prompt(a),
+        Cmd::Validate(a) => cmd_validate(&a),
+    }
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    if let Some(n) = a.threads {
+        if n == 0 {
+            bail!("--threads: must be at least 1");
+        }
+        // SAFETY: called before any other thread exists; candle reads the variable when it first
+        // sizes its thread pool.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+    let cfg = RunConfig {
+        tasks: task::load::resolve(&a.tasks, &a.dirs.dirs())?,
+        models: a.models,
+        shots: a.shots,
+        limit: a.limit,
+        seed: a.seed,
+        threads: a.threads,
+        output: a.output,
+        results_root: PathBuf::from("results"),
+        data_dir: a.dirs.data_dir,
+        weights: a.weights,
+    };
+    let outcome = run(&cfg)?;
+    println!("{}", outcome.summary_markdown);
+    println!(
+        "Results in {}/ (summary.md, summary.csv, samples.jsonl, accuracy_vs_shots.png)",
+        outcome.dir.display()
+    );
+    Ok(())
+}
+
+fn cmd_tasks(d: &TaskDirs) -> Result<()> {
+    println!("| task | output type | test docs | few-shot docs | file | description |");
+    println!("|---|---|---:|---:|---|---|");
+    for src in discover(&d.dirs())? {
+        match load_task(&src.path, d.data_dir.as_deref()) {
+            Ok(t) => println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                t.name,
+                t.output_type.name(),
+                t.test.len(),
+                t.fewshot.len(),
+                src.path.display(),
+                src.about
+            ),
+            Err(e) => {
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                println!(
+                    "| {} | – | – | – | {} | not loadable: {first} |",
+                    src.name,
+                    src.path.display()
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_prompt(a: PromptArgs) -> Result<()> {
+    let path = task::load::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
+    let t = load_task(&path, a.dirs.data_dir.as_deref())?;
+    let Some(item) = t.test.get(a.doc) else {
+        bail!(
+            "--doc: task {} has {} test docs; {} is out of range",
+            t.name,
+            t.test.len(),
+            a.doc
+        );
+    };
+    let demos = fewshot::draw(&t, item, a.seed, a.shots);
+    match a.model {
+        None => print!("{}", prompt::build(&t, item, &demos)),
+        Some(m) => {
+            let (tokenizer, ctx) = load_tokenizer(&m)?;
+            match prompt::fit(&t, item, &demos, ctx, &|s| Ok(tokenizer.encode(s)?.len()))? {
+                Some(f) => {
+                    print!("{}", f.prompt);
+                    eprintln!(
+                        "\n--- {} tokens (with the longest continuation or generation budget), {} of {} demonstrations, context {ctx}",
+                        f.tokens, f.k, a.shots
+                    );
+                }
+                None => bail!(
+                    "even the 0-shot prompt of doc {} does not fit the context of {ctx} tokens",
+                    a.doc
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_validate(a: &ValidateArgs) -> Result<()> {
+    let mut bad = 0;
+    for p in &a.paths {
+        let problems = validate_task(p, a.dirs.data_dir.as_deref());
+        if problems.is_empty() {
+            println!("ok: {}", p.display());
+        } else {
+            bad += 1;
+            for pr in problems {
+                println!("{pr}");
+            }
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} of {} task file(s) have problems", a.paths.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! icl-eval: how does a model learn from K examples in its prompt?
+//!
+//! Flow: task (YAML + Jinja) → prompts (few-shot draws) → requests → backend → scores → report.
+
+pub mod backend;
+pub mod fewshot;
+pub mod prompt;
+pub mod report;
+pub mod run;
+pub mod score;
+pub mod seed;
+pub mod task;

@@ -1,0 +1,29 @@
+//! The `icl-eval` binary: parse the command line, call the library, print a one-line error on failure.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = match cli::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            // clap's first line names the flag and the problem; the usage block after it is noise here.
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see `icl-eval --help`)");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = cli::dispatch(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,138 @@
+//! Prompt assembly: description, K demonstrations, query; and fitting a prompt to a context window.
+
+use anyhow::Result;
+
+use crate::task::{Answer, Item, OutputType, Task};
+
+/// The exact prompt for `item` after `demos`: description, then each demonstration (input, target
+/// delimiter, gold answer) joined by the few-shot delimiter, then the query.
+pub fn build(task: &Task, item: &Item, demos: &[&Item]) -> String {
+    let mut s = item.description.clone();
+    for d in demos {
+        s.push_str(&d.text);
+        s.push_str(&task.target_delimiter);
+        s.push_str(d.target_text());
+        s.push_str(&task.fewshot_delimiter);
+    }
+    s.push_str(&item.text);
+    s
+}
+
+/// The continuations a multiple-choice item scores (target delimiter included).
+pub fn continuations(task: &Task, item: &Item) -> Vec<String> {
+    match &item.answer {
+        Answer::Choice { choices, .. } => choices
+            .iter()
+            .map(|c| format!("{}{c}", task.target_delimiter))
+            .collect(),
+        Answer::Text(_) => Vec::new(),
+    }
+}
+
+/// A prompt that fits the model's context, and how many demonstrations it kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fitted {
+    pub prompt: String,
+    /// Demonstrations actually used (≤ requested when the context was too short).
+    pub k: usize,
+    /// Tokens of the prompt plus the longest continuation or the generation budget.
+    pub tokens: usize,
+}
+
+/// Drops demonstrations from the end of the draw until the prompt, plus what will be scored or
+/// generated after it, fits `context_length`. `None` when even the 0-shot prompt does not fit.
+pub fn fit(
+    task: &Task,
+    item: &Item,
+    demos: &[&Item],
+    context_length: usize,
+    count_tokens: &dyn Fn(&str) -> Result<usize>,
+) -> Result<Option<Fitted>> {
+    for k in (0..=demos.len()).rev() {
+        let prompt = build(task, item, &demos[..k]);
+        let tokens = match task.output_type {
+            OutputType::MultipleChoice => {
+                let mut longest = 0;
+                for c in continuations(task, item) {
+                    longest = longest.max(count_tokens(&format!("{prompt}{c}"))?);
+                }
+                longest
+            }
+            OutputType::GenerateUntil => count_tokens(&prompt)? + task.max_tokens,
+        };
+        if tokens <= context_length {
+            return Ok(Some(Fitted { prompt, k, tokens }));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Metric;
+
+    fn mc_task() -> (Task, Vec<Item>) {
+        let mk = |id: usize, text: &str, gold: usize| Item {
+            id,
+            text: format!("Review: {text}\nSentiment:"),
+            answer: Answer::Choice {
+                choices: vec!["negative".into(), "positive".into()],
+                gold,
+            },
+            description: "Classify.\n\n".into(),
+        };
+        let docs = vec![mk(0, "great", 1), mk(1, "awful", 0), mk(2, "nice", 1)];
+        let t = Task {
+            name: "s".into(),
+            source: "s.yaml".into(),
+            hash: String::new(),
+            output_type: OutputType::MultipleChoice,
+            target_delimiter: " ".into(),
+            fewshot_delimiter: "\n\n".into(),
+            until: vec![],
+            max_tokens: 1,
+            metrics: vec![Metric::Acc],
+            test: docs.clone(),
+            fewshot: docs.clone(),
+            fewshot_is_test: true,
+        };
+        (t, docs)
+    }
+
+    #[test]
+    fn prompt_layout_matches_the_gpt3_format() {
+        let (t, d) = mc_task();
+        let p = build(&t, &d[2], &[&d[0], &d[1]]);
+        assert_eq!(
+            p,
+            "Classify.\n\nReview: great\nSentiment: positive\n\nReview: awful\nSentiment: negative\n\nReview: nice\nSentiment:"
+        );
+        assert_eq!(
+            build(&t, &d[2], &[]),
+            "Classify.\n\nReview: nice\nSentiment:"
+        );
+        assert_eq!(continuations(&t, &d[0]), vec![" negative", " positive"]);
+    }
+
+    #[test]
+    fn fit_drops_demonstrations_from_the_end() {
+        let (t, d) = mc_task();
+        // One "token" per byte: the 2-shot prompt is too long, the 1-shot one fits.
+        let count = |s: &str| Ok(s.len());
+        let two = build(&t, &d[2], &[&d[0], &d[1]]).len() + " positive".len();
+        let one = build(&t, &d[2], &[&d[0]]).len() + " positive".len();
+        let f = fit(&t, &d[2], &[&d[0], &d[1]], two - 1, &count)
+            .unwrap()
+            .unwrap();
+        assert_eq!((f.k, f.tokens), (1, one));
+        assert_eq!(
+            fit(&t, &d[2], &[&d[0], &d[1]], two, &count)
+                .unwrap()
+                .unwrap()
+                .k,
+            2
+        );
+        assert!(fit(&t, &d[2], &[&d[0]], 5, &count).unwrap().is_none());
+    }
+}

@@ -1,0 +1,4 @@
+//! Run outputs people read: the summary table and charts.
+
+pub mod chart;
+pub mod table;

@@ -1,0 +1,338 @@
+//! A run: tasks × models × shot counts → samples, summary, charts in a run folder.
+//!
+//! Samples stream to `samples.jsonl.partial` as they finish and are renamed only when the run is
+//! complete, so an interrupted run never leaves a result that looks whole.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backend::candle::{CandleBackend, WeightsChoice};
+use crate::backend::{Backend, ModelInfo};
+use crate::task::{Answer, OutputType, Task};
+use crate::{fewshot, prompt, report, score};
+
+/// Everything a run needs, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub tasks: Vec<PathBuf>,
+    pub models: Vec<PathBuf>,
+    pub shots: Vec<usize>,
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub threads: Option<usize>,
+    pub output: Option<PathBuf>,
+    pub results_root: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub weights: WeightsChoice,
+}
+
+/// One scored (doc, K, model) — a row of `samples.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    pub model: String,
+    pub task: String,
+    pub doc_id: usize,
+    /// Demonstrations requested.
+    pub k: usize,
+    /// Demonstrations used after fitting the context (absent when the doc was skipped).
+    pub k_effective: Option<usize>,
+    /// First 16 hex digits of the prompt's sha256.
+    pub prompt_hash: Option<String>,
+    /// Prompt tokens plus the longest continuation or the generation budget.
+    pub tokens: Option<usize>,
+    /// Multiple choice: each choice's summed log-likelihood (nats), in choice order.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub logprobs: Option<Vec<f64>>,
+    /// Generation: the text generated (cut at the stop sequence).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub generated: Option<String>,
+    /// The answer picked by the headline metric (choice text or generated text, trimmed).
+    pub prediction: Option<String>,
+    pub gold: String,
+    /// Whether the headline metric counts the doc as correct.
+    pub correct: Option<bool>,
+    /// Metric name → 1.0 / 0.0.
+    pub metrics: BTreeMap<String, f64>,
+    /// Why the doc was not scored (e.g. even its 0-shot prompt exceeds the context).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub skipped: Option<String>,
+}
+
+/// What a finished run leaves behind.
+pub struct RunOutcome {
+    pub dir: PathBuf,
+    pub summary: polars::prelude::DataFrame,
+    pub summary_markdown: String,
+}
+
+#[derive(Serialize)]
+struct TaskRecord<'a> {
+    name: &'a str,
+    path: String,
+    hash: &'a str,
+    output_type: OutputType,
+    metrics: Vec<&'static str>,
+    test_docs: usize,
+    fewshot_docs: usize,
+    fewshot_from_test_split: bool,
+}
+
+/// Loads every task first (so a bad task fails before any model loads), then runs each model.
+pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
+    if cfg.shots.is_empty() {
+        bail!("--shots: give at least one shot count, e.g. --shots 0,1,32");
+    }
+    if cfg.models.is_empty() {
+        bail!("--models: give at least one GGUF model path");
+    }
+    let mut shots = cfg.shots.clone();
+    shots.sort_unstable();
+    shots.dedup();
+    let tasks: Vec<Task> = cfg
+        .tasks
+        .iter()
+        .map(|p| crate::task::load_task(p, cfg.data_dir.as_deref()))
+        .collect::<Result<_>>()?;
+    for m in &cfg.models {
+        if !m.is_file() {
+            bail!(
+                "--models: {} does not exist (fetch the bundled models with scripts/fetch-models.sh)",
+                m.display()
+            );
+        }
+    }
+    let started = chrono::Utc::now();
+    let dir = match &cfg.output {
+        Some(d) => d.clone(),
+        None => cfg.results_root.join(format!(
+            "{}-{}",
+            started.format("%Y%m%d-%H%M%S"),
+            short_hash(&run_key(cfg, &tasks, &shots))
+        )),
+    };
+    fs::create_dir_all(&dir)
+        .with_context(|| format!("--output: cannot create {}", dir.display()))?;
+    if dir.join("samples.jsonl").exists() {
+        bail!(
+            "--output: {} already holds a finished run; choose another folder",
+            dir.display()
+        );
+    }
+
+    let n_docs: usize = tasks
+        .iter()
+        .map(|t| cfg.limit.map_or(t.test.len(), |l| l.min(t.test.len())))
+        .sum();
+    let total = (n_docs * shots.len() * cfg.models.len()) as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:30} [{bar:30}] {pos}/{len} samples, {elapsed} elapsed, ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+
+    let partial = dir.join("samples.jsonl.partial");
+    let mut out = BufWriter::new(
+        File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?,
+    );
+    let mut samples = Vec::new();
+    let mut models: Vec<ModelInfo> = Vec::new();
+    let clock = Instant::now();
+    for model_path in &cfg.models {
+        bar.set_message(format!("loading {}", model_path.display()));
+        let mut backend = CandleBackend::load(model_path, cfg.weights)?;
+        models.push(backend.info().clone());
+        write_config(&dir, cfg, &tasks, &models, &shots, &started, None)?;
+        for task in &tasks {
+            bar.set_message(format!("{} / {}", backend.info().name, task.name));
+            for s in evaluate_task(&mut backend, task, &shots, cfg.seed, cfg.limit, &|| {
+                bar.inc(1)
+            })? {
+                serde_json::to_writer(&mut out, &s)?;
+                out.write_all(b"\n")?;
+                samples.push(s);
+            }
+            out.flush()?;
+        }
+    }
+    bar.finish_and_clear();
+    drop(out);
+    let summary = report::table::summarize(&samples, &tasks, &models)?;
+    let md = report::table::write_all(&dir, &summary)?;
+    report::chart::accuracy_vs_shots(&dir, &summary, &tasks)?;
+    write_config(
+        &dir,
+        cfg,
+        &tasks,
+        &models,
+        &shots,
+        &started,
+        Some(clock.elapsed().as_secs_f64()),
+    )?;
+    fs::rename(&partial, dir.join("samples.jsonl"))?;
+    Ok(RunOutcome {
+        dir,
+        summary,
+        summary_markdown: md,
+    })
+}
+
+/// Scores the first `limit` test docs of `task` at every K, calling `tick` after each sample.
+pub fn evaluate_task(
+    backend: &mut dyn Backend,
+    task: &Task,
+    shots: &[usize],
+    seed: u64,
+    limit: Option<usize>,
+    tick: &dyn Fn(),
+) -> Result<Vec<Sample>> {
+    let k_max = shots.iter().copied().max().unwrap_or(0);
+    let n = limit.map_or(task.test.len(), |l| l.min(task.test.len()));
+    let ctx_len = backend.info().context_length;
+    let mut samples = Vec::with_capacity(n * shots.len());
+    for item in &task.test[..n] {
+        let draw = fewshot::draw(task, item, seed, k_max);
+        for &k in shots {
+            let demos = &draw[..k.min(draw.len())];
+            let fitted = prompt::fit(task, item, demos, ctx_len, &|s| backend.count_tokens(s))?;
+            let mut s = Sample {
+                model: backend.info().name.clone(),
+                task: task.name.clone(),
+                doc_id: item.id,
+                k,
+                k_effective: None,
+                prompt_hash: None,
+                tokens: None,
+                logprobs: None,
+                generated: None,
+                prediction: None,
+                gold: item.target_text().to_string(),
+                correct: None,
+                metrics: BTreeMap::new(),
+                skipped: None,
+            };
+            match fitted {
+                None => {
+                    s.skipped = Some(format!(
+                        "the 0-shot prompt does not fit the context of {ctx_len} tokens"
+                    ))
+                }
+                Some(f) => {
+                    s.k_effective = Some(f.k);
+                    s.prompt_hash = Some(short_hash(&f.prompt));
+                    s.tokens = Some(f.tokens);
+                    score_item(backend, task, item, &f.prompt, &mut s).with_context(|| {
+                        format!("task {}, doc {}, {k}-shot", task.name, item.id)
+                    })?;
+                }
+            }
+            samples.push(s);
+            tick();
+        }
+    }
+    Ok(samples)
+}
+
+fn score_item(
+    backend: &mut dyn Backend,
+    task: &Task,
+    item: &crate::task::Item,
+    prompt: &str,
+    s: &mut Sample,
+) -> Result<()> {
+    let primary = task.primary_metric();
+    match &item.answer {
+        Answer::Choice { choices, gold } => {
+            let lls = backend.loglikelihood(prompt, &prompt::continuations(task, item))?;
+            let logprobs: Vec<f64> = lls.iter().map(|l| l.logprob).collect();
+            let cs = score::score_choices(&logprobs, choices);
+            let metrics = score::choice_metrics(&task.metrics, &cs, *gold);
+            let pred = if primary == crate::task::Metric::AccNorm {
+                cs.pred_norm
+            } else {
+                cs.pred
+            };
+            s.prediction = Some(choices[pred].clone());
+            s.correct = Some(metrics[&primary] > 0.5);
+            s.metrics = metrics
+                .into_iter()
+                .map(|(m, v)| (m.name().to_string(), v))
+                .collect();
+            s.logprobs = Some(logprobs);
+        }
+        Answer::Text(target) => {
+            let text = backend.generate_until(prompt, &task.until, task.max_tokens)?;
+            let em = score::exact_match(&text, target);
+            s.prediction = Some(text.trim().to_string());
+            s.correct = Some(em > 0.5);
+            s.metrics = BTreeMap::from([("exact_match".to_string(), em)]);
+            s.generated = Some(text);
+        }
+    }
+    Ok(())
+}
+
+/// First 16 hex digits of the sha256 of `s`.
+pub fn short_hash(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))[..16].to_string()
+}
+
+fn run_key(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> String {
+    let t: Vec<&str> = tasks.iter().map(|t| t.hash.as_str()).collect();
+    format!(
+        "{t:?}|{:?}|{shots:?}|{}|{:?}|{:?}",
+        cfg.models, cfg.seed, cfg.limit, cfg.weights
+    )
+}
+
+fn write_config(
+    dir: &Path,
+    cfg: &RunConfig,
+    tasks: &[Task],
+    models: &[ModelInfo],
+    shots: &[usize],
+    started: &chrono::DateTime<chrono::Utc>,
+    wall_seconds: Option<f64>,
+) -> Result<()> {
+    let tasks: Vec<TaskRecord> = tasks
+        .iter()
+        .map(|t| TaskRecord {
+            name: &t.name,
+            path: t.source.display().to_string(),
+            hash: &t.hash,
+            output_type: t.output_type,
+            metrics: t.metrics.iter().map(|m| m.name()).collect(),
+            test_docs: t.test.len(),
+            fewshot_docs: t.fewshot.len(),
+            fewshot_from_test_split: t.fewshot_is_test,
+        })
+        .collect();
+    let config = serde_json::json!({
+        "complete": wall_seconds.is_some(),
+        "tasks": tasks,
+        "models": models,
+        "shots": shots,
+        "seed": cfg.seed,
+        "limit": cfg.limit,
+        "threads": cfg.threads,
+        "weights": cfg.weights,
+        "data_dir": cfg.data_dir,
+        "icl_eval_version": env!("CARGO_PKG_VERSION"),
+        "git_commit": option_env!("ICL_EVAL_GIT_COMMIT").unwrap_or("unknown"),
+        "started": started.to_rfc3339(),
+        "wall_seconds": wall_seconds,
+    });
+    let path = dir.join("config.json");
+    fs::write(&path, serde_json::to_string_pretty(&config)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
+}

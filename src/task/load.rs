@@ -1,0 +1,810 @@
+//! The only reader of task YAML, templates and data files. Collects every problem it finds, each
+//! naming the file, field, line or doc, so `validate` can report them all at once.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, anyhow, bail};
+use minijinja::{Environment, UndefinedBehavior, Value as JValue};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::generators;
+use super::spec::{ChoiceSpec, DatasetSpec, OutputType, TaskSpec};
+use super::{Answer, Item, Metric, Task};
+
+/// Problems stop reporting after this many per kind, so a broken 10k-doc file stays readable.
+const MAX_DOC_PROBLEMS: usize = 5;
+
+/// A task file found on disk.
+#[derive(Debug, Clone)]
+pub struct TaskSource {
+    pub name: String,
+    pub path: PathBuf,
+    /// The YAML's leading `#` comment, which describes the task for people.
+    pub about: String,
+}
+
+/// Task YAMLs in `dirs` (non-recursive), by their `task:` name.
+pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        let entries =
+            fs::read_dir(dir).map_err(|e| anyhow!("{}: cannot list tasks: {e}", dir.display()))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let text = fs::read_to_string(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let value: serde_yaml::Value = serde_yaml::from_str(&text)
+                .map_err(|e| anyhow!("{}: invalid YAML: {e}", path.display()))?;
+            let name = value
+                .get("task")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| anyhow!("{}: missing field `task`", path.display()))?;
+            let about = text
+                .lines()
+                .take_while(|l| l.starts_with('#'))
+                .map(|l| l.trim_start_matches('#').trim())
+                .collect::<Vec<_>>()
+                .join(" ");
+            found.push(TaskSource {
+                name: name.to_string(),
+                path,
+                about,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Resolves `--tasks` entries: YAML paths are taken as they are, names are looked up in `dirs`.
+pub fn resolve(names: &[String], dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let known = discover(dirs)?;
+    names
+        .iter()
+        .map(|n| {
+            let p = Path::new(n);
+            if p.is_file() {
+                return Ok(p.to_path_buf());
+            }
+            known.iter().find(|t| &t.name == n).map(|t| t.path.clone()).ok_or_else(|| {
+                let list: Vec<&str> = known.iter().map(|t| t.name.as_str()).collect();
+                anyhow!(
+                    "--tasks: no task named `{n}` in {} (known: {}); pass a YAML path or --tasks-dir",
+                    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+                    list.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Loads and validates a task; the error lists every problem found.
+pub fn load_task(path: &Path, data_dir: Option<&Path>) -> Result<Task> {
+    let (task, problems) = build(path, data_dir);
+    match task {
+        Some(t) if problems.is_empty() => Ok(t),
+        _ => bail!("{}", problems.join("\n")),
+    }
+}
+
+/// Every problem with a task file (empty when it is fine), including rendering a 0- and a 1-shot
+/// prompt of its first doc.
+pub fn validate_task(path: &Path, data_dir: Option<&Path>) -> Vec<String> {
+    let (task, mut problems) = build(path, data_dir);
+    if let Some(task) = task {
+        if task.test.is_empty() {
+            problems.push(format!("{}: test split has no docs", path.display()));
+        } else if task.fewshot.len() < 1 + usize::from(task.fewshot_is_test) {
+            problems.push(format!(
+                "{}: few-shot split has no doc to use as a demonstration",
+                path.display()
+            ));
+        } else {
+            let draw = crate::fewshot::draw(&task, &task.test[0], 0, 1);
+            for k in [0, 1] {
+                let p = crate::prompt::build(&task, &task.test[0], &draw[..k]);
+                if p.is_empty() {
+                    problems.push(format!(
+                        "{}: the {k}-shot prompt of doc 0 is empty",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+struct Ctx<'a> {
+    file: String,
+    base: PathBuf,
+    data_dir: Option<&'a Path>,
+    problems: Vec<String>,
+    hasher: Sha256,
+    /// The missing data directory is reported once, not once per file.
+    missing_data_dir_reported: bool,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, msg: impl std::fmt::Display) {
+        self.problems.push(format!("{}: {msg}", self.file));
+    }
+}
+
+fn build(path: &Path, data_dir: Option<&Path>) -> (Option<Task>, Vec<String>) {
+    let file = path.display().to_string();
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return (None, vec![format!("{file}: cannot read task file: {e}")]),
+    };
+    let spec: TaskSpec = match serde_yaml::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => return (None, vec![format!("{file}: {e}")]),
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut cx = Ctx {
+        file,
+        base,
+        data_dir,
+        problems: Vec::new(),
+        hasher: Sha256::new(),
+        missing_data_dir_reported: false,
+    };
+    cx.hasher.update(text.as_bytes());
+    let task = build_spec(&mut cx, spec, path);
+    (task, cx.problems)
+}
+
+fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    let mut add = |cx: &mut Ctx, field: &str, src: &str| {
+        let src = template_source(cx, field, src)?;
+        match env.add_template_owned(field.to_string(), src) {
+            Ok(()) => Some(()),
+            Err(e) => {
+                cx.problem(format!("field `{field}`: invalid template: {e}"));
+                None
+            }
+        }
+    };
+    let mut ok = add(cx, "description", &spec.description).is_some();
+    ok &= add(cx, "doc_to_text", &spec.doc_to_text).is_some();
+    ok &= add(cx, "doc_to_target", &spec.doc_to_target).is_some();
+    let choices = match (&spec.doc_to_choice, spec.output_type) {
+        (Some(ChoiceSpec::List(list)), OutputType::MultipleChoice) => {
+            for (i, c) in list.iter().enumerate() {
+                ok &= add(cx, &format!("doc_to_choice[{i}]"), c).is_some();
+            }
+            Some(ChoiceSpec::List(list.clone()))
+        }
+        (Some(ChoiceSpec::Expression(e)), OutputType::MultipleChoice) => {
+            let inner = e
+                .trim()
+                .strip_prefix("{{")
+                .and_then(|s| s.strip_suffix("}}"))
+                .map(str::trim);
+            match inner {
+                Some(expr) => Some(ChoiceSpec::Expression(expr.to_string())),
+                None => {
+                    cx.problem("field `doc_to_choice`: give a list of choices or one `{{ expression }}` yielding a list");
+                    ok = false;
+                    None
+                }
+            }
+        }
+        (None, OutputType::MultipleChoice) => {
+            cx.problem("field `doc_to_choice` is required for output_type multiple_choice");
+            ok = false;
+            None
+        }
+        (Some(_), OutputType::GenerateUntil) => {
+            cx.problem("field `doc_to_choice` applies only to output_type multiple_choice");
+            ok = false;
+            None
+        }
+        (None, OutputType::GenerateUntil) => None,
+    };
+    if spec.generation.is_some() && spec.output_type == OutputType::MultipleChoice {
+        cx.problem("field `generation` applies only to output_type generate_until");
+    }
+    let metrics = match &spec.metrics {
+        None => Metric::defaults(spec.output_type),
+        Some(list) if list.is_empty() => {
+            cx.problem("field `metrics` is empty; list at least one metric or leave it out");
+            Vec::new()
+        }
+        Some(list) => list
+            .iter()
+            .filter_map(|m| {
+                Metric::parse(m, spec.output_type)
+                    .map_err(|e| cx.problem(format!("field `metrics`: {e}")))
+                    .ok()
+            })
+            .collect(),
+    };
+    let (until, max_tokens) = match &spec.generation {
+        Some(g) => (
+            g.until
+                .clone()
+                .unwrap_or_else(|| vec![spec.fewshot_delimiter.clone()]),
+            g.max_tokens,
+        ),
+        None => (vec![spec.fewshot_delimiter.clone()], 32),
+    };
+    if max_tokens == 0 {
+        cx.problem("field `generation.max_tokens` must be at least 1");
+    }
+    let splits = load_splits(cx, &spec.dataset)?;
+    let fewshot_split = spec
+        .fewshot_split
+        .clone()
+        .unwrap_or_else(|| spec.test_split.clone());
+    let known: Vec<&str> = splits.keys().map(String::as_str).collect();
+    for (field, split) in [
+        ("test_split", &spec.test_split),
+        ("fewshot_split", &fewshot_split),
+    ] {
+        if !splits.contains_key(split) {
+            cx.problem(format!(
+                "field `{field}`: no split `{split}` in the dataset (splits: {})",
+                known.join(", ")
+            ));
+            ok = false;
+        }
+    }
+    if !ok || !cx.problems.is_empty() {
+        return None;
+    }
+    let render = Renderer {
+        env: &env,
+        choices: choices.as_ref(),
+        output_type: spec.output_type,
+    };
+    let test = render_split(cx, &render, &spec.test_split, &splits[&spec.test_split]);
+    let fewshot = if fewshot_split == spec.test_split {
+        test.clone()
+    } else {
+        render_split(cx, &render, &fewshot_split, &splits[&fewshot_split])
+    };
+    if !cx.problems.is_empty() {
+        return None;
+    }
+    Some(Task {
+        name: spec.task,
+        source: path.to_path_buf(),
+        hash: hex::encode(std::mem::take(&mut cx.hasher).finalize()),
+        output_type: spec.output_type,
+        target_delimiter: spec.target_delimiter,
+        fewshot_delimiter: spec.fewshot_delimiter,
+        until,
+        max_tokens,
+        metrics,
+        test: test?,
+        fewshot: fewshot?,
+        fewshot_is_test: fewshot_split == spec.test_split,
+    })
+}
+
+/// Inline template text, or the contents of `prompts/NAME` for `file:NAME`.
+fn template_source(cx: &mut Ctx, field: &str, src: &str) -> Option<String> {
+    let Some(name) = src.strip_prefix("file:") else {
+        return Some(src.to_string());
+    };
+    let candidates = [
+        cx.base.join("../prompts").join(name.trim()),
+        cx.base.join("prompts").join(name.trim()),
+    ];
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(p) => match fs::read_to_string(p) {
+            Ok(s) => {
+                cx.hasher.update(s.as_bytes());
+                Some(s)
+            }
+            Err(e) => {
+                cx.problem(format!("field `{field}`: cannot read {}: {e}", p.display()));
+                None
+            }
+        },
+        None => {
+            cx.problem(format!(
+                "field `{field}`: template file `{}` not found in prompts/",
+                name.trim()
+            ));
+            None
+        }
+    }
+}
+
+struct Renderer<'e> {
+    env: &'e Environment<'e>,
+    choices: Option<&'e ChoiceSpec>,
+    output_type: OutputType,
+}
+
+impl Renderer<'_> {
+    fn render(&self, name: &str, doc: &JValue) -> Result<String, String> {
+        let t = self.env.get_template(name).map_err(|e| format!("{e}"))?;
+        t.render(doc.clone())
+            .map_err(|e| format!("field `{name}`: {e}"))
+    }
+
+    fn item(&self, id: usize, doc: &Value) -> Result<Item, String> {
+        let ctx = JValue::from(minijinja::value::Serde(doc));
+        let text = self.render("doc_to_text", &ctx)?;
+        let description = self.render("description", &ctx)?;
+        let target = self.render("doc_to_target", &ctx)?;
+        let answer = match self.output_type {
+            OutputType::GenerateUntil => Answer::Text(target),
+            OutputType::MultipleChoice => {
+                let choices = self.choices(&ctx)?;
+                let gold = resolve_gold(&target, &choices)?;
+                Answer::Choice { choices, gold }
+            }
+        };
+        Ok(Item {
+            id,
+            text,
+            answer,
+            description,
+        })
+    }
+
+    fn choices(&self, ctx: &JValue) -> Result<Vec<String>, String> {
+        let choices = match self.choices {
+            Some(ChoiceSpec::List(list)) => (0..list.len())
+                .map(|i| self.render(&format!("doc_to_choice[{i}]"), ctx))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(ChoiceSpec::Expression(expr)) => {
+                let e = self
+                    .env
+                    .compile_expression(expr)
+                    .map_err(|e| format!("field `doc_to_choice`: {e}"))?;
+                let v = e
+                    .eval(ctx.clone())
+                    .map_err(|e| format!("field `doc_to_choice`: {e}"))?;
+                let items = v
+                    .try_iter()
+                    .map_err(|_| format!("field `doc_to_choice`: `{expr}` is not a list"))?;
+                items.map(|x| x.to_string()).collect()
+            }
+            None => return Err("field `doc_to_choice` is missing".into()),
+        };
+        if choices.len() < 2 {
+            return Err(format!(
+                "field `doc_to_choice`: {} choice(s); multiple_choice needs at least 2",
+                choices.len()
+            ));
+        }
+        Ok(choices)
+    }
+}
+
+/// `doc_to_target` of a multiple-choice doc: a choice index, or the text of one choice.
+fn resolve_gold(target: &str, choices: &[String]) -> Result<usize, String> {
+    let t = target.trim();
+    if let Ok(i) = t.parse::<usize>() {
+        return if i < choices.len() {
+            Ok(i)
+        } else {
+            Err(format!(
+                "field `doc_to_target`: index {i} is out of range for {} choices",
+                choices.len()
+            ))
+        };
+    }
+    choices
+        .iter()
+        .position(|c| c == target || c.trim() == t)
+        .ok_or_else(|| format!("field `doc_to_target`: `{target}` is neither an index nor one of the choices {choices:?}"))
+}
+
+fn render_split(cx: &mut Ctx, r: &Renderer, split: &str, docs: &[Value]) -> Option<Vec<Item>> {
+    let mut items = Vec::with_capacity(docs.len());
+    // The same mistake usually hits every doc: report each distinct error once, with the docs it hit.
+    let mut failures: Vec<(String, Vec<usize>)> = Vec::new();
+    for (id, doc) in docs.iter().enumerate() {
+        match r.item(id, doc) {
+            Ok(it) => items.push(it),
+            Err(e) => match failures.iter_mut().find(|(m, _)| *m == e) {
+                Some((_, ids)) => ids.push(id),
+                None => failures.push((e, vec![id])),
+            },
+        }
+    }
+    let distinct = failures.len();
+    for (msg, ids) in failures.iter().take(MAX_DOC_PROBLEMS) {
+        let which = match ids.len() {
+            1 => format!("doc {}", ids[0]),
+            n => format!("doc {} and {} more", ids[0], n - 1),
+        };
+        cx.problem(format!("split `{split}`, {which}: {msg}"));
+    }
+    if distinct > MAX_DOC_PROBLEMS {
+        cx.problem(format!(
+            "split `{split}`: {} more distinct errors",
+            distinct - MAX_DOC_PROBLEMS
+        ));
+    }
+    failures.is_empty().then_some(items)
+}
+
+fn load_splits(cx: &mut Ctx, ds: &DatasetSpec) -> Option<BTreeMap<String, Vec<Value>>> {
+    let sources = usize::from(ds.path.is_some())
+        + usize::from(ds.files.is_some())
+        + usize::from(ds.generator.is_some());
+    if sources != 1 {
+        cx.problem("field `dataset`: give exactly one of `path`, `files` or `generator`");
+        return None;
+    }
+    if let Some(g) = &ds.generator {
+        cx.hasher
+            .update(format!("generator:{}:{:?}:{}", g.name, g.splits, g.seed).as_bytes());
+        return generators::generate(&g.name, &g.splits, g.seed)
+            .map_err(|e| cx.problem(format!("field `dataset.generator.name`: {e}")))
+            .ok();
+    }
+    if let Some(files) = &ds.files {
+        if ds.split_column.is_some() {
+            cx.problem("field `dataset.split_column` applies only to a single `path`");
+        }
+        let mut out = BTreeMap::new();
+        for (split, f) in files {
+            if let Some(docs) = read_file(cx, ds, f) {
+                out.insert(split.clone(), docs);
+            }
+        }
+        return (out.len() == files.len()).then_some(out);
+    }
+    let docs = read_file(cx, ds, ds.path.as_deref()?)?;
+    let Some(col) = &ds.split_column else {
+        return Some(BTreeMap::from([("all".to_string(), docs)]));
+    };
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (i, d) in docs.into_iter().enumerate() {
+        match d.get(col).and_then(Value::as_str) {
+            Some(s) => out.entry(s.to_string()).or_default().push(d),
+            None => {
+                cx.problem(format!(
+                    "field `dataset.split_column`: row {} has no string column `{col}`",
+                    i + 1
+                ));
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn resolve_path(cx: &mut Ctx, raw: &str) -> Option<PathBuf> {
+    match raw.strip_prefix("${DATA_DIR}") {
+        Some(rest) => match cx.data_dir {
+            Some(d) => Some(d.join(rest.trim_start_matches('/'))),
+            None => {
+                if !cx.missing_data_dir_reported {
+                    cx.missing_data_dir_reported = true;
+                    cx.problem(format!(
+                        "dataset `{raw}` lives in the data directory, which is not set: pass --data-dir DIR or set ICL_EVAL_DATA_DIR"
+                    ));
+                }
+                None
+            }
+        },
+        None => Some(cx.base.join(raw)),
+    }
+}
+
+fn read_file(cx: &mut Ctx, ds: &DatasetSpec, raw: &str) -> Option<Vec<Value>> {
+    let path = resolve_path(cx, raw)?;
+    let shown = path.display().to_string();
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            cx.problem(format!("dataset file {shown}: {e}"));
+            return None;
+        }
+    };
+    cx.hasher.update(&bytes);
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let format = ds.format.clone().unwrap_or_else(|| ext.to_string());
+    let result = match format.as_str() {
+        "jsonl" => read_jsonl(&shown, &bytes),
+        "csv" | "tsv" => read_csv(&path, if format == "tsv" { b'\t' } else { b',' }),
+        "parquet" => read_parquet(&path),
+        "regex" => match &ds.pattern {
+            Some(p) => read_regex(&shown, &bytes, p),
+            None => Err(vec![
+                "field `dataset.pattern` is required for format regex".to_string(),
+            ]),
+        },
+        other => Err(vec![format!(
+            "field `dataset.format`: `{other}` is not a known format for {shown} (jsonl, csv, tsv, parquet, regex)"
+        )]),
+    };
+    match result {
+        Ok(docs) => Some(docs),
+        Err(errs) => {
+            let n = errs.len();
+            for e in errs.into_iter().take(MAX_DOC_PROBLEMS) {
+                cx.problem(e);
+            }
+            if n > MAX_DOC_PROBLEMS {
+                cx.problem(format!(
+                    "{shown}: {} more lines fail the same way",
+                    n - MAX_DOC_PROBLEMS
+                ));
+            }
+            None
+        }
+    }
+}
+
+fn read_jsonl(shown: &str, bytes: &[u8]) -> Result<Vec<Value>, Vec<String>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| vec![format!("{shown}: not UTF-8: {e}")])?;
+    let mut docs = Vec::new();
+    let mut errs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(v @ Value::Object(_)) => docs.push(v),
+            Ok(_) => errs.push(format!(
+                "{shown}:{}: each line must be a JSON object",
+                i + 1
+            )),
+            Err(e) => errs.push(format!("{shown}:{}: invalid JSON: {e}", i + 1)),
+        }
+    }
+    if errs.is_empty() { Ok(docs) } else { Err(errs) }
+}
+
+fn read_regex(shown: &str, bytes: &[u8], pattern: &str) -> Result<Vec<Value>, Vec<String>> {
+    let re = regex::Regex::new(pattern)
+        .map_err(|e| vec![format!("field `dataset.pattern`: invalid regex: {e}")])?;
+    let names: Vec<&str> = re.capture_names().flatten().collect();
+    if names.is_empty() {
+        return Err(vec![
+            "field `dataset.pattern` has no named group (?P<name>...) to make fields from".into(),
+        ]);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| vec![format!("{shown}: not UTF-8: {e}")])?;
+    let mut docs = Vec::new();
+    let mut errs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match re.captures(line) {
+            Some(c) => {
+                let m: Map<String, Value> = names
+                    .iter()
+                    .map(|n| {
+                        (
+                            n.to_string(),
+                            Value::String(c.name(n).map_or("", |m| m.as_str()).to_string()),
+                        )
+                    })
+                    .collect();
+                docs.push(Value::Object(m));
+            }
+            None => errs.push(format!(
+                "{shown}:{}: line does not match `dataset.pattern`",
+                i + 1
+            )),
+        }
+    }
+    if errs.is_empty() { Ok(docs) } else { Err(errs) }
+}
+
+fn read_csv(path: &Path, sep: u8) -> Result<Vec<Value>, Vec<String>> {
+    use polars::prelude::*;
+    let df = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_parse_options(CsvParseOptions::default().with_separator(sep))
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .and_then(|r| r.finish())
+        .map_err(|e| vec![format!("{}: cannot read as CSV: {e}", path.display())])?;
+    Ok(frame_to_docs(&df))
+}
+
+fn read_parquet(path: &Path) -> Result<Vec<Value>, Vec<String>> {
+    use polars::prelude::*;
+    let f = fs::File::open(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let df = ParquetReader::new(f)
+        .finish()
+        .map_err(|e| vec![format!("{}: cannot read as Parquet: {e}", path.display())])?;
+    Ok(frame_to_docs(&df))
+}
+
+fn frame_to_docs(df: &polars::prelude::DataFrame) -> Vec<Value> {
+    use polars::prelude::AnyValue;
+    let names: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    (0..df.height())
+        .map(|i| {
+            let row = df.get(i).unwrap_or_default();
+            let m: Map<String, Value> = names
+                .iter()
+                .zip(row)
+                .map(|(n, v)| {
+                    let j = match v {
+                        AnyValue::Null => Value::Null,
+                        AnyValue::Boolean(b) => Value::Bool(b),
+                        AnyValue::String(s) => Value::String(s.to_string()),
+                        AnyValue::StringOwned(s) => Value::String(s.to_string()),
+                        AnyValue::Int8(x) => x.into(),
+                        AnyValue::Int16(x) => x.into(),
+                        AnyValue::Int32(x) => x.into(),
+                        AnyValue::Int64(x) => x.into(),
+                        AnyValue::UInt8(x) => x.into(),
+                        AnyValue::UInt16(x) => x.into(),
+                        AnyValue::UInt32(x) => x.into(),
+                        AnyValue::UInt64(x) => x.into(),
+                        AnyValue::Float32(x) => (x as f64).into(),
+                        AnyValue::Float64(x) => x.into(),
+                        other => Value::String(other.to_string()),
+                    };
+                    (n.clone(), j)
+                })
+                .collect();
+            Value::Object(m)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, body).unwrap();
+        p
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("icl-eval-load-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const DOCS: &str = "{\"q\": \"good\", \"label\": 1}\n{\"q\": \"bad\", \"label\": 0}\n{\"q\": \"fine\", \"label\": 1}\n";
+
+    #[test]
+    fn loads_a_small_multiple_choice_task() {
+        let d = tmp("ok");
+        write(&d, "docs.jsonl", DOCS);
+        let y = write(
+            &d,
+            "t.yaml",
+            "task: t\ndataset: {path: docs.jsonl}\ntest_split: all\ndoc_to_text: \"Review: {{ q }}\\nSentiment:\"\n\
+             doc_to_target: \"{{ label }}\"\ndoc_to_choice: [negative, positive]\noutput_type: multiple_choice\n",
+        );
+        let t = load_task(&y, None).unwrap();
+        assert_eq!(t.test.len(), 3);
+        assert!(t.fewshot_is_test);
+        assert_eq!(t.test[1].text, "Review: bad\nSentiment:");
+        assert_eq!(
+            t.test[1].answer,
+            Answer::Choice {
+                choices: vec!["negative".into(), "positive".into()],
+                gold: 0
+            }
+        );
+        assert_eq!(t.metrics, vec![Metric::Acc, Metric::AccNorm]);
+    }
+
+    #[test]
+    fn reports_every_problem_with_file_and_field() {
+        let d = tmp("bad");
+        let y = write(
+            &d,
+            "t.yaml",
+            "task: t\ndataset: {path: missing.jsonl}\ndoc_to_text: \"{{ q \"\ndoc_to_target: x\n\
+             output_type: multiple_choice\nmetrics: [acc, bleu]\n",
+        );
+        let problems = validate_task(&y, None);
+        let all = problems.join("\n");
+        assert!(all.contains("doc_to_text"), "{all}");
+        assert!(all.contains("doc_to_choice"), "{all}");
+        assert!(all.contains("bleu"), "{all}");
+        assert!(all.contains("missing.jsonl"), "{all}");
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.starts_with(&y.display().to_string())),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_and_undefined_variable_are_errors() {
+        let d = tmp("strict");
+        write(&d, "docs.jsonl", DOCS);
+        let y = write(
+            &d,
+            "u.yaml",
+            "task: t\ncolour: red\ndataset: {path: docs.jsonl}\ndoc_to_text: x\ndoc_to_target: y\noutput_type: generate_until\n",
+        );
+        let e = load_task(&y, None).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field `colour`") && e.contains("u.yaml"),
+            "{e}"
+        );
+        let y = write(
+            &d,
+            "v.yaml",
+            "task: t\ndataset: {path: docs.jsonl}\ntest_split: all\ndoc_to_text: \"{{ question }}\"\ndoc_to_target: y\noutput_type: generate_until\n",
+        );
+        let e = load_task(&y, None).unwrap_err().to_string();
+        assert!(
+            e.contains("doc 0") && e.contains("doc_to_text") && e.contains("undefined"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn jsonl_errors_name_the_line_and_data_dir_is_required() {
+        let d = tmp("lines");
+        write(&d, "docs.jsonl", "{\"q\": 1}\nnot json\n");
+        let y = write(
+            &d,
+            "t.yaml",
+            "task: t\ndataset: {path: docs.jsonl}\ndoc_to_text: x\ndoc_to_target: y\noutput_type: generate_until\n",
+        );
+        let e = load_task(&y, None).unwrap_err().to_string();
+        assert!(e.contains("docs.jsonl:2: invalid JSON"), "{e}");
+        let y = write(
+            &d,
+            "s.yaml",
+            "task: s\ndataset: {path: \"${DATA_DIR}/x.jsonl\"}\ndoc_to_text: x\ndoc_to_target: y\noutput_type: generate_until\n",
+        );
+        let e = load_task(&y, None).unwrap_err().to_string();
+        assert!(
+            e.contains("--data-dir") && e.contains("ICL_EVAL_DATA_DIR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn regex_and_split_column_formats() {
+        let d = tmp("regex");
+        write(&d, "train.txt", "1 a fine film .\n0 a dull film .\n");
+        write(&d, "test.txt", "1 lovely .\n");
+        let y = write(
+            &d,
+            "r.yaml",
+            "task: r\ndataset:\n  format: regex\n  pattern: '^(?P<label>[01]) (?P<sentence>.*)$'\n  files: {train: train.txt, test: test.txt}\n\
+             fewshot_split: train\ndoc_to_text: \"{{ sentence }}\"\ndoc_to_target: \"{{ label }}\"\ndoc_to_choice: [negative, positive]\noutput_type: multiple_choice\n",
+        );
+        let t = load_task(&y, None).unwrap();
+        assert_eq!(
+            (t.test.len(), t.fewshot.len(), t.fewshot_is_test),
+            (1, 2, false)
+        );
+        assert_eq!(t.fewshot[1].target_text(), "negative");
+        write(
+            &d,
+            "all.jsonl",
+            "{\"x\": \"a\", \"split\": \"train\"}\n{\"x\": \"b\", \"split\": \"test\"}\n",
+        );
+        let y = write(
+            &d,
+            "c.yaml",
+            "task: c\ndataset: {path: all.jsonl, split_column: split}\nfewshot_split: train\ndoc_to_text: \"{{ x }}\"\ndoc_to_target: \"{{ x }}\"\noutput_type: generate_until\n",
+        );
+        let t = load_task(&y, None).unwrap();
+        assert_eq!(t.test[0].text, "b");
+        assert_eq!(t.fewshot[0].text, "a");
+    }
+}

@@ -1,0 +1,129 @@
+//! Tasks: validated, typed, rendered once at load so bad templates and targets fail before any model runs.
+
+pub mod generators;
+pub mod load;
+pub mod spec;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use load::{TaskSource, discover, load_task, validate_task};
+pub use spec::OutputType;
+
+/// A metric a task reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Highest summed log-likelihood picks the answer.
+    Acc,
+    /// Highest log-likelihood per UTF-8 byte of the choice picks the answer.
+    AccNorm,
+    /// Generated text equals the target after trimming whitespace.
+    ExactMatch,
+}
+
+impl Metric {
+    /// The metric's name in YAML and results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Acc => "acc",
+            Metric::AccNorm => "acc_norm",
+            Metric::ExactMatch => "exact_match",
+        }
+    }
+
+    /// Parses a metric name, checking it applies to `output_type`.
+    pub fn parse(name: &str, output_type: OutputType) -> Result<Self, String> {
+        let m = match name {
+            "acc" => Metric::Acc,
+            "acc_norm" => Metric::AccNorm,
+            "exact_match" => Metric::ExactMatch,
+            other => {
+                return Err(format!(
+                    "unknown metric `{other}` (known: acc, acc_norm, exact_match)"
+                ));
+            }
+        };
+        let fits = matches!(
+            (m, output_type),
+            (Metric::Acc | Metric::AccNorm, OutputType::MultipleChoice)
+                | (Metric::ExactMatch, OutputType::GenerateUntil)
+        );
+        if fits {
+            Ok(m)
+        } else {
+            Err(format!(
+                "metric `{name}` does not apply to output_type {output_type:?}"
+            ))
+        }
+    }
+
+    /// Metrics reported when the YAML names none.
+    pub fn defaults(output_type: OutputType) -> Vec<Metric> {
+        match output_type {
+            OutputType::MultipleChoice => vec![Metric::Acc, Metric::AccNorm],
+            OutputType::GenerateUntil => vec![Metric::ExactMatch],
+        }
+    }
+}
+
+/// The gold answer of a doc.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// `multiple_choice`: the choices (without delimiter) and the index of the gold one.
+    Choice { choices: Vec<String>, gold: usize },
+    /// `generate_until`: the target text.
+    Text(String),
+}
+
+/// One doc, rendered: its input text and its answer.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Index of the doc in its split; seeds the demonstration draw.
+    pub id: usize,
+    /// Rendered `doc_to_text`.
+    pub text: String,
+    pub answer: Answer,
+    /// Rendered `description` (only used when the doc is a test doc).
+    pub description: String,
+}
+
+impl Item {
+    /// The answer text a demonstration shows after the target delimiter.
+    pub fn target_text(&self) -> &str {
+        match &self.answer {
+            Answer::Choice { choices, gold } => &choices[*gold],
+            Answer::Text(t) => t,
+        }
+    }
+}
+
+/// A validated task with its docs rendered.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub name: String,
+    /// The YAML file it came from.
+    pub source: PathBuf,
+    /// sha256 over the YAML, its template files and its data.
+    pub hash: String,
+    pub output_type: OutputType,
+    pub target_delimiter: String,
+    pub fewshot_delimiter: String,
+    /// Stop sequences for `generate_until`.
+    pub until: Vec<String>,
+    pub max_tokens: usize,
+    /// Reported metrics; the first is the headline.
+    pub metrics: Vec<Metric>,
+    pub test: Vec<Item>,
+    pub fewshot: Vec<Item>,
+    /// Demonstrations come from the test split itself, so each test doc is excluded from its own draw.
+    pub fewshot_is_test: bool,
+}
+
+impl Task {
+    /// The headline metric (first listed).
+    pub fn primary_metric(&self) -> Metric {
+        self.metrics[0]
+    }
+}

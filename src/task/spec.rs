@@ -1,0 +1,119 @@
+//! `TaskSpec`: the serde mirror of a task YAML. Unknown fields are errors; validation happens in `Task`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// A task YAML file, field for field (lm-evaluation-harness vocabulary where it applies).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Task name, used on the command line and in results.
+    pub task: String,
+    /// Jinja text rendered before the demonstrations (no delimiter is added after it).
+    #[serde(default)]
+    pub description: String,
+    pub dataset: DatasetSpec,
+    /// Split whose docs are evaluated.
+    #[serde(default = "default_test_split")]
+    pub test_split: String,
+    /// Split demonstrations are drawn from; when equal to `test_split` the test doc itself is excluded.
+    pub fewshot_split: Option<String>,
+    /// Jinja template of the input, or `file:NAME` for `prompts/NAME`.
+    pub doc_to_text: String,
+    /// Jinja template of the answer: the gold text, or for `multiple_choice` a choice index or choice text.
+    pub doc_to_target: String,
+    /// `multiple_choice` only: a list of Jinja templates, or one `{{ expression }}` yielding a list.
+    pub doc_to_choice: Option<ChoiceSpec>,
+    #[serde(default = "default_target_delimiter")]
+    pub target_delimiter: String,
+    #[serde(default = "default_fewshot_delimiter")]
+    pub fewshot_delimiter: String,
+    pub output_type: OutputType,
+    /// `generate_until` only.
+    pub generation: Option<GenerationSpec>,
+    /// Metrics to report; the first is the headline metric of charts. Defaults per output type.
+    pub metrics: Option<Vec<String>>,
+}
+
+/// Where docs come from: one file, one file per split, or a built-in generator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// One file holding every split (see `split_column`); relative to the YAML, or `${DATA_DIR}/...`.
+    pub path: Option<String>,
+    /// One file per split name.
+    pub files: Option<BTreeMap<String, String>>,
+    /// `jsonl`, `csv`, `tsv`, `parquet` or `regex`; inferred from the extension when absent.
+    pub format: Option<String>,
+    /// For `format: regex`: a pattern with named groups, matched against every non-empty line.
+    pub pattern: Option<String>,
+    /// For a single file: the column naming each row's split. Without it the file is one split, `all`.
+    pub split_column: Option<String>,
+    /// A built-in generator instead of files.
+    pub generator: Option<GeneratorSpec>,
+}
+
+/// A seeded built-in data generator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSpec {
+    /// Generator name, e.g. `two_digit_addition`.
+    pub name: String,
+    /// Docs per split name, e.g. `{train: 200, test: 1000}`.
+    pub splits: BTreeMap<String, usize>,
+    /// Seed of the data (not of the demonstration draw).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// `doc_to_choice`: a list of templates or one expression.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ChoiceSpec {
+    List(Vec<String>),
+    Expression(String),
+}
+
+/// How a doc is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputType {
+    /// Score each choice's log-likelihood; the highest wins.
+    MultipleChoice,
+    /// Generate greedily and compare with the target.
+    GenerateUntil,
+}
+
+impl OutputType {
+    /// The YAML spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputType::MultipleChoice => "multiple_choice",
+            OutputType::GenerateUntil => "generate_until",
+        }
+    }
+}
+
+/// Generation settings for `generate_until`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSpec {
+    /// Stop sequences; defaults to the few-shot delimiter.
+    pub until: Option<Vec<String>>,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+}
+
+fn default_test_split() -> String {
+    "test".into()
+}
+fn default_target_delimiter() -> String {
+    " ".into()
+}
+fn default_fewshot_delimiter() -> String {
+    "\n\n".into()
+}
+fn default_max_tokens() -> usize {
+    32
+}

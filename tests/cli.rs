@@ -1,0 +1,360 @@
+//! End-to-end tests of the real binary: bad input (hermetic) and full runs on SmolLM2 (ignored by
+//! plain `cargo test`; README command 2 runs them with `--include-ignored`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use common::{icl_eval, icl_eval_in, root, smollm2, tmp};
+use icl_eval::run::Sample;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails unless the command failed with exactly one line on stderr containing every `needle`.
+fn assert_one_line_error(o: &std::process::Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {e}"
+    );
+    assert!(!e.contains("panicked"), "panic: {e}");
+    assert_eq!(
+        e.trim_end().lines().count(),
+        1,
+        "expected a one-line error, got:\n{e}"
+    );
+    for n in needles {
+        assert!(e.contains(n), "error should mention {n:?}: {e}");
+    }
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+const DOCS: &str = "{\"q\": \"good\", \"a\": \"1\"}\n{\"q\": \"bad\", \"a\": \"0\"}\n";
+
+#[test]
+fn unknown_yaml_field_is_a_one_line_error() {
+    let d = tmp("unknown-field");
+    write(&d, "docs.jsonl", DOCS);
+    let y = write(
+        &d,
+        "t.yaml",
+        "task: t\ndataset: {path: docs.jsonl}\ndoc_to_txt: x\ndoc_to_text: x\ndoc_to_target: y\noutput_type: generate_until\n",
+    );
+    let o = icl_eval(&["validate", &y]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("t.yaml") && out.contains("unknown field `doc_to_txt`"),
+        "{out}"
+    );
+    let o = icl_eval(&["run", "--tasks", &y, "--models", "x.gguf"]);
+    assert_one_line_error(&o, &["t.yaml", "doc_to_txt"]);
+}
+
+#[test]
+fn undefined_template_variable_names_field_and_doc() {
+    let d = tmp("undefined");
+    write(&d, "docs.jsonl", DOCS);
+    let y = write(
+        &d,
+        "t.yaml",
+        "task: t\ndataset: {path: docs.jsonl}\ntest_split: all\ndoc_to_text: \"{{ question }}\"\ndoc_to_target: \"{{ a }}\"\noutput_type: generate_until\n",
+    );
+    let o = icl_eval(&["run", "--tasks", &y, "--models", "x.gguf"]);
+    assert_one_line_error(&o, &["t.yaml", "doc_to_text", "doc 0", "undefined"]);
+}
+
+#[test]
+fn missing_dataset_file_is_named() {
+    let d = tmp("missing-data");
+    let y = write(
+        &d,
+        "t.yaml",
+        "task: t\ndataset: {path: nowhere.jsonl}\ndoc_to_text: x\ndoc_to_target: y\noutput_type: generate_until\n",
+    );
+    let o = icl_eval(&["run", "--tasks", &y, "--models", "x.gguf"]);
+    assert_one_line_error(&o, &["t.yaml", "nowhere.jsonl"]);
+}
+
+#[test]
+fn model_that_is_not_gguf_is_rejected() {
+    let d = tmp("not-gguf");
+    let m = write(&d, "model.gguf", "this is not a model");
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "two_digit_addition",
+        "--models",
+        &m,
+        "--output",
+        &d.join("run").display().to_string(),
+    ]);
+    assert_one_line_error(&o, &["model.gguf", "not a GGUF file"]);
+}
+
+#[test]
+fn negative_shot_count_is_rejected() {
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "two_digit_addition",
+        "--models",
+        "x.gguf",
+        "--shots",
+        "0,-1",
+    ]);
+    assert_one_line_error(&o, &["--shots", "-1"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+fn gguf_header(tensor_count: u64, kv: &[u8]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(tensor_count.to_le_bytes());
+    b.extend(u64::from(!kv.is_empty()).to_le_bytes());
+    b.extend(kv);
+    b.extend([0u8; 64]);
+    b
+}
+
+#[test]
+fn absurd_gguf_sizes_are_rejected_without_allocating() {
+    let d = tmp("absurd");
+    let huge = 1u64 << 60;
+    let many_tensors = d.join("tensors.gguf");
+    fs::write(&many_tensors, gguf_header(huge, &[])).unwrap();
+    // One metadata entry whose key claims to be 2^60 bytes long.
+    let long_string = d.join("string.gguf");
+    fs::write(&long_string, gguf_header(0, &huge.to_le_bytes())).unwrap();
+    for p in [&many_tensors, &long_string] {
+        let o = icl_eval(&[
+            "run",
+            "--tasks",
+            "two_digit_addition",
+            "--models",
+            &p.display().to_string(),
+            "--output",
+            &d.join("run").display().to_string(),
+        ]);
+        assert_one_line_error(&o, &[&p.display().to_string(), "invalid GGUF"]);
+    }
+}
+
+#[test]
+fn tasks_and_prompt_commands_work_without_a_model() {
+    let o = icl_eval(&["tasks"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for t in [
+        "two_digit_addition",
+        "en_fr_words",
+        "sentiment_reviews",
+        "sst2",
+    ] {
+        assert!(out.contains(t), "{out}");
+    }
+    let o = icl_eval(&[
+        "prompt",
+        "--task",
+        "two_digit_addition",
+        "--shots",
+        "2",
+        "--doc",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(p.matches("Q: What is ").count(), 3, "{p}");
+    assert!(p.ends_with("?\nA:"), "{p:?}");
+    let o = icl_eval(&[
+        "validate",
+        "tasks/two_digit_addition.yaml",
+        "tasks/en_fr_words.yaml",
+        "tasks/sentiment_reviews.yaml",
+    ]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+}
+
+fn read_samples(dir: &Path) -> Vec<Sample> {
+    fs::read_to_string(dir.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh)"]
+fn full_run_on_smollm2_writes_consistent_outputs_and_is_deterministic() {
+    let model = smollm2().display().to_string();
+    let d = tmp("e2e");
+    let a = d.join("a");
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "sentiment_reviews,two_digit_addition",
+        "--models",
+        &model,
+        "--shots",
+        "0,1,4",
+        "--limit",
+        "20",
+        "--threads",
+        "2",
+        "--output",
+        &a.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("| task | model | K |"),
+        "summary table printed: {stdout}"
+    );
+    for f in [
+        "config.json",
+        "samples.jsonl",
+        "summary.csv",
+        "summary.md",
+        "accuracy_vs_shots.png",
+        "accuracy_vs_shots.svg",
+    ] {
+        assert!(a.join(f).is_file(), "{f} missing");
+    }
+    assert!(!a.join("samples.jsonl.partial").exists());
+    let png = fs::read(a.join("accuracy_vs_shots.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(
+        fs::read_to_string(a.join("accuracy_vs_shots.svg"))
+            .unwrap()
+            .contains("<svg")
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["complete"], true);
+    assert_eq!(config["models"][0]["parameters"], 134_515_008u64);
+    assert_eq!(config["models"][0]["architecture"], "llama");
+    assert_eq!(config["shots"], serde_json::json!([0, 1, 4]));
+    assert_eq!(config["tasks"][0]["hash"].as_str().unwrap().len(), 64);
+
+    let samples = read_samples(&a);
+    assert_eq!(samples.len(), 2 * 20 * 3);
+    // The summary must agree with the samples: recompute every cell's mean and n.
+    let mut cells: BTreeMap<(String, usize, String), Vec<f64>> = BTreeMap::new();
+    for s in &samples {
+        assert_eq!(
+            s.k_effective,
+            Some(s.k),
+            "SmolLM2's 8k context fits 4 demonstrations"
+        );
+        for (m, v) in &s.metrics {
+            cells
+                .entry((s.task.clone(), s.k, m.clone()))
+                .or_default()
+                .push(*v);
+        }
+    }
+    let csv = fs::read_to_string(a.join("summary.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
+    let mut seen = 0;
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let key = (
+            f[col("task")].to_string(),
+            f[col("k")].parse().unwrap(),
+            f[col("metric")].to_string(),
+        );
+        let vals = &cells[&key];
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        assert!(
+            (f[col("value")].parse::<f64>().unwrap() - mean).abs() < 1e-9,
+            "{line}"
+        );
+        assert_eq!(f[col("n")].parse::<usize>().unwrap(), vals.len());
+        seen += 1;
+    }
+    assert_eq!(seen, cells.len());
+
+    // Determinism: another --limit and thread count agree exactly on the shared docs.
+    let b = d.join("b");
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "two_digit_addition,sentiment_reviews",
+        "--models",
+        &model,
+        "--shots",
+        "4,0,1",
+        "--limit",
+        "7",
+        "--threads",
+        "1",
+        "--output",
+        &b.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let small = read_samples(&b);
+    assert_eq!(small.len(), 2 * 7 * 3);
+    for s in &small {
+        let twin = samples
+            .iter()
+            .find(|x| x.task == s.task && x.doc_id == s.doc_id && x.k == s.k)
+            .unwrap();
+        assert_eq!(
+            s, twin,
+            "doc {} of {} at K={} differs between runs",
+            s.doc_id, s.task, s.k
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs models/ and ../shared/data"]
+fn sst2_resolves_through_the_data_dir() {
+    let model = smollm2().display().to_string();
+    let d = tmp("sst2");
+    let data = common::data_dir().display().to_string();
+    let o = icl_eval_in(
+        &root(),
+        &[
+            "run",
+            "--tasks",
+            "sst2",
+            "--models",
+            &model,
+            "--shots",
+            "0,2",
+            "--limit",
+            "4",
+            "--data-dir",
+            &data,
+            "--output",
+            &d.display().to_string(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let samples = read_samples(&d);
+    assert_eq!(samples.len(), 8);
+    assert!(
+        samples
+            .iter()
+            .all(|s| s.logprobs.as_ref().is_some_and(|l| l.len() == 2))
+    );
+    let o = icl_eval(&["run", "--tasks", "sst2", "--models", &model]);
+    assert_one_line_error(&o, &["--data-dir", "ICL_EVAL_DATA_DIR"]);
+}

@@ -1,0 +1,50 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bundled SmolLM2 model; panics with the fix when it has not been fetched.
+pub fn smollm2() -> PathBuf {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-models.sh first",
+        p.display()
+    );
+    p
+}
+
+/// The shared benchmark data folder (`../shared/data`), or `ICL_EVAL_DATA_DIR`.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("ICL_EVAL_DATA_DIR")
+        .map_or_else(|| root().join("../shared/data"), PathBuf::from)
+}
+
+/// A fresh temporary folder for one test.
+pub fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("icl-eval-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the real binary from the repository root.
+pub fn icl_eval(args: &[&str]) -> Output {
+    icl_eval_in(&root(), args)
+}
+
+/// Runs the real binary from `dir`.
+pub fn icl_eval_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_icl-eval"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ICL_EVAL_DATA_DIR")
+        .output()
+        .expect("run icl-eval")
+}

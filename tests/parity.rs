@@ -1,0 +1,110 @@
+//! Tokenizer and logit parity with Hugging Face transformers (`tests/fixtures/ref_smollm2.json`).
+//! Needs the real model: `scripts/fetch-models.sh`. Run with `cargo test -- --include-ignored`.
+
+mod common;
+
+use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
+use serde_json::Value;
+
+fn reference() -> Value {
+    let text =
+        std::fs::read_to_string(common::root().join("tests/fixtures/ref_smollm2.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh)"]
+fn smollm2_tokens_and_f32_logprobs_match_transformers() {
+    let r = reference();
+    let b = CandleBackend::load(&common::smollm2(), WeightsChoice::F32).unwrap();
+    let mut worst = 0f32;
+    for p in r["prompts"].as_array().unwrap() {
+        let text = p["prompt"].as_str().unwrap();
+        let want = ids(&p["ids_with_special"]);
+        assert_eq!(b.encode(text).unwrap(), want, "token ids of {text:?}");
+        assert_eq!(
+            b.decode(&want).unwrap(),
+            p["decoded_roundtrip"].as_str().unwrap()
+        );
+        let (got, _) = b.next_token_logprobs(&want).unwrap();
+        let refl = floats(&p["next_token_logprobs"]);
+        assert_eq!(got.len(), refl.len());
+        for (t, (g, e)) in got.iter().zip(&refl).enumerate() {
+            let d = (g - e).abs();
+            worst = worst.max(d);
+            assert!(
+                d <= 1e-3,
+                "{text:?} position {t}: {g} vs reference {e} (diff {d})"
+            );
+        }
+    }
+    eprintln!("f32: max |Δ logprob| = {worst:.2e} nats");
+}
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh)"]
+fn smollm2_quantized_logprobs_stay_close() {
+    let r = reference();
+    let b = CandleBackend::load(&common::smollm2(), WeightsChoice::Quantized).unwrap();
+    let (mut sum, mut n, mut max) = (0f64, 0usize, 0f32);
+    for p in r["prompts"].as_array().unwrap() {
+        let want = ids(&p["ids_with_special"]);
+        let (got, _) = b.next_token_logprobs(&want).unwrap();
+        for (g, e) in got.iter().zip(floats(&p["next_token_logprobs"])) {
+            let d = (g - e).abs();
+            sum += d as f64;
+            n += 1;
+            max = max.max(d);
+        }
+    }
+    let mean = sum / n as f64;
+    eprintln!("quantized: mean |Δ| = {mean:.4}, max |Δ| = {max:.4} nats over {n} positions");
+    assert!(mean <= 0.05, "mean abs diff {mean}");
+    assert!(max <= 0.5, "max abs diff {max}");
+}
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh)"]
+fn loglikelihood_from_kv_cache_equals_one_full_pass() {
+    use icl_eval::backend::Backend;
+    // Scoring continuations off a shared context cache must give the same sums as scoring each
+    // context + continuation in one pass.
+    let mut b = CandleBackend::load(&common::smollm2(), WeightsChoice::F32).unwrap();
+    let ctx = "Review: A wonderful, moving film.\nSentiment:";
+    let conts = vec![
+        " positive".to_string(),
+        " negative".to_string(),
+        " utterly forgettable".to_string(),
+    ];
+    let got = b.loglikelihood(ctx, &conts).unwrap();
+    let n_ctx = b.encode(ctx).unwrap().len();
+    for (c, g) in conts.iter().zip(&got) {
+        let whole = b.encode(&format!("{ctx}{c}")).unwrap();
+        let (lp, argmax) = b.next_token_logprobs(&whole).unwrap();
+        let want: f64 = lp[n_ctx - 1..].iter().map(|&x| x as f64).sum();
+        assert!(
+            (g.logprob - want).abs() < 1e-3,
+            "{c:?}: {} vs {want}",
+            g.logprob
+        );
+        assert_eq!(g.n_tokens, whole.len() - n_ctx);
+        let greedy = (n_ctx..whole.len()).all(|i| argmax[i - 1] == whole[i]);
+        assert_eq!(g.is_greedy, greedy, "{c:?}");
+    }
+}

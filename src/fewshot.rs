@@ -40,21 +40,13 @@ mod tests {
     }
 
     fn task(n: usize, fewshot_is_test: bool) -> Task {
-        let docs: Vec<Item> = (0..n).map(item).collect();
-        Task {
-            name: "t".into(),
-            source: "t.yaml".into(),
-            hash: String::new(),
-            output_type: OutputType::GenerateUntil,
-            target_delimiter: " ".into(),
-            fewshot_delimiter: "\n\n".into(),
-            until: vec!["\n".into()],
-            max_tokens: 4,
-            metrics: vec![Metric::ExactMatch],
-            test: docs.clone(),
-            fewshot: docs,
-            fewshot_is_test,
-        }
+        let mut t = Task::for_tests(
+            OutputType::GenerateUntil,
+            vec![Metric::ExactMatch],
+            (0..n).map(item).collect(),
+        );
+        t.fewshot_is_test = fewshot_is_test;
+        t
     }
 
     #[test]

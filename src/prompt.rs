@@ -83,20 +83,8 @@ mod tests {
             description: "Classify.\n\n".into(),
         };
         let docs = vec![mk(0, "great", 1), mk(1, "awful", 0), mk(2, "nice", 1)];
-        let t = Task {
-            name: "s".into(),
-            source: "s.yaml".into(),
-            hash: String::new(),
-            output_type: OutputType::MultipleChoice,
-            target_delimiter: " ".into(),
-            fewshot_delimiter: "\n\n".into(),
-            until: vec![],
-            max_tokens: 1,
-            metrics: vec![Metric::Acc],
-            test: docs.clone(),
-            fewshot: docs.clone(),
-            fewshot_is_test: true,
-        };
+        let mut t = Task::for_tests(OutputType::MultipleChoice, vec![Metric::Acc], docs.clone());
+        t.max_tokens = 1;
         (t, docs)
     }
 

@@ -358,3 +358,59 @@ fn sst2_resolves_through_the_data_dir() {
     let o = icl_eval(&["run", "--tasks", "sst2", "--models", &model]);
     assert_one_line_error(&o, &["--data-dir", "ICL_EVAL_DATA_DIR"]);
 }
+
+/// The README's "Add your own task" example, verbatim, must validate and render.
+#[test]
+fn readme_example_task_works() {
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let block = |title: &str| {
+        let start = readme
+            .find(title)
+            .unwrap_or_else(|| panic!("README lacks {title}"));
+        let rest = &readme[start..];
+        let open = rest.find("```").unwrap();
+        let body = &rest[open..];
+        let body = &body[body.find('\n').unwrap() + 1..];
+        body[..body.find("```").unwrap()].to_string()
+    };
+    let d = tmp("readme-task");
+    fs::create_dir_all(d.join("tasks/data")).unwrap();
+    fs::create_dir_all(d.join("prompts")).unwrap();
+    fs::write(
+        d.join("tasks/capitals.yaml"),
+        block("`tasks/capitals.yaml`"),
+    )
+    .unwrap();
+    fs::write(
+        d.join("prompts/capitals.jinja"),
+        block("`prompts/capitals.jinja`"),
+    )
+    .unwrap();
+    fs::write(
+        d.join("tasks/data/capitals.jsonl"),
+        block("`tasks/data/capitals.jsonl`"),
+    )
+    .unwrap();
+    let o = icl_eval_in(&d, &["validate", "tasks/capitals.yaml"]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    let o = icl_eval_in(
+        &d,
+        &["prompt", "--task", "capitals", "--shots", "2", "--doc", "0"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        p.starts_with("Pick the capital city.\n\nCountry: "),
+        "{p:?}"
+    );
+    assert!(
+        p.contains("Capital: Paris") && p.contains("Capital: Tokyo"),
+        "{p:?}"
+    );
+    assert!(p.ends_with("Country: Canada\nCapital:"), "{p:?}");
+}

@@ -7,6 +7,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use polars::prelude::*;
 
+use super::table::SummaryColumns;
 use crate::task::Task;
 
 /// Okabe–Ito palette: distinguishable with the common colour-vision deficiencies.
@@ -20,6 +21,9 @@ pub const PALETTE: [RGBColor; 8] = [
     RGBColor(240, 228, 66),
     RGBColor(0, 0, 0),
 ];
+
+/// The y axis runs past 100% so the legend sits above the data instead of on it.
+const LEGEND_HEADROOM: f64 = 1.2;
 
 const PANEL_W: u32 = 640;
 const PANEL_H: u32 = 460;
@@ -64,12 +68,15 @@ pub fn accuracy_vs_shots(dir: &Path, summary: &DataFrame, tasks: &[Task]) -> Res
 }
 
 fn panels(summary: &DataFrame, tasks: &[Task]) -> Result<(Vec<u32>, Vec<Panel>)> {
-    let task = summary.column("task")?.str()?;
-    let model = summary.column("model")?.str()?;
-    let k = summary.column("k")?.u32()?;
-    let metric = summary.column("metric")?.str()?;
-    let value = summary.column("value")?.f64()?;
-    let se = summary.column("stderr")?.f64()?;
+    let SummaryColumns {
+        task,
+        model,
+        k,
+        metric,
+        value,
+        stderr: se,
+        ..
+    } = SummaryColumns::of(summary)?;
     let mut ks: Vec<u32> = (0..k.len()).filter_map(|i| k.get(i)).collect();
     ks.sort_unstable();
     ks.dedup();
@@ -132,7 +139,10 @@ where
             .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(64)
-            .build_cartesian_2d((0..ks.len()).into_segmented(), 0f64..1f64)
+            .build_cartesian_2d(
+                (0..ks.len().max(2) - 1).into_segmented(),
+                0f64..LEGEND_HEADROOM,
+            )
             .map_err(err)?;
         chart
             .configure_mesh()
@@ -141,7 +151,13 @@ where
                 SegmentValue::CenterOf(i) => ks.get(*i).map_or(String::new(), |k| k.to_string()),
                 _ => String::new(),
             })
-            .y_label_formatter(&|y| format!("{:.0}%", y * 100.0))
+            .y_label_formatter(&|y| {
+                if *y <= 1.0 {
+                    format!("{:.0}%", y * 100.0)
+                } else {
+                    String::new()
+                }
+            })
             .x_desc("demonstrations in the prompt (K)")
             .y_desc(format!("{} (± stderr)", panel.metric))
             .label_style(("sans-serif", 16))

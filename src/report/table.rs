@@ -73,6 +73,36 @@ pub fn summarize(samples: &[Sample], tasks: &[Task], models: &[ModelInfo]) -> Re
     Ok(summary)
 }
 
+/// Typed views of the summary's columns, for readers of the table.
+pub struct SummaryColumns<'a> {
+    pub task: &'a StringChunked,
+    pub model: &'a StringChunked,
+    pub k: &'a UInt32Chunked,
+    pub metric: &'a StringChunked,
+    pub value: &'a Float64Chunked,
+    pub stderr: &'a Float64Chunked,
+    pub n: &'a UInt32Chunked,
+    pub skipped: &'a UInt32Chunked,
+    pub mean_k_effective: &'a Float64Chunked,
+}
+
+impl<'a> SummaryColumns<'a> {
+    /// Borrows the columns `summarize` produces.
+    pub fn of(df: &'a DataFrame) -> Result<Self> {
+        Ok(Self {
+            task: df.column("task")?.str()?,
+            model: df.column("model")?.str()?,
+            k: df.column("k")?.u32()?,
+            metric: df.column("metric")?.str()?,
+            value: df.column("value")?.f64()?,
+            stderr: df.column("stderr")?.f64()?,
+            n: df.column("n")?.u32()?,
+            skipped: df.column("skipped")?.u32()?,
+            mean_k_effective: df.column("mean_k_effective")?.f64()?,
+        })
+    }
+}
+
 /// Writes `summary.csv` and `summary.md`; returns the Markdown.
 pub fn write_all(dir: &Path, summary: &DataFrame) -> Result<String> {
     let csv = dir.join("summary.csv");
@@ -87,15 +117,17 @@ pub fn write_all(dir: &Path, summary: &DataFrame) -> Result<String> {
 
 /// The summary as a Markdown table: value ± stderr with n, one row per cell.
 pub fn markdown(summary: &DataFrame) -> Result<String> {
-    let task = summary.column("task")?.str()?;
-    let model = summary.column("model")?.str()?;
-    let k = summary.column("k")?.u32()?;
-    let metric = summary.column("metric")?.str()?;
-    let value = summary.column("value")?.f64()?;
-    let se = summary.column("stderr")?.f64()?;
-    let n = summary.column("n")?.u32()?;
-    let skipped = summary.column("skipped")?.u32()?;
-    let keff = summary.column("mean_k_effective")?.f64()?;
+    let SummaryColumns {
+        task,
+        model,
+        k,
+        metric,
+        value,
+        stderr: se,
+        n,
+        skipped,
+        mean_k_effective: keff,
+    } = SummaryColumns::of(summary)?;
     let mut out = String::from(
         "| task | model | K | metric | value | ± stderr | n | mean K used | skipped |\n",
     );
@@ -156,20 +188,7 @@ mod tests {
             answer: Answer::Text(String::new()),
             description: String::new(),
         };
-        let task = Task {
-            name: "t".into(),
-            source: "t.yaml".into(),
-            hash: String::new(),
-            output_type: OutputType::MultipleChoice,
-            target_delimiter: " ".into(),
-            fewshot_delimiter: "\n\n".into(),
-            until: vec![],
-            max_tokens: 1,
-            metrics: vec![Metric::Acc],
-            test: vec![item.clone()],
-            fewshot: vec![item],
-            fewshot_is_test: true,
-        };
+        let task = Task::for_tests(OutputType::MultipleChoice, vec![Metric::Acc], vec![item]);
         let samples = vec![
             sample(0, Some(1.0)),
             sample(0, Some(0.0)),

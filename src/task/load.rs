@@ -163,6 +163,13 @@ fn build(path: &Path, data_dir: Option<&Path>) -> (Option<Task>, Vec<String>) {
 fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Inline templates mean what they say: `description: "Translate:\n"` keeps its newline.
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
     let mut add = |cx: &mut Ctx, field: &str, src: &str| {
         let src = template_source(cx, field, src)?;
         match env.add_template_owned(field.to_string(), src) {
@@ -304,7 +311,8 @@ fn template_source(cx: &mut Ctx, field: &str, src: &str) -> Option<String> {
         Some(p) => match fs::read_to_string(p) {
             Ok(s) => {
                 cx.hasher.update(s.as_bytes());
-                Some(s)
+                // Files end with a newline by convention; it is not part of the prompt.
+                Some(s.strip_suffix('\n').unwrap_or(&s).to_string())
             }
             Err(e) => {
                 cx.problem(format!("field `{field}`: cannot read {}: {e}", p.display()));
@@ -702,6 +710,24 @@ mod tests {
             }
         );
         assert_eq!(t.metrics, vec![Metric::Acc, Metric::AccNorm]);
+    }
+
+    #[test]
+    fn inline_templates_keep_trailing_newlines_and_files_drop_one() {
+        let d = tmp("newline");
+        write(&d, "docs.jsonl", DOCS);
+        fs::create_dir_all(d.join("prompts")).unwrap();
+        write(&d.join("prompts"), "q.jinja", "Q: {{ q }}\n");
+        let y = write(
+            &d,
+            "t.yaml",
+            "task: t\ndescription: \"Translate:\\n\"\ndataset: {path: docs.jsonl}\ntest_split: all\n\
+             doc_to_text: \"file:q.jinja\"\ndoc_to_target: \"{{ label }}\\n\"\noutput_type: generate_until\n",
+        );
+        let t = load_task(&y, None).unwrap();
+        assert_eq!(t.test[0].description, "Translate:\n");
+        assert_eq!(t.test[0].text, "Q: good");
+        assert_eq!(t.test[0].target_text(), "1\n");
     }
 
     #[test]

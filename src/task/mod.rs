@@ -127,3 +127,28 @@ impl Task {
         self.metrics[0]
     }
 }
+
+#[cfg(test)]
+impl Task {
+    /// A task over `docs` (used as both splits) for unit tests elsewhere in the crate.
+    pub(crate) fn for_tests(
+        output_type: OutputType,
+        metrics: Vec<Metric>,
+        docs: Vec<Item>,
+    ) -> Task {
+        Task {
+            name: "t".into(),
+            source: "t.yaml".into(),
+            hash: String::new(),
+            output_type,
+            target_delimiter: " ".into(),
+            fewshot_delimiter: "\n\n".into(),
+            until: vec!["\n".into()],
+            max_tokens: 4,
+            metrics,
+            test: docs.clone(),
+            fewshot: docs,
+            fewshot_is_test: true,
+        }
+    }
+}

@@ -43,12 +43,12 @@ impl LlamaConfig {
         };
         let n_heads = get("attention.head_count")?.to_u32()? as usize;
         let hidden = get("embedding_length")?.to_u32()? as usize;
-        if n_heads == 0 || hidden % n_heads != 0 {
+        if n_heads == 0 || !hidden.is_multiple_of(n_heads) {
             bail!("embedding_length {hidden} is not a multiple of head_count {n_heads}");
         }
         let n_kv_heads =
             get("attention.head_count_kv").map_or(Ok(n_heads as u32), |v| v.to_u32())? as usize;
-        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
             bail!("head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}");
         }
         Ok(Self {

@@ -1,4 +1,4 @@
-//! Tokenizer and logit parity with Hugging Face transformers (`tests/fixtures/ref_smollm2.json`).
+//! Tokenizer and logit parity with Hugging Face transformers (`tests/fixtures/ref_*.json`).
 //! Needs the real model: `scripts/fetch-models.sh`. Run with `cargo test -- --include-ignored`.
 
 mod common;
@@ -6,9 +6,9 @@ mod common;
 use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
 use serde_json::Value;
 
-fn reference() -> Value {
+fn reference(fixture: &str) -> Value {
     let text =
-        std::fs::read_to_string(common::root().join("tests/fixtures/ref_smollm2.json")).unwrap();
+        std::fs::read_to_string(common::root().join("tests/fixtures").join(fixture)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -28,11 +28,11 @@ fn floats(v: &Value) -> Vec<f32> {
         .collect()
 }
 
-#[test]
-#[ignore = "needs models/ (scripts/fetch-models.sh)"]
-fn smollm2_tokens_and_f32_logprobs_match_transformers() {
-    let r = reference();
-    let b = CandleBackend::load(&common::smollm2(), WeightsChoice::F32).unwrap();
+/// Token ids equal the reference on every prompt, and float32 log-probs are within 1e-3 nats at
+/// every position.
+fn check_f32(fixture: &str, model: &std::path::Path) {
+    let r = reference(fixture);
+    let b = CandleBackend::load(model, WeightsChoice::F32).unwrap();
     let mut worst = 0f32;
     for p in r["prompts"].as_array().unwrap() {
         let text = p["prompt"].as_str().unwrap();
@@ -54,14 +54,13 @@ fn smollm2_tokens_and_f32_logprobs_match_transformers() {
             );
         }
     }
-    eprintln!("f32: max |Δ logprob| = {worst:.2e} nats");
+    eprintln!("{fixture} f32: max |Δ logprob| = {worst:.2e} nats");
 }
 
-#[test]
-#[ignore = "needs models/ (scripts/fetch-models.sh)"]
-fn smollm2_quantized_logprobs_stay_close() {
-    let r = reference();
-    let b = CandleBackend::load(&common::smollm2(), WeightsChoice::Quantized).unwrap();
+/// Quantized weights: mean |Δ| ≤ 0.05 and max ≤ 0.5 nats against the float32 reference.
+fn check_quantized(fixture: &str, model: &std::path::Path) {
+    let r = reference(fixture);
+    let b = CandleBackend::load(model, WeightsChoice::Quantized).unwrap();
     let (mut sum, mut n, mut max) = (0f64, 0usize, 0f32);
     for p in r["prompts"].as_array().unwrap() {
         let want = ids(&p["ids_with_special"]);
@@ -74,9 +73,35 @@ fn smollm2_quantized_logprobs_stay_close() {
         }
     }
     let mean = sum / n as f64;
-    eprintln!("quantized: mean |Δ| = {mean:.4}, max |Δ| = {max:.4} nats over {n} positions");
+    eprintln!(
+        "{fixture} quantized: mean |Δ| = {mean:.4}, max |Δ| = {max:.4} nats over {n} positions"
+    );
     assert!(mean <= 0.05, "mean abs diff {mean}");
     assert!(max <= 0.5, "max abs diff {max}");
+}
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh)"]
+fn smollm2_tokens_and_f32_logprobs_match_transformers() {
+    check_f32("ref_smollm2.json", &common::smollm2());
+}
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh)"]
+fn smollm2_quantized_logprobs_stay_close() {
+    check_quantized("ref_smollm2.json", &common::smollm2());
+}
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh qwen2.5-coder-0.5b)"]
+fn qwen2_tokens_and_f32_logprobs_match_transformers() {
+    check_f32("ref_qwen2.5-coder-0.5b.json", &common::qwen05());
+}
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh qwen2.5-coder-0.5b)"]
+fn qwen2_quantized_logprobs_stay_close() {
+    check_quantized("ref_qwen2.5-coder-0.5b.json", &common::qwen05());
 }
 
 #[test]

@@ -20,6 +20,17 @@ pub fn smollm2() -> PathBuf {
     p
 }
 
+/// The bundled Qwen2.5-Coder-0.5B model; panics with the fix when it has not been fetched.
+pub fn qwen05() -> PathBuf {
+    let p = root().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-models.sh qwen2.5-coder-0.5b first",
+        p.display()
+    );
+    p
+}
+
 /// The shared benchmark data folder (`../shared/data`), or `ICL_EVAL_DATA_DIR`.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("ICL_EVAL_DATA_DIR")

@@ -1,4 +1,5 @@
-//! The `llama` architecture from GGUF weights, with a forward pass that keeps every position.
+//! The `llama` family from GGUF weights (`llama`, `qwen2`), with a forward pass that keeps every
+//! position.
 //!
 //! candle-transformers' quantized llama returns only the last position's logits; scoring needs the
 //! log-probabilities of every continuation token, and multiple-choice scoring needs to branch several
@@ -10,6 +11,9 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
+/// GGUF architectures this module runs.
+pub const SUPPORTED: &[&str] = &["llama", "qwen2"];
+
 /// How weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
@@ -17,6 +21,15 @@ pub enum WeightFormat {
     F32,
     /// Kept in the file's quantized blocks.
     Quantized,
+}
+
+/// How rotary embeddings pair up dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (GGUF `llama`: the converter permutes Q/K weights for it).
+    Interleaved,
+    /// First half with second half (GPT-NeoX style; `qwen2`).
+    Halves,
 }
 
 /// Hyper-parameters read from the GGUF metadata.
@@ -29,6 +42,7 @@ pub struct LlamaConfig {
     pub hidden: usize,
     pub rms_eps: f64,
     pub rope_base: f32,
+    pub rope_style: RopeStyle,
     pub context_length: usize,
 }
 
@@ -59,6 +73,14 @@ impl LlamaConfig {
             hidden,
             rms_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
             rope_base: get("rope.freq_base").map_or(Ok(10_000.0), |v| v.to_f32())?,
+            rope_style: match arch {
+                "llama" => RopeStyle::Interleaved,
+                "qwen2" => RopeStyle::Halves,
+                other => bail!(
+                    "architecture `{other}` is not supported (supported: {})",
+                    SUPPORTED.join(", ")
+                ),
+            },
             context_length: get("context_length")?.to_u32()? as usize,
         })
     }
@@ -95,6 +117,8 @@ struct Layer {
     q: Linear,
     k: Linear,
     v: Linear,
+    /// Q/K/V biases (qwen2 has them, llama does not).
+    qkv_bias: Option<(Tensor, Tensor, Tensor)>,
     o: Linear,
     ffn_norm: Tensor,
     gate: Linear,
@@ -178,7 +202,13 @@ impl Llama {
         format: WeightFormat,
         device: &Device,
     ) -> Result<Self> {
-        let cfg = LlamaConfig::from_metadata(content, "llama")?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let cfg = LlamaConfig::from_metadata(content, &arch)?;
         let embed = load_f32(content, r, "token_embd.weight", device)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
@@ -186,11 +216,21 @@ impl Llama {
             let lin = |r: &mut R, n: &str| {
                 load_linear(content, r, &format!("{p}.{n}.weight"), format, device)
             };
+            let qkv_bias = if content
+                .tensor_infos
+                .contains_key(&format!("{p}.attn_q.bias"))
+            {
+                let b = |r: &mut R, n: &str| load_f32(content, r, &format!("{p}.{n}.bias"), device);
+                Some((b(r, "attn_q")?, b(r, "attn_k")?, b(r, "attn_v")?))
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: load_f32(content, r, &format!("{p}.attn_norm.weight"), device)?,
                 q: lin(r, "attn_q")?,
                 k: lin(r, "attn_k")?,
                 v: lin(r, "attn_v")?,
+                qkv_bias,
                 o: lin(r, "attn_output")?,
                 ffn_norm: load_f32(content, r, &format!("{p}.ffn_norm.weight"), device)?,
                 gate: lin(r, "ffn_gate")?,
@@ -260,27 +300,27 @@ impl Llama {
         let mut new_layers = Vec::with_capacity(self.layers.len());
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.cfg.rms_eps as f32)?;
-            let q = layer
-                .q
-                .forward(&h)?
-                .reshape((1, t, nh, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = layer
-                .k
-                .forward(&h)?
-                .reshape((1, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = layer
-                .v
-                .forward(&h)?
-                .reshape((1, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            // GGUF llama Q/K weights are permuted for the interleaved (GPT-J style) rotation.
-            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+            let (mut q, mut k, mut v) = (
+                layer.q.forward(&h)?,
+                layer.k.forward(&h)?,
+                layer.v.forward(&h)?,
+            );
+            if let Some((bq, bk, bv)) = &layer.qkv_bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
+            let heads =
+                |x: Tensor, n: usize| x.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+            let (q, k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
+            // GGUF llama Q/K weights are permuted for the interleaved (GPT-J style) rotation;
+            // qwen2 keeps Hugging Face's layout and rotates halves.
+            let rope = match self.cfg.rope_style {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i,
+                RopeStyle::Halves => candle_nn::rotary_emb::rope,
+            };
+            let q = rope(&q, &cos, &sin)?;
+            let k = rope(&k, &cos, &sin)?;
             let (k, v) = match cache.layers.get(li) {
                 Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                 None => (k, v),

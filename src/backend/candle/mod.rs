@@ -148,8 +148,11 @@ fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>, String
         .and_then(|v| v.to_string().ok())
         .cloned()
         .with_context(|| format!("{shown}: GGUF has no `general.architecture`"))?;
-    if arch != "llama" {
-        bail!("{shown}: architecture `{arch}` is not supported yet (supported: llama)");
+    if !llama::SUPPORTED.contains(&arch.as_str()) {
+        bail!(
+            "{shown}: architecture `{arch}` is not supported yet (supported: {})",
+            llama::SUPPORTED.join(", ")
+        );
     }
     Ok((content, reader, arch))
 }

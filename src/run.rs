@@ -170,6 +170,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     let summary = report::table::summarize(&samples, &tasks, &models)?;
     let md = report::table::write_all(&dir, &summary)?;
     report::chart::accuracy_vs_shots(&dir, &summary, &tasks)?;
+    report::chart::accuracy_vs_model_size(&dir, &summary, &tasks)?;
     write_config(
         &dir,
         cfg,

@@ -1,4 +1,5 @@
-//! Charts of the summary (plotters): accuracy against the number of demonstrations.
+//! Charts of the summary (plotters): accuracy against the number of demonstrations, and against
+//! model size.
 
 use std::path::Path;
 
@@ -207,4 +208,264 @@ where
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// A line of the model-size chart: (parameters, value, stderr) per model, for one K.
+type SizeLine = (String, Vec<(f64, f64, f64)>);
+
+/// Writes `accuracy_vs_model_size.png` and `.svg` when the run has two or more models: x = parameters
+/// (log axis), one line per K, one panel per task (its headline metric) plus the mean over tasks.
+pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[Task]) -> Result<()> {
+    let c = SummaryColumns::of(summary)?;
+    let mut sizes: Vec<(String, u64)> = Vec::new();
+    for i in 0..summary.height() {
+        if let (Some(m), Some(p)) = (c.model.get(i), c.parameters.get(i))
+            && !sizes.iter().any(|(x, _)| x == m)
+        {
+            sizes.push((m.to_string(), p));
+        }
+    }
+    if sizes.len() < 2 {
+        return Ok(());
+    }
+    sizes.sort_by_key(|(m, p)| (*p, m.clone()));
+    let mut ks: Vec<u32> = (0..c.k.len()).filter_map(|i| c.k.get(i)).collect();
+    ks.sort_unstable();
+    ks.dedup();
+    // cell[task][k][model] = (value, stderr) of the task's headline metric.
+    let cell = |t: &Task, k: u32, m: &str| {
+        (0..summary.height())
+            .find(|&i| {
+                c.task.get(i) == Some(&t.name)
+                    && c.k.get(i) == Some(k)
+                    && c.model.get(i) == Some(m)
+                    && c.metric.get(i) == Some(t.primary_metric().name())
+            })
+            .and_then(|i| {
+                Some((
+                    c.value.get(i)?,
+                    c.stderr.get(i).filter(|s| s.is_finite()).unwrap_or(0.0),
+                ))
+            })
+            .filter(|(v, _)| v.is_finite())
+    };
+    let mut panels: Vec<(String, String, Vec<SizeLine>)> = Vec::new();
+    for t in tasks {
+        let lines = ks
+            .iter()
+            .map(|&k| {
+                let pts = sizes
+                    .iter()
+                    .filter_map(|(m, p)| cell(t, k, m).map(|(v, s)| (*p as f64, v, s)))
+                    .collect();
+                (format!("K = {k}"), pts)
+            })
+            .collect();
+        panels.push((t.name.clone(), t.primary_metric().name().to_string(), lines));
+    }
+    if tasks.len() > 1 {
+        // Mean over tasks of each model's headline metric; its stderr treats tasks as independent.
+        let lines = ks
+            .iter()
+            .map(|&k| {
+                let pts = sizes
+                    .iter()
+                    .filter_map(|(m, p)| {
+                        let cells: Vec<(f64, f64)> =
+                            tasks.iter().filter_map(|t| cell(t, k, m)).collect();
+                        (cells.len() == tasks.len()).then(|| {
+                            let n = cells.len() as f64;
+                            let mean = cells.iter().map(|c| c.0).sum::<f64>() / n;
+                            let se = cells.iter().map(|c| c.1 * c.1).sum::<f64>().sqrt() / n;
+                            (*p as f64, mean, se)
+                        })
+                    })
+                    .collect();
+                (format!("K = {k}"), pts)
+            })
+            .collect();
+        panels.push(("mean over tasks".into(), "headline metric".into(), lines));
+    }
+    let cols = panels.len().min(3);
+    let rows = panels.len().div_ceil(cols);
+    let size = (PANEL_W * cols as u32, PANEL_H * rows as u32);
+    let lo = sizes[0].1 as f64 / 1.6;
+    let hi = sizes[sizes.len() - 1].1 as f64 * 1.6;
+    let png = dir.join("accuracy_vs_model_size.png");
+    draw_sizes(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        &panels,
+        (lo, hi),
+        rows,
+        cols,
+    )?;
+    let svg = dir.join("accuracy_vs_model_size.svg");
+    draw_sizes(
+        SVGBackend::new(&svg, size).into_drawing_area(),
+        &panels,
+        (lo, hi),
+        rows,
+        cols,
+    )
+}
+
+fn draw_sizes<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    panels: &[(String, String, Vec<SizeLine>)],
+    (lo, hi): (f64, f64),
+    rows: usize,
+    cols: usize,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("chart: {e}");
+    root.fill(&WHITE).map_err(err)?;
+    for (area, (title, metric, lines)) in root.split_evenly((rows, cols)).iter().zip(panels) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 24))
+            .margin(12)
+            .x_label_area_size(48)
+            .y_label_area_size(64)
+            .build_cartesian_2d((lo..hi).log_scale(), 0f64..LEGEND_HEADROOM)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_labels(6)
+            .x_label_formatter(&|x| format!("{:.0}M", x / 1e6))
+            .y_label_formatter(&|y| {
+                if *y <= 1.0 {
+                    format!("{:.0}%", y * 100.0)
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc("parameters (log scale)")
+            .y_desc(format!("{metric} (± stderr)"))
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .draw()
+            .map_err(err)?;
+        for (li, (name, pts)) in lines.iter().enumerate() {
+            let color = PALETTE[li % PALETTE.len()];
+            let xy: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
+            chart
+                .draw_series(LineSeries::new(xy.clone(), color.stroke_width(3)))
+                .map_err(err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            chart
+                .draw_series(xy.iter().map(|&p| Circle::new(p, 5, color.filled())))
+                .map_err(err)?;
+            chart
+                .draw_series(pts.iter().map(|&(x, y, s)| {
+                    ErrorBar::new_vertical(
+                        x,
+                        (y - s).max(0.0),
+                        y,
+                        (y + s).min(1.0),
+                        color.stroke_width(2),
+                        10,
+                    )
+                }))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 16))
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ModelInfo;
+    use crate::report::table::summarize;
+    use crate::run::Sample;
+    use crate::task::{Answer, Item, Metric, OutputType};
+    use std::collections::BTreeMap;
+
+    fn model(name: &str, parameters: u64) -> ModelInfo {
+        ModelInfo {
+            name: name.into(),
+            path: String::new(),
+            sha256: String::new(),
+            architecture: "llama".into(),
+            parameters,
+            context_length: 8192,
+            weights: "f32".into(),
+        }
+    }
+
+    fn sample(model: &str, doc_id: usize, k: usize, acc: f64) -> Sample {
+        Sample {
+            model: model.into(),
+            task: "t".into(),
+            doc_id,
+            k,
+            k_effective: Some(k),
+            prompt_hash: None,
+            tokens: None,
+            logprobs: None,
+            generated: None,
+            prediction: None,
+            gold: "x".into(),
+            correct: Some(acc > 0.5),
+            metrics: BTreeMap::from([("acc".to_string(), acc)]),
+            skipped: None,
+        }
+    }
+
+    #[test]
+    fn charts_render_a_point_per_cell() {
+        let item = Item {
+            id: 0,
+            text: String::new(),
+            answer: Answer::Text(String::new()),
+            description: String::new(),
+        };
+        let task = Task::for_tests(OutputType::MultipleChoice, vec![Metric::Acc], vec![item]);
+        let models = [model("small", 135_000_000), model("large", 630_000_000)];
+        let mut samples = Vec::new();
+        for m in &models {
+            for k in [0, 1, 8] {
+                for d in 0..4 {
+                    samples.push(sample(&m.name, d, k, f64::from(u8::from(d < 2 + k / 8))));
+                }
+            }
+        }
+        let summary = summarize(&samples, std::slice::from_ref(&task), &models).unwrap();
+        let dir = std::env::temp_dir().join(format!("icl-eval-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        accuracy_vs_shots(&dir, &summary, std::slice::from_ref(&task)).unwrap();
+        accuracy_vs_model_size(&dir, &summary, std::slice::from_ref(&task)).unwrap();
+        for name in ["accuracy_vs_shots", "accuracy_vs_model_size"] {
+            let png = std::fs::read(dir.join(format!("{name}.png"))).unwrap();
+            assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+            // IHDR width and height: one 640×460 panel.
+            assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), PANEL_W);
+            assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), PANEL_H);
+            let svg = std::fs::read_to_string(dir.join(format!("{name}.svg"))).unwrap();
+            assert!(svg.starts_with("<svg"), "{name}");
+            // One filled marker per cell: 2 models × 3 K.
+            let markers = svg
+                .lines()
+                .filter(|l| l.contains("<circle") && l.contains("fill=\"#"))
+                .count();
+            assert_eq!(markers, 6, "{name}");
+        }
+        let svg = std::fs::read_to_string(dir.join("accuracy_vs_shots.svg")).unwrap();
+        assert!(svg.contains("small") && svg.contains("large"));
+        let svg = std::fs::read_to_string(dir.join("accuracy_vs_model_size.svg")).unwrap();
+        assert!(svg.contains("K = 0") && svg.contains("K = 8"));
+    }
 }

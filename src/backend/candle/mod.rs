@@ -164,13 +164,23 @@ pub fn load_tokenizer(path: &Path) -> Result<(TextTokenizer, usize)> {
     Ok((TextTokenizer::for_gguf(path, &content)?, cfg.context_length))
 }
 
+/// Free memory: MemAvailable, capped by a cgroup (container) limit when one is set.
 fn available_memory_bytes() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
+    let host = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(8 << 30, |kb| kb * 1024)
+        .map_or(8 << 30, |kb| kb * 1024);
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .filter_map(|s| s.trim().parse::<u64>().ok())
+    .min();
+    cgroup.map_or(host, |c| c.min(host))
 }
 
 /// candle errors carry a backtrace when `RUST_BACKTRACE` is set; users need only the message.
@@ -223,8 +233,13 @@ impl Backend for CandleBackend {
             return Ok(Vec::new());
         }
         let ctx_text = context.trim_end();
-        let empty_context = self.tokenizer.encode(ctx_text)?.is_empty();
-        let ctx_ids = self.context_ids(ctx_text)?;
+        let encoded = self.tokenizer.encode(ctx_text)?;
+        let empty_context = encoded.is_empty();
+        let ctx_ids = if empty_context {
+            self.context_ids(ctx_text)?
+        } else {
+            encoded
+        };
         let n = ctx_ids.len();
         // Encode context + continuation whole and split at the context's length, so boundary merges
         // are those the model would see in one pass.
@@ -330,7 +345,7 @@ impl Backend for CandleBackend {
                 .log_probs(&hidden, &[last])?
                 .argmax(1)?
                 .to_vec1::<u32>()?[0];
-            if Some(next) == self.tokenizer.eos_id {
+            if Some(next) == self.tokenizer.eos_id || self.tokenizer.control_ids.contains(&next) {
                 break;
             }
             generated.push(next);
@@ -338,6 +353,9 @@ impl Backend for CandleBackend {
             let (cut, stopped) = cut_at_stop(&text, until);
             if stopped {
                 return Ok(cut);
+            }
+            if generated.len() == max_tokens {
+                break;
             }
             let (h, c) = self.model.forward(&[next], &cache)?;
             hidden = h;

@@ -29,6 +29,8 @@ pub struct TextTokenizer {
     pub eos_id: Option<u32>,
     /// Whether `<bos>` is prepended to every encoded text.
     pub add_bos: bool,
+    /// Control tokens (`<|endoftext|>`, `<|im_end|>`, ...): generation stops at any of them.
+    pub control_ids: Vec<u32>,
 }
 
 impl TextTokenizer {
@@ -45,10 +47,35 @@ impl TextTokenizer {
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);
+        let gguf_vocab = md
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+            .map(Vec::len);
+        let control_ids = match md.get("tokenizer.ggml.token_type").map(|v| v.to_vec()) {
+            Some(Ok(types)) => types
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.to_i32().ok() == Some(TOKEN_TYPE_CONTROL))
+                .map(|(i, _)| i as u32)
+                .collect(),
+            _ => Vec::new(),
+        };
         let beside = path.with_file_name("tokenizer.json");
         let inner = if beside.is_file() {
-            Tokenizer::from_file(&beside)
-                .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", beside.display()))?
+            let t = Tokenizer::from_file(&beside)
+                .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", beside.display()))?;
+            // A tokenizer.json left beside another model would silently feed it foreign ids.
+            if let Some(n) = gguf_vocab
+                && t.get_vocab_size(true) != n
+            {
+                bail!(
+                    "{}: its vocabulary has {} tokens but {} has {n}; it belongs to another model",
+                    beside.display(),
+                    t.get_vocab_size(true),
+                    path.display()
+                );
+            }
+            t
         } else {
             from_gguf_metadata(content)
                 .with_context(|| format!("{}: tokenizer metadata", path.display()))?
@@ -58,6 +85,7 @@ impl TextTokenizer {
             bos_id,
             eos_id,
             add_bos,
+            control_ids,
         })
     }
 
@@ -152,6 +180,11 @@ fn from_gguf_metadata(content: &gguf_file::Content) -> Result<Tokenizer> {
         ),
     };
     let mut tok = Tokenizer::new(bpe);
+    if pre == "qwen2" {
+        // Qwen2's own tokenizer.json normalises to NFC before splitting.
+        tok.with_normalizer(Some(tokenizers::normalizers::unicode::NFC))
+            .map_err(|e| anyhow::anyhow!("cannot set the NFC normalizer: {e}"))?;
+    }
     tok.with_pre_tokenizer(Some(pre_tokenizer));
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     let specials: Vec<AddedToken> = tokens

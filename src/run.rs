@@ -66,6 +66,31 @@ pub struct Sample {
     pub skipped: Option<String>,
 }
 
+#[cfg(test)]
+impl Sample {
+    /// A sample of task `t` scored with `acc` (or skipped when `acc` is `None`), for unit tests.
+    pub(crate) fn for_tests(model: &str, doc_id: usize, k: usize, acc: Option<f64>) -> Sample {
+        Sample {
+            model: model.into(),
+            task: "t".into(),
+            doc_id,
+            k,
+            k_effective: acc.map(|_| k),
+            prompt_hash: None,
+            tokens: None,
+            logprobs: None,
+            generated: None,
+            prediction: None,
+            gold: "x".into(),
+            correct: acc.map(|a| a > 0.5),
+            metrics: acc
+                .map(|a| BTreeMap::from([("acc".to_string(), a)]))
+                .unwrap_or_default(),
+            skipped: acc.is_none().then(|| "too long".into()),
+        }
+    }
+}
+
 /// What a finished run leaves behind.
 pub struct RunOutcome {
     pub dir: PathBuf,

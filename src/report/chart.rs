@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use polars::prelude::*;
 
@@ -166,48 +167,74 @@ where
             .draw()
             .map_err(err)?;
         for (mi, (name, pts)) in panel.lines.iter().enumerate() {
-            let color = PALETTE[mi % PALETTE.len()];
-            let xy: Vec<(SegmentValue<usize>, f64)> = pts
+            let pts: Vec<_> = pts
                 .iter()
-                .map(|p| (SegmentValue::CenterOf(p.0), p.1))
+                .map(|&(x, y, e)| (SegmentValue::CenterOf(x), y, e))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(xy.clone(), color.stroke_width(3)))
-                .map_err(err)?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-                });
-            chart
-                .draw_series(
-                    xy.iter()
-                        .map(|(x, y)| Circle::new((x.clone(), *y), 5, color.filled())),
-                )
-                .map_err(err)?;
-            chart
-                .draw_series(pts.iter().map(|&(x, y, s)| {
-                    ErrorBar::new_vertical(
-                        SegmentValue::CenterOf(x),
-                        (y - s).max(0.0),
-                        y,
-                        (y + s).min(1.0),
-                        color.stroke_width(2),
-                        10,
-                    )
-                }))
-                .map_err(err)?;
+            draw_series(&mut chart, name, PALETTE[mi % PALETTE.len()], &pts)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 16))
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart)?;
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// Draws one series: a line, a marker per point and ± stderr bars (clipped to 0–100%), with its
+/// legend entry.
+fn draw_series<'a, DB, X>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
+    name: &str,
+    color: RGBColor,
+    pts: &[(X::ValueType, f64, f64)],
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged,
+    X::ValueType: Clone + 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("chart: {e}");
+    let xy: Vec<(X::ValueType, f64)> = pts.iter().map(|p| (p.0.clone(), p.1)).collect();
+    chart
+        .draw_series(LineSeries::new(xy.clone(), color.stroke_width(3)))
+        .map_err(err)?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+    chart
+        .draw_series(xy.into_iter().map(|p| Circle::new(p, 5, color.filled())))
+        .map_err(err)?;
+    chart
+        .draw_series(pts.iter().map(|(x, y, s)| {
+            ErrorBar::new_vertical(
+                x.clone(),
+                (y - s).max(0.0),
+                *y,
+                (y + s).min(1.0),
+                color.stroke_width(2),
+                10,
+            )
+        }))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The legend, in the headroom above 100%.
+fn draw_legend<'a, DB, X>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .draw()
+        .map_err(|e| anyhow!("chart: {e}"))
 }
 
 /// A line of the model-size chart: (parameters, value, stderr) per model, for one K.
@@ -347,39 +374,9 @@ where
             .draw()
             .map_err(err)?;
         for (li, (name, pts)) in lines.iter().enumerate() {
-            let color = PALETTE[li % PALETTE.len()];
-            let xy: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
-            chart
-                .draw_series(LineSeries::new(xy.clone(), color.stroke_width(3)))
-                .map_err(err)?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-                });
-            chart
-                .draw_series(xy.iter().map(|&p| Circle::new(p, 5, color.filled())))
-                .map_err(err)?;
-            chart
-                .draw_series(pts.iter().map(|&(x, y, s)| {
-                    ErrorBar::new_vertical(
-                        x,
-                        (y - s).max(0.0),
-                        y,
-                        (y + s).min(1.0),
-                        color.stroke_width(2),
-                        10,
-                    )
-                }))
-                .map_err(err)?;
+            draw_series(&mut chart, name, PALETTE[li % PALETTE.len()], pts)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 16))
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart)?;
     }
     root.present().map_err(err)?;
     Ok(())
@@ -392,7 +389,6 @@ mod tests {
     use crate::report::table::summarize;
     use crate::run::Sample;
     use crate::task::{Answer, Item, Metric, OutputType};
-    use std::collections::BTreeMap;
 
     fn model(name: &str, parameters: u64) -> ModelInfo {
         ModelInfo {
@@ -403,25 +399,6 @@ mod tests {
             parameters,
             context_length: 8192,
             weights: "f32".into(),
-        }
-    }
-
-    fn sample(model: &str, doc_id: usize, k: usize, acc: f64) -> Sample {
-        Sample {
-            model: model.into(),
-            task: "t".into(),
-            doc_id,
-            k,
-            k_effective: Some(k),
-            prompt_hash: None,
-            tokens: None,
-            logprobs: None,
-            generated: None,
-            prediction: None,
-            gold: "x".into(),
-            correct: Some(acc > 0.5),
-            metrics: BTreeMap::from([("acc".to_string(), acc)]),
-            skipped: None,
         }
     }
 
@@ -439,7 +416,12 @@ mod tests {
         for m in &models {
             for k in [0, 1, 8] {
                 for d in 0..4 {
-                    samples.push(sample(&m.name, d, k, f64::from(u8::from(d < 2 + k / 8))));
+                    samples.push(Sample::for_tests(
+                        &m.name,
+                        d,
+                        k,
+                        Some(f64::from(u8::from(d < 2 + k / 8))),
+                    ));
                 }
             }
         }

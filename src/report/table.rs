@@ -160,27 +160,9 @@ pub fn markdown(summary: &DataFrame) -> Result<String> {
 mod tests {
     use super::*;
     use crate::task::{Answer, Item, Metric, OutputType};
-    use std::collections::BTreeMap;
 
     fn sample(k: usize, acc: Option<f64>) -> Sample {
-        Sample {
-            model: "m".into(),
-            task: "t".into(),
-            doc_id: 0,
-            k,
-            k_effective: acc.map(|_| k),
-            prompt_hash: None,
-            tokens: None,
-            logprobs: None,
-            generated: None,
-            prediction: None,
-            gold: "x".into(),
-            correct: acc.map(|a| a > 0.5),
-            metrics: acc
-                .map(|a| BTreeMap::from([("acc".to_string(), a)]))
-                .unwrap_or_default(),
-            skipped: acc.is_none().then(|| "too long".into()),
-        }
+        Sample::for_tests("m", 0, k, acc)
     }
 
     #[test]

@@ -844,14 +844,14 @@ mod tests {
         let t = load_task(&y, None).unwrap();
         assert_eq!(t.test[0].target_text(), "007");
         write(&d, "draft.yaml", "this: [is not closed\n");
-        let found = discover(&[d.clone()]).unwrap();
+        let found = discover(std::slice::from_ref(&d)).unwrap();
         assert!(
             found
                 .iter()
                 .any(|s| s.name == "draft" && s.problem.is_some())
         );
         assert_eq!(
-            resolve(&["c".into()], &[d.clone()]).unwrap(),
+            resolve(&["c".into()], std::slice::from_ref(&d)).unwrap(),
             vec![y.clone()]
         );
         let e = resolve(&["c".into(), y.display().to_string()], &[d])

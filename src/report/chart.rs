@@ -47,9 +47,7 @@ pub fn accuracy_vs_shots(dir: &Path, summary: &DataFrame, tasks: &[Task]) -> Res
     if panels.is_empty() {
         return Ok(());
     }
-    let cols = panels.len().min(3);
-    let rows = panels.len().div_ceil(cols);
-    let size = (PANEL_W * cols as u32, PANEL_H * rows as u32);
+    let ((rows, cols), size) = grid(panels.len());
     let png = dir.join("accuracy_vs_shots.png");
     draw(
         BitMapBackend::new(&png, size).into_drawing_area(),
@@ -136,11 +134,7 @@ where
     root.fill(&WHITE).map_err(err)?;
     let areas = root.split_evenly((rows, cols));
     for (area, panel) in areas.iter().zip(panels) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(&panel.title, ("sans-serif", 24))
-            .margin(12)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
+        let mut chart = panel_builder(area, &panel.title)
             .build_cartesian_2d(
                 (0..ks.len().max(2) - 1).into_segmented(),
                 0f64..LEGEND_HEADROOM,
@@ -177,6 +171,26 @@ where
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// Panels in rows of at most three: `((rows, cols), (width, height))` of the canvas.
+fn grid(panels: usize) -> ((usize, usize), (u32, u32)) {
+    let cols = panels.clamp(1, 3);
+    let rows = panels.div_ceil(cols).max(1);
+    ((rows, cols), (PANEL_W * cols as u32, PANEL_H * rows as u32))
+}
+
+/// A panel's title and margins, shared by every chart.
+fn panel_builder<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(title, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(48)
+        .y_label_area_size(64);
+    b
 }
 
 /// Draws one series: a line, a marker per point and ± stderr bars (clipped to 0–100%), with its
@@ -313,9 +327,7 @@ pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[Task]) -
             .collect();
         panels.push(("mean over tasks".into(), "headline metric".into(), lines));
     }
-    let cols = panels.len().min(3);
-    let rows = panels.len().div_ceil(cols);
-    let size = (PANEL_W * cols as u32, PANEL_H * rows as u32);
+    let ((rows, cols), size) = grid(panels.len());
     let lo = sizes[0].1 as f64 / 1.6;
     let hi = sizes[sizes.len() - 1].1 as f64 * 1.6;
     let png = dir.join("accuracy_vs_model_size.png");
@@ -349,11 +361,7 @@ where
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("chart: {e}");
     root.fill(&WHITE).map_err(err)?;
     for (area, (title, metric, lines)) in root.split_evenly((rows, cols)).iter().zip(panels) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 24))
-            .margin(12)
-            .x_label_area_size(48)
-            .y_label_area_size(64)
+        let mut chart = panel_builder(area, title)
             .build_cartesian_2d((lo..hi).log_scale(), 0f64..LEGEND_HEADROOM)
             .map_err(err)?;
         chart
@@ -388,7 +396,7 @@ mod tests {
     use crate::backend::ModelInfo;
     use crate::report::table::summarize;
     use crate::run::Sample;
-    use crate::task::{Answer, Item, Metric, OutputType};
+    use crate::task::{Item, Metric, OutputType};
 
     fn model(name: &str, parameters: u64) -> ModelInfo {
         ModelInfo {
@@ -404,13 +412,11 @@ mod tests {
 
     #[test]
     fn charts_render_a_point_per_cell() {
-        let item = Item {
-            id: 0,
-            text: String::new(),
-            answer: Answer::Text(String::new()),
-            description: String::new(),
-        };
-        let task = Task::for_tests(OutputType::MultipleChoice, vec![Metric::Acc], vec![item]);
+        let task = Task::for_tests(
+            OutputType::MultipleChoice,
+            vec![Metric::Acc],
+            vec![Item::blank(0)],
+        );
         let models = [model("small", 135_000_000), model("large", 630_000_000)];
         let mut samples = Vec::new();
         for m in &models {

@@ -159,7 +159,7 @@ pub fn markdown(summary: &DataFrame) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::{Answer, Item, Metric, OutputType};
+    use crate::task::{Item, Metric, OutputType};
 
     fn sample(k: usize, acc: Option<f64>) -> Sample {
         Sample::for_tests("m", 0, k, acc)
@@ -167,13 +167,11 @@ mod tests {
 
     #[test]
     fn summary_counts_means_stderr_and_skips() {
-        let item = Item {
-            id: 0,
-            text: String::new(),
-            answer: Answer::Text(String::new()),
-            description: String::new(),
-        };
-        let task = Task::for_tests(OutputType::MultipleChoice, vec![Metric::Acc], vec![item]);
+        let task = Task::for_tests(
+            OutputType::MultipleChoice,
+            vec![Metric::Acc],
+            vec![Item::blank(0)],
+        );
         let samples = vec![
             sample(0, Some(1.0)),
             sample(0, Some(0.0)),

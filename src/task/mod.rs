@@ -129,6 +129,19 @@ impl Task {
 }
 
 #[cfg(test)]
+impl Item {
+    /// An item with empty text and answer, for unit tests that only count samples.
+    pub(crate) fn blank(id: usize) -> Item {
+        Item {
+            id,
+            text: String::new(),
+            answer: Answer::Text(String::new()),
+            description: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
 impl Task {
     /// A task over `docs` (used as both splits) for unit tests elsewhere in the crate.
     pub(crate) fn for_tests(

@@ -8,13 +8,18 @@ use serde::Serialize;
 /// What a run records about a model.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
-    /// Short name used in tables and charts (file stem).
+    /// Short name used in tables and charts (models.yaml name, file stem or folder name).
     pub name: String,
+    /// The file or folder the weights were loaded from.
     pub path: String,
     pub sha256: String,
     pub architecture: String,
-    /// Parameters counted from the weights (every tensor once).
+    /// Parameters counted from the weights (every tensor once, tied embeddings once).
     pub parameters: u64,
+    /// Parameters without the token embedding and an untied output projection.
+    pub non_embedding_parameters: u64,
+    /// GGUF file type (`Q4_K_M`, ...) or checkpoint dtype (`float32`, `bfloat16`).
+    pub quantization: String,
     pub context_length: usize,
     /// Storage of the weights in memory (`f32` or `quantized`).
     pub weights: String,

@@ -405,6 +405,8 @@ mod tests {
             sha256: String::new(),
             architecture: "llama".into(),
             parameters,
+            non_embedding_parameters: parameters,
+            quantization: "F32".into(),
             context_length: 8192,
             weights: "f32".into(),
         }

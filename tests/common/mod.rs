@@ -11,24 +11,28 @@ pub fn root() -> PathBuf {
 
 /// The bundled SmolLM2 model; panics with the fix when it has not been fetched.
 pub fn smollm2() -> PathBuf {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    bundled("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m")
+}
+
+/// A bundled model file; panics with the fix when it has not been fetched.
+fn bundled(file: &str, fetch_name: &str) -> PathBuf {
+    let p = root().join("models").join(file);
     assert!(
         p.is_file(),
-        "{} is missing: run scripts/fetch-models.sh first",
+        "{} is missing: run scripts/fetch-models.sh {fetch_name} first",
         p.display()
     );
     p
 }
 
-/// The bundled Qwen2.5-Coder-0.5B model; panics with the fix when it has not been fetched.
+/// The bundled Qwen2.5-Coder-0.5B model.
 pub fn qwen05() -> PathBuf {
-    let p = root().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/fetch-models.sh qwen2.5-coder-0.5b first",
-        p.display()
-    );
-    p
+    bundled("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-0.5b")
+}
+
+/// The bundled Gemma 3 270M model.
+pub fn gemma3() -> PathBuf {
+    bundled("gemma-3-270m-q4_k_m.gguf", "gemma3-270m")
 }
 
 /// The shared benchmark data folder (`../shared/data`), or `ICL_EVAL_DATA_DIR`.

@@ -1,7 +1,12 @@
-//! The embedded backend: candle running GGUF models in-process on the CPU.
+//! The embedded backend: candle running GGUF files or Hugging Face checkpoint folders in-process.
 
+pub mod decoder;
+pub mod gemma3;
+mod gguf_meta;
+pub mod hf;
 pub mod llama;
 pub mod tokenizer;
+pub mod weights;
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -13,9 +18,10 @@ use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use super::{Backend, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace};
-pub use llama::WeightFormat;
-use llama::{KvCache, Llama};
+use decoder::{Decoder, DecoderConfig, KvCache};
 use tokenizer::TextTokenizer;
+pub use weights::WeightFormat;
+use weights::GgufSource;
 
 /// `--weights`: how to hold the weights in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -31,54 +37,92 @@ pub enum WeightsChoice {
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
-/// A GGUF model with its tokenizer, ready to score.
+/// GGUF architectures the decoder runs.
+pub fn supported_architectures() -> Vec<&'static str> {
+    llama::ARCHS.iter().chain(gemma3::ARCHS).copied().collect()
+}
+
+/// The decoder config of a GGUF file, dispatched on its architecture.
+fn gguf_config(content: &gguf_file::Content, arch: &str) -> Result<DecoderConfig> {
+    if llama::ARCHS.contains(&arch) {
+        llama::from_gguf(content, arch)
+    } else if gemma3::ARCHS.contains(&arch) {
+        gemma3::from_gguf(content, arch)
+    } else {
+        bail!(
+            "architecture `{arch}` is not supported (supported: {})",
+            supported_architectures().join(", ")
+        )
+    }
+}
+
+/// Parameters counted from the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParameterCount {
+    /// Every tensor once (tied embeddings once).
+    pub total: u64,
+    /// Without the token embedding and an untied output projection.
+    pub non_embedding: u64,
+}
+
+/// What a model file or folder yields, whatever its format.
+pub struct Loaded {
+    pub model: Decoder,
+    pub tokenizer: TextTokenizer,
+    pub architecture: String,
+    pub parameters: ParameterCount,
+    /// GGUF file type (`Q4_K_M`, ...) or checkpoint dtype.
+    pub quantization: String,
+    pub sha256: String,
+    /// Storage in memory (`f32` or `quantized`).
+    pub weights: String,
+}
+
+/// A model with its tokenizer, ready to score.
 pub struct CandleBackend {
     info: ModelInfo,
-    model: Llama,
+    model: Decoder,
     tokenizer: TextTokenizer,
 }
 
 impl CandleBackend {
-    /// Loads a GGUF file; `weights` picks float32 or quantized storage.
+    /// Loads a GGUF file or a checkpoint folder; `weights` picks float32 or quantized storage for GGUF
+    /// (checkpoints are always float32).
     pub fn load(path: &Path, weights: WeightsChoice) -> Result<Self> {
-        let shown = path.display();
-        let (content, mut reader, arch) = open_gguf(path)?;
-        let parameters: u64 = content
-            .tensor_infos
-            .values()
-            .map(|t| t.shape.elem_count() as u64)
-            .sum();
-        let format = match weights {
-            WeightsChoice::F32 => WeightFormat::F32,
-            WeightsChoice::Quantized => WeightFormat::Quantized,
-            WeightsChoice::Auto if parameters * 4 <= available_memory_bytes() / 2 => {
-                WeightFormat::F32
-            }
-            WeightsChoice::Auto => WeightFormat::Quantized,
+        let loaded = if path.is_dir() {
+            hf::load(path)?
+        } else {
+            load_gguf(path, weights)?
         };
-        let tokenizer = TextTokenizer::for_gguf(path, &content)?;
-        let model = Llama::load(&content, &mut reader, format, &Device::Cpu)
-            .with_context(|| format!("{shown}: loading weights"))?;
+        let name = if path.is_dir() {
+            path.file_name()
+        } else {
+            path.file_stem()
+        };
         let info = ModelInfo {
-            name: path
-                .file_stem()
+            name: name
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             path: path.display().to_string(),
-            sha256: sha256_file(path)?,
-            architecture: arch,
-            parameters,
-            context_length: model.config().context_length,
-            weights: match format {
-                WeightFormat::F32 => "f32".into(),
-                WeightFormat::Quantized => "quantized".into(),
-            },
+            sha256: loaded.sha256,
+            architecture: loaded.architecture,
+            parameters: loaded.parameters.total,
+            non_embedding_parameters: loaded.parameters.non_embedding,
+            quantization: loaded.quantization,
+            context_length: loaded.model.config().context_length,
+            weights: loaded.weights,
         };
         Ok(Self {
             info,
-            model,
-            tokenizer,
+            model: loaded.model,
+            tokenizer: loaded.tokenizer,
         })
+    }
+
+    /// Renames the model in tables and charts.
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.info.name = name.to_string();
+        self
     }
 
     /// Token ids of `text` as the model sees it (`<bos>` included when the model adds one).
@@ -102,6 +146,33 @@ impl CandleBackend {
             .map(|t| lp[t][ids[t + 1] as usize])
             .collect();
         Ok((out, argmax))
+    }
+
+    /// Greedy decoding from `ids` with the KV cache: up to `max_tokens` (token, log-probability)
+    /// pairs, stopping early when `stop` says so after a token.
+    pub fn greedy(
+        &self,
+        ids: &[u32],
+        max_tokens: usize,
+        mut stop: impl FnMut(&[u32]) -> Result<bool>,
+    ) -> Result<Vec<(u32, f32)>> {
+        let (mut hidden, mut cache) = self.model.forward(ids, &self.model.empty_cache())?;
+        let mut out: Vec<(u32, f32)> = Vec::new();
+        while out.len() < max_tokens {
+            let last = hidden.dim(0)? - 1;
+            let lp = self.model.log_probs(&hidden, &[last])?;
+            let next = lp.argmax(1)?.to_vec1::<u32>()?[0];
+            let logprob = lp.to_vec2::<f32>()?[0][next as usize];
+            out.push((next, logprob));
+            let tokens: Vec<u32> = out.iter().map(|(t, _)| *t).collect();
+            if out.len() == max_tokens || stop(&tokens)? {
+                break;
+            }
+            let (h, c) = self.model.forward(&[next], &cache)?;
+            hidden = h;
+            cache = c;
+        }
+        Ok(out)
     }
 
     /// Context tokens never start empty: like lm-eval, an empty context becomes `<bos>` (or `<eos>`).
@@ -128,6 +199,109 @@ impl CandleBackend {
     }
 }
 
+/// llama.cpp's `general.file_type` values, for reports.
+fn gguf_file_type(code: u32) -> Option<&'static str> {
+    Some(match code {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    })
+}
+
+/// Size and storage facts of a GGUF file, read from its header only.
+pub struct GgufSummary {
+    pub architecture: String,
+    pub parameters: ParameterCount,
+    pub quantization: String,
+    pub context_length: usize,
+}
+
+fn summarize_gguf(content: &gguf_file::Content, arch: &str) -> Result<GgufSummary> {
+    let count = |name: &str| {
+        content
+            .tensor_infos
+            .get(name)
+            .map_or(0, |t| t.shape.elem_count() as u64)
+    };
+    let total: u64 = content
+        .tensor_infos
+        .values()
+        .map(|t| t.shape.elem_count() as u64)
+        .sum();
+    let quantization = content
+        .metadata
+        .get("general.file_type")
+        .and_then(|v| v.to_u32().ok())
+        .and_then(gguf_file_type)
+        .map_or_else(|| "unknown".to_string(), str::to_string);
+    Ok(GgufSummary {
+        architecture: arch.to_string(),
+        parameters: ParameterCount {
+            total,
+            non_embedding: total - count("token_embd.weight") - count("output.weight"),
+        },
+        quantization,
+        context_length: gguf_config(content, arch)?.context_length,
+    })
+}
+
+/// Architecture, parameters, quantization and context length of a GGUF file, without its weights.
+pub fn inspect_gguf(path: &Path) -> Result<GgufSummary> {
+    let (content, _, arch) = open_gguf(path)?;
+    summarize_gguf(&content, &arch).with_context(|| path.display().to_string())
+}
+
+fn load_gguf(path: &Path, weights: WeightsChoice) -> Result<Loaded> {
+    let shown = path.display();
+    let (content, mut reader, arch) = open_gguf(path)?;
+    let summary = summarize_gguf(&content, &arch).with_context(|| format!("{shown}"))?;
+    let format = match weights {
+        WeightsChoice::F32 => WeightFormat::F32,
+        WeightsChoice::Quantized => WeightFormat::Quantized,
+        WeightsChoice::Auto if summary.parameters.total * 4 <= available_memory_bytes() / 2 => {
+            WeightFormat::F32
+        }
+        WeightsChoice::Auto => WeightFormat::Quantized,
+    };
+    let tokenizer = TextTokenizer::for_gguf(path, &content)?;
+    let cfg = gguf_config(&content, &arch).with_context(|| format!("{shown}"))?;
+    let mut src = GgufSource {
+        content: &content,
+        reader: &mut reader,
+        format,
+        device: Device::Cpu,
+    };
+    let model =
+        Decoder::load(cfg, &mut src).with_context(|| format!("{shown}: loading weights"))?;
+    Ok(Loaded {
+        model,
+        tokenizer,
+        architecture: arch,
+        parameters: summary.parameters,
+        quantization: summary.quantization,
+        sha256: sha256_file(path)?,
+        weights: match format {
+            WeightFormat::F32 => "f32".into(),
+            WeightFormat::Quantized => "quantized".into(),
+        },
+    })
+}
+
 /// Reads and checks a GGUF header: magic, sizes (candle bounds every length by the file size before
 /// allocating) and a supported architecture.
 fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>, String)> {
@@ -136,7 +310,8 @@ fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>, String
     let mut magic = [0u8; 4];
     if file.read_exact(&mut magic).is_err() || &magic != GGUF_MAGIC {
         bail!(
-            "{shown}: not a GGUF file (the first four bytes are not `GGUF`); --models takes .gguf paths"
+            "{shown}: not a GGUF file (the first four bytes are not `GGUF`); --models takes .gguf \
+             files, checkpoint folders, names from models.yaml or hf:ORG/REPO"
         );
     }
     let mut reader = BufReader::new(File::open(path)?);
@@ -148,19 +323,23 @@ fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>, String
         .and_then(|v| v.to_string().ok())
         .cloned()
         .with_context(|| format!("{shown}: GGUF has no `general.architecture`"))?;
-    if !llama::SUPPORTED.contains(&arch.as_str()) {
+    if !supported_architectures().contains(&arch.as_str()) {
         bail!(
             "{shown}: architecture `{arch}` is not supported yet (supported: {})",
-            llama::SUPPORTED.join(", ")
+            supported_architectures().join(", ")
         );
     }
     Ok((content, reader, arch))
 }
 
-/// The tokenizer and context length of a GGUF model, without loading its weights.
+/// The tokenizer and context length of a GGUF file or checkpoint folder, without loading weights.
 pub fn load_tokenizer(path: &Path) -> Result<(TextTokenizer, usize)> {
+    if path.is_dir() {
+        let c = hf::read_config(path)?;
+        return Ok((hf::load_tokenizer(path, &c)?, c.max_position_embeddings));
+    }
     let (content, _, arch) = open_gguf(path)?;
-    let cfg = llama::LlamaConfig::from_metadata(&content, &arch)?;
+    let cfg = gguf_config(&content, &arch)?;
     Ok((TextTokenizer::for_gguf(path, &content)?, cfg.context_length))
 }
 
@@ -201,6 +380,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// sha256 of a string, lower-case hex.
+pub fn sha256_str(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 /// Log-probability of `target` in `row` and whether it is the (first) argmax.
@@ -335,32 +519,16 @@ impl Backend for CandleBackend {
     ) -> Result<String> {
         let ids = self.context_ids(context)?;
         self.check_fits(ids.len() + max_tokens)?;
-        let (mut hidden, mut cache) = self.model.forward(&ids, &self.model.empty_cache())?;
-        let mut generated: Vec<u32> = Vec::new();
-        let mut text = String::new();
-        for _ in 0..max_tokens {
-            let last = hidden.dim(0)? - 1;
-            let next = self
-                .model
-                .log_probs(&hidden, &[last])?
-                .argmax(1)?
-                .to_vec1::<u32>()?[0];
-            if Some(next) == self.tokenizer.eos_id || self.tokenizer.control_ids.contains(&next) {
-                break;
-            }
-            generated.push(next);
-            text = self.tokenizer.decode(&generated)?;
-            let (cut, stopped) = cut_at_stop(&text, until);
-            if stopped {
-                return Ok(cut);
-            }
-            if generated.len() == max_tokens {
-                break;
-            }
-            let (h, c) = self.model.forward(&[next], &cache)?;
-            hidden = h;
-            cache = c;
+        let tok = &self.tokenizer;
+        let is_end = |t: u32| Some(t) == tok.eos_id || tok.control_ids.contains(&t);
+        let out = self.greedy(&ids, max_tokens, |so_far| {
+            let last = so_far[so_far.len() - 1];
+            Ok(is_end(last) || cut_at_stop(&tok.decode(so_far)?, until).1)
+        })?;
+        let mut generated: Vec<u32> = out.into_iter().map(|(t, _)| t).collect();
+        if generated.last().is_some_and(|&t| is_end(t)) {
+            generated.pop();
         }
-        Ok(text)
+        Ok(cut_at_stop(&tok.decode(&generated)?, until).0)
     }
 }

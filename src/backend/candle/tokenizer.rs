@@ -1,10 +1,19 @@
-//! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), or a `tokenizer.json` beside the model.
+//! Tokenizers built from GGUF metadata (`tokenizer.ggml.*`: byte-level BPE or SentencePiece-style
+//! BPE), or a `tokenizer.json` beside the model or in its checkpoint folder.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file;
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::normalizers::prepend::Prepend;
+use tokenizers::normalizers::replace::Replace;
+// The decoder reuses the normalizer's Replace.
+use tokenizers::normalizers::replace::Replace as DecoderReplace;
+use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -17,6 +26,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF token types (llama.cpp `llama_token_type`): control and user-defined tokens are matched whole.
+const TOKEN_TYPE_NORMAL: i32 = 1;
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
@@ -31,6 +41,9 @@ pub struct TextTokenizer {
     pub add_bos: bool,
     /// Control tokens (`<|endoftext|>`, `<|im_end|>`, ...): generation stops at any of them.
     pub control_ids: Vec<u32>,
+    /// Let the tokenizer's own post-processor add special tokens (checkpoint `tokenizer.json`)
+    /// instead of `add_bos`.
+    post_process: bool,
 }
 
 impl TextTokenizer {
@@ -86,6 +99,31 @@ impl TextTokenizer {
             eos_id,
             add_bos,
             control_ids,
+            post_process: false,
+        })
+    }
+
+    /// The `tokenizer.json` of a checkpoint folder; its post-processor adds `<bos>` where the model
+    /// wants one. Every special added token and every `eos` id ends generation.
+    pub fn from_tokenizer_json(path: &Path, bos_id: Option<u32>, eos_ids: &[u32]) -> Result<Self> {
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let mut control_ids: Vec<u32> = inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| *id)
+            .chain(eos_ids.iter().copied())
+            .collect();
+        control_ids.sort_unstable();
+        control_ids.dedup();
+        Ok(Self {
+            inner,
+            bos_id,
+            eos_id: eos_ids.first().copied(),
+            add_bos: false,
+            control_ids,
+            post_process: true,
         })
     }
 
@@ -93,7 +131,7 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .inner
-            .encode_fast(text, false)
+            .encode_fast(text, self.post_process)
             .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if self.add_bos
@@ -117,17 +155,37 @@ fn from_gguf_metadata(content: &gguf_file::Content) -> Result<Tokenizer> {
     let md = &content.metadata;
     let get = |k: &str| md.get(k).with_context(|| format!("missing `{k}`"));
     let model = get("tokenizer.ggml.model")?.to_string()?.clone();
-    if model != "gpt2" {
-        bail!(
-            "tokenizer model `{model}` is not supported yet (only GPT-2-style byte-level BPE); \
-             put a tokenizer.json beside the GGUF file"
-        );
-    }
     let tokens: Vec<String> = get("tokenizer.ggml.tokens")?
         .to_vec()?
         .iter()
         .map(|v| v.to_string().cloned())
         .collect::<candle_core::Result<_>>()?;
+    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()?
+            .iter()
+            .map(|t| t.to_i32())
+            .collect::<candle_core::Result<_>>()?,
+        None => Vec::new(),
+    };
+    match model.as_str() {
+        "gpt2" => byte_level_bpe(content, &tokens, &types),
+        "llama" => sentencepiece_bpe(content, &tokens, &types),
+        other => bail!(
+            "tokenizer model `{other}` is not supported (gpt2, llama); put a tokenizer.json beside \
+             the GGUF file"
+        ),
+    }
+}
+
+/// GPT-2-style byte-level BPE with the file's merges.
+fn byte_level_bpe(
+    content: &gguf_file::Content,
+    tokens: &[String],
+    types: &[i32],
+) -> Result<Tokenizer> {
+    let md = &content.metadata;
+    let get = |k: &str| md.get(k).with_context(|| format!("missing `{k}`"));
     let merges: Vec<(String, String)> = get("tokenizer.ggml.merges")?
         .to_vec()?
         .iter()
@@ -138,14 +196,6 @@ fn from_gguf_metadata(content: &gguf_file::Content) -> Result<Tokenizer> {
                 .ok_or_else(|| candle_core::Error::Msg(format!("merge `{s}` has no space")))
         })
         .collect::<candle_core::Result<_>>()?;
-    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .to_vec()?
-            .iter()
-            .map(|t| t.to_i32())
-            .collect::<candle_core::Result<_>>()?,
-        None => Vec::new(),
-    };
     let vocab: ahash::AHashMap<String, u32> = tokens
         .iter()
         .enumerate()
@@ -195,5 +245,121 @@ fn from_gguf_metadata(content: &gguf_file::Content) -> Result<Tokenizer> {
         .collect();
     tok.add_special_tokens(specials)
         .map_err(|e| anyhow::anyhow!("cannot add special tokens: {e}"))?;
+    Ok(tok)
+}
+
+/// SentencePiece's space marker.
+const SPACE: char = '▁';
+
+/// SentencePiece-style BPE (`tokenizer.ggml.model = llama`, e.g. Gemma 3): spaces become `▁`, pieces
+/// merge in score order (the file stores no merges: every normal piece that splits into two pieces
+/// of the vocabulary is a merge, ranked by its score), unknown characters fall back to `<0xNN>`
+/// bytes, and user-defined pieces (whitespace runs, `\n`, markup) are matched whole, as
+/// SentencePiece does.
+fn sentencepiece_bpe(
+    content: &gguf_file::Content,
+    tokens: &[String],
+    types: &[i32],
+) -> Result<Tokenizer> {
+    let md = &content.metadata;
+    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+        Some(v) => v
+            .to_vec()?
+            .iter()
+            .map(|t| t.to_f32())
+            .collect::<candle_core::Result<_>>()?,
+        None => bail!("missing `tokenizer.ggml.scores` (a SentencePiece vocabulary needs them)"),
+    };
+    if scores.len() != tokens.len() || (!types.is_empty() && types.len() != tokens.len()) {
+        bail!(
+            "{} tokens but {} scores and {} token types",
+            tokens.len(),
+            scores.len(),
+            types.len()
+        );
+    }
+    // The file writes whitespace-run pieces with spaces; the model sees `▁`.
+    let spelled: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            if t.contains(' ') && t.trim().is_empty() {
+                SPACE.to_string().repeat(t.chars().count())
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    let vocab: ahash::AHashMap<String, u32> = spelled
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let kind = |i: usize| types.get(i).copied().unwrap_or(TOKEN_TYPE_NORMAL);
+    let mut ranked: Vec<(f32, usize, String, String)> = Vec::new();
+    for (i, piece) in spelled.iter().enumerate() {
+        if kind(i) != TOKEN_TYPE_NORMAL {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(at);
+            if vocab.contains_key(l) && vocab.contains_key(r) {
+                ranked.push((scores[i], i, l.to_string(), r.to_string()));
+            }
+        }
+    }
+    // Higher score first; ties keep vocabulary order.
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+    let unk = md
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(|v| v.to_u32().ok())
+        .and_then(|i| spelled.get(i as usize).cloned());
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(u) = unk {
+        builder = builder.unk_token(u);
+    }
+    let bpe = builder
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot build BPE: {e}"))?;
+    let mut tok = Tokenizer::new(bpe);
+    let replace = Replace::new(" ", SPACE.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot build the space normalizer: {e}"))?;
+    let prefix = md
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(false);
+    let set = if prefix {
+        tok.with_normalizer(Some(NormalizerSequence::new(vec![
+            Prepend::new(SPACE.to_string()).into(),
+            replace.into(),
+        ])))
+    } else {
+        tok.with_normalizer(Some(replace))
+    };
+    set.map_err(|e| anyhow::anyhow!("cannot set the normalizer: {e}"))?;
+    tok.with_decoder(Some(DecoderSequence::new(vec![
+        DecoderReplace::new(SPACE.to_string(), " ")
+            .map_err(|e| anyhow::anyhow!("cannot build the decoder: {e}"))?
+            .into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ])));
+    let mut specials = Vec::new();
+    let mut user = Vec::new();
+    for (i, piece) in spelled.iter().enumerate() {
+        match kind(i) {
+            TOKEN_TYPE_CONTROL => specials.push(AddedToken::from(piece.clone(), true)),
+            // Matched in the normalised text, where spaces are already `▁`.
+            TOKEN_TYPE_USER_DEFINED => user.push(AddedToken::from(piece.clone(), false)),
+            _ => {}
+        }
+    }
+    tok.add_special_tokens(specials)
+        .map_err(|e| anyhow::anyhow!("cannot add control tokens: {e}"))?;
+    tok.add_tokens(user)
+        .map_err(|e| anyhow::anyhow!("cannot add user-defined tokens: {e}"))?;
     Ok(tok)
 }

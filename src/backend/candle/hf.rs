@@ -1,0 +1,317 @@
+//! Hugging Face checkpoint folders: `config.json`, `*.safetensors`, `tokenizer.json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use super::decoder::{Decoder, DecoderConfig, Rope};
+use super::tokenizer::TextTokenizer;
+use super::weights::SafetensorsSource;
+use super::{Loaded, ParameterCount, gemma3, llama, sha256_file};
+
+/// `bos_token_id` / `eos_token_id`: one id or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    fn ids(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(i) => vec![*i],
+            TokenIds::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The fields of `config.json` the supported families use (others are ignored: configs carry many
+/// training-only keys).
+#[derive(Debug, Clone, Deserialize)]
+pub struct HfConfig {
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    pub max_position_embeddings: usize,
+    pub rope_theta: Option<f64>,
+    pub rope_scaling: Option<serde_json::Value>,
+    /// transformers 5: `{rope_theta, rope_type}`, or one such object per layer type (Gemma 3).
+    pub rope_parameters: Option<serde_json::Value>,
+    pub rope_local_base_freq: Option<f64>,
+    pub tie_word_embeddings: Option<bool>,
+    pub hidden_act: Option<String>,
+    pub hidden_activation: Option<String>,
+    pub sliding_window: Option<usize>,
+    pub use_sliding_window: Option<bool>,
+    pub layer_types: Option<Vec<String>>,
+    pub sliding_window_pattern: Option<usize>,
+    pub query_pre_attn_scalar: Option<f64>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
+    pub bos_token_id: Option<TokenIds>,
+    pub eos_token_id: Option<TokenIds>,
+    pub dtype: Option<String>,
+    pub torch_dtype: Option<String>,
+}
+
+impl HfConfig {
+    /// The MLP activation, under either spelling.
+    pub fn activation(&self) -> Option<&str> {
+        self.hidden_activation
+            .as_deref()
+            .or(self.hidden_act.as_deref())
+    }
+
+    /// `head_dim`, or hidden / heads.
+    pub fn head_dim(&self) -> Result<usize> {
+        match self.head_dim {
+            Some(d) => Ok(d),
+            None if self.num_attention_heads > 0
+                && self.hidden_size.is_multiple_of(self.num_attention_heads) =>
+            {
+                Ok(self.hidden_size / self.num_attention_heads)
+            }
+            None => bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            ),
+        }
+    }
+
+    /// Rotary parameters of the layers of `kind` (`full_attention`, `sliding_attention`), or of all
+    /// layers when `kind` is `None`.
+    pub fn rope(&self, kind: Option<&str>) -> Result<Rope> {
+        let per_kind = kind.and_then(|k| self.rope_parameters.as_ref()?.get(k));
+        if let Some(p) = per_kind {
+            return parse_rope(p, None);
+        }
+        if kind == Some("sliding_attention") {
+            return Ok(Rope {
+                base: self.rope_local_base_freq.unwrap_or(10_000.0) as f32,
+                linear_factor: 1.0,
+            });
+        }
+        match &self.rope_parameters {
+            Some(p) if p.get("rope_theta").is_some() => parse_rope(p, None),
+            _ => parse_rope(
+                self.rope_scaling
+                    .as_ref()
+                    .unwrap_or(&serde_json::Value::Null),
+                Some(self.rope_theta.unwrap_or(10_000.0)),
+            ),
+        }
+    }
+}
+
+/// `{rope_theta, rope_type | type, factor}`; only unscaled and linear rotary embeddings exist here.
+fn parse_rope(p: &serde_json::Value, theta: Option<f64>) -> Result<Rope> {
+    let base = theta
+        .or_else(|| p.get("rope_theta").and_then(|v| v.as_f64()))
+        .unwrap_or(10_000.0) as f32;
+    let kind = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let linear_factor = match kind {
+        "default" => 1.0,
+        "linear" => p.get("factor").and_then(|v| v.as_f64()).unwrap_or(1.0) as f32,
+        other => bail!("rope type `{other}` is not supported (only default and linear)"),
+    };
+    Ok(Rope {
+        base,
+        linear_factor,
+    })
+}
+
+/// GGUF tensor name → Hugging Face name; `norms` maps the family's norm names.
+pub fn rename(gguf: &str, norms: &[(&str, &str)]) -> String {
+    match gguf {
+        "token_embd.weight" => return "model.embed_tokens.weight".into(),
+        "output_norm.weight" => return "model.norm.weight".into(),
+        "output.weight" => return "lm_head.weight".into(),
+        _ => {}
+    }
+    let Some(rest) = gguf.strip_prefix("blk.") else {
+        return gguf.to_string();
+    };
+    let Some((layer, rest)) = rest.split_once('.') else {
+        return gguf.to_string();
+    };
+    let Some((part, suffix)) = rest.rsplit_once('.') else {
+        return gguf.to_string();
+    };
+    let common = [
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_output", "self_attn.o_proj"),
+        ("attn_q_norm", "self_attn.q_norm"),
+        ("attn_k_norm", "self_attn.k_norm"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ];
+    let mapped = common
+        .iter()
+        .chain(norms)
+        .find(|(g, _)| *g == part)
+        .map_or(part, |(_, h)| *h);
+    format!("model.layers.{layer}.{mapped}.{suffix}")
+}
+
+/// The `*.safetensors` files of a checkpoint folder, in name order.
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list the folder", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!(
+            "{}: no *.safetensors weights in the checkpoint folder",
+            dir.display()
+        );
+    }
+    Ok(files)
+}
+
+/// Reads `config.json` of a checkpoint folder.
+pub fn read_config(dir: &Path) -> Result<HfConfig> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        bail!(
+            "{}: not a model checkpoint folder (no config.json); --models takes a .gguf file, a \
+             folder with config.json + *.safetensors + tokenizer.json, a name from models.yaml or \
+             hf:ORG/REPO",
+            dir.display()
+        );
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
+}
+
+/// The decoder config of a checkpoint, dispatched on `model_type`.
+pub fn decoder_config(c: &HfConfig) -> Result<(DecoderConfig, fn(&str) -> String, f64)> {
+    Ok(match c.model_type.as_str() {
+        "llama" | "qwen2" => (llama::from_hf(c)?, llama::hf_name as fn(&str) -> String, 0.0),
+        "gemma3_text" | "gemma3" => (gemma3::from_hf(c)?, gemma3::hf_name, 1.0),
+        other => bail!(
+            "model_type `{other}` is not supported (supported: llama, qwen2, gemma3_text)"
+        ),
+    })
+}
+
+/// The tokenizer of a checkpoint folder.
+pub fn load_tokenizer(dir: &Path, c: &HfConfig) -> Result<TextTokenizer> {
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        bail!("{}: the checkpoint folder has no tokenizer.json", dir.display());
+    }
+    let eos: Vec<u32> = c.eos_token_id.as_ref().map(TokenIds::ids).unwrap_or_default();
+    let bos = c.bos_token_id.as_ref().and_then(|b| b.ids().first().copied());
+    TextTokenizer::from_tokenizer_json(&path, bos, &eos)
+}
+
+/// Loads a checkpoint folder with float32 weights.
+pub fn load(dir: &Path) -> Result<Loaded> {
+    let shown = dir.display();
+    let c = read_config(dir)?;
+    let (cfg, rename, norm_offset) =
+        decoder_config(&c).with_context(|| format!("{shown}/config.json"))?;
+    let files = safetensors_files(dir)?;
+    let tokenizer = load_tokenizer(dir, &c)?;
+    let mut src = SafetensorsSource::open(&files, rename, norm_offset)
+        .with_context(|| format!("{shown}: loading weights"))?;
+    let counts = src.element_counts();
+    let tied = c.tie_word_embeddings.unwrap_or(false);
+    let count = |name: &str| counts.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    let embedding = count("model.embed_tokens.weight");
+    // Tied checkpoints sometimes store lm_head as well; it is the same matrix, counted once.
+    let head = if tied { 0 } else { count("lm_head.weight") };
+    let total = counts
+        .iter()
+        .filter(|(n, _)| !(tied && n == "lm_head.weight"))
+        .map(|(_, c)| c)
+        .sum::<u64>();
+    let model = Decoder::load(cfg, &mut src).with_context(|| format!("{shown}: loading weights"))?;
+    // One fingerprint for the folder: the config and every weight file, in name order.
+    let mut parts = vec![sha256_file(&dir.join("config.json"))?];
+    for f in &files {
+        parts.push(sha256_file(f)?);
+    }
+    let dtype = c
+        .dtype
+        .clone()
+        .or(c.torch_dtype.clone())
+        .unwrap_or_else(|| "unknown".into());
+    Ok(Loaded {
+        model,
+        tokenizer,
+        architecture: c.model_type.clone(),
+        parameters: ParameterCount {
+            total,
+            non_embedding: total - embedding - head,
+        },
+        quantization: dtype,
+        sha256: super::sha256_str(&parts.join("\n")),
+        weights: "f32".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama_names_map_to_transformers_layout() {
+        assert_eq!(
+            llama::hf_name("blk.3.attn_q.bias"),
+            "model.layers.3.self_attn.q_proj.bias"
+        );
+        assert_eq!(
+            llama::hf_name("blk.0.ffn_norm.weight"),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
+        assert_eq!(llama::hf_name("output.weight"), "lm_head.weight");
+    }
+
+    #[test]
+    fn rope_parameters_per_layer_kind() {
+        let c: HfConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "gemma3_text", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "rms_norm_eps": 1e-6, "max_position_embeddings": 256,
+            "rope_parameters": {
+                "full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+                "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}
+            }
+        }))
+        .unwrap();
+        assert_eq!(c.rope(Some("full_attention")).unwrap().base, 1e6);
+        assert_eq!(c.rope(Some("sliding_attention")).unwrap().base, 1e4);
+        let legacy: HfConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 256,
+            "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 4.0}
+        }))
+        .unwrap();
+        let r = legacy.rope(None).unwrap();
+        assert_eq!((r.base, r.linear_factor), (5e5, 4.0));
+        let yarn: HfConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 256,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0}
+        }))
+        .unwrap();
+        assert!(yarn.rope(None).is_err());
+    }
+}

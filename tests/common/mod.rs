@@ -41,6 +41,12 @@ pub fn data_dir() -> PathBuf {
         .map_or_else(|| root().join("../shared/data"), PathBuf::from)
 }
 
+/// The shared reference outputs (`../shared/reference`), or `ICL_EVAL_REFERENCE_DIR`.
+pub fn reference_dir() -> PathBuf {
+    std::env::var_os("ICL_EVAL_REFERENCE_DIR")
+        .map_or_else(|| root().join("../shared/reference"), PathBuf::from)
+}
+
 /// A fresh temporary folder for one test.
 pub fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("icl-eval-test-{tag}-{}", std::process::id()));

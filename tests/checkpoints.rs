@@ -1,0 +1,104 @@
+//! Hugging Face checkpoint folders against transformers: the tiny random llama, qwen2 and gemma3
+//! checkpoints of `../shared/reference/tiny-hf` (reference vectors copied to
+//! `tests/fixtures/tiny-hf/`). Token ids exact, float32 log-probs within 1e-4 nats at every position,
+//! greedy generations identical token for token.
+
+mod common;
+
+use std::path::PathBuf;
+
+use icl_eval::backend::Backend;
+use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
+use serde_json::Value;
+
+fn checkpoint(arch: &str) -> PathBuf {
+    let dir = common::reference_dir().join("tiny-hf").join(arch);
+    assert!(
+        dir.join("config.json").is_file(),
+        "{} is missing: set ICL_EVAL_REFERENCE_DIR to the shared reference folder",
+        dir.display()
+    );
+    dir
+}
+
+fn fixture(arch: &str) -> Value {
+    let p = common::root().join(format!("tests/fixtures/tiny-hf/{arch}.json"));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn check(arch: &str, parameters: u64) {
+    let r = fixture(arch);
+    let b = CandleBackend::load(&checkpoint(arch), WeightsChoice::Auto).unwrap();
+    assert_eq!(b.info().parameters, parameters, "parameters of {arch}");
+    let mut worst = 0f32;
+    for p in r["prompts"].as_array().unwrap() {
+        let text = p["prompt"].as_str().unwrap();
+        let ids = u32s(&p["ids_with_special"]);
+        assert_eq!(b.encode(text).unwrap(), ids, "{arch}: token ids of {text:?}");
+        let (got, _) = b.next_token_logprobs(&ids).unwrap();
+        let want: Vec<f64> = p["next_token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+            let d = (*g as f64 - w).abs() as f32;
+            worst = worst.max(d);
+            assert!(d <= 1e-4, "{arch} {text:?} position {t}: {g} vs {w}");
+        }
+    }
+    for g in r["generations"].as_array().unwrap() {
+        let prompt = u32s(&g["prompt_ids"]);
+        let want = u32s(&g["new_ids"]);
+        let got = b.greedy(&prompt, want.len(), |_| Ok(false)).unwrap();
+        let ids: Vec<u32> = got.iter().map(|(t, _)| *t).collect();
+        assert_eq!(ids, want, "{arch}: greedy tokens after {:?}", g["prompt"]);
+        for (step, ((_, lp), top)) in got.iter().zip(g["step_top5"].as_array().unwrap()).enumerate() {
+            let w = top[0][1].as_f64().unwrap() as f32;
+            assert!(
+                (lp - w).abs() <= 1e-4,
+                "{arch}: step {step} log-prob {lp} vs {w} (KV-cache decoding)"
+            );
+        }
+    }
+    eprintln!("tiny-hf/{arch}: max |Δ logprob| = {worst:.2e} nats");
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_llama_checkpoint_matches_transformers() {
+    check("llama", 139_584);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_qwen2_checkpoint_matches_transformers() {
+    check("qwen2", 107_072);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_gemma3_checkpoint_matches_transformers() {
+    check("gemma3", 103_040);
+}
+
+#[test]
+fn folder_without_config_is_a_clear_error() {
+    let dir = common::tmp("no-config");
+    std::fs::write(dir.join("model.safetensors"), b"").unwrap();
+    let err = CandleBackend::load(&dir, WeightsChoice::Auto)
+        .err()
+        .expect("a folder without config.json must not load")
+        .to_string();
+    assert!(err.contains("no config.json"), "{err}");
+}

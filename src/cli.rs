@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use icl_eval::backend::candle::{WeightsChoice, load_tokenizer};
 use icl_eval::run::{RunConfig, run};
 use icl_eval::task::{self, discover, load_task, validate_task};
+use icl_eval::models::{self, HubOptions, ModelsFile};
 use icl_eval::{fewshot, prompt};
 
 /// Evaluate how language models learn from K demonstrations in their prompt.
@@ -28,6 +29,26 @@ enum Cmd {
     Prompt(PromptArgs),
     /// Check task YAMLs and report every problem.
     Validate(ValidateArgs),
+    /// List the models of the models file: architecture, size, quantization, whether present.
+    Models(ModelSource),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ModelSource {
+    /// Models file mapping names to sources (default: ./models.yaml when present).
+    #[arg(long, value_name = "FILE")]
+    models_file: Option<PathBuf>,
+    /// Use only the Hugging Face cache; never download (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+}
+
+impl ModelSource {
+    fn hub(&self) -> HubOptions {
+        let mut h = HubOptions::from_env();
+        h.offline |= self.offline;
+        h
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -56,9 +77,12 @@ struct RunArgs {
     /// Task names (from ./tasks or --tasks-dir) or YAML paths, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     tasks: Vec<String>,
-    /// GGUF model paths, comma-separated.
+    /// Models, comma-separated: .gguf files, checkpoint folders, names from models.yaml, or
+    /// hf:ORG/REPO[/FILE].
     #[arg(long, value_delimiter = ',', required = true)]
-    models: Vec<PathBuf>,
+    models: Vec<String>,
+    #[command(flatten)]
+    source: ModelSource,
     /// Numbers of demonstrations, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0,1,32", value_parser = parse_shots, allow_negative_numbers = true)]
     shots: Vec<usize>,
@@ -95,9 +119,11 @@ struct PromptArgs {
     /// Seed of the demonstration draw.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
-    /// A GGUF model: fit the prompt to its context and print the token count.
+    /// A model (as in `run --models`): fit the prompt to its context and print the token count.
     #[arg(long)]
-    model: Option<PathBuf>,
+    model: Option<String>,
+    #[command(flatten)]
+    source: ModelSource,
     #[command(flatten)]
     dirs: TaskDirs,
 }
@@ -126,6 +152,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Tasks(d) => cmd_tasks(&d),
         Cmd::Prompt(a) => cmd_prompt(a),
         Cmd::Validate(a) => cmd_validate(&a),
+        Cmd::Models(a) => cmd_models(&a),
     }
 }
 
@@ -141,6 +168,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let cfg = RunConfig {
         tasks: task::load::resolve(&a.tasks, &a.dirs.dirs())?,
         models: a.models,
+        models_file: ModelsFile::find(a.source.models_file.as_deref())?,
+        hub: a.source.hub(),
         shots: a.shots,
         limit: a.limit,
         seed: a.seed,
@@ -209,7 +238,9 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
     match a.model {
         None => print!("{}", prompt::build(&t, item, &demos)),
         Some(m) => {
-            let (tokenizer, ctx) = load_tokenizer(&m)?;
+            let file = ModelsFile::find(a.source.models_file.as_deref())?;
+            let resolved = models::resolve(&m, file.as_ref(), &a.source.hub())?;
+            let (tokenizer, ctx) = load_tokenizer(&resolved.path)?;
             match prompt::fit(&t, item, &demos, ctx, &|s| Ok(tokenizer.encode(s)?.len()))? {
                 Some(f) => {
                     print!("{}", f.prompt);
@@ -244,5 +275,16 @@ fn cmd_validate(a: &ValidateArgs) -> Result<()> {
     if bad > 0 {
         bail!("{bad} of {} task file(s) have problems", a.paths.len());
     }
+    Ok(())
+}
+
+fn cmd_models(a: &ModelSource) -> Result<()> {
+    let Some(file) = ModelsFile::find(a.models_file.as_deref())? else {
+        bail!(
+            "no {} in the working directory; pass --models-file FILE",
+            models::MODELS_FILE
+        );
+    };
+    print!("{}", models::render_listing(&models::list(&file, &a.hub())));
     Ok(())
 }

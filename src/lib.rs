@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod fewshot;
+pub mod models;
 pub mod prompt;
 pub mod report;
 pub mod run;

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::candle::{CandleBackend, WeightsChoice};
 use crate::backend::{Backend, ModelInfo};
+use crate::models::{HubOptions, ModelsFile, ResolvedModel};
 use crate::task::{Answer, OutputType, Task};
 use crate::{fewshot, prompt, report, score};
 
@@ -23,7 +24,11 @@ use crate::{fewshot, prompt, report, score};
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub tasks: Vec<PathBuf>,
-    pub models: Vec<PathBuf>,
+    /// Model references (`.gguf` path, checkpoint folder, models-file name, `hf:ORG/REPO[/FILE]`).
+    pub models: Vec<String>,
+    /// The models file names resolve through.
+    pub models_file: Option<ModelsFile>,
+    pub hub: HubOptions,
     pub shots: Vec<usize>,
     pub limit: Option<usize>,
     pub seed: u64,
@@ -116,7 +121,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         bail!("--shots: give at least one shot count, e.g. --shots 0,1,32");
     }
     if cfg.models.is_empty() {
-        bail!("--models: give at least one GGUF model path");
+        bail!("--models: give at least one model (a .gguf file, checkpoint folder, name or hf:ORG/REPO)");
     }
     let mut shots = cfg.shots.clone();
     shots.sort_unstable();
@@ -136,18 +141,21 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
             );
         }
     }
-    for (i, m) in cfg.models.iter().enumerate() {
-        let stem = m.file_stem();
-        if cfg.models[..i].iter().any(|o| o.file_stem() == stem) {
+    // Every reference resolves (and downloads) before any work starts.
+    let resolved: Vec<ResolvedModel> = cfg
+        .models
+        .iter()
+        .map(|m| crate::models::resolve(m, cfg.models_file.as_ref(), &cfg.hub))
+        .collect::<Result<_>>()
+        .context("--models")?;
+    for (i, m) in resolved.iter().enumerate() {
+        if let Some(other) = resolved[..i].iter().find(|o| o.name() == m.name()) {
             bail!(
-                "--models: two models are named {:?}; results are keyed by file name, so rename one",
-                stem.unwrap_or_default()
-            );
-        }
-        if !m.is_file() {
-            bail!(
-                "--models: {} does not exist (fetch the bundled models with scripts/fetch-models.sh)",
-                m.display()
+                "--models: {} and {} are both named `{}`; results are keyed by model name, so \
+                 rename one (or give it a display_name in models.yaml)",
+                other.reference,
+                m.reference,
+                m.name()
             );
         }
     }
@@ -190,9 +198,11 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     let mut samples = Vec::new();
     let mut models: Vec<ModelInfo> = Vec::new();
     let clock = Instant::now();
-    for model_path in &cfg.models {
-        bar.set_message(format!("loading {}", model_path.display()));
-        let mut backend = CandleBackend::load(model_path, cfg.weights)?;
+    for m in &resolved {
+        bar.set_message(format!("loading {}", m.name()));
+        let mut backend =
+            CandleBackend::load(&m.path, cfg.weights)?.named(&m.name(), &m.reference);
+        m.verify(&backend.info().sha256)?;
         models.push(backend.info().clone());
         write_config(&dir, cfg, &tasks, &models, &shots, &started, None)?;
         for task in &tasks {

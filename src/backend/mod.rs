@@ -10,6 +10,8 @@ use serde::Serialize;
 pub struct ModelInfo {
     /// Short name used in tables and charts (models.yaml name, file stem or folder name).
     pub name: String,
+    /// What `--models` said (path, models-file name or `hf:` reference).
+    pub reference: String,
     /// The file or folder the weights were loaded from.
     pub path: String,
     pub sha256: String,

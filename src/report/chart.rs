@@ -401,6 +401,7 @@ mod tests {
     fn model(name: &str, parameters: u64) -> ModelInfo {
         ModelInfo {
             name: name.into(),
+            reference: String::new(),
             path: String::new(),
             sha256: String::new(),
             architecture: "llama".into(),

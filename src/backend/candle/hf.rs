@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::decoder::{Decoder, DecoderConfig, Rope};
 use super::tokenizer::TextTokenizer;
 use super::weights::SafetensorsSource;
-use super::{Loaded, ParameterCount, gemma3, llama, sha256_file};
+use super::{Loaded, ModelSummary, ParameterCount, gemma3, llama, sha256_file};
 
 /// `bos_token_id` / `eos_token_id`: one id or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -222,17 +222,8 @@ pub fn load_tokenizer(dir: &Path, c: &HfConfig) -> Result<TextTokenizer> {
     TextTokenizer::from_tokenizer_json(&path, bos, &eos)
 }
 
-/// Loads a checkpoint folder with float32 weights.
-pub fn load(dir: &Path) -> Result<Loaded> {
-    let shown = dir.display();
-    let c = read_config(dir)?;
-    let (cfg, rename, norm_offset) =
-        decoder_config(&c).with_context(|| format!("{shown}/config.json"))?;
-    let files = safetensors_files(dir)?;
-    let tokenizer = load_tokenizer(dir, &c)?;
-    let mut src = SafetensorsSource::open(&files, rename, norm_offset)
-        .with_context(|| format!("{shown}: loading weights"))?;
-    let counts = src.element_counts();
+/// Parameters from the checkpoint's tensor sizes: tied embeddings once.
+fn count_parameters(c: &HfConfig, counts: &[(String, u64)]) -> ParameterCount {
     let tied = c.tie_word_embeddings.unwrap_or(false);
     let count = |name: &str| counts.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
     let embedding = count("model.embed_tokens.weight");
@@ -243,26 +234,55 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         .filter(|(n, _)| !(tied && n == "lm_head.weight"))
         .map(|(_, c)| c)
         .sum::<u64>();
+    ParameterCount {
+        total,
+        non_embedding: total.saturating_sub(embedding + head),
+    }
+}
+
+fn dtype(c: &HfConfig) -> String {
+    c.dtype
+        .clone()
+        .or(c.torch_dtype.clone())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Architecture, parameters, dtype and context length of a checkpoint folder, from headers only.
+pub fn inspect(dir: &Path) -> Result<ModelSummary> {
+    let c = read_config(dir)?;
+    let (_, rename, offset) = decoder_config(&c).with_context(|| format!("{}/config.json", dir.display()))?;
+    let src = SafetensorsSource::open(&safetensors_files(dir)?, rename, offset)?;
+    Ok(ModelSummary {
+        architecture: c.model_type.clone(),
+        parameters: count_parameters(&c, &src.element_counts()),
+        quantization: dtype(&c),
+        context_length: c.max_position_embeddings,
+    })
+}
+
+/// Loads a checkpoint folder with float32 weights.
+pub fn load(dir: &Path) -> Result<Loaded> {
+    let shown = dir.display();
+    let c = read_config(dir)?;
+    let (cfg, rename, norm_offset) =
+        decoder_config(&c).with_context(|| format!("{shown}/config.json"))?;
+    let files = safetensors_files(dir)?;
+    let tokenizer = load_tokenizer(dir, &c)?;
+    let mut src = SafetensorsSource::open(&files, rename, norm_offset)
+        .with_context(|| format!("{shown}: loading weights"))?;
+    let parameters = count_parameters(&c, &src.element_counts());
     let model = Decoder::load(cfg, &mut src).with_context(|| format!("{shown}: loading weights"))?;
     // One fingerprint for the folder: the config and every weight file, in name order.
     let mut parts = vec![sha256_file(&dir.join("config.json"))?];
     for f in &files {
         parts.push(sha256_file(f)?);
     }
-    let dtype = c
-        .dtype
-        .clone()
-        .or(c.torch_dtype.clone())
-        .unwrap_or_else(|| "unknown".into());
     Ok(Loaded {
         model,
         tokenizer,
         architecture: c.model_type.clone(),
-        parameters: ParameterCount {
-            total,
-            non_embedding: total - embedding - head,
-        },
-        quantization: dtype,
+        parameters,
+        quantization: dtype(&c),
         sha256: super::sha256_str(&parts.join("\n")),
         weights: "f32".into(),
     })

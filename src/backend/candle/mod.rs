@@ -103,6 +103,7 @@ impl CandleBackend {
             name: name
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
+            reference: path.display().to_string(),
             path: path.display().to_string(),
             sha256: loaded.sha256,
             architecture: loaded.architecture,
@@ -119,9 +120,10 @@ impl CandleBackend {
         })
     }
 
-    /// Renames the model in tables and charts.
-    pub fn with_name(mut self, name: &str) -> Self {
+    /// Sets the name used in tables and charts and the reference the user gave.
+    pub fn named(mut self, name: &str, reference: &str) -> Self {
         self.info.name = name.to_string();
+        self.info.reference = reference.to_string();
         self
     }
 
@@ -223,15 +225,15 @@ fn gguf_file_type(code: u32) -> Option<&'static str> {
     })
 }
 
-/// Size and storage facts of a GGUF file, read from its header only.
-pub struct GgufSummary {
+/// Size and storage facts of a model, read from file headers only.
+pub struct ModelSummary {
     pub architecture: String,
     pub parameters: ParameterCount,
     pub quantization: String,
     pub context_length: usize,
 }
 
-fn summarize_gguf(content: &gguf_file::Content, arch: &str) -> Result<GgufSummary> {
+fn summarize_gguf(content: &gguf_file::Content, arch: &str) -> Result<ModelSummary> {
     let count = |name: &str| {
         content
             .tensor_infos
@@ -249,7 +251,7 @@ fn summarize_gguf(content: &gguf_file::Content, arch: &str) -> Result<GgufSummar
         .and_then(|v| v.to_u32().ok())
         .and_then(gguf_file_type)
         .map_or_else(|| "unknown".to_string(), str::to_string);
-    Ok(GgufSummary {
+    Ok(ModelSummary {
         architecture: arch.to_string(),
         parameters: ParameterCount {
             total,
@@ -261,7 +263,7 @@ fn summarize_gguf(content: &gguf_file::Content, arch: &str) -> Result<GgufSummar
 }
 
 /// Architecture, parameters, quantization and context length of a GGUF file, without its weights.
-pub fn inspect_gguf(path: &Path) -> Result<GgufSummary> {
+pub fn inspect_gguf(path: &Path) -> Result<ModelSummary> {
     let (content, _, arch) = open_gguf(path)?;
     summarize_gguf(&content, &arch).with_context(|| path.display().to_string())
 }

@@ -120,19 +120,6 @@ impl ResolvedModel {
             part.map_or_else(|| self.reference.clone(), |s| s.to_string_lossy().into_owned())
         })
     }
-
-    /// Fails when the loaded weights' digest differs from the one the models file promises.
-    pub fn verify(&self, actual_sha256: &str) -> Result<()> {
-        match &self.sha256 {
-            Some(want) if !want.eq_ignore_ascii_case(actual_sha256) => bail!(
-                "{}: sha256 mismatch for model `{}`: expected {want}, got {actual_sha256} (the file \
-                 is corrupt or not the one the models file names; fetch it again)",
-                self.path.display(),
-                self.reference
-            ),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// A parsed `hf:ORG/REPO[/FILE]`.
@@ -434,18 +421,5 @@ mod tests {
     fn models_file_rejects_unknown_fields() {
         let e = serde_yaml::from_str::<ModelsFile>("models:\n  a:\n    sorce: x\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `sorce`"), "{e}");
-    }
-
-    #[test]
-    fn sha256_mismatch_names_both_digests() {
-        let r = ResolvedModel {
-            reference: "m".into(),
-            path: PathBuf::from("m.gguf"),
-            display_name: None,
-            sha256: Some("aa".into()),
-        };
-        assert!(r.verify("AA").is_ok());
-        let e = r.verify("bb").unwrap_err().to_string();
-        assert!(e.contains("expected aa, got bb"), "{e}");
     }
 }

@@ -200,9 +200,14 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     let clock = Instant::now();
     for m in &resolved {
         bar.set_message(format!("loading {}", m.name()));
-        let mut backend =
-            CandleBackend::load(&m.path, cfg.weights)?.named(&m.name(), &m.reference);
-        m.verify(&backend.info().sha256)?;
+        let loaded = CandleBackend::load_verified(&m.path, cfg.weights, m.sha256.as_deref());
+        // Errors name the path; a name or hub reference is worth adding.
+        let loaded = if Path::new(&m.reference) == m.path {
+            loaded
+        } else {
+            loaded.with_context(|| format!("--models {}", m.reference))
+        };
+        let mut backend = loaded?.named(&m.name(), &m.reference);
         models.push(backend.info().clone());
         write_config(&dir, cfg, &tasks, &models, &shots, &started, None)?;
         for task in &tasks {

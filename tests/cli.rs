@@ -414,3 +414,129 @@ fn readme_example_task_works() {
     );
     assert!(p.ends_with("Country: Canada\nCapital:"), "{p:?}");
 }
+
+/// A GGUF key/value entry holding a string.
+fn gguf_string_kv(key: &str, value: &str) -> Vec<u8> {
+    let mut b = (key.len() as u64).to_le_bytes().to_vec();
+    b.extend(key.as_bytes());
+    b.extend(8u32.to_le_bytes()); // GGUF value type 8: string
+    b.extend((value.len() as u64).to_le_bytes());
+    b.extend(value.as_bytes());
+    b
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let d = tmp("arch");
+    let p = d.join("mamba.gguf");
+    fs::write(
+        &p,
+        gguf_header(0, &gguf_string_kv("general.architecture", "mamba")),
+    )
+    .unwrap();
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "two_digit_addition",
+        "--models",
+        &p.display().to_string(),
+        "--output",
+        &d.join("run").display().to_string(),
+    ]);
+    assert_one_line_error(&o, &["mamba.gguf", "architecture `mamba` is not supported", "gemma3"]);
+}
+
+#[test]
+fn truncated_gguf_is_rejected() {
+    let d = tmp("truncated");
+    let p = d.join("cut.gguf");
+    let mut bytes = gguf_header(0, &gguf_string_kv("general.architecture", "llama"));
+    bytes.truncate(30);
+    fs::write(&p, bytes).unwrap();
+    // A header that parses but whose tensor data was cut off.
+    let cut = d.join("cut-data.gguf");
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    let kv = gguf_string_kv("general.architecture", "llama");
+    b.extend(1u64.to_le_bytes());
+    b.extend(&kv);
+    let name = "token_embd.weight";
+    b.extend((name.len() as u64).to_le_bytes());
+    b.extend(name.as_bytes());
+    b.extend(2u32.to_le_bytes()); // two dimensions
+    b.extend(64u64.to_le_bytes());
+    b.extend(1000u64.to_le_bytes());
+    b.extend(0u32.to_le_bytes()); // f32
+    b.extend(0u64.to_le_bytes()); // offset
+    b.extend([0u8; 64]);
+    fs::write(&cut, b).unwrap();
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "two_digit_addition",
+        "--models",
+        &cut.display().to_string(),
+        "--output",
+        &d.join("run2").display().to_string(),
+    ]);
+    assert_one_line_error(&o, &["cut-data.gguf", "truncated GGUF", "download it again"]);
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "two_digit_addition",
+        "--models",
+        &p.display().to_string(),
+        "--output",
+        &d.join("run").display().to_string(),
+    ]);
+    assert_one_line_error(&o, &["cut.gguf", "invalid GGUF"]);
+}
+
+#[test]
+fn checkpoint_folder_without_config_is_named() {
+    let d = tmp("noconfig");
+    let m = d.join("my-model");
+    fs::create_dir_all(&m).unwrap();
+    fs::write(m.join("model.safetensors"), b"").unwrap();
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "two_digit_addition",
+        "--models",
+        &m.display().to_string(),
+        "--output",
+        &d.join("run").display().to_string(),
+    ]);
+    assert_one_line_error(&o, &["my-model", "no config.json"]);
+}
+
+#[test]
+fn sha256_mismatch_from_the_models_file_is_named() {
+    let d = tmp("sha");
+    write(&d, "weights.gguf", "not the promised bytes");
+    let models = write(
+        &d,
+        "models.yaml",
+        &format!(
+            "models:\n  promised:\n    source: weights.gguf\n    sha256: {}\n",
+            "0".repeat(64)
+        ),
+    );
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "two_digit_addition",
+        "--models",
+        "promised",
+        "--models-file",
+        &models,
+        "--output",
+        &d.join("run").display().to_string(),
+    ]);
+    assert_one_line_error(&o, &["weights.gguf", "sha256 mismatch", &"0".repeat(64)]);
+    let o = icl_eval(&["models", "--models-file", &models]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("| promised |") && out.contains("unreadable"), "{out}");
+}

@@ -261,29 +261,31 @@ pub fn inspect(dir: &Path) -> Result<ModelSummary> {
 }
 
 /// Loads a checkpoint folder with float32 weights.
-pub fn load(dir: &Path) -> Result<Loaded> {
+pub fn load(dir: &Path, expected_sha256: Option<&str>) -> Result<Loaded> {
     let shown = dir.display();
     let c = read_config(dir)?;
     let (cfg, rename, norm_offset) =
         decoder_config(&c).with_context(|| format!("{shown}/config.json"))?;
     let files = safetensors_files(dir)?;
-    let tokenizer = load_tokenizer(dir, &c)?;
-    let mut src = SafetensorsSource::open(&files, rename, norm_offset)
-        .with_context(|| format!("{shown}: loading weights"))?;
-    let parameters = count_parameters(&c, &src.element_counts());
-    let model = Decoder::load(cfg, &mut src).with_context(|| format!("{shown}: loading weights"))?;
     // One fingerprint for the folder: the config and every weight file, in name order.
     let mut parts = vec![sha256_file(&dir.join("config.json"))?];
     for f in &files {
         parts.push(sha256_file(f)?);
     }
+    let sha256 = super::sha256_str(&parts.join("\n"));
+    super::check_sha256(dir, expected_sha256, &sha256)?;
+    let tokenizer = load_tokenizer(dir, &c)?;
+    let mut src = SafetensorsSource::open(&files, rename, norm_offset)
+        .with_context(|| format!("{shown}: loading weights"))?;
+    let parameters = count_parameters(&c, &src.element_counts());
+    let model = Decoder::load(cfg, &mut src).with_context(|| format!("{shown}: loading weights"))?;
     Ok(Loaded {
         model,
         tokenizer,
         architecture: c.model_type.clone(),
         parameters,
         quantization: dtype(&c),
-        sha256: super::sha256_str(&parts.join("\n")),
+        sha256,
         weights: "f32".into(),
     })
 }

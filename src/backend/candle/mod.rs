@@ -89,10 +89,16 @@ impl CandleBackend {
     /// Loads a GGUF file or a checkpoint folder; `weights` picks float32 or quantized storage for GGUF
     /// (checkpoints are always float32).
     pub fn load(path: &Path, weights: WeightsChoice) -> Result<Self> {
+        Self::load_verified(path, weights, None)
+    }
+
+    /// Like [`CandleBackend::load`], but first checks the weights' sha256 against `expected`, before
+    /// spending time on them.
+    pub fn load_verified(path: &Path, weights: WeightsChoice, expected: Option<&str>) -> Result<Self> {
         let loaded = if path.is_dir() {
-            hf::load(path)?
+            hf::load(path, expected)?
         } else {
-            load_gguf(path, weights)?
+            load_gguf(path, weights, expected)?
         };
         let name = if path.is_dir() {
             path.file_name()
@@ -268,8 +274,22 @@ pub fn inspect_gguf(path: &Path) -> Result<ModelSummary> {
     summarize_gguf(&content, &arch).with_context(|| path.display().to_string())
 }
 
-fn load_gguf(path: &Path, weights: WeightsChoice) -> Result<Loaded> {
+/// Fails when `actual` differs from the digest the caller expects.
+fn check_sha256(path: &Path, expected: Option<&str>, actual: &str) -> Result<()> {
+    match expected {
+        Some(want) if !want.eq_ignore_ascii_case(actual) => bail!(
+            "{}: sha256 mismatch: expected {want}, got {actual} (the file is corrupt or not the \
+             one the models file names; fetch it again)",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn load_gguf(path: &Path, weights: WeightsChoice, expected: Option<&str>) -> Result<Loaded> {
     let shown = path.display();
+    let sha256 = sha256_file(path)?;
+    check_sha256(path, expected, &sha256)?;
     let (content, mut reader, arch) = open_gguf(path)?;
     let summary = summarize_gguf(&content, &arch).with_context(|| format!("{shown}"))?;
     let format = match weights {
@@ -296,7 +316,7 @@ fn load_gguf(path: &Path, weights: WeightsChoice) -> Result<Loaded> {
         architecture: arch,
         parameters: summary.parameters,
         quantization: summary.quantization,
-        sha256: sha256_file(path)?,
+        sha256,
         weights: match format {
             WeightFormat::F32 => "f32".into(),
             WeightFormat::Quantized => "quantized".into(),
@@ -329,6 +349,27 @@ fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>, String
         bail!(
             "{shown}: architecture `{arch}` is not supported yet (supported: {})",
             supported_architectures().join(", ")
+        );
+    }
+    // A cut-off download parses (the header is at the front) but lacks tensor data: say so now,
+    // not halfway through loading.
+    let needed = content
+        .tensor_infos
+        .values()
+        .map(|t| {
+            let bytes = t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
+            content
+                .tensor_data_offset
+                .saturating_add(t.offset)
+                .saturating_add(bytes as u64)
+        })
+        .max()
+        .unwrap_or(0);
+    let have = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if needed > have {
+        bail!(
+            "{shown}: truncated GGUF: its tensors need {needed} bytes but the file has {have}; \
+             download it again"
         );
     }
     Ok((content, reader, arch))

@@ -7,7 +7,7 @@ use std::io::{Read, Seek};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::quantized::{QMatMul, QTensor, gguf_file};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{D, DType, Device, Module, Tensor};
@@ -79,7 +79,7 @@ impl<R: Read + Seek> GgufSource<'_, R> {
     fn qtensor(&mut self, name: &str) -> Result<QTensor> {
         self.content
             .tensor(self.reader, name, &self.device)
-            .with_context(|| format!("cannot read tensor `{name}`"))
+            .map_err(|e| anyhow::anyhow!("cannot read tensor `{name}`: {}", super::first_line(&e)))
     }
 }
 

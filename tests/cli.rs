@@ -540,3 +540,50 @@ fn sha256_mismatch_from_the_models_file_is_named() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("| promised |") && out.contains("unreadable"), "{out}");
 }
+
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh smollm2-135m gemma3-270m qwen2.5-coder-0.5b)"]
+fn three_models_by_name_give_the_model_size_chart() {
+    let d = tmp("sizes");
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "sentiment_reviews,two_digit_addition",
+        "--models",
+        "smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b",
+        "--shots",
+        "0,1,8",
+        "--limit",
+        "4",
+        "--output",
+        &d.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+    // Parameter counts as ../shared/MODELS.md lists them (every tensor of the file).
+    let want = [
+        ("SmolLM2-135M", "llama", 134_515_008u64),
+        ("Gemma-3-270M", "gemma3", 268_098_176),
+        ("Qwen2.5-Coder-0.5B", "qwen2", 630_167_424),
+    ];
+    for (i, (name, arch, params)) in want.iter().enumerate() {
+        let m = &config["models"][i];
+        assert_eq!(m["name"], *name);
+        assert_eq!(m["architecture"], *arch);
+        assert_eq!(m["parameters"], *params, "{name}");
+        assert!(m["non_embedding_parameters"].as_u64().unwrap() < *params);
+    }
+    let png = fs::read(d.join("accuracy_vs_model_size.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = fs::read_to_string(d.join("accuracy_vs_model_size.svg")).unwrap();
+    // Two task panels and the mean panel, each a line per K with a point per model.
+    let markers = svg
+        .lines()
+        .filter(|l| l.contains("<circle") && l.contains("fill=\"#"))
+        .count();
+    assert_eq!(markers, 3 * 3 * 3, "3 panels × 3 K × 3 models");
+    for k in ["K = 0", "K = 1", "K = 8"] {
+        assert!(svg.contains(k), "{k} missing from the legend");
+    }
+}

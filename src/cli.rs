@@ -2,14 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use icl_eval::backend::candle::{WeightsChoice, load_tokenizer};
+use icl_eval::models::{self, HubOptions, ModelsFile};
 use icl_eval::run::{RunConfig, run};
 use icl_eval::task::{self, discover, load_task, validate_task};
-use icl_eval::models::{self, HubOptions, ModelsFile};
-use icl_eval::{fewshot, prompt};
+use icl_eval::{fewshot, prompt, record, report};
 
 /// Evaluate how language models learn from K demonstrations in their prompt.
 #[derive(Parser, Debug)]
@@ -31,6 +31,40 @@ enum Cmd {
     Validate(ValidateArgs),
     /// List the models of the models file: architecture, size, quantization, whether present.
     Models(ModelSource),
+    /// Rebuild tables, charts and report.html from one or more finished run folders, merged.
+    Report(ReportArgs),
+    /// Compare two runs (or two models of a run) cell by cell, with a paired test.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// Finished run folders (e.g. one per model); their cells are merged into one report.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    runs: Vec<PathBuf>,
+    /// Where to write the report (default: the run folder when there is one, else required).
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// Merge a task even when the runs recorded different versions of it (different task hash).
+    #[arg(long)]
+    allow_mixed: bool,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// Run folder of side A.
+    run_a: PathBuf,
+    /// Run folder of side B (may be the same folder, with --model-a and --model-b).
+    run_b: PathBuf,
+    /// Model of run A (needed when run A has several).
+    #[arg(long, value_name = "NAME")]
+    model_a: Option<String>,
+    /// Model of run B (needed when run B has several).
+    #[arg(long, value_name = "NAME")]
+    model_b: Option<String>,
+    /// Also write the comparison as CSV.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -153,6 +187,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Prompt(a) => cmd_prompt(a),
         Cmd::Validate(a) => cmd_validate(&a),
         Cmd::Models(a) => cmd_models(&a),
+        Cmd::Report(a) => cmd_report(&a),
+        Cmd::Compare(a) => cmd_compare(&a),
     }
 }
 
@@ -182,8 +218,15 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let outcome = run(&cfg)?;
     println!("{}", outcome.summary_markdown);
     println!(
-        "Results in {}/ (summary.md, summary.csv, samples.jsonl, accuracy_vs_shots.png)",
-        outcome.dir.display()
+        "Results in {}/: report.html (open it in a browser), summary.md/.csv/.tex, samples.jsonl, \
+         charts {}",
+        outcome.dir.display(),
+        outcome
+            .charts
+            .iter()
+            .map(|c| format!("{c}.png"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -286,5 +329,47 @@ fn cmd_models(a: &ModelSource) -> Result<()> {
         );
     };
     print!("{}", models::render_listing(&models::list(&file, &a.hub())));
+    Ok(())
+}
+
+fn cmd_report(a: &ReportArgs) -> Result<()> {
+    let runs = a
+        .runs
+        .iter()
+        .map(|d| record::read_run(d))
+        .collect::<Result<Vec<_>>>()?;
+    let dir = match (&a.output, runs.as_slice()) {
+        (Some(d), _) => d.clone(),
+        (None, [one]) => one.dir.clone(),
+        (None, _) => bail!(
+            "--output: say where the merged report of {} runs goes",
+            runs.len()
+        ),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("--output: cannot create {}", dir.display()))?;
+    let input = report::merge(&runs, a.allow_mixed)?;
+    let out = report::write_report(&dir, &input)?;
+    println!("{}", out.markdown);
+    println!(
+        "Report in {}/report.html (summary.md/.csv/.tex, charts {})",
+        dir.display(),
+        out.charts.join(", ")
+    );
+    Ok(())
+}
+
+fn cmd_compare(a: &CompareArgs) -> Result<()> {
+    let run_a = record::read_run(&a.run_a)?;
+    let run_b = if a.run_b == a.run_a {
+        run_a.clone()
+    } else {
+        record::read_run(&a.run_b)?
+    };
+    let c = report::compare::compare(&run_a, a.model_a.as_deref(), &run_b, a.model_b.as_deref())?;
+    print!("{}", c.markdown());
+    if let Some(path) = &a.csv {
+        c.write_csv(path)?;
+    }
     Ok(())
 }

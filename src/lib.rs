@@ -6,6 +6,7 @@ pub mod backend;
 pub mod fewshot;
 pub mod models;
 pub mod prompt;
+pub mod record;
 pub mod report;
 pub mod run;
 pub mod score;

@@ -44,8 +44,8 @@ impl ModelsFile {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the models file", path.display()))?;
-        let mut f: ModelsFile = serde_yaml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut f: ModelsFile =
+            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         f.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(f)
     }
@@ -54,7 +54,9 @@ impl ModelsFile {
     pub fn find(path: Option<&Path>) -> Result<Option<Self>> {
         match path {
             Some(p) => Ok(Some(Self::read(p)?)),
-            None if Path::new(MODELS_FILE).is_file() => Ok(Some(Self::read(Path::new(MODELS_FILE))?)),
+            None if Path::new(MODELS_FILE).is_file() => {
+                Ok(Some(Self::read(Path::new(MODELS_FILE))?))
+            }
             None => Ok(None),
         }
     }
@@ -117,7 +119,10 @@ impl ResolvedModel {
             } else {
                 self.path.file_stem()
             };
-            part.map_or_else(|| self.reference.clone(), |s| s.to_string_lossy().into_owned())
+            part.map_or_else(
+                || self.reference.clone(),
+                |s| s.to_string_lossy().into_owned(),
+            )
         })
     }
 }
@@ -148,13 +153,22 @@ impl HubRef {
             Some(f) => Path::new(f)
                 .file_stem()
                 .map_or_else(|| f.clone(), |s| s.to_string_lossy().into_owned()),
-            None => self.repo.rsplit('/').next().unwrap_or(&self.repo).to_string(),
+            None => self
+                .repo
+                .rsplit('/')
+                .next()
+                .unwrap_or(&self.repo)
+                .to_string(),
         }
     }
 }
 
 /// Resolves one reference: `hf:` first, then an existing path, then a models-file name.
-pub fn resolve(reference: &str, file: Option<&ModelsFile>, hub: &HubOptions) -> Result<ResolvedModel> {
+pub fn resolve(
+    reference: &str,
+    file: Option<&ModelsFile>,
+    hub: &HubOptions,
+) -> Result<ResolvedModel> {
     if let Some(rest) = reference.strip_prefix("hf:") {
         let r = HubRef::parse(rest)?;
         return Ok(ResolvedModel {
@@ -186,7 +200,12 @@ pub fn resolve(reference: &str, file: Option<&ModelsFile>, hub: &HubOptions) -> 
              --models takes a .gguf file, a checkpoint folder, a name or hf:ORG/REPO[/FILE]"
         );
     };
-    let display_name = Some(entry.display_name.clone().unwrap_or_else(|| reference.to_string()));
+    let display_name = Some(
+        entry
+            .display_name
+            .clone()
+            .unwrap_or_else(|| reference.to_string()),
+    );
     if let Some(rest) = entry.source.strip_prefix("hf:") {
         let r = HubRef::parse(rest)?;
         return Ok(ResolvedModel {
@@ -202,10 +221,7 @@ pub fn resolve(reference: &str, file: Option<&ModelsFile>, hub: &HubOptions) -> 
             .fetch
             .as_deref()
             .map_or_else(String::new, |c| format!("; fetch it with `{c}`"));
-        bail!(
-            "model `{reference}`: {} is not there{hint}",
-            path.display()
-        );
+        bail!("model `{reference}`: {} is not there{hint}", path.display());
     }
     Ok(ResolvedModel {
         reference: reference.to_string(),
@@ -233,11 +249,10 @@ fn cached_checkpoint(cache: &hf_hub::CacheRepo) -> Option<PathBuf> {
     let config = cache.get("config.json")?;
     let dir = config.parent()?.to_path_buf();
     let complete = CHECKPOINT_FILES.iter().all(|f| dir.join(f).is_file())
-        && std::fs::read_dir(&dir).ok()?.flatten().any(|e| {
-            e.path()
-                .extension()
-                .is_some_and(|x| x == "safetensors")
-        });
+        && std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "safetensors"));
     complete.then_some(dir)
 }
 
@@ -273,7 +288,10 @@ fn fetch_from_hub(r: &HubRef, hub: &HubOptions) -> Result<PathBuf> {
         None => {
             let info = repo.info().map_err(fail)?;
             let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
-            let weights: Vec<&String> = files.iter().filter(|f| f.ends_with(".safetensors")).collect();
+            let weights: Vec<&String> = files
+                .iter()
+                .filter(|f| f.ends_with(".safetensors"))
+                .collect();
             if weights.is_empty() {
                 bail!(
                     "{shown}: the repository has no *.safetensors weights; name a GGUF file with \
@@ -281,7 +299,11 @@ fn fetch_from_hub(r: &HubRef, hub: &HubOptions) -> Result<PathBuf> {
                 );
             }
             let mut dir = None;
-            for f in CHECKPOINT_FILES.iter().copied().chain(weights.iter().map(|s| s.as_str())) {
+            for f in CHECKPOINT_FILES
+                .iter()
+                .copied()
+                .chain(weights.iter().map(|s| s.as_str()))
+            {
                 let p = repo.get(f).map_err(fail)?;
                 dir = p.parent().map(Path::to_path_buf);
             }
@@ -353,10 +375,20 @@ pub fn list(file: &ModelsFile, hub: &HubOptions) -> Vec<ModelListing> {
 fn inspect(path: &Path) -> Result<(String, u64, String, usize)> {
     if path.is_dir() {
         let s = hf::inspect(path)?;
-        Ok((s.architecture, s.parameters.total, s.quantization, s.context_length))
+        Ok((
+            s.architecture,
+            s.parameters.total,
+            s.quantization,
+            s.context_length,
+        ))
     } else {
         let s = candle::inspect_gguf(path)?;
-        Ok((s.architecture, s.parameters.total, s.quantization, s.context_length))
+        Ok((
+            s.architecture,
+            s.parameters.total,
+            s.quantization,
+            s.context_length,
+        ))
     }
 }
 
@@ -371,7 +403,8 @@ pub fn render_listing(rows: &[ModelListing]) -> String {
             "| {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.architecture.clone().unwrap_or_else(dash),
-            r.parameters.map_or_else(dash, |p| format!("{:.0}M", p as f64 / 1e6)),
+            r.parameters
+                .map_or_else(dash, |p| format!("{:.0}M", p as f64 / 1e6)),
             r.quantization.clone().unwrap_or_else(dash),
             r.context_length.map_or_else(dash, |c| c.to_string()),
             match &r.present {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -17,7 +18,9 @@ use sha2::{Digest, Sha256};
 use crate::backend::candle::{CandleBackend, WeightsChoice};
 use crate::backend::{Backend, ModelInfo};
 use crate::models::{HubOptions, ModelsFile, ResolvedModel};
-use crate::task::{Answer, OutputType, Task};
+use crate::record::{self, Example, RunRecord, TaskRecord};
+use crate::report::{ReportInput, TaskMeta};
+use crate::task::{Answer, Task};
 use crate::{fewshot, prompt, report, score};
 
 /// Everything a run needs, resolved from the command line.
@@ -101,18 +104,8 @@ pub struct RunOutcome {
     pub dir: PathBuf,
     pub summary: polars::prelude::DataFrame,
     pub summary_markdown: String,
-}
-
-#[derive(Serialize)]
-struct TaskRecord<'a> {
-    name: &'a str,
-    path: String,
-    hash: &'a str,
-    output_type: OutputType,
-    metrics: Vec<&'static str>,
-    test_docs: usize,
-    fewshot_docs: usize,
-    fewshot_from_test_split: bool,
+    /// File stems of the charts written (`accuracy_vs_shots`, ...).
+    pub charts: Vec<&'static str>,
 }
 
 /// Loads every task first (so a bad task fails before any model loads), then runs each model.
@@ -121,7 +114,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         bail!("--shots: give at least one shot count, e.g. --shots 0,1,32");
     }
     if cfg.models.is_empty() {
-        bail!("--models: give at least one model (a .gguf file, checkpoint folder, name or hf:ORG/REPO)");
+        bail!(
+            "--models: give at least one model (a .gguf file, checkpoint folder, name or hf:ORG/REPO)"
+        );
     }
     let mut shots = cfg.shots.clone();
     shots.sort_unstable();
@@ -191,6 +186,30 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         .progress_chars("=> "),
     );
 
+    let mut record = RunRecord {
+        complete: false,
+        tasks: tasks.iter().map(TaskRecord::of).collect(),
+        models: Vec::new(),
+        shots: shots.clone(),
+        seed: cfg.seed,
+        limit: cfg.limit,
+        threads: cfg.threads,
+        weights: cfg.weights.to_possible_value().map_or_else(
+            || format!("{:?}", cfg.weights),
+            |v| v.get_name().to_string(),
+        ),
+        data_dir: cfg.data_dir.clone(),
+        icl_eval_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: option_env!("ICL_EVAL_GIT_COMMIT")
+            .unwrap_or("unknown")
+            .to_string(),
+        started: started.to_rfc3339(),
+        wall_seconds: None,
+    };
+    record::write_config(&dir, &record)?;
+    let examples = examples(&tasks, &shots, cfg.seed);
+    record::write_examples(&dir, &examples)?;
+
     let partial = dir.join("samples.jsonl.partial");
     let mut out = BufWriter::new(
         File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?,
@@ -209,7 +228,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         };
         let mut backend = loaded?.named(&m.name(), &m.reference);
         models.push(backend.info().clone());
-        write_config(&dir, cfg, &tasks, &models, &shots, &started, None)?;
+        record.models = models.clone();
+        record::write_config(&dir, &record)?;
         for task in &tasks {
             bar.set_message(format!("{} / {}", backend.info().name, task.name));
             for s in evaluate_task(&mut backend, task, &shots, cfg.seed, cfg.limit, &|| {
@@ -224,25 +244,45 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     }
     bar.finish_and_clear();
     drop(out);
-    let summary = report::table::summarize(&samples, &tasks, &models)?;
-    let md = report::table::write_all(&dir, &summary)?;
-    report::chart::accuracy_vs_shots(&dir, &summary, &tasks)?;
-    report::chart::accuracy_vs_model_size(&dir, &summary, &tasks)?;
-    write_config(
-        &dir,
-        cfg,
-        &tasks,
-        &models,
-        &shots,
-        &started,
-        Some(clock.elapsed().as_secs_f64()),
-    )?;
+    record.wall_seconds = Some(clock.elapsed().as_secs_f64());
+    let input = ReportInput {
+        tasks: tasks.iter().map(TaskMeta::of).collect(),
+        models,
+        samples,
+        examples,
+        runs: vec![(dir.clone(), record.clone())],
+    };
+    let report = report::write_report(&dir, &input)?;
+    // The run is whole only once config.json says so and samples.jsonl carries its final name.
+    record.complete = true;
+    record::write_config(&dir, &record)?;
     fs::rename(&partial, dir.join("samples.jsonl"))?;
     Ok(RunOutcome {
         dir,
-        summary,
-        summary_markdown: md,
+        summary: report.summary,
+        summary_markdown: report.markdown,
+        charts: report.charts,
     })
+}
+
+/// The prompt of each task's first test doc at each K, as reports show it (before fitting to a
+/// model's context, which may drop demonstrations).
+fn examples(tasks: &[Task], shots: &[usize], seed: u64) -> Vec<Example> {
+    let k_max = shots.iter().copied().max().unwrap_or(0);
+    let mut out = Vec::new();
+    for t in tasks {
+        let Some(item) = t.test.first() else { continue };
+        let draw = fewshot::draw(t, item, seed, k_max);
+        for &k in shots {
+            out.push(Example {
+                task: t.name.clone(),
+                k,
+                doc_id: item.id,
+                prompt: prompt::build(t, item, &draw[..k.min(draw.len())]),
+            });
+        }
+    }
+    out
 }
 
 /// Scores the first `limit` test docs of `task` at every K, calling `tick` after each sample.
@@ -351,46 +391,4 @@ fn run_key(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> String {
         "{t:?}|{:?}|{shots:?}|{}|{:?}|{:?}",
         cfg.models, cfg.seed, cfg.limit, cfg.weights
     )
-}
-
-fn write_config(
-    dir: &Path,
-    cfg: &RunConfig,
-    tasks: &[Task],
-    models: &[ModelInfo],
-    shots: &[usize],
-    started: &chrono::DateTime<chrono::Utc>,
-    wall_seconds: Option<f64>,
-) -> Result<()> {
-    let tasks: Vec<TaskRecord> = tasks
-        .iter()
-        .map(|t| TaskRecord {
-            name: &t.name,
-            path: t.source.display().to_string(),
-            hash: &t.hash,
-            output_type: t.output_type,
-            metrics: t.metrics.iter().map(|m| m.name()).collect(),
-            test_docs: t.test.len(),
-            fewshot_docs: t.fewshot.len(),
-            fewshot_from_test_split: t.fewshot_is_test,
-        })
-        .collect();
-    let config = serde_json::json!({
-        "complete": wall_seconds.is_some(),
-        "tasks": tasks,
-        "models": models,
-        "shots": shots,
-        "seed": cfg.seed,
-        "limit": cfg.limit,
-        "threads": cfg.threads,
-        "weights": cfg.weights,
-        "data_dir": cfg.data_dir,
-        "icl_eval_version": env!("CARGO_PKG_VERSION"),
-        "git_commit": option_env!("ICL_EVAL_GIT_COMMIT").unwrap_or("unknown"),
-        "started": started.to_rfc3339(),
-        "wall_seconds": wall_seconds,
-    });
-    let path = dir.join("config.json");
-    fs::write(&path, serde_json::to_string_pretty(&config)? + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))
 }

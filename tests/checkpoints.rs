@@ -42,7 +42,11 @@ fn check(arch: &str, parameters: u64) {
     for p in r["prompts"].as_array().unwrap() {
         let text = p["prompt"].as_str().unwrap();
         let ids = u32s(&p["ids_with_special"]);
-        assert_eq!(b.encode(text).unwrap(), ids, "{arch}: token ids of {text:?}");
+        assert_eq!(
+            b.encode(text).unwrap(),
+            ids,
+            "{arch}: token ids of {text:?}"
+        );
         let (got, _) = b.next_token_logprobs(&ids).unwrap();
         let want: Vec<f64> = p["next_token_logprobs"]
             .as_array()
@@ -63,7 +67,11 @@ fn check(arch: &str, parameters: u64) {
         let got = b.greedy(&prompt, want.len(), |_| Ok(false)).unwrap();
         let ids: Vec<u32> = got.iter().map(|(t, _)| *t).collect();
         assert_eq!(ids, want, "{arch}: greedy tokens after {:?}", g["prompt"]);
-        for (step, ((_, lp), top)) in got.iter().zip(g["step_top5"].as_array().unwrap()).enumerate() {
+        for (step, ((_, lp), top)) in got
+            .iter()
+            .zip(g["step_top5"].as_array().unwrap())
+            .enumerate()
+        {
             let w = top[0][1].as_f64().unwrap() as f32;
             assert!(
                 (lp - w).abs() <= 1e-4,

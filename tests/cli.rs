@@ -443,7 +443,14 @@ fn unsupported_architecture_is_named() {
         "--output",
         &d.join("run").display().to_string(),
     ]);
-    assert_one_line_error(&o, &["mamba.gguf", "architecture `mamba` is not supported", "gemma3"]);
+    assert_one_line_error(
+        &o,
+        &[
+            "mamba.gguf",
+            "architecture `mamba` is not supported",
+            "gemma3",
+        ],
+    );
 }
 
 #[test]
@@ -480,7 +487,10 @@ fn truncated_gguf_is_rejected() {
         "--output",
         &d.join("run2").display().to_string(),
     ]);
-    assert_one_line_error(&o, &["cut-data.gguf", "truncated GGUF", "download it again"]);
+    assert_one_line_error(
+        &o,
+        &["cut-data.gguf", "truncated GGUF", "download it again"],
+    );
     let o = icl_eval(&[
         "run",
         "--tasks",
@@ -538,7 +548,10 @@ fn sha256_mismatch_from_the_models_file_is_named() {
     let o = icl_eval(&["models", "--models-file", &models]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("| promised |") && out.contains("unreadable"), "{out}");
+    assert!(
+        out.contains("| promised |") && out.contains("unreadable"),
+        "{out}"
+    );
 }
 
 #[test]

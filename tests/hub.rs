@@ -154,7 +154,13 @@ fn hub_checkpoint_downloads_then_runs_offline_from_the_cache() {
     let hub = FakeHub::start("tiny/llama", tiny_llama_files());
     let tmp = common::tmp("hub");
     let cache = tmp.join("cache");
-    let o = run_with_hub(&hub.endpoint(), &cache, false, "hf:tiny/llama", &tmp.join("online"));
+    let o = run_with_hub(
+        &hub.endpoint(),
+        &cache,
+        false,
+        "hf:tiny/llama",
+        &tmp.join("online"),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for f in ["config.json", "tokenizer.json", "model.safetensors"] {
         assert!(snapshot(&cache).join(f).is_file(), "{f} not in the cache");
@@ -172,7 +178,13 @@ fn hub_checkpoint_downloads_then_runs_offline_from_the_cache() {
     assert_eq!(config["models"][0]["parameters"], 139_584);
 
     // Offline, with no server at all: the cache answers, and the results are the same.
-    let o = run_with_hub("http://127.0.0.1:9", &cache, true, "hf:tiny/llama", &tmp.join("offline"));
+    let o = run_with_hub(
+        "http://127.0.0.1:9",
+        &cache,
+        true,
+        "hf:tiny/llama",
+        &tmp.join("offline"),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let read = |d: &str| std::fs::read_to_string(tmp.join(d).join("samples.jsonl")).unwrap();
     assert_eq!(read("online"), read("offline"));
@@ -198,7 +210,10 @@ fn hub_single_file_and_missing_files() {
     let e = icl_eval::models::resolve("hf:tiny/llama/absent.gguf", None, &opts)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("hf:tiny/llama/absent.gguf") && e.contains("404"), "{e}");
+    assert!(
+        e.contains("hf:tiny/llama/absent.gguf") && e.contains("404"),
+        "{e}"
+    );
     opts.offline = true;
     let e = icl_eval::models::resolve("hf:tiny/other", None, &opts)
         .unwrap_err()

@@ -3,14 +3,15 @@
 pub mod candle;
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a run records about a model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// Short name used in tables and charts (models.yaml name, file stem or folder name).
     pub name: String,
     /// What `--models` said (path, models-file name or `hf:` reference).
+    #[serde(default)]
     pub reference: String,
     /// The file or folder the weights were loaded from.
     pub path: String,
@@ -19,12 +20,33 @@ pub struct ModelInfo {
     /// Parameters counted from the weights (every tensor once, tied embeddings once).
     pub parameters: u64,
     /// Parameters without the token embedding and an untied output projection.
+    #[serde(default)]
     pub non_embedding_parameters: u64,
     /// GGUF file type (`Q4_K_M`, ...) or checkpoint dtype (`float32`, `bfloat16`).
+    #[serde(default)]
     pub quantization: String,
     pub context_length: usize,
     /// Storage of the weights in memory (`f32` or `quantized`).
     pub weights: String,
+}
+
+#[cfg(test)]
+impl ModelInfo {
+    /// A float32 llama model of `parameters` parameters, for unit tests.
+    pub(crate) fn for_tests(name: &str, parameters: u64) -> Self {
+        Self {
+            name: name.into(),
+            reference: String::new(),
+            path: String::new(),
+            sha256: String::new(),
+            architecture: "llama".into(),
+            parameters,
+            non_embedding_parameters: parameters,
+            quantization: "F32".into(),
+            context_length: 8192,
+            weights: "f32".into(),
+        }
+    }
 }
 
 /// Score of one continuation after a context.

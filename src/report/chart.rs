@@ -9,8 +9,8 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use polars::prelude::*;
 
+use super::TaskMeta;
 use super::table::SummaryColumns;
-use crate::task::Task;
 
 /// Okabe–Ito palette: distinguishable with the common colour-vision deficiencies.
 pub const PALETTE: [RGBColor; 8] = [
@@ -30,102 +30,251 @@ const LEGEND_HEADROOM: f64 = 1.2;
 const PANEL_W: u32 = 640;
 const PANEL_H: u32 = 460;
 
-/// One point of a line: K index, value, stderr.
-type Point = (usize, f64, f64);
+/// A point: x, value, ± error.
+type Point = (f64, f64, f64);
 
+/// A line of a chart against K: label, colour, points.
+type Line = (String, RGBColor, Vec<Point>);
+
+/// A cell's (value, error) by K and model, where present.
+type CellValue<'a> = dyn Fn(u32, &str) -> Option<(f64, f64)> + 'a;
+
+/// One panel of a chart against K.
 struct Panel {
     title: String,
-    metric: String,
-    /// (model, points), models in a fixed order so colours agree across panels.
-    lines: Vec<(String, Vec<Point>)>,
+    y_desc: String,
+    /// Dashed reference line (chance accuracy, or y = K for the effective-K chart).
+    reference: Option<Reference>,
+    lines: Vec<Line>,
 }
 
-/// Writes `accuracy_vs_shots.png` and `.svg`: one panel per task (its headline metric), one line per
-/// model, ± standard-error bars.
-pub fn accuracy_vs_shots(dir: &Path, summary: &DataFrame, tasks: &[Task]) -> Result<()> {
-    let (ks, panels) = panels(summary, tasks)?;
-    if panels.is_empty() {
-        return Ok(());
+enum Reference {
+    /// A horizontal line at this accuracy.
+    Chance(f64),
+    /// y = x: every requested demonstration used.
+    Diagonal,
+}
+
+/// A colour per model, in the order given, so a model keeps its colour in every chart.
+pub fn model_colors(models: &[crate::backend::ModelInfo]) -> Vec<(String, RGBColor)> {
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.clone(), PALETTE[i % PALETTE.len()]))
+        .collect()
+}
+
+fn color_of(colors: &[(String, RGBColor)], model: &str, fallback: usize) -> RGBColor {
+    colors
+        .iter()
+        .find(|(m, _)| m == model)
+        .map_or(PALETTE[fallback % PALETTE.len()], |(_, c)| *c)
+}
+
+/// Position of K on the demonstrations axis: 0 at 0, then log₂ spacing (1, 2, 4, … one step apart),
+/// so both the zero-shot point and large K stay readable.
+fn k_position(k: u32) -> f64 {
+    if k == 0 {
+        0.0
+    } else {
+        1.0 + f64::from(k).log2()
     }
-    let ((rows, cols), size) = grid(panels.len());
-    let png = dir.join("accuracy_vs_shots.png");
-    draw(
-        BitMapBackend::new(&png, size).into_drawing_area(),
-        &ks,
-        &panels,
-        rows,
-        cols,
-    )?;
-    let svg = dir.join("accuracy_vs_shots.svg");
-    draw(
-        SVGBackend::new(&svg, size).into_drawing_area(),
-        &ks,
-        &panels,
-        rows,
-        cols,
-    )?;
-    Ok(())
 }
 
-fn panels(summary: &DataFrame, tasks: &[Task]) -> Result<(Vec<u32>, Vec<Panel>)> {
-    let SummaryColumns {
-        task,
-        model,
-        k,
-        metric,
-        value,
-        stderr: se,
-        ..
-    } = SummaryColumns::of(summary)?;
-    let mut ks: Vec<u32> = (0..k.len()).filter_map(|i| k.get(i)).collect();
+/// The K label at an axis position (integer positions only).
+fn k_label(x: f64) -> String {
+    let r = x.round();
+    if (x - r).abs() > 1e-6 || r < 0.0 {
+        return String::new();
+    }
+    if r == 0.0 {
+        "0".into()
+    } else {
+        format!("{}", 2f64.powf(r - 1.0))
+    }
+}
+
+/// The distinct K values and models of a summary, models in order of appearance.
+fn ks_and_models(c: &SummaryColumns) -> (Vec<u32>, Vec<String>) {
+    let mut ks: Vec<u32> = (0..c.k.len()).filter_map(|i| c.k.get(i)).collect();
     ks.sort_unstable();
     ks.dedup();
     let mut models: Vec<String> = Vec::new();
-    for m in (0..model.len()).filter_map(|i| model.get(i)) {
+    for m in (0..c.model.len()).filter_map(|i| c.model.get(i)) {
         if !models.iter().any(|x| x == m) {
             models.push(m.to_string());
         }
     }
-    let mut out = Vec::new();
-    for t in tasks {
-        let want = t.primary_metric().name();
-        let lines = models
+    (ks, models)
+}
+
+/// (value, stderr) of a task's headline metric for one model and K.
+fn cell(c: &SummaryColumns, t: &TaskMeta, k: u32, m: &str) -> Option<(f64, f64)> {
+    (0..c.task.len())
+        .find(|&i| {
+            c.task.get(i) == Some(&t.name)
+                && c.k.get(i) == Some(k)
+                && c.model.get(i) == Some(m)
+                && c.metric.get(i) == Some(t.primary_metric().name())
+        })
+        .and_then(|i| {
+            Some((
+                c.value.get(i)?,
+                c.stderr.get(i).filter(|s| s.is_finite()).unwrap_or(0.0),
+            ))
+        })
+        .filter(|(v, _)| v.is_finite())
+}
+
+/// Mean over tasks of a model's headline metric at K, when every task has the cell; its stderr
+/// treats the tasks as independent.
+fn mean_cell(c: &SummaryColumns, tasks: &[TaskMeta], k: u32, m: &str) -> Option<(f64, f64)> {
+    let cells: Vec<(f64, f64)> = tasks.iter().filter_map(|t| cell(c, t, k, m)).collect();
+    (!cells.is_empty() && cells.len() == tasks.len()).then(|| {
+        let n = cells.len() as f64;
+        let mean = cells.iter().map(|x| x.0).sum::<f64>() / n;
+        let se = cells.iter().map(|x| x.1 * x.1).sum::<f64>().sqrt() / n;
+        (mean, se)
+    })
+}
+
+/// Writes `accuracy_vs_shots.png` and `.svg`: one panel per task (its headline metric) plus the
+/// mean over tasks, one line per model, ± standard-error bars, a dashed chance line for
+/// multiple-choice tasks; K on a log axis that keeps 0. Returns whether there was anything to draw.
+pub fn accuracy_vs_shots(
+    dir: &Path,
+    summary: &DataFrame,
+    tasks: &[TaskMeta],
+    colors: &[(String, RGBColor)],
+) -> Result<bool> {
+    let c = SummaryColumns::of(summary)?;
+    let (ks, models) = ks_and_models(&c);
+    let line = |f: &CellValue| -> Vec<Line> {
+        models
             .iter()
-            .map(|m| {
-                let pts = (0..summary.height())
-                    .filter(|&i| {
-                        task.get(i) == Some(&t.name)
-                            && model.get(i) == Some(m)
-                            && metric.get(i) == Some(want)
-                    })
-                    .filter_map(|i| {
-                        let xi = ks.iter().position(|&x| Some(x) == k.get(i))?;
-                        Some((
-                            xi,
-                            value.get(i)?,
-                            se.get(i).filter(|s| s.is_finite()).unwrap_or(0.0),
-                        ))
-                    })
-                    .filter(|p| p.1.is_finite())
+            .enumerate()
+            .map(|(mi, m)| {
+                let pts = ks
+                    .iter()
+                    .filter_map(|&k| f(k, m).map(|(v, s)| (k_position(k), v, s)))
                     .collect();
-                (m.clone(), pts)
+                (m.clone(), color_of(colors, m, mi), pts)
             })
-            .collect();
-        out.push(Panel {
+            .collect()
+    };
+    let mut panels: Vec<Panel> = tasks
+        .iter()
+        .map(|t| Panel {
             title: t.name.clone(),
-            metric: want.to_string(),
-            lines,
+            y_desc: format!("{} (± stderr)", t.primary_metric().name()),
+            reference: t.chance.map(Reference::Chance),
+            lines: line(&|k, m| cell(&c, t, k, m)),
+        })
+        .filter(|p| p.lines.iter().any(|l| !l.2.is_empty()))
+        .collect();
+    if panels.is_empty() {
+        return Ok(false);
+    }
+    if tasks.len() > 1 {
+        let chances: Vec<f64> = tasks.iter().filter_map(|t| t.chance).collect();
+        panels.push(Panel {
+            title: "mean over tasks".into(),
+            y_desc: "headline metric (± stderr)".into(),
+            reference: (chances.len() == tasks.len())
+                .then(|| Reference::Chance(chances.iter().sum::<f64>() / chances.len() as f64)),
+            lines: line(&|k, m| mean_cell(&c, tasks, k, m)),
         });
     }
-    Ok((ks, out))
+    let x_max = k_position(ks.last().copied().unwrap_or(1)).max(1.0);
+    render(dir, "accuracy_vs_shots", &panels, x_max, None)?;
+    Ok(true)
+}
+
+/// Writes `effective_k.png` and `.svg` when some prompts had to drop demonstrations to fit a model's
+/// context: requested K against the mean K actually used, per model, with y = K dashed. Returns
+/// whether it wrote them.
+pub fn effective_k(
+    dir: &Path,
+    summary: &DataFrame,
+    tasks: &[TaskMeta],
+    colors: &[(String, RGBColor)],
+) -> Result<bool> {
+    let c = SummaryColumns::of(summary)?;
+    let short = (0..summary.height()).any(|i| {
+        matches!((c.k.get(i), c.mean_k_effective.get(i)), (Some(k), Some(e)) if e + 1e-9 < f64::from(k))
+    });
+    if !short {
+        return Ok(false);
+    }
+    let (ks, models) = ks_and_models(&c);
+    let used = |t: &TaskMeta, k: u32, m: &str| {
+        (0..summary.height())
+            .find(|&i| {
+                c.task.get(i) == Some(&t.name)
+                    && c.k.get(i) == Some(k)
+                    && c.model.get(i) == Some(m)
+                    && c.metric.get(i) == Some(t.primary_metric().name())
+            })
+            .and_then(|i| c.mean_k_effective.get(i))
+            .filter(|v| v.is_finite())
+    };
+    let panels: Vec<Panel> = tasks
+        .iter()
+        .map(|t| Panel {
+            title: t.name.clone(),
+            y_desc: "demonstrations used (mean)".into(),
+            reference: Some(Reference::Diagonal),
+            lines: models
+                .iter()
+                .enumerate()
+                .map(|(mi, m)| {
+                    let pts = ks
+                        .iter()
+                        .filter_map(|&k| used(t, k, m).map(|u| (k_position(k), u, 0.0)))
+                        .collect();
+                    (m.clone(), color_of(colors, m, mi), pts)
+                })
+                .collect(),
+        })
+        .collect();
+    let k_max = ks.last().copied().unwrap_or(1);
+    render(
+        dir,
+        "effective_k",
+        &panels,
+        k_position(k_max).max(1.0),
+        Some(f64::from(k_max).max(1.0)),
+    )?;
+    Ok(true)
+}
+
+/// Draws panels against K as `NAME.png` and `NAME.svg`; `y_max` `None` means an accuracy axis.
+fn render(dir: &Path, name: &str, panels: &[Panel], x_max: f64, y_max: Option<f64>) -> Result<()> {
+    let ((rows, cols), size) = grid(panels.len());
+    let png = dir.join(format!("{name}.png"));
+    draw(
+        BitMapBackend::new(&png, size).into_drawing_area(),
+        panels,
+        (rows, cols),
+        x_max,
+        y_max,
+    )?;
+    let svg = dir.join(format!("{name}.svg"));
+    draw(
+        SVGBackend::new(&svg, size).into_drawing_area(),
+        panels,
+        (rows, cols),
+        x_max,
+        y_max,
+    )
 }
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
-    ks: &[u32],
     panels: &[Panel],
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
+    x_max: f64,
+    y_max: Option<f64>,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
@@ -133,39 +282,65 @@ where
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("chart: {e}");
     root.fill(&WHITE).map_err(err)?;
     let areas = root.split_evenly((rows, cols));
+    let (x_lo, x_hi) = (-0.4, x_max + 0.4);
+    let top = y_max.map_or(LEGEND_HEADROOM, |m| m * LEGEND_HEADROOM);
     for (area, panel) in areas.iter().zip(panels) {
         let mut chart = panel_builder(area, &panel.title)
-            .build_cartesian_2d(
-                (0..ks.len().max(2) - 1).into_segmented(),
-                0f64..LEGEND_HEADROOM,
-            )
+            .build_cartesian_2d(x_lo..x_hi, 0f64..top)
             .map_err(err)?;
         chart
             .configure_mesh()
-            .x_labels(ks.len() + 1)
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => ks.get(*i).map_or(String::new(), |k| k.to_string()),
-                _ => String::new(),
+            .x_labels((x_max.round() as usize + 2).max(3))
+            .x_label_formatter(&|x| k_label(*x))
+            .y_label_formatter(&|y| match y_max {
+                None if *y <= 1.0 => format!("{:.0}%", y * 100.0),
+                None => String::new(),
+                Some(m) if *y <= m => format!("{y:.0}"),
+                Some(_) => String::new(),
             })
-            .y_label_formatter(&|y| {
-                if *y <= 1.0 {
-                    format!("{:.0}%", y * 100.0)
-                } else {
-                    String::new()
-                }
-            })
-            .x_desc("demonstrations in the prompt (K)")
-            .y_desc(format!("{} (± stderr)", panel.metric))
+            .x_desc("demonstrations in the prompt (K, log scale)")
+            .y_desc(panel.y_desc.as_str())
             .label_style(("sans-serif", 16))
             .axis_desc_style(("sans-serif", 18))
             .draw()
             .map_err(err)?;
-        for (mi, (name, pts)) in panel.lines.iter().enumerate() {
-            let pts: Vec<_> = pts
-                .iter()
-                .map(|&(x, y, e)| (SegmentValue::CenterOf(x), y, e))
-                .collect();
-            draw_series(&mut chart, name, PALETTE[mi % PALETTE.len()], &pts)?;
+        let grey = RGBColor(110, 110, 110);
+        match panel.reference {
+            Some(Reference::Chance(p)) => {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        vec![(x_lo, p), (x_hi, p)],
+                        8,
+                        6,
+                        grey.stroke_width(2),
+                    ))
+                    .map_err(err)?
+                    .label(format!("chance ({:.0}%)", p * 100.0))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
+                    });
+            }
+            Some(Reference::Diagonal) => {
+                let line: Vec<(f64, f64)> = (0..=(x_max.round() as i32))
+                    .map(|p| {
+                        let k = if p == 0 { 0.0 } else { 2f64.powi(p - 1) };
+                        (f64::from(p), k)
+                    })
+                    .collect();
+                chart
+                    .draw_series(DashedLineSeries::new(line, 8, 6, grey.stroke_width(2)))
+                    .map_err(err)?
+                    .label("all K used")
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2))
+                    });
+            }
+            None => {}
+        }
+        for (name, color, pts) in &panel.lines {
+            if !pts.is_empty() {
+                draw_series(&mut chart, name, *color, pts, y_max.unwrap_or(1.0))?;
+            }
         }
         draw_legend(&mut chart)?;
     }
@@ -193,13 +368,14 @@ fn panel_builder<'a, 'b, DB: DrawingBackend>(
     b
 }
 
-/// Draws one series: a line, a marker per point and ± stderr bars (clipped to 0–100%), with its
+/// Draws one series: a line, a marker per point and ± error bars (clipped to 0..`y_max`), with its
 /// legend entry.
 fn draw_series<'a, DB, X>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
     name: &str,
     color: RGBColor,
     pts: &[(X::ValueType, f64, f64)],
+    y_max: f64,
 ) -> Result<()>
 where
     DB: DrawingBackend + 'a,
@@ -218,12 +394,12 @@ where
         .draw_series(xy.into_iter().map(|p| Circle::new(p, 5, color.filled())))
         .map_err(err)?;
     chart
-        .draw_series(pts.iter().map(|(x, y, s)| {
+        .draw_series(pts.iter().filter(|p| p.2 > 0.0).map(|(x, y, s)| {
             ErrorBar::new_vertical(
                 x.clone(),
                 (y - s).max(0.0),
                 *y,
-                (y + s).min(1.0),
+                (y + s).min(y_max),
                 color.stroke_width(2),
                 10,
             )
@@ -256,7 +432,7 @@ type SizeLine = (String, Vec<(f64, f64, f64)>);
 
 /// Writes `accuracy_vs_model_size.png` and `.svg` when the run has two or more models: x = parameters
 /// (log axis), one line per K, one panel per task (its headline metric) plus the mean over tasks.
-pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[Task]) -> Result<()> {
+pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Result<bool> {
     let c = SummaryColumns::of(summary)?;
     let mut sizes: Vec<(String, u64)> = Vec::new();
     for i in 0..summary.height() {
@@ -267,29 +443,12 @@ pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[Task]) -
         }
     }
     if sizes.len() < 2 {
-        return Ok(());
+        return Ok(false);
     }
     sizes.sort_by_key(|(m, p)| (*p, m.clone()));
     let mut ks: Vec<u32> = (0..c.k.len()).filter_map(|i| c.k.get(i)).collect();
     ks.sort_unstable();
     ks.dedup();
-    // cell[task][k][model] = (value, stderr) of the task's headline metric.
-    let cell = |t: &Task, k: u32, m: &str| {
-        (0..summary.height())
-            .find(|&i| {
-                c.task.get(i) == Some(&t.name)
-                    && c.k.get(i) == Some(k)
-                    && c.model.get(i) == Some(m)
-                    && c.metric.get(i) == Some(t.primary_metric().name())
-            })
-            .and_then(|i| {
-                Some((
-                    c.value.get(i)?,
-                    c.stderr.get(i).filter(|s| s.is_finite()).unwrap_or(0.0),
-                ))
-            })
-            .filter(|(v, _)| v.is_finite())
-    };
     let mut panels: Vec<(String, String, Vec<SizeLine>)> = Vec::new();
     for t in tasks {
         let lines = ks
@@ -297,7 +456,7 @@ pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[Task]) -
             .map(|&k| {
                 let pts = sizes
                     .iter()
-                    .filter_map(|(m, p)| cell(t, k, m).map(|(v, s)| (*p as f64, v, s)))
+                    .filter_map(|(m, p)| cell(&c, t, k, m).map(|(v, s)| (*p as f64, v, s)))
                     .collect();
                 (format!("K = {k}"), pts)
             })
@@ -311,16 +470,7 @@ pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[Task]) -
             .map(|&k| {
                 let pts = sizes
                     .iter()
-                    .filter_map(|(m, p)| {
-                        let cells: Vec<(f64, f64)> =
-                            tasks.iter().filter_map(|t| cell(t, k, m)).collect();
-                        (cells.len() == tasks.len()).then(|| {
-                            let n = cells.len() as f64;
-                            let mean = cells.iter().map(|c| c.0).sum::<f64>() / n;
-                            let se = cells.iter().map(|c| c.1 * c.1).sum::<f64>().sqrt() / n;
-                            (*p as f64, mean, se)
-                        })
-                    })
+                    .filter_map(|(m, p)| mean_cell(&c, tasks, k, m).map(|(v, s)| (*p as f64, v, s)))
                     .collect();
                 (format!("K = {k}"), pts)
             })
@@ -345,7 +495,8 @@ pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[Task]) -
         (lo, hi),
         rows,
         cols,
-    )
+    )?;
+    Ok(true)
 }
 
 fn draw_sizes<DB: DrawingBackend>(
@@ -382,7 +533,7 @@ where
             .draw()
             .map_err(err)?;
         for (li, (name, pts)) in lines.iter().enumerate() {
-            draw_series(&mut chart, name, PALETTE[li % PALETTE.len()], pts)?;
+            draw_series(&mut chart, name, PALETTE[li % PALETTE.len()], pts, 1.0)?;
         }
         draw_legend(&mut chart)?;
     }
@@ -396,21 +547,20 @@ mod tests {
     use crate::backend::ModelInfo;
     use crate::report::table::summarize;
     use crate::run::Sample;
-    use crate::task::{Item, Metric, OutputType};
+    use crate::task::{Item, Metric, OutputType, Task};
 
     fn model(name: &str, parameters: u64) -> ModelInfo {
-        ModelInfo {
-            name: name.into(),
-            reference: String::new(),
-            path: String::new(),
-            sha256: String::new(),
-            architecture: "llama".into(),
-            parameters,
-            non_embedding_parameters: parameters,
-            quantization: "F32".into(),
-            context_length: 8192,
-            weights: "f32".into(),
-        }
+        ModelInfo::for_tests(name, parameters)
+    }
+
+    #[test]
+    fn k_axis_keeps_zero_and_spaces_powers_of_two_evenly() {
+        assert_eq!(k_position(0), 0.0);
+        assert_eq!(k_position(1), 1.0);
+        assert_eq!(k_position(32), 6.0);
+        assert_eq!(k_label(0.0), "0");
+        assert_eq!(k_label(3.0), "4");
+        assert_eq!(k_label(2.5), "");
     }
 
     #[test]
@@ -434,11 +584,12 @@ mod tests {
                 }
             }
         }
-        let summary = summarize(&samples, std::slice::from_ref(&task), &models).unwrap();
+        let meta = [TaskMeta::of(&task)];
+        let summary = summarize(&samples, &meta, &models).unwrap();
         let dir = std::env::temp_dir().join(format!("icl-eval-chart-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        accuracy_vs_shots(&dir, &summary, std::slice::from_ref(&task)).unwrap();
-        accuracy_vs_model_size(&dir, &summary, std::slice::from_ref(&task)).unwrap();
+        accuracy_vs_shots(&dir, &summary, &meta, &model_colors(&models)).unwrap();
+        accuracy_vs_model_size(&dir, &summary, &meta).unwrap();
         for name in ["accuracy_vs_shots", "accuracy_vs_model_size"] {
             let png = std::fs::read(dir.join(format!("{name}.png"))).unwrap();
             assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -456,6 +607,14 @@ mod tests {
         }
         let svg = std::fs::read_to_string(dir.join("accuracy_vs_shots.svg")).unwrap();
         assert!(svg.contains("small") && svg.contains("large"));
+        // Multiple choice: the chance line is drawn and labelled (blank items have no choices: 0%).
+        assert!(svg.contains("chance (0%)"), "chance line missing");
+        for k in ["0", "1", "8"] {
+            assert!(
+                svg.contains(&format!(">\n{k}\n</text>")),
+                "K label {k} missing"
+            );
+        }
         let svg = std::fs::read_to_string(dir.join("accuracy_vs_model_size.svg")).unwrap();
         assert!(svg.contains("K = 0") && svg.contains("K = 8"));
     }

@@ -1,4 +1,311 @@
-//! Run outputs people read: the summary table and charts.
+//! Run outputs people read: summary tables (CSV, Markdown, LaTeX), charts, the HTML report, and
+//! comparisons of runs. Everything here works from run records, so a report can be rebuilt from
+//! finished run folders (`icl-eval report`) as well as at the end of a run.
 
 pub mod chart;
+pub mod compare;
+pub mod html;
+pub mod latex;
 pub mod table;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+use crate::backend::ModelInfo;
+use crate::record::{Example, RunData, RunRecord, TaskRecord};
+use crate::run::Sample;
+use crate::task::{Metric, OutputType, Task};
+
+/// What reports need to know about a task.
+#[derive(Debug, Clone)]
+pub struct TaskMeta {
+    pub name: String,
+    pub output_type: OutputType,
+    /// The first is the headline of charts.
+    pub metrics: Vec<Metric>,
+    /// Accuracy of a uniform random guess, for multiple-choice tasks.
+    pub chance: Option<f64>,
+}
+
+impl TaskMeta {
+    /// From a recorded task.
+    pub fn from_record(r: &TaskRecord) -> Result<Self> {
+        Ok(Self {
+            name: r.name.clone(),
+            output_type: r.output_type,
+            metrics: r.metric_list()?,
+            chance: r.chance,
+        })
+    }
+
+    /// From a loaded task.
+    pub fn of(t: &Task) -> Self {
+        Self::from_record(&TaskRecord::of(t)).unwrap_or_else(|_| Self {
+            name: t.name.clone(),
+            output_type: t.output_type,
+            metrics: t.metrics.clone(),
+            chance: None,
+        })
+    }
+
+    /// The headline metric.
+    pub fn primary_metric(&self) -> Metric {
+        self.metrics[0]
+    }
+}
+
+/// Everything a report is drawn from: one run, or several merged.
+#[derive(Debug, Clone)]
+pub struct ReportInput {
+    pub tasks: Vec<TaskMeta>,
+    pub models: Vec<ModelInfo>,
+    pub samples: Vec<Sample>,
+    pub examples: Vec<Example>,
+    /// The runs it came from (folder, configuration).
+    pub runs: Vec<(PathBuf, RunRecord)>,
+}
+
+impl ReportInput {
+    /// A single run's report.
+    pub fn of_run(run: &RunData) -> Result<Self> {
+        merge(std::slice::from_ref(run), false)
+    }
+}
+
+/// Merges run folders into one report. Refuses a task name recorded with different task hashes
+/// (different YAML, template or data) unless `allow_mixed`, a model name with different weights, and
+/// a (task, model, K) cell present in two runs — each error names the runs involved.
+pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
+    let mut tasks: Vec<(TaskRecord, PathBuf)> = Vec::new();
+    let mut models: Vec<(ModelInfo, PathBuf)> = Vec::new();
+    let mut mixed = Vec::new();
+    for run in runs {
+        for t in &run.record.tasks {
+            match tasks.iter().find(|(x, _)| x.name == t.name) {
+                Some((x, from)) if x.hash != t.hash => mixed.push(format!(
+                    "task `{}` differs between {} (hash {}) and {} (hash {})",
+                    t.name,
+                    from.display(),
+                    &x.hash[..x.hash.len().min(12)],
+                    run.dir.display(),
+                    &t.hash[..t.hash.len().min(12)]
+                )),
+                Some(_) => {}
+                None => tasks.push((t.clone(), run.dir.clone())),
+            }
+        }
+        for m in &run.record.models {
+            match models.iter().find(|(x, _)| x.name == m.name) {
+                Some((x, from)) if x.sha256 != m.sha256 => bail!(
+                    "model `{}` has different weights in {} and {}; rename one to compare them",
+                    m.name,
+                    from.display(),
+                    run.dir.display()
+                ),
+                Some(_) => {}
+                None => models.push((m.clone(), run.dir.clone())),
+            }
+        }
+    }
+    if !mixed.is_empty() && !allow_mixed {
+        bail!(
+            "{}; these cells are not comparable (pass --allow-mixed to merge them anyway)",
+            mixed.join("; ")
+        );
+    }
+    let mut cells: Vec<((String, String, usize), &Path)> = Vec::new();
+    let mut samples = Vec::new();
+    for run in runs {
+        let mut own: Vec<(String, String, usize)> = run
+            .samples
+            .iter()
+            .map(|s| (s.task.clone(), s.model.clone(), s.k))
+            .collect();
+        own.sort();
+        own.dedup();
+        for c in own {
+            if let Some((_, other)) = cells.iter().find(|(x, _)| *x == c) {
+                bail!(
+                    "cell (task {}, model {}, K = {}) is in both {} and {}; report them separately",
+                    c.0,
+                    c.1,
+                    c.2,
+                    other.display(),
+                    run.dir.display()
+                );
+            }
+            cells.push((c, &run.dir));
+        }
+        samples.extend(run.samples.iter().cloned());
+    }
+    let mut examples: Vec<Example> = Vec::new();
+    for run in runs {
+        for e in &run.examples {
+            if !examples.iter().any(|x| x.task == e.task && x.k == e.k) {
+                examples.push(e.clone());
+            }
+        }
+    }
+    Ok(ReportInput {
+        tasks: tasks
+            .iter()
+            .map(|(t, _)| TaskMeta::from_record(t))
+            .collect::<Result<_>>()?,
+        models: models.into_iter().map(|(m, _)| m).collect(),
+        samples,
+        examples,
+        runs: runs
+            .iter()
+            .map(|r| (r.dir.clone(), r.record.clone()))
+            .collect(),
+    })
+}
+
+/// What [`write_report`] produced.
+pub struct Report {
+    pub summary: polars::prelude::DataFrame,
+    pub markdown: String,
+    /// File stems of the charts written, in display order.
+    pub charts: Vec<&'static str>,
+}
+
+/// Writes the summary (CSV, Markdown, LaTeX), the charts and `report.html` into `dir`.
+pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
+    let summary = table::summarize(&input.samples, &input.tasks, &input.models)?;
+    let markdown = table::write_all(dir, &summary)?;
+    latex::write(dir, &summary)?;
+    let colors = chart::model_colors(&input.models);
+    let mut charts: Vec<(&'static str, &'static str)> = Vec::new();
+    if chart::accuracy_vs_shots(dir, &summary, &input.tasks, &colors)? {
+        charts.push((
+            "accuracy_vs_shots",
+            "Accuracy against the number of demonstrations",
+        ));
+    }
+    if chart::accuracy_vs_model_size(dir, &summary, &input.tasks)? {
+        charts.push(("accuracy_vs_model_size", "Accuracy against model size"));
+    }
+    if chart::effective_k(dir, &summary, &input.tasks, &colors)? {
+        charts.push(("effective_k", "Demonstrations that fit the context"));
+    }
+    html::write(dir, input, &summary, &charts)?;
+    Ok(Report {
+        summary,
+        markdown,
+        charts: charts.into_iter().map(|(stem, _)| stem).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Item, Metric};
+
+    fn run(dir: &str, hash: &str, model: &str, samples: Vec<Sample>) -> RunData {
+        let task = Task::for_tests(
+            OutputType::MultipleChoice,
+            vec![Metric::Acc],
+            vec![Item::blank(0)],
+        );
+        let mut t = TaskRecord::of(&task);
+        t.hash = hash.into();
+        RunData {
+            dir: PathBuf::from(dir),
+            record: RunRecord {
+                complete: true,
+                tasks: vec![t],
+                models: vec![ModelInfo::for_tests(model, 1000)],
+                shots: vec![0],
+                seed: 1,
+                limit: None,
+                threads: None,
+                weights: "f32".into(),
+                data_dir: None,
+                icl_eval_version: "0".into(),
+                git_commit: "unknown".into(),
+                started: "2026-11-28T00:00:00Z".into(),
+                wall_seconds: Some(1.0),
+            },
+            samples,
+            examples: vec![Example {
+                task: "t".into(),
+                k: 0,
+                doc_id: 0,
+                prompt: "Review: <b>great</b> & cheap\nSentiment:".into(),
+            }],
+        }
+    }
+
+    fn samples(model: &str, n: usize) -> Vec<Sample> {
+        (0..n)
+            .map(|d| Sample::for_tests(model, d, 0, Some(f64::from(u8::from(d % 3 == 0)))))
+            .collect()
+    }
+
+    #[test]
+    fn merge_keeps_both_runs_and_refuses_overlaps_and_mixed_tasks() {
+        let a = run("runs/a", "h1", "small", samples("small", 3));
+        let b = run("runs/b", "h1", "large", samples("large", 3));
+        let m = merge(&[a.clone(), b.clone()], false).unwrap();
+        assert_eq!(m.samples.len(), 6);
+        assert_eq!(m.models.len(), 2);
+        assert_eq!(m.tasks.len(), 1);
+
+        let e = merge(&[a.clone(), a.clone()], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("(task t, model small, K = 0) is in both runs/a and runs/a"),
+            "{e}"
+        );
+
+        let changed = run("runs/c", "h2", "large", samples("large", 3));
+        let e = merge(&[a.clone(), changed.clone()], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("task `t` differs between runs/a (hash h1) and runs/c (hash h2)")
+                && e.contains("--allow-mixed"),
+            "{e}"
+        );
+        assert_eq!(merge(&[a, changed], true).unwrap().samples.len(), 6);
+    }
+
+    #[test]
+    fn html_report_escapes_text_and_caps_items_per_cell() {
+        let mut many = samples("small", 250);
+        many[0].prediction = Some("<b>bold</b>".into());
+        let r = run("runs/a", "h1", "small", many);
+        let input = ReportInput::of_run(&r).unwrap();
+        let dir = std::env::temp_dir().join(format!("icl-eval-html-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = write_report(&dir, &input).unwrap();
+        assert_eq!(
+            out.charts,
+            vec!["accuracy_vs_shots"],
+            "one model: no size chart"
+        );
+        let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        assert!(
+            html.contains("&lt;b&gt;bold&lt;&#x2f;b&gt;")
+                || html.contains("&lt;b&gt;bold&lt;/b&gt;")
+        );
+        assert!(!html.contains("<b>bold</b>") && !html.contains("<b>great</b>"));
+        assert_eq!(
+            html.matches("<tr class=\"right\">").count()
+                + html.matches("<tr class=\"wrong\">").count(),
+            ITEMS
+        );
+        assert!(html.contains("50 more are in"), "cut count shown");
+        assert_eq!(html.matches("<svg").count(), 1);
+        assert!(!html.contains("<?xml"));
+        assert!(
+            std::fs::read_to_string(dir.join("summary.tex"))
+                .unwrap()
+                .contains("\\toprule")
+        );
+    }
+
+    const ITEMS: usize = html::ITEMS_PER_CELL;
+}

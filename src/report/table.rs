@@ -6,12 +6,16 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use polars::prelude::*;
 
+use super::TaskMeta;
 use crate::backend::ModelInfo;
 use crate::run::Sample;
-use crate::task::Task;
 
 /// Aggregates samples: mean, standard error, n (scored docs), skipped docs and mean effective K.
-pub fn summarize(samples: &[Sample], tasks: &[Task], models: &[ModelInfo]) -> Result<DataFrame> {
+pub fn summarize(
+    samples: &[Sample],
+    tasks: &[TaskMeta],
+    models: &[ModelInfo],
+) -> Result<DataFrame> {
     let mut task = Vec::new();
     let mut model = Vec::new();
     let mut params = Vec::new();
@@ -159,7 +163,7 @@ pub fn markdown(summary: &DataFrame) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::task::{Item, Metric, OutputType};
+    use crate::task::{Item, Metric, OutputType, Task};
 
     fn sample(k: usize, acc: Option<f64>) -> Sample {
         Sample::for_tests("m", 0, k, acc)
@@ -179,7 +183,7 @@ mod tests {
             sample(0, Some(0.0)),
             sample(1, None),
         ];
-        let s = summarize(&samples, &[task], &[]).unwrap();
+        let s = summarize(&samples, &[TaskMeta::of(&task)], &[]).unwrap();
         assert_eq!(s.height(), 2);
         assert_eq!(s.column("value").unwrap().f64().unwrap().get(0), Some(0.5));
         let se = s.column("stderr").unwrap().f64().unwrap().get(0).unwrap();

@@ -27,7 +27,10 @@ fn bundled(file: &str, fetch_name: &str) -> PathBuf {
 
 /// The bundled Qwen2.5-Coder-0.5B model.
 pub fn qwen05() -> PathBuf {
-    bundled("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2.5-coder-0.5b")
+    bundled(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "qwen2.5-coder-0.5b",
+    )
 }
 
 /// The bundled Gemma 3 270M model.

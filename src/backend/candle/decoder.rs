@@ -70,7 +70,9 @@ pub struct DecoderConfig {
 impl DecoderConfig {
     /// Checks the head arithmetic every family relies on.
     pub fn validate(&self) -> Result<()> {
-        if self.n_heads == 0 || self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads)
+        if self.n_heads == 0
+            || self.n_kv_heads == 0
+            || !self.n_heads.is_multiple_of(self.n_kv_heads)
         {
             bail!(
                 "{} attention heads cannot be shared by {} key/value heads",
@@ -79,7 +81,10 @@ impl DecoderConfig {
             );
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
-            bail!("head dimension {} is not a positive even number", self.head_dim);
+            bail!(
+                "head dimension {} is not a positive even number",
+                self.head_dim
+            );
         }
         if self.sliding_layers.len() != self.n_layers {
             bail!(
@@ -367,7 +372,12 @@ fn inverse_frequencies(head_dim: usize, rope: Rope, device: &Device) -> Result<T
 }
 
 /// cos and sin `[t, head_dim / 2]` for positions past..past + t.
-fn rope_angles(inv_freq: &Tensor, past: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+fn rope_angles(
+    inv_freq: &Tensor,
+    past: usize,
+    t: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let pos = Tensor::arange(past as u32, (past + t) as u32, device)?
         .to_dtype(DType::F32)?
         .reshape((t, 1))?;

@@ -200,14 +200,18 @@ pub fn read_config(dir: &Path) -> Result<HfConfig> {
     serde_json::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))
 }
 
-/// The decoder config of a checkpoint, dispatched on `model_type`.
-pub fn decoder_config(c: &HfConfig) -> Result<(DecoderConfig, fn(&str) -> String, f64)> {
+/// Maps a checkpoint tensor name to its GGUF name.
+pub type Rename = fn(&str) -> String;
+
+/// The decoder config of a checkpoint, dispatched on `model_type`, with its tensor renaming and norm
+/// weight offset.
+pub fn decoder_config(c: &HfConfig) -> Result<(DecoderConfig, Rename, f64)> {
     Ok(match c.model_type.as_str() {
-        "llama" | "qwen2" => (llama::from_hf(c)?, llama::hf_name as fn(&str) -> String, 0.0),
+        "llama" | "qwen2" => (llama::from_hf(c)?, llama::hf_name as Rename, 0.0),
         "gemma3_text" | "gemma3" => (gemma3::from_hf(c)?, gemma3::hf_name, 1.0),
-        other => bail!(
-            "model_type `{other}` is not supported (supported: llama, qwen2, gemma3_text)"
-        ),
+        other => {
+            bail!("model_type `{other}` is not supported (supported: llama, qwen2, gemma3_text)")
+        }
     })
 }
 
@@ -215,17 +219,32 @@ pub fn decoder_config(c: &HfConfig) -> Result<(DecoderConfig, fn(&str) -> String
 pub fn load_tokenizer(dir: &Path, c: &HfConfig) -> Result<TextTokenizer> {
     let path = dir.join("tokenizer.json");
     if !path.is_file() {
-        bail!("{}: the checkpoint folder has no tokenizer.json", dir.display());
+        bail!(
+            "{}: the checkpoint folder has no tokenizer.json",
+            dir.display()
+        );
     }
-    let eos: Vec<u32> = c.eos_token_id.as_ref().map(TokenIds::ids).unwrap_or_default();
-    let bos = c.bos_token_id.as_ref().and_then(|b| b.ids().first().copied());
+    let eos: Vec<u32> = c
+        .eos_token_id
+        .as_ref()
+        .map(TokenIds::ids)
+        .unwrap_or_default();
+    let bos = c
+        .bos_token_id
+        .as_ref()
+        .and_then(|b| b.ids().first().copied());
     TextTokenizer::from_tokenizer_json(&path, bos, &eos)
 }
 
 /// Parameters from the checkpoint's tensor sizes: tied embeddings once.
 fn count_parameters(c: &HfConfig, counts: &[(String, u64)]) -> ParameterCount {
     let tied = c.tie_word_embeddings.unwrap_or(false);
-    let count = |name: &str| counts.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    let count = |name: &str| {
+        counts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, c)| *c)
+    };
     let embedding = count("model.embed_tokens.weight");
     // Tied checkpoints sometimes store lm_head as well; it is the same matrix, counted once.
     let head = if tied { 0 } else { count("lm_head.weight") };
@@ -250,7 +269,8 @@ fn dtype(c: &HfConfig) -> String {
 /// Architecture, parameters, dtype and context length of a checkpoint folder, from headers only.
 pub fn inspect(dir: &Path) -> Result<ModelSummary> {
     let c = read_config(dir)?;
-    let (_, rename, offset) = decoder_config(&c).with_context(|| format!("{}/config.json", dir.display()))?;
+    let (_, rename, offset) =
+        decoder_config(&c).with_context(|| format!("{}/config.json", dir.display()))?;
     let src = SafetensorsSource::open(&safetensors_files(dir)?, rename, offset)?;
     Ok(ModelSummary {
         architecture: c.model_type.clone(),
@@ -278,7 +298,8 @@ pub fn load(dir: &Path, expected_sha256: Option<&str>) -> Result<Loaded> {
     let mut src = SafetensorsSource::open(&files, rename, norm_offset)
         .with_context(|| format!("{shown}: loading weights"))?;
     let parameters = count_parameters(&c, &src.element_counts());
-    let model = Decoder::load(cfg, &mut src).with_context(|| format!("{shown}: loading weights"))?;
+    let model =
+        Decoder::load(cfg, &mut src).with_context(|| format!("{shown}: loading weights"))?;
     Ok(Loaded {
         model,
         tokenizer,

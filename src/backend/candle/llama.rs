@@ -18,7 +18,9 @@ pub fn from_gguf(content: &gguf_file::Content, arch: &str) -> Result<DecoderConf
     if n_heads == 0 || !hidden.is_multiple_of(n_heads) {
         bail!("embedding_length {hidden} is not a multiple of head_count {n_heads}");
     }
-    let head_dim = m.opt_usize("attention.key_length")?.unwrap_or(hidden / n_heads);
+    let head_dim = m
+        .opt_usize("attention.key_length")?
+        .unwrap_or(hidden / n_heads);
     let n_layers = m.usize("block_count")?;
     let rope = m.rope(10_000.0)?;
     Ok(DecoderConfig {
@@ -57,7 +59,10 @@ pub fn from_hf(c: &HfConfig) -> Result<DecoderConfig> {
     if let Some(act) = c.activation()
         && act != "silu"
     {
-        bail!("hidden activation `{act}` is not supported for {}", c.model_type);
+        bail!(
+            "hidden activation `{act}` is not supported for {}",
+            c.model_type
+        );
     }
     let head_dim = c.head_dim()?;
     let rope = c.rope(None)?;

@@ -20,8 +20,8 @@ use sha2::{Digest, Sha256};
 use super::{Backend, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace};
 use decoder::{Decoder, DecoderConfig, KvCache};
 use tokenizer::TextTokenizer;
-pub use weights::WeightFormat;
 use weights::GgufSource;
+pub use weights::WeightFormat;
 
 /// `--weights`: how to hold the weights in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -94,7 +94,11 @@ impl CandleBackend {
 
     /// Like [`CandleBackend::load`], but first checks the weights' sha256 against `expected`, before
     /// spending time on them.
-    pub fn load_verified(path: &Path, weights: WeightsChoice, expected: Option<&str>) -> Result<Self> {
+    pub fn load_verified(
+        path: &Path,
+        weights: WeightsChoice,
+        expected: Option<&str>,
+    ) -> Result<Self> {
         let loaded = if path.is_dir() {
             hf::load(path, expected)?
         } else {

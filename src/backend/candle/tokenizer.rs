@@ -12,9 +12,9 @@ use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
 // The decoder reuses the normalizer's Replace.
+use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::replace::Replace as DecoderReplace;
 use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
-use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;

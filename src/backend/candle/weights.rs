@@ -116,12 +116,15 @@ pub struct SafetensorsSource {
 
 impl SafetensorsSource {
     /// Maps the given files; `rename` translates GGUF tensor names to the checkpoint's.
-    pub fn open(files: &[impl AsRef<Path>], rename: fn(&str) -> String, norm_offset: f64) -> Result<Self> {
+    pub fn open(
+        files: &[impl AsRef<Path>],
+        rename: fn(&str) -> String,
+        norm_offset: f64,
+    ) -> Result<Self> {
         // SAFETY: the files are memory-mapped read-only; like every mmap user we rely on them not
         // being truncated while the model is loaded (weights are copied to float32 tensors at load).
-        let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
-            anyhow::anyhow!("cannot read safetensors: {}", super::first_line(&e))
-        })?;
+        let st = unsafe { MmapedSafetensors::multi(files) }
+            .map_err(|e| anyhow::anyhow!("cannot read safetensors: {}", super::first_line(&e)))?;
         Ok(Self {
             st,
             rename,

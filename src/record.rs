@@ -1,0 +1,179 @@
+//! The files of a run folder — `config.json`, `samples.jsonl`, `examples.json` — as types, written and
+//! read only here, so `run` and `report` agree on them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::ModelInfo;
+use crate::run::Sample;
+use crate::task::{Answer, Metric, OutputType, Task};
+
+/// A task as `config.json` records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub name: String,
+    pub path: String,
+    /// sha256 over the YAML, its templates and its data.
+    pub hash: String,
+    pub output_type: OutputType,
+    pub metrics: Vec<String>,
+    pub test_docs: usize,
+    pub fewshot_docs: usize,
+    pub fewshot_from_test_split: bool,
+    /// Accuracy of a uniform random guess (multiple choice): mean of 1 / number of choices.
+    #[serde(default)]
+    pub chance: Option<f64>,
+}
+
+impl TaskRecord {
+    /// The record of a loaded task.
+    pub fn of(t: &Task) -> Self {
+        let chance =
+            (t.output_type == OutputType::MultipleChoice && !t.test.is_empty()).then(|| {
+                t.test
+                    .iter()
+                    .map(|i| match &i.answer {
+                        Answer::Choice { choices, .. } => 1.0 / choices.len().max(1) as f64,
+                        Answer::Text(_) => 0.0,
+                    })
+                    .sum::<f64>()
+                    / t.test.len() as f64
+            });
+        Self {
+            name: t.name.clone(),
+            path: t.source.display().to_string(),
+            hash: t.hash.clone(),
+            output_type: t.output_type,
+            metrics: t.metrics.iter().map(|m| m.name().to_string()).collect(),
+            test_docs: t.test.len(),
+            fewshot_docs: t.fewshot.len(),
+            fewshot_from_test_split: t.fewshot_is_test,
+            chance,
+        }
+    }
+
+    /// The metrics as types (the first is the headline).
+    pub fn metric_list(&self) -> Result<Vec<Metric>> {
+        let list = self
+            .metrics
+            .iter()
+            .map(|m| Metric::parse(m, self.output_type).map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("task `{}`", self.name))?;
+        if list.is_empty() {
+            bail!("task `{}` records no metric", self.name);
+        }
+        Ok(list)
+    }
+}
+
+/// `config.json`: everything needed to reproduce and to read a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// False until every sample is written.
+    pub complete: bool,
+    pub tasks: Vec<TaskRecord>,
+    pub models: Vec<ModelInfo>,
+    pub shots: Vec<usize>,
+    pub seed: u64,
+    pub limit: Option<usize>,
+    pub threads: Option<usize>,
+    pub weights: String,
+    pub data_dir: Option<PathBuf>,
+    pub icl_eval_version: String,
+    pub git_commit: String,
+    pub started: String,
+    pub wall_seconds: Option<f64>,
+}
+
+/// The prompt of one doc at one K, shown in reports (before fitting to a model's context).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Example {
+    pub task: String,
+    pub k: usize,
+    pub doc_id: usize,
+    pub prompt: String,
+}
+
+/// A finished run folder, read back.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    pub dir: PathBuf,
+    pub record: RunRecord,
+    pub samples: Vec<Sample>,
+    pub examples: Vec<Example>,
+}
+
+/// Writes `contents` to `path` through a temporary file and a rename, so a reader never sees half.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes `config.json`.
+pub fn write_config(dir: &Path, record: &RunRecord) -> Result<()> {
+    write_atomic(
+        &dir.join("config.json"),
+        (serde_json::to_string_pretty(record)? + "\n").as_bytes(),
+    )
+}
+
+/// Writes `examples.json`.
+pub fn write_examples(dir: &Path, examples: &[Example]) -> Result<()> {
+    write_atomic(
+        &dir.join("examples.json"),
+        (serde_json::to_string_pretty(examples)? + "\n").as_bytes(),
+    )
+}
+
+/// Reads a finished run folder; an unfinished or foreign folder is an error naming what is missing.
+pub fn read_run(dir: &Path) -> Result<RunData> {
+    let shown = dir.display();
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        bail!("{shown}: not a run folder (no config.json)");
+    }
+    let record: RunRecord = serde_json::from_str(
+        &fs::read_to_string(&config)
+            .with_context(|| format!("cannot read {}", config.display()))?,
+    )
+    .with_context(|| format!("{}: not an icl-eval run config", config.display()))?;
+    let samples_path = dir.join("samples.jsonl");
+    if !record.complete || !samples_path.is_file() {
+        bail!(
+            "{shown}: the run did not finish (config.json says complete: false or samples.jsonl is \
+             missing); finish or re-run it before reporting"
+        );
+    }
+    let text = fs::read_to_string(&samples_path)
+        .with_context(|| format!("cannot read {}", samples_path.display()))?;
+    let samples = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str::<Sample>(l)
+                .with_context(|| format!("{}: line {}", samples_path.display(), i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let examples_path = dir.join("examples.json");
+    let examples = if examples_path.is_file() {
+        serde_json::from_str(&fs::read_to_string(&examples_path)?)
+            .with_context(|| format!("{}: invalid", examples_path.display()))?
+    } else {
+        Vec::new()
+    };
+    Ok(RunData {
+        dir: dir.to_path_buf(),
+        record,
+        samples,
+        examples,
+    })
+}

@@ -1,0 +1,317 @@
+//! `report.html`: one self-contained page (inline SVG charts, inline script, no network) with the
+//! run configuration, the summary, the charts, and per task an example prompt per K and the items.
+//!
+//! The page is a minijinja template, so every value is HTML-escaped by the template engine.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use minijinja::value::Serde;
+use minijinja::{AutoEscape, Environment, Value, context};
+use polars::prelude::DataFrame;
+use serde::Serialize;
+
+use super::ReportInput;
+use super::table::SummaryColumns;
+
+/// Items shown per (task, model, K) cell; the rest stay in `samples.jsonl`.
+pub const ITEMS_PER_CELL: usize = 200;
+
+const TEMPLATE: &str = include_str!("report.html");
+
+#[derive(Serialize)]
+struct RunRow {
+    dir: String,
+    started: String,
+    seed: u64,
+    shots: String,
+    limit: String,
+    weights: String,
+    version: String,
+    commit: String,
+    wall: String,
+}
+
+#[derive(Serialize)]
+struct ModelRow {
+    name: String,
+    architecture: String,
+    parameters: String,
+    non_embedding: String,
+    quantization: String,
+    context_length: usize,
+    reference: String,
+    sha: String,
+}
+
+#[derive(Serialize)]
+struct SummaryRow {
+    task: String,
+    model: String,
+    k: u32,
+    metric: String,
+    value: String,
+    stderr: String,
+    n: u32,
+    k_used: String,
+    skipped: u32,
+}
+
+#[derive(Serialize)]
+struct ItemRow {
+    model: String,
+    k: usize,
+    k_used: String,
+    doc: usize,
+    gold: String,
+    answer: String,
+    mark: &'static str,
+    class: &'static str,
+}
+
+#[derive(Serialize)]
+struct ExampleView {
+    k: usize,
+    doc_id: usize,
+    prompt: String,
+}
+
+#[derive(Serialize)]
+struct TaskView {
+    name: String,
+    output_type: String,
+    metrics: String,
+    test_docs: String,
+    fewshot_docs: String,
+    chance: String,
+    hash: String,
+    examples: Vec<ExampleView>,
+    rows: Vec<ItemRow>,
+    /// Items left out of the page.
+    cut: usize,
+}
+
+#[derive(Serialize)]
+struct Chart {
+    id: String,
+    title: String,
+    svg: String,
+}
+
+/// Thousands separators, for parameter counts.
+fn grouped(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn fixed(x: Option<f64>, digits: usize) -> String {
+    x.filter(|v| v.is_finite())
+        .map_or("–".into(), |v| format!("{v:.digits$}"))
+}
+
+/// Renders the page. `charts` are (file stem in `dir`, title) of the SVG charts written for this
+/// report, in display order.
+pub fn render(
+    dir: &Path,
+    input: &ReportInput,
+    summary: &DataFrame,
+    charts: &[(&str, &str)],
+) -> Result<String> {
+    let runs: Vec<RunRow> = input
+        .runs
+        .iter()
+        .map(|(d, r)| RunRow {
+            dir: d.display().to_string(),
+            started: r.started.clone(),
+            seed: r.seed,
+            shots: r
+                .shots
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            limit: r.limit.map_or("all".into(), |l| l.to_string()),
+            weights: r.weights.clone(),
+            version: r.icl_eval_version.clone(),
+            commit: r.git_commit.chars().take(12).collect(),
+            wall: r.wall_seconds.map_or("–".into(), |s| format!("{s:.0} s")),
+        })
+        .collect();
+    let models: Vec<ModelRow> = input
+        .models
+        .iter()
+        .map(|m| ModelRow {
+            name: m.name.clone(),
+            architecture: m.architecture.clone(),
+            parameters: grouped(m.parameters),
+            non_embedding: grouped(m.non_embedding_parameters),
+            quantization: m.quantization.clone(),
+            context_length: m.context_length,
+            reference: m.reference.clone(),
+            sha: m.sha256.chars().take(12).collect(),
+        })
+        .collect();
+    let c = SummaryColumns::of(summary)?;
+    let summary_rows: Vec<SummaryRow> = (0..summary.height())
+        .map(|i| SummaryRow {
+            task: c.task.get(i).unwrap_or("").into(),
+            model: c.model.get(i).unwrap_or("").into(),
+            k: c.k.get(i).unwrap_or(0),
+            metric: c.metric.get(i).unwrap_or("").into(),
+            value: fixed(c.value.get(i), 4),
+            stderr: fixed(c.stderr.get(i), 4),
+            n: c.n.get(i).unwrap_or(0),
+            k_used: fixed(c.mean_k_effective.get(i), 1),
+            skipped: c.skipped.get(i).unwrap_or(0),
+        })
+        .collect();
+    let tasks: Vec<TaskView> = input
+        .tasks
+        .iter()
+        .map(|t| {
+            let record = input
+                .runs
+                .iter()
+                .find_map(|(_, r)| r.tasks.iter().find(|x| x.name == t.name));
+            let mut examples: Vec<ExampleView> = input
+                .examples
+                .iter()
+                .filter(|e| e.task == t.name)
+                .map(|e| ExampleView {
+                    k: e.k,
+                    doc_id: e.doc_id,
+                    prompt: e.prompt.clone(),
+                })
+                .collect();
+            examples.sort_by_key(|e| e.k);
+            let mut mine: Vec<&crate::run::Sample> =
+                input.samples.iter().filter(|s| s.task == t.name).collect();
+            // Model order as in the run, then K, then doc: the cell's first docs are its first 200.
+            let model_rank = |m: &str| input.models.iter().position(|x| x.name == m);
+            mine.sort_by_key(|s| (model_rank(&s.model), s.k, s.doc_id));
+            let mut rows = Vec::new();
+            let mut cut = 0;
+            let mut in_cell = 0;
+            for (i, s) in mine.iter().enumerate() {
+                let same_cell = i > 0 && mine[i - 1].model == s.model && mine[i - 1].k == s.k;
+                in_cell = if same_cell { in_cell + 1 } else { 1 };
+                if in_cell > ITEMS_PER_CELL {
+                    cut += 1;
+                    continue;
+                }
+                let (mark, class) = match (s.correct, &s.skipped) {
+                    (_, Some(_)) => ("skipped", "skipped"),
+                    (Some(true), _) => ("✓", "right"),
+                    (Some(false), _) => ("✗", "wrong"),
+                    (None, _) => ("–", ""),
+                };
+                rows.push(ItemRow {
+                    model: s.model.clone(),
+                    k: s.k,
+                    k_used: s.k_effective.map_or("–".into(), |k| k.to_string()),
+                    doc: s.doc_id,
+                    gold: s.gold.clone(),
+                    answer: s
+                        .prediction
+                        .clone()
+                        .or_else(|| s.skipped.clone())
+                        .unwrap_or_default(),
+                    mark,
+                    class,
+                });
+            }
+            TaskView {
+                name: t.name.clone(),
+                output_type: serde_json::to_value(t.output_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                metrics: t
+                    .metrics
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                test_docs: record.map_or("–".into(), |r| r.test_docs.to_string()),
+                fewshot_docs: record.map_or("–".into(), |r| r.fewshot_docs.to_string()),
+                chance: t
+                    .chance
+                    .map_or("–".into(), |c| format!("{:.1}%", 100.0 * c)),
+                hash: record.map_or(String::new(), |r| r.hash.chars().take(12).collect()),
+                examples,
+                rows,
+                cut,
+            }
+        })
+        .collect();
+    let mut chart_views = Vec::new();
+    for (stem, title) in charts {
+        let path = dir.join(format!("{stem}.svg"));
+        let svg =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        // Inline SVG must not carry an XML declaration.
+        let svg = match svg.find("<svg") {
+            Some(i) => svg[i..].to_string(),
+            None => svg,
+        };
+        chart_views.push(Chart {
+            id: stem.to_string(),
+            title: title.to_string(),
+            svg,
+        });
+    }
+    let title = input
+        .runs
+        .iter()
+        .map(|(d, _)| {
+            d.file_name().map_or(d.display().to_string(), |n| {
+                n.to_string_lossy().into_owned()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let mut env = Environment::new();
+    env.set_auto_escape_callback(|_| AutoEscape::Html);
+    env.add_template("report.html", TEMPLATE)?;
+    let page = env.get_template("report.html")?.render(context! {
+        title,
+        runs => Value::from(Serde(&runs)),
+        models => Value::from(Serde(&models)),
+        summary => Value::from(Serde(&summary_rows)),
+        charts => Value::from(Serde(&chart_views)),
+        tasks => Value::from(Serde(&tasks)),
+        per_cell => ITEMS_PER_CELL,
+    })?;
+    Ok(page)
+}
+
+/// Writes `report.html` into `dir`.
+pub fn write(
+    dir: &Path,
+    input: &ReportInput,
+    summary: &DataFrame,
+    charts: &[(&str, &str)],
+) -> Result<()> {
+    let page = render(dir, input, summary, charts)?;
+    crate::record::write_atomic(&dir.join("report.html"), page.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_are_grouped() {
+        assert_eq!(grouped(134_515_008), "134,515,008");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+    }
+}

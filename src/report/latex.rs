@@ -1,0 +1,106 @@
+//! The summary as a LaTeX table (`summary.tex`, booktabs), ready for `\input` in a paper.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use polars::prelude::DataFrame;
+
+use super::table::SummaryColumns;
+
+/// Escapes the characters LaTeX treats specially in text.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\textbackslash{}"),
+            '&' | '%' | '$' | '#' | '_' | '{' | '}' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '~' => out.push_str("\\textasciitilde{}"),
+            '^' => out.push_str("\\textasciicircum{}"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The summary as a `tabular`: one row per cell, value and standard error in percent.
+pub fn table(summary: &DataFrame) -> Result<String> {
+    let c = SummaryColumns::of(summary)?;
+    let mut out = String::from(
+        "% Written by icl-eval; needs \\usepackage{booktabs}.\n\
+         \\begin{tabular}{lllrrr}\n\\toprule\n\
+         Task & Model & Metric & $K$ & Value (\\%) & $n$ \\\\\n\\midrule\n",
+    );
+    let mut last_task = None;
+    for i in 0..summary.height() {
+        let task = c.task.get(i).unwrap_or("");
+        if last_task.is_some_and(|t| t != task) {
+            out.push_str("\\midrule\n");
+        }
+        last_task = Some(task);
+        let value = match (c.value.get(i), c.stderr.get(i)) {
+            (Some(v), Some(s)) if v.is_finite() && s.is_finite() => {
+                format!("{:.1} $\\pm$ {:.1}", 100.0 * v, 100.0 * s)
+            }
+            (Some(v), _) if v.is_finite() => format!("{:.1}", 100.0 * v),
+            _ => "--".to_string(),
+        };
+        out.push_str(&format!(
+            "{} & {} & {} & {} & {} & {} \\\\\n",
+            escape(task),
+            escape(c.model.get(i).unwrap_or("")),
+            escape(c.metric.get(i).unwrap_or("")),
+            c.k.get(i).unwrap_or(0),
+            value,
+            c.n.get(i).unwrap_or(0),
+        ));
+    }
+    out.push_str("\\bottomrule\n\\end{tabular}\n");
+    Ok(out)
+}
+
+/// Writes `summary.tex`.
+pub fn write(dir: &Path, summary: &DataFrame) -> Result<()> {
+    let path = dir.join("summary.tex");
+    fs::write(&path, table(summary)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::prelude::*;
+
+    #[test]
+    fn escapes_and_formats_percent_with_stderr() {
+        assert_eq!(escape("en_fr 100% & #1"), "en\\_fr 100\\% \\& \\#1");
+        let df = df!(
+            "task" => ["two_digit_addition", "two_digit_addition", "z"],
+            "model" => ["m", "m", "m"],
+            "parameters" => [1u64, 1, 1],
+            "k" => [0u32, 1, 0],
+            "metric" => ["exact_match", "exact_match", "acc"],
+            "value" => [0.5, 0.25, f64::NAN],
+            "stderr" => [0.1, f64::NAN, f64::NAN],
+            "n" => [4u32, 4, 0],
+            "skipped" => [0u32, 0, 4],
+            "mean_k_effective" => [0.0, 1.0, f64::NAN],
+        )
+        .unwrap();
+        let t = table(&df).unwrap();
+        assert!(
+            t.contains(
+                "two\\_digit\\_addition & m & exact\\_match & 0 & 50.0 $\\pm$ 10.0 & 4 \\\\"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("& 1 & 25.0 & 4 \\\\"), "{t}");
+        assert!(
+            t.contains("\\midrule\nz & m & acc & 0 & -- & 0 \\\\"),
+            "{t}"
+        );
+        assert!(t.ends_with("\\bottomrule\n\\end{tabular}\n"));
+    }
+}

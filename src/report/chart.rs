@@ -24,8 +24,11 @@ pub const PALETTE: [RGBColor; 8] = [
     RGBColor(0, 0, 0),
 ];
 
-/// The y axis runs past 100% so the legend sits above the data instead of on it.
-const LEGEND_HEADROOM: f64 = 1.2;
+/// How far the y axis runs past its top value (100%) so a legend of `entries` lines sits above the
+/// data instead of on it: a legend line takes up to 10% of the axis at the panel size below.
+fn headroom(entries: usize) -> f64 {
+    1.08 + 0.1 * entries as f64
+}
 
 const PANEL_W: u32 = 640;
 const PANEL_H: u32 = 460;
@@ -110,13 +113,7 @@ fn ks_and_models(c: &SummaryColumns) -> (Vec<u32>, Vec<String>) {
 
 /// (value, stderr) of a task's headline metric for one model and K.
 fn cell(c: &SummaryColumns, t: &TaskMeta, k: u32, m: &str) -> Option<(f64, f64)> {
-    (0..c.task.len())
-        .find(|&i| {
-            c.task.get(i) == Some(&t.name)
-                && c.k.get(i) == Some(k)
-                && c.model.get(i) == Some(m)
-                && c.metric.get(i) == Some(t.primary_metric().name())
-        })
+    row_of(c, t, k, m)
         .and_then(|i| {
             Some((
                 c.value.get(i)?,
@@ -124,6 +121,36 @@ fn cell(c: &SummaryColumns, t: &TaskMeta, k: u32, m: &str) -> Option<(f64, f64)>
             ))
         })
         .filter(|(v, _)| v.is_finite())
+}
+
+/// The summary row of a task's headline metric for model `m` at K.
+fn row_of(c: &SummaryColumns, t: &TaskMeta, k: u32, m: &str) -> Option<usize> {
+    (0..c.task.len()).find(|&i| {
+        c.task.get(i) == Some(&t.name)
+            && c.k.get(i) == Some(k)
+            && c.model.get(i) == Some(m)
+            && c.metric.get(i) == Some(t.primary_metric().name())
+    })
+}
+
+/// One line per model through its cells at each K, in the model's colour.
+fn model_lines(
+    ks: &[u32],
+    models: &[String],
+    colors: &[(String, RGBColor)],
+    f: &CellValue,
+) -> Vec<Line> {
+    models
+        .iter()
+        .enumerate()
+        .map(|(mi, m)| {
+            let pts = ks
+                .iter()
+                .filter_map(|&k| f(k, m).map(|(v, s)| (k_position(k), v, s)))
+                .collect();
+            (m.clone(), color_of(colors, m, mi), pts)
+        })
+        .collect()
 }
 
 /// Mean over tasks of a model's headline metric at K, when every task has the cell; its stderr
@@ -149,19 +176,7 @@ pub fn accuracy_vs_shots(
 ) -> Result<bool> {
     let c = SummaryColumns::of(summary)?;
     let (ks, models) = ks_and_models(&c);
-    let line = |f: &CellValue| -> Vec<Line> {
-        models
-            .iter()
-            .enumerate()
-            .map(|(mi, m)| {
-                let pts = ks
-                    .iter()
-                    .filter_map(|&k| f(k, m).map(|(v, s)| (k_position(k), v, s)))
-                    .collect();
-                (m.clone(), color_of(colors, m, mi), pts)
-            })
-            .collect()
-    };
+    let line = |f: &CellValue| model_lines(&ks, &models, colors, f);
     let mut panels: Vec<Panel> = tasks
         .iter()
         .map(|t| Panel {
@@ -190,9 +205,9 @@ pub fn accuracy_vs_shots(
     Ok(true)
 }
 
-/// Writes `effective_k.png` and `.svg` when some prompts had to drop demonstrations to fit a model's
-/// context: requested K against the mean K actually used, per model, with y = K dashed. Returns
-/// whether it wrote them.
+/// Writes `effective_k.png` and `.svg` when some prompts hold fewer demonstrations than asked (a
+/// model's context or the few-shot pool too small): requested K against the mean K actually used,
+/// per model, with y = K dashed. Returns whether it wrote them.
 pub fn effective_k(
     dir: &Path,
     summary: &DataFrame,
@@ -208,15 +223,10 @@ pub fn effective_k(
     }
     let (ks, models) = ks_and_models(&c);
     let used = |t: &TaskMeta, k: u32, m: &str| {
-        (0..summary.height())
-            .find(|&i| {
-                c.task.get(i) == Some(&t.name)
-                    && c.k.get(i) == Some(k)
-                    && c.model.get(i) == Some(m)
-                    && c.metric.get(i) == Some(t.primary_metric().name())
-            })
+        row_of(&c, t, k, m)
             .and_then(|i| c.mean_k_effective.get(i))
             .filter(|v| v.is_finite())
+            .map(|u| (u, 0.0))
     };
     let panels: Vec<Panel> = tasks
         .iter()
@@ -224,17 +234,7 @@ pub fn effective_k(
             title: t.name.clone(),
             y_desc: "demonstrations used (mean)".into(),
             reference: Some(Reference::Diagonal),
-            lines: models
-                .iter()
-                .enumerate()
-                .map(|(mi, m)| {
-                    let pts = ks
-                        .iter()
-                        .filter_map(|&k| used(t, k, m).map(|u| (k_position(k), u, 0.0)))
-                        .collect();
-                    (m.clone(), color_of(colors, m, mi), pts)
-                })
-                .collect(),
+            lines: model_lines(&ks, &models, colors, &|k, m| used(t, k, m)),
         })
         .collect();
     let k_max = ks.last().copied().unwrap_or(1);
@@ -283,7 +283,12 @@ where
     root.fill(&WHITE).map_err(err)?;
     let areas = root.split_evenly((rows, cols));
     let (x_lo, x_hi) = (-0.4, x_max + 0.4);
-    let top = y_max.map_or(LEGEND_HEADROOM, |m| m * LEGEND_HEADROOM);
+    let entries = panels
+        .iter()
+        .map(|p| p.lines.len() + usize::from(p.reference.is_some()))
+        .max()
+        .unwrap_or(1);
+    let top = y_max.unwrap_or(1.0) * headroom(entries);
     for (area, panel) in areas.iter().zip(panels) {
         let mut chart = panel_builder(area, &panel.title)
             .build_cartesian_2d(x_lo..x_hi, 0f64..top)
@@ -293,9 +298,9 @@ where
             .x_labels((x_max.round() as usize + 2).max(3))
             .x_label_formatter(&|x| k_label(*x))
             .y_label_formatter(&|y| match y_max {
-                None if *y <= 1.0 => format!("{:.0}%", y * 100.0),
+                None if *y <= 1.0 + 1e-9 => format!("{:.0}%", y * 100.0),
                 None => String::new(),
-                Some(m) if *y <= m => format!("{y:.0}"),
+                Some(m) if *y <= m + 1e-9 => format!("{y:.0}"),
                 Some(_) => String::new(),
             })
             .x_desc("demonstrations in the prompt (K, log scale)")
@@ -408,6 +413,15 @@ where
     Ok(())
 }
 
+/// A parameter count as an axis label: 135M, 1.5B.
+fn parameters_label(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{}B", (x / 1e8).round() / 10.0)
+    } else {
+        format!("{:.0}M", x / 1e6)
+    }
+}
+
 /// The legend, in the headroom above 100%.
 fn draw_legend<'a, DB, X>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
@@ -511,16 +525,17 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("chart: {e}");
     root.fill(&WHITE).map_err(err)?;
+    let top = headroom(panels.iter().map(|p| p.2.len()).max().unwrap_or(1));
     for (area, (title, metric, lines)) in root.split_evenly((rows, cols)).iter().zip(panels) {
         let mut chart = panel_builder(area, title)
-            .build_cartesian_2d((lo..hi).log_scale(), 0f64..LEGEND_HEADROOM)
+            .build_cartesian_2d((lo..hi).log_scale(), 0f64..top)
             .map_err(err)?;
         chart
             .configure_mesh()
             .x_labels(6)
-            .x_label_formatter(&|x| format!("{:.0}M", x / 1e6))
+            .x_label_formatter(&|x| parameters_label(*x))
             .y_label_formatter(&|y| {
-                if *y <= 1.0 {
+                if *y <= 1.0 + 1e-9 {
                     format!("{:.0}%", y * 100.0)
                 } else {
                     String::new()
@@ -561,6 +576,9 @@ mod tests {
         assert_eq!(k_label(0.0), "0");
         assert_eq!(k_label(3.0), "4");
         assert_eq!(k_label(2.5), "");
+        assert_eq!(parameters_label(1e9), "1B");
+        assert_eq!(parameters_label(1.54e9), "1.5B");
+        assert_eq!(parameters_label(1.35e8), "135M");
     }
 
     #[test]

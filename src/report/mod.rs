@@ -187,7 +187,10 @@ pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
         charts.push(("accuracy_vs_model_size", "Accuracy against model size"));
     }
     if chart::effective_k(dir, &summary, &input.tasks, &colors)? {
-        charts.push(("effective_k", "Demonstrations that fit the context"));
+        charts.push((
+            "effective_k",
+            "Demonstrations used (fewer than asked when the context or the few-shot pool is too small)",
+        ));
     }
     html::write(dir, input, &summary, &charts)?;
     Ok(Report {

@@ -635,5 +635,25 @@ mod tests {
         }
         let svg = std::fs::read_to_string(dir.join("accuracy_vs_model_size.svg")).unwrap();
         assert!(svg.contains("K = 0") && svg.contains("K = 8"));
+
+        // Every demonstration fitted: no effective-K chart. Cut one prompt of "large" at K = 8 to
+        // 2 demonstrations: the chart appears, one line per model, a point per K.
+        let colors = model_colors(&models);
+        assert!(!effective_k(&dir, &summary, &meta, &colors).unwrap());
+        let cut = samples
+            .iter_mut()
+            .find(|s| s.model == "large" && s.k == 8)
+            .unwrap();
+        cut.k_effective = Some(2);
+        let summary = summarize(&samples, &meta, &models).unwrap();
+        assert!(effective_k(&dir, &summary, &meta, &colors).unwrap());
+        let png = std::fs::read(dir.join("effective_k.png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let svg = std::fs::read_to_string(dir.join("effective_k.svg")).unwrap();
+        let markers = svg
+            .lines()
+            .filter(|l| l.contains("<circle") && l.contains("fill=\"#"))
+            .count();
+        assert_eq!(markers, 6);
     }
 }

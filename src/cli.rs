@@ -346,9 +346,22 @@ fn cmd_report(a: &ReportArgs) -> Result<()> {
             runs.len()
         ),
     };
+    if runs.len() > 1 && runs.iter().any(|r| same_folder(&r.dir, &dir)) {
+        bail!(
+            "--output {}: is one of the runs merged; its own summary and charts would be replaced by \
+             the merge's, so choose another folder",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("--output: cannot create {}", dir.display()))?;
     let input = report::merge(&runs, a.allow_mixed)?;
+    for n in &input.notes {
+        eprintln!("note: {n}");
+    }
+    for n in &input.notes {
+        eprintln!("note: {n}");
+    }
     let out = report::write_report(&dir, &input)?;
     println!("{}", out.markdown);
     println!(
@@ -357,6 +370,14 @@ fn cmd_report(a: &ReportArgs) -> Result<()> {
         out.charts.join(", ")
     );
     Ok(())
+}
+
+/// Whether two paths name the same folder (the second may not exist yet).
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 fn cmd_compare(a: &CompareArgs) -> Result<()> {

@@ -243,20 +243,32 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         }
     }
     bar.finish_and_clear();
-    drop(out);
+    // The samples are on disk under their final name before config.json says the run is complete,
+    // and both before the report, so a failing report never costs the scored samples.
+    out.into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    fs::rename(&partial, dir.join("samples.jsonl"))?;
     record.wall_seconds = Some(clock.elapsed().as_secs_f64());
+    record.complete = true;
+    record::write_config(&dir, &record)?;
     let input = ReportInput {
         tasks: tasks.iter().map(TaskMeta::of).collect(),
         models,
         samples,
         examples,
         runs: vec![(dir.clone(), record.clone())],
+        notes: Vec::new(),
     };
-    let report = report::write_report(&dir, &input)?;
-    // The run is whole only once config.json says so and samples.jsonl carries its final name.
-    record.complete = true;
-    record::write_config(&dir, &record)?;
-    fs::rename(&partial, dir.join("samples.jsonl"))?;
+    let report = report::write_report(&dir, &input).with_context(|| {
+        format!(
+            "the run finished and its samples are in {}/samples.jsonl, but its report could not \
+             be written; fix the cause and rebuild it with `icl-eval report {}`",
+            dir.display(),
+            dir.display()
+        )
+    })?;
     Ok(RunOutcome {
         dir,
         summary: report.summary,

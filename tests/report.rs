@@ -84,6 +84,21 @@ fn report_merges_run_folders_and_refuses_incompatible_ones() {
     assert_eq!(html.matches("<svg").count(), 2, "both charts inline");
     assert!(!html.contains("<script src") && !html.contains("<link rel=\"stylesheet\""));
 
+    // A merge written into one of its runs would overwrite that run's own report.
+    let o = icl_eval(&[
+        "report",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--output",
+        a.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is one of the runs merged"),
+        "{}",
+        stderr(&o)
+    );
+
     // The same run twice: its cells would count double.
     let o = icl_eval(&[
         "report",

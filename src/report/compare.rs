@@ -166,6 +166,17 @@ pub fn compare(
                 (false, false) => {}
             }
         }
+        let ks = |m: &BTreeMap<(usize, usize), bool>| {
+            m.keys()
+                .map(|(k, _)| *k)
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        for k in ks(&sa).symmetric_difference(&ks(&sb)) {
+            notes.push(format!(
+                "task {}, K = {k}: scored by only one side",
+                ta.name
+            ));
+        }
         for (k, (n, both, a_only, b_only)) in cells {
             rows.push(Row {
                 task: ta.name.clone(),

@@ -64,6 +64,8 @@ pub struct ReportInput {
     pub examples: Vec<Example>,
     /// The runs it came from (folder, configuration).
     pub runs: Vec<(PathBuf, RunRecord)>,
+    /// Differences between merged runs a reader should know of (seed, limit, weights).
+    pub notes: Vec<String>,
 }
 
 impl ReportInput {
@@ -139,6 +141,31 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
         }
         samples.extend(run.samples.iter().cloned());
     }
+    let mut notes = Vec::new();
+    if let Some(first) = runs.first() {
+        let r0 = &first.record;
+        for run in &runs[1..] {
+            let r = &run.record;
+            let mut differ = Vec::new();
+            if r.seed != r0.seed {
+                differ.push(format!("seed {} vs {}", r0.seed, r.seed));
+            }
+            if r.limit != r0.limit {
+                differ.push(format!("limit {:?} vs {:?}", r0.limit, r.limit));
+            }
+            if r.weights != r0.weights {
+                differ.push(format!("weights {} vs {}", r0.weights, r.weights));
+            }
+            if !differ.is_empty() {
+                notes.push(format!(
+                    "{} and {} differ in {}: their cells use other demonstrations, docs or precision",
+                    first.dir.display(),
+                    run.dir.display(),
+                    differ.join(", ")
+                ));
+            }
+        }
+    }
     let mut examples: Vec<Example> = Vec::new();
     for run in runs {
         for e in &run.examples {
@@ -159,6 +186,7 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
             .iter()
             .map(|r| (r.dir.clone(), r.record.clone()))
             .collect(),
+        notes,
     })
 }
 
@@ -251,7 +279,16 @@ mod tests {
         let a = run("runs/a", "h1", "small", samples("small", 3));
         let b = run("runs/b", "h1", "large", samples("large", 3));
         let m = merge(&[a.clone(), b.clone()], false).unwrap();
+        assert!(m.notes.is_empty());
         assert_eq!(m.samples.len(), 6);
+        let mut reseeded = b.clone();
+        reseeded.record.seed = 2;
+        let notes = merge(&[a.clone(), reseeded], false).unwrap().notes;
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].contains("runs/a and runs/b differ in seed 1 vs 2"),
+            "{notes:?}"
+        );
         assert_eq!(m.models.len(), 2);
         assert_eq!(m.tasks.len(), 1);
 

@@ -464,32 +464,31 @@ pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta
     ks.sort_unstable();
     ks.dedup();
     let mut panels: Vec<(String, String, Vec<SizeLine>)> = Vec::new();
-    for t in tasks {
-        let lines = ks
-            .iter()
+    // One line per K through the models' cells, at their parameter counts.
+    let lines = |f: &CellValue| -> Vec<SizeLine> {
+        ks.iter()
             .map(|&k| {
                 let pts = sizes
                     .iter()
-                    .filter_map(|(m, p)| cell(&c, t, k, m).map(|(v, s)| (*p as f64, v, s)))
+                    .filter_map(|(m, p)| f(k, m).map(|(v, s)| (*p as f64, v, s)))
                     .collect();
                 (format!("K = {k}"), pts)
             })
-            .collect();
-        panels.push((t.name.clone(), t.primary_metric().name().to_string(), lines));
+            .collect()
+    };
+    for t in tasks {
+        panels.push((
+            t.name.clone(),
+            t.primary_metric().name().to_string(),
+            lines(&|k, m| cell(&c, t, k, m)),
+        ));
     }
     if tasks.len() > 1 {
-        // Mean over tasks of each model's headline metric; its stderr treats tasks as independent.
-        let lines = ks
-            .iter()
-            .map(|&k| {
-                let pts = sizes
-                    .iter()
-                    .filter_map(|(m, p)| mean_cell(&c, tasks, k, m).map(|(v, s)| (*p as f64, v, s)))
-                    .collect();
-                (format!("K = {k}"), pts)
-            })
-            .collect();
-        panels.push(("mean over tasks".into(), "headline metric".into(), lines));
+        panels.push((
+            "mean over tasks".into(),
+            "headline metric".into(),
+            lines(&|k, m| mean_cell(&c, tasks, k, m)),
+        ));
     }
     let ((rows, cols), size) = grid(panels.len());
     let lo = sizes[0].1 as f64 / 1.6;

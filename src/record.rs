@@ -31,17 +31,6 @@ pub struct TaskRecord {
 impl TaskRecord {
     /// The record of a loaded task.
     pub fn of(t: &Task) -> Self {
-        let chance =
-            (t.output_type == OutputType::MultipleChoice && !t.test.is_empty()).then(|| {
-                t.test
-                    .iter()
-                    .map(|i| match &i.answer {
-                        Answer::Choice { choices, .. } => 1.0 / choices.len().max(1) as f64,
-                        Answer::Text(_) => 0.0,
-                    })
-                    .sum::<f64>()
-                    / t.test.len() as f64
-            });
         Self {
             name: t.name.clone(),
             path: t.source.display().to_string(),
@@ -51,7 +40,7 @@ impl TaskRecord {
             test_docs: t.test.len(),
             fewshot_docs: t.fewshot.len(),
             fewshot_from_test_split: t.fewshot_is_test,
-            chance,
+            chance: chance(t),
         }
     }
 
@@ -68,6 +57,20 @@ impl TaskRecord {
         }
         Ok(list)
     }
+}
+
+/// Accuracy of a uniform random guess on a multiple-choice task: mean of 1 / number of choices.
+pub fn chance(t: &Task) -> Option<f64> {
+    (t.output_type == OutputType::MultipleChoice && !t.test.is_empty()).then(|| {
+        t.test
+            .iter()
+            .map(|i| match &i.answer {
+                Answer::Choice { choices, .. } => 1.0 / choices.len().max(1) as f64,
+                Answer::Text(_) => 0.0,
+            })
+            .sum::<f64>()
+            / t.test.len() as f64
+    })
 }
 
 /// `config.json`: everything needed to reproduce and to read a run.

@@ -230,10 +230,7 @@ pub fn render(
             }
             TaskView {
                 name: t.name.clone(),
-                output_type: serde_json::to_value(t.output_type)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                output_type: t.output_type.name().to_string(),
                 metrics: t
                     .metrics
                     .iter()

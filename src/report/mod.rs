@@ -41,12 +41,12 @@ impl TaskMeta {
 
     /// From a loaded task.
     pub fn of(t: &Task) -> Self {
-        Self::from_record(&TaskRecord::of(t)).unwrap_or_else(|_| Self {
+        Self {
             name: t.name.clone(),
             output_type: t.output_type,
             metrics: t.metrics.clone(),
-            chance: None,
-        })
+            chance: crate::record::chance(t),
+        }
     }
 
     /// The headline metric.

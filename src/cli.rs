@@ -7,9 +7,10 @@ use clap::{Args, Parser, Subcommand};
 
 use icl_eval::backend::candle::{WeightsChoice, load_tokenizer};
 use icl_eval::models::{self, HubOptions, ModelsFile};
-use icl_eval::run::{RunConfig, run};
+use icl_eval::run::{Protocol, RunConfig, run};
+use icl_eval::sampler::{DemoLabels, DemoOrder, Sampler, Selector};
 use icl_eval::task::{self, discover, load_task, validate_task};
-use icl_eval::{fewshot, prompt, record, report};
+use icl_eval::{prompt, record, report};
 
 /// Evaluate how language models learn from K demonstrations in their prompt.
 #[derive(Parser, Debug)]
@@ -123,9 +124,29 @@ struct RunArgs {
     /// Evaluate only the first N test docs of each task.
     #[arg(long)]
     limit: Option<usize>,
-    /// Seed of the demonstration draws.
+    /// Seed of the demonstration draws (the first, with --seeds).
     #[arg(long, default_value_t = 1234)]
     seed: u64,
+    /// Independent demonstration draws (seeds SEED .. SEED+N); the summary reports the mean and the
+    /// standard deviation across them.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    seeds: usize,
+    /// How demonstrations are chosen, overriding each task's `fewshot.sampler`.
+    #[arg(long, value_enum)]
+    sampler: Option<Sampler>,
+    /// Order of bm25 / knn demonstrations, overriding each task's `fewshot.order`.
+    #[arg(long, value_enum)]
+    demo_order: Option<DemoOrder>,
+    /// What answers demonstrations show, comma-separated for several studies: gold, random,
+    /// flipped, none.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "gold")]
+    demo_labels: Vec<DemoLabels>,
+    /// Orderings of each demonstration set; the summary reports their spread.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    permutations: usize,
+    /// Memory for reusing prompt prefixes across K, docs and seeds, in MiB (0 turns reuse off).
+    #[arg(long, default_value_t = icl_eval::backend::candle::DEFAULT_KV_CACHE_MB, value_name = "MIB")]
+    kv_cache_mb: usize,
     /// CPU threads for the forward pass (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -153,6 +174,15 @@ struct PromptArgs {
     /// Seed of the demonstration draw.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
+    /// How demonstrations are chosen, overriding the task's `fewshot.sampler`.
+    #[arg(long, value_enum)]
+    sampler: Option<Sampler>,
+    /// What answers the demonstrations show.
+    #[arg(long, value_enum, default_value = "gold")]
+    demo_labels: DemoLabels,
+    /// Ordering of the demonstration set (0 = the sampler's own order).
+    #[arg(long, default_value_t = 0)]
+    permutation: usize,
     /// A model (as in `run --models`): fit the prompt to its context and print the token count.
     #[arg(long)]
     model: Option<String>,
@@ -209,6 +239,14 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         shots: a.shots,
         limit: a.limit,
         seed: a.seed,
+        protocol: Protocol {
+            seeds: a.seeds,
+            permutations: a.permutations,
+            demo_labels: a.demo_labels,
+            sampler: a.sampler,
+            demo_order: a.demo_order,
+        },
+        kv_cache_mb: a.kv_cache_mb,
         threads: a.threads,
         output: a.output,
         results_root: PathBuf::from("results"),
@@ -277,7 +315,17 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
             a.doc
         );
     };
-    let demos = fewshot::draw(&t, item, a.seed, a.shots);
+    let selector = Selector::new(&t, a.sampler.unwrap_or(t.sampler), t.demo_order, None)?;
+    icl_eval::sampler::check_labels(&t, &[a.demo_labels])?;
+    let ranking = selector.ranking(item, a.seed, a.shots);
+    let demos = selector.demos(
+        &ranking,
+        a.shots,
+        item,
+        a.seed,
+        a.permutation,
+        a.demo_labels,
+    );
     match a.model {
         None => print!("{}", prompt::build(&t, item, &demos)),
         Some(m) => {

@@ -3,12 +3,12 @@
 //! Flow: task (YAML + Jinja) → prompts (few-shot draws) → requests → backend → scores → report.
 
 pub mod backend;
-pub mod fewshot;
 pub mod models;
 pub mod prompt;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod sampler;
 pub mod score;
 pub mod seed;
 pub mod task;

@@ -2,20 +2,40 @@
 
 use anyhow::Result;
 
+use crate::sampler::Demo;
 use crate::task::{Answer, Item, OutputType, Task};
 
 /// The exact prompt for `item` after `demos`: description, then each demonstration (input, target
-/// delimiter, gold answer) joined by the few-shot delimiter, then the query.
-pub fn build(task: &Task, item: &Item, demos: &[&Item]) -> String {
-    let mut s = item.description.clone();
-    for d in demos {
-        s.push_str(&d.text);
-        s.push_str(&task.target_delimiter);
-        s.push_str(d.target_text());
-        s.push_str(&task.fewshot_delimiter);
+/// delimiter, answer — or the input alone when it shows none) joined by the few-shot delimiter,
+/// then the query.
+pub fn build(task: &Task, item: &Item, demos: &[Demo]) -> String {
+    build_with_query(task, &item.description, demos, &item.text).0
+}
+
+/// The prompt for an arbitrary query text, and the byte offsets where the description and each
+/// demonstration end: the points where prompts with the same demonstrations share their prefix.
+pub fn build_with_query(
+    task: &Task,
+    description: &str,
+    demos: &[Demo],
+    query: &str,
+) -> (String, Vec<usize>) {
+    let mut s = description.to_string();
+    let mut breaks = Vec::with_capacity(demos.len() + 1);
+    if !s.is_empty() {
+        breaks.push(s.len());
     }
-    s.push_str(&item.text);
-    s
+    for d in demos {
+        s.push_str(&d.item.text);
+        if let Some(a) = d.answer {
+            s.push_str(&task.target_delimiter);
+            s.push_str(a);
+        }
+        s.push_str(&task.fewshot_delimiter);
+        breaks.push(s.len());
+    }
+    s.push_str(query);
+    (s, breaks)
 }
 
 /// The continuations a multiple-choice item scores (target delimiter included).
@@ -33,6 +53,8 @@ pub fn continuations(task: &Task, item: &Item) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fitted {
     pub prompt: String,
+    /// Byte offsets in `prompt` where the description and each demonstration end.
+    pub breaks: Vec<usize>,
     /// Demonstrations actually used (≤ requested when the context was too short).
     pub k: usize,
     /// Tokens of the prompt plus the longest continuation or the generation budget.
@@ -44,12 +66,12 @@ pub struct Fitted {
 pub fn fit(
     task: &Task,
     item: &Item,
-    demos: &[&Item],
+    demos: &[Demo],
     context_length: usize,
     count_tokens: &dyn Fn(&str) -> Result<usize>,
 ) -> Result<Option<Fitted>> {
     for k in (0..=demos.len()).rev() {
-        let prompt = build(task, item, &demos[..k]);
+        let (prompt, breaks) = build_with_query(task, &item.description, &demos[..k], &item.text);
         let tokens = match task.output_type {
             OutputType::MultipleChoice => {
                 let mut longest = 0;
@@ -61,7 +83,12 @@ pub fn fit(
             OutputType::GenerateUntil => count_tokens(&prompt)? + task.max_tokens,
         };
         if tokens <= context_length {
-            return Ok(Some(Fitted { prompt, k, tokens }));
+            return Ok(Some(Fitted {
+                prompt,
+                breaks,
+                k,
+                tokens,
+            }));
         }
     }
     Ok(None)
@@ -91,7 +118,7 @@ mod tests {
     #[test]
     fn prompt_layout_matches_the_gpt3_format() {
         let (t, d) = mc_task();
-        let p = build(&t, &d[2], &[&d[0], &d[1]]);
+        let p = build(&t, &d[2], &[Demo::gold(&d[0]), Demo::gold(&d[1])]);
         assert_eq!(
             p,
             "Classify.\n\nReview: great\nSentiment: positive\n\nReview: awful\nSentiment: negative\n\nReview: nice\nSentiment:"
@@ -101,6 +128,16 @@ mod tests {
             "Classify.\n\nReview: nice\nSentiment:"
         );
         assert_eq!(continuations(&t, &d[0]), vec![" negative", " positive"]);
+        let hidden = Demo {
+            item: &d[0],
+            answer: None,
+        };
+        let (p, breaks) = build_with_query(&t, "D\n", &[hidden, Demo::gold(&d[1])], "Q");
+        assert_eq!(
+            p,
+            "D\nReview: great\nSentiment:\n\nReview: awful\nSentiment: negative\n\nQ"
+        );
+        assert_eq!(breaks, vec![2, 28, 63]);
     }
 
     #[test]
@@ -108,19 +145,12 @@ mod tests {
         let (t, d) = mc_task();
         // One "token" per byte: the 2-shot prompt is too long, the 1-shot one fits.
         let count = |s: &str| Ok(s.len());
-        let two = build(&t, &d[2], &[&d[0], &d[1]]).len() + " positive".len();
-        let one = build(&t, &d[2], &[&d[0]]).len() + " positive".len();
-        let f = fit(&t, &d[2], &[&d[0], &d[1]], two - 1, &count)
-            .unwrap()
-            .unwrap();
+        let both = [Demo::gold(&d[0]), Demo::gold(&d[1])];
+        let two = build(&t, &d[2], &both).len() + " positive".len();
+        let one = build(&t, &d[2], &both[..1]).len() + " positive".len();
+        let f = fit(&t, &d[2], &both, two - 1, &count).unwrap().unwrap();
         assert_eq!((f.k, f.tokens), (1, one));
-        assert_eq!(
-            fit(&t, &d[2], &[&d[0], &d[1]], two, &count)
-                .unwrap()
-                .unwrap()
-                .k,
-            2
-        );
-        assert!(fit(&t, &d[2], &[&d[0]], 5, &count).unwrap().is_none());
+        assert_eq!(fit(&t, &d[2], &both, two, &count).unwrap().unwrap().k, 2);
+        assert!(fit(&t, &d[2], &both[..1], 5, &count).unwrap().is_none());
     }
 }

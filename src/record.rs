@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::ModelInfo;
 use crate::run::Sample;
+use crate::sampler::{DemoLabels, Sampler};
 use crate::task::{Answer, Metric, OutputType, Task};
 
 /// A task as `config.json` records it.
@@ -26,11 +27,14 @@ pub struct TaskRecord {
     /// Accuracy of a uniform random guess (multiple choice): mean of 1 / number of choices.
     #[serde(default)]
     pub chance: Option<f64>,
+    /// The demonstration sampler the run used for this task.
+    #[serde(default)]
+    pub sampler: Sampler,
 }
 
 impl TaskRecord {
     /// The record of a loaded task.
-    pub fn of(t: &Task) -> Self {
+    pub fn of(t: &Task, sampler: Sampler) -> Self {
         Self {
             name: t.name.clone(),
             path: t.source.display().to_string(),
@@ -41,6 +45,7 @@ impl TaskRecord {
             fewshot_docs: t.fewshot.len(),
             fewshot_from_test_split: t.fewshot_is_test,
             chance: chance(t),
+            sampler,
         }
     }
 
@@ -81,7 +86,17 @@ pub struct RunRecord {
     pub tasks: Vec<TaskRecord>,
     pub models: Vec<ModelInfo>,
     pub shots: Vec<usize>,
+    /// The first seed.
     pub seed: u64,
+    /// Every seed of the run (`--seeds N`: `seed .. seed + N`).
+    #[serde(default)]
+    pub seeds: Vec<u64>,
+    /// Orderings per demonstration set (`--permutations`).
+    #[serde(default = "one")]
+    pub permutations: usize,
+    /// Label studies (`--demo-labels`).
+    #[serde(default = "gold")]
+    pub demo_labels: Vec<DemoLabels>,
     pub limit: Option<usize>,
     pub threads: Option<usize>,
     pub weights: String,
@@ -179,4 +194,12 @@ pub fn read_run(dir: &Path) -> Result<RunData> {
         samples,
         examples,
     })
+}
+
+fn one() -> usize {
+    1
+}
+
+fn gold() -> Vec<DemoLabels> {
+    vec![DemoLabels::Gold]
 }

@@ -3,7 +3,7 @@
 //! Samples stream to `samples.jsonl.partial` as they finish and are renamed only when the run is
 //! complete, so an interrupted run never leaves a result that looks whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -20,8 +20,9 @@ use crate::backend::{Backend, ModelInfo};
 use crate::models::{HubOptions, ModelsFile, ResolvedModel};
 use crate::record::{self, Example, RunRecord, TaskRecord};
 use crate::report::{ReportInput, TaskMeta};
-use crate::task::{Answer, Task};
-use crate::{fewshot, prompt, report, score};
+use crate::sampler::{DemoLabels, DemoOrder, Sampler, Selector};
+use crate::task::{Answer, CONTENT_FREE, Item, Metric, PMI_CONTEXT, Task};
+use crate::{prompt, report, sampler, score};
 
 /// Everything a run needs, resolved from the command line.
 #[derive(Debug, Clone)]
@@ -34,12 +35,68 @@ pub struct RunConfig {
     pub hub: HubOptions,
     pub shots: Vec<usize>,
     pub limit: Option<usize>,
+    /// The first seed; `--seeds N` runs seeds `seed .. seed + N`.
     pub seed: u64,
+    /// The demonstration protocol besides the first seed.
+    pub protocol: Protocol,
+    /// Budget of the prompt-prefix KV cache in MiB.
+    pub kv_cache_mb: usize,
     pub threads: Option<usize>,
     pub output: Option<PathBuf>,
     pub results_root: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub weights: WeightsChoice,
+}
+
+/// How demonstrations vary within a run: seeds, orderings, label studies, sampler overrides.
+#[derive(Debug, Clone)]
+pub struct Protocol {
+    /// Independent demonstration draws (`--seeds N`), at least 1.
+    pub seeds: usize,
+    /// Orderings of each demonstration set (`--permutations N`), at least 1; the first is the
+    /// sampler's own order.
+    pub permutations: usize,
+    /// Label studies (`--demo-labels`), at least one.
+    pub demo_labels: Vec<DemoLabels>,
+    /// `--sampler`, overriding each task's `fewshot.sampler`.
+    pub sampler: Option<Sampler>,
+    /// `--demo-order`, overriding each task's `fewshot.order`.
+    pub demo_order: Option<DemoOrder>,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Self {
+            seeds: 1,
+            permutations: 1,
+            demo_labels: vec![DemoLabels::Gold],
+            sampler: None,
+            demo_order: None,
+        }
+    }
+}
+
+impl Protocol {
+    /// The seeds of a run starting at `first`.
+    pub fn seed_list(&self, first: u64) -> Vec<u64> {
+        (0..self.seeds as u64)
+            .map(|i| first.wrapping_add(i))
+            .collect()
+    }
+
+    /// Rejects settings that cannot run.
+    pub fn check(&self) -> Result<()> {
+        if self.seeds == 0 {
+            bail!("--seeds: must be at least 1 (the number of independent demonstration draws)");
+        }
+        if self.permutations == 0 {
+            bail!("--permutations: must be at least 1 (1 keeps the sampler's order)");
+        }
+        if self.demo_labels.is_empty() {
+            bail!("--demo-labels: give at least one of gold, random, flipped, none");
+        }
+        Ok(())
+    }
 }
 
 /// One scored (doc, K, model) — a row of `samples.jsonl`.
@@ -50,6 +107,18 @@ pub struct Sample {
     pub doc_id: usize,
     /// Demonstrations requested.
     pub k: usize,
+    /// How the demonstrations were chosen.
+    #[serde(default)]
+    pub sampler: Sampler,
+    /// Seed of the demonstration draw.
+    #[serde(default)]
+    pub seed: u64,
+    /// Ordering of the demonstration set (0 = the sampler's own order).
+    #[serde(default)]
+    pub permutation: usize,
+    /// What answers the demonstrations showed.
+    #[serde(default)]
+    pub demo_labels: DemoLabels,
     /// Demonstrations used after fitting the context (absent when the doc was skipped).
     pub k_effective: Option<usize>,
     /// First 16 hex digits of the prompt's sha256.
@@ -59,6 +128,12 @@ pub struct Sample {
     /// Multiple choice: each choice's summed log-likelihood (nats), in choice order.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub logprobs: Option<Vec<f64>>,
+    /// `acc_calibrated`: log p_cf of each choice, the content-free prior (Zhao et al. 2021).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub calibration: Option<Vec<f64>>,
+    /// `acc_pmi`: each choice's log-likelihood after the neutral prefix alone.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unconditional: Option<Vec<f64>>,
     /// Generation: the text generated (cut at the stop sequence).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub generated: Option<String>,
@@ -83,10 +158,16 @@ impl Sample {
             task: "t".into(),
             doc_id,
             k,
+            sampler: Sampler::Random,
+            seed: 0,
+            permutation: 0,
+            demo_labels: DemoLabels::Gold,
             k_effective: acc.map(|_| k),
             prompt_hash: None,
             tokens: None,
             logprobs: None,
+            calibration: None,
+            unconditional: None,
             generated: None,
             prediction: None,
             gold: "x".into(),
@@ -118,6 +199,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
             "--models: give at least one model (a .gguf file, checkpoint folder, name or hf:ORG/REPO)"
         );
     }
+    cfg.protocol.check()?;
     let mut shots = cfg.shots.clone();
     shots.sort_unstable();
     shots.dedup();
@@ -125,6 +207,18 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         .tasks
         .iter()
         .map(|p| crate::task::load_task(p, cfg.data_dir.as_deref()))
+        .collect::<Result<_>>()?;
+    let selectors: Vec<Selector> = tasks
+        .iter()
+        .map(|t| {
+            sampler::check_labels(t, &cfg.protocol.demo_labels)?;
+            Selector::new(
+                t,
+                cfg.protocol.sampler.unwrap_or(t.sampler),
+                cfg.protocol.demo_order.unwrap_or(t.demo_order),
+                None,
+            )
+        })
         .collect::<Result<_>>()?;
     for (i, t) in tasks.iter().enumerate() {
         if let Some(other) = tasks[..i].iter().find(|o| o.name == t.name) {
@@ -176,7 +270,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         .iter()
         .map(|t| cfg.limit.map_or(t.test.len(), |l| l.min(t.test.len())))
         .sum();
-    let total = (n_docs * shots.len() * cfg.models.len()) as u64;
+    let p = &cfg.protocol;
+    let per_doc = shots.len() * p.seeds * p.permutations * p.demo_labels.len();
+    let total = (n_docs * per_doc * cfg.models.len()) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
@@ -188,10 +284,17 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
 
     let mut record = RunRecord {
         complete: false,
-        tasks: tasks.iter().map(TaskRecord::of).collect(),
+        tasks: tasks
+            .iter()
+            .zip(&selectors)
+            .map(|(t, s)| TaskRecord::of(t, s.sampler()))
+            .collect(),
         models: Vec::new(),
         shots: shots.clone(),
         seed: cfg.seed,
+        seeds: p.seed_list(cfg.seed),
+        permutations: p.permutations,
+        demo_labels: p.demo_labels.clone(),
         limit: cfg.limit,
         threads: cfg.threads,
         weights: cfg.weights.to_possible_value().map_or_else(
@@ -207,7 +310,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         wall_seconds: None,
     };
     record::write_config(&dir, &record)?;
-    let examples = examples(&tasks, &shots, cfg.seed);
+    let examples = examples(&tasks, &selectors, &shots, cfg.seed);
     record::write_examples(&dir, &examples)?;
 
     let partial = dir.join("samples.jsonl.partial");
@@ -226,15 +329,26 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         } else {
             loaded.with_context(|| format!("--models {}", m.reference))
         };
-        let mut backend = loaded?.named(&m.name(), &m.reference);
+        let mut backend = loaded?
+            .named(&m.name(), &m.reference)
+            .with_kv_cache_mb(cfg.kv_cache_mb);
         models.push(backend.info().clone());
         record.models = models.clone();
         record::write_config(&dir, &record)?;
-        for task in &tasks {
-            bar.set_message(format!("{} / {}", backend.info().name, task.name));
-            for s in evaluate_task(&mut backend, task, &shots, cfg.seed, cfg.limit, &|| {
-                bar.inc(1)
-            })? {
+        for selector in &selectors {
+            bar.set_message(format!(
+                "{} / {}",
+                backend.info().name,
+                selector.task().name
+            ));
+            let plan = Plan {
+                shots: &shots,
+                seeds: p.seed_list(cfg.seed),
+                permutations: p.permutations,
+                demo_labels: &p.demo_labels,
+                limit: cfg.limit,
+            };
+            for s in evaluate_task(&mut backend, selector, &plan, &|| bar.inc(1))? {
                 serde_json::to_writer(&mut out, &s)?;
                 out.write_all(b"\n")?;
                 samples.push(s);
@@ -277,119 +391,248 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     })
 }
 
-/// The prompt of each task's first test doc at each K, as reports show it (before fitting to a
-/// model's context, which may drop demonstrations).
-fn examples(tasks: &[Task], shots: &[usize], seed: u64) -> Vec<Example> {
+/// The prompt of each task's first test doc at each K under the first seed, as reports show it
+/// (before fitting to a model's context, which may drop demonstrations).
+fn examples(tasks: &[Task], selectors: &[Selector], shots: &[usize], seed: u64) -> Vec<Example> {
     let k_max = shots.iter().copied().max().unwrap_or(0);
     let mut out = Vec::new();
-    for t in tasks {
+    for (t, sel) in tasks.iter().zip(selectors) {
         let Some(item) = t.test.first() else { continue };
-        let draw = fewshot::draw(t, item, seed, k_max);
+        let ranking = sel.ranking(item, seed, k_max);
         for &k in shots {
+            let demos = sel.demos(&ranking, k, item, seed, 0, DemoLabels::Gold);
             out.push(Example {
                 task: t.name.clone(),
                 k,
                 doc_id: item.id,
-                prompt: prompt::build(t, item, &draw[..k.min(draw.len())]),
+                prompt: prompt::build(t, item, &demos),
             });
         }
     }
     out
 }
 
-/// Scores the first `limit` test docs of `task` at every K, calling `tick` after each sample.
+/// What to evaluate of one task: shot counts, seeds, orderings, label studies, docs.
+#[derive(Debug, Clone)]
+pub struct Plan<'a> {
+    pub shots: &'a [usize],
+    pub seeds: Vec<u64>,
+    pub permutations: usize,
+    pub demo_labels: &'a [DemoLabels],
+    /// Only the first N test docs.
+    pub limit: Option<usize>,
+}
+
+impl<'a> Plan<'a> {
+    /// One seed, the sampler's order, gold labels.
+    pub fn simple(shots: &'a [usize], seed: u64, limit: Option<usize>) -> Self {
+        Self {
+            shots,
+            seeds: vec![seed],
+            permutations: 1,
+            demo_labels: &[DemoLabels::Gold],
+            limit,
+        }
+    }
+}
+
+/// Answers already computed in this task, keyed by the exact request, so identical prompts (the
+/// 0-shot prompt under every seed; content-free and neutral-prefix prompts shared by many docs) are
+/// scored once.
+#[derive(Default)]
+struct Memo {
+    choices: HashMap<(String, Vec<String>), Vec<f64>>,
+    generated: HashMap<String, String>,
+}
+
+impl Memo {
+    fn loglikelihood(
+        &mut self,
+        backend: &mut dyn Backend,
+        context: &str,
+        breaks: &[usize],
+        continuations: &[String],
+    ) -> Result<Vec<f64>> {
+        let key = (context.to_string(), continuations.to_vec());
+        if let Some(v) = self.choices.get(&key) {
+            return Ok(v.clone());
+        }
+        let v: Vec<f64> = backend
+            .loglikelihood(context, breaks, continuations)?
+            .iter()
+            .map(|l| l.logprob)
+            .collect();
+        self.choices.insert(key, v.clone());
+        Ok(v)
+    }
+}
+
+/// Scores the plan's test docs of one task at every (seed, label study, ordering, K), calling
+/// `tick` after each sample. Samples come out doc by doc, in that order within a doc.
 pub fn evaluate_task(
     backend: &mut dyn Backend,
-    task: &Task,
-    shots: &[usize],
-    seed: u64,
-    limit: Option<usize>,
+    selector: &Selector,
+    plan: &Plan,
     tick: &dyn Fn(),
 ) -> Result<Vec<Sample>> {
-    let k_max = shots.iter().copied().max().unwrap_or(0);
-    let n = limit.map_or(task.test.len(), |l| l.min(task.test.len()));
+    let task = selector.task();
+    let k_max = plan.shots.iter().copied().max().unwrap_or(0);
+    let n = plan
+        .limit
+        .map_or(task.test.len(), |l| l.min(task.test.len()));
     let ctx_len = backend.info().context_length;
-    let mut samples = Vec::with_capacity(n * shots.len());
+    let mut memo = Memo::default();
+    let mut samples = Vec::new();
     for item in &task.test[..n] {
-        let draw = fewshot::draw(task, item, seed, k_max);
-        for &k in shots {
-            let demos = &draw[..k.min(draw.len())];
-            let fitted = prompt::fit(task, item, demos, ctx_len, &|s| backend.count_tokens(s))?;
-            let mut s = Sample {
-                model: backend.info().name.clone(),
-                task: task.name.clone(),
-                doc_id: item.id,
-                k,
-                k_effective: None,
-                prompt_hash: None,
-                tokens: None,
-                logprobs: None,
-                generated: None,
-                prediction: None,
-                gold: item.target_text().to_string(),
-                correct: None,
-                metrics: BTreeMap::new(),
-                skipped: None,
-            };
-            match fitted {
-                None => {
-                    s.skipped = Some(format!(
-                        "the 0-shot prompt does not fit the context of {ctx_len} tokens"
-                    ))
-                }
-                Some(f) => {
-                    s.k_effective = Some(f.k);
-                    s.prompt_hash = Some(short_hash(&f.prompt));
-                    s.tokens = Some(f.tokens);
-                    score_item(backend, task, item, &f.prompt, &mut s).with_context(|| {
-                        format!("task {}, doc {}, {k}-shot", task.name, item.id)
-                    })?;
+        for &seed in &plan.seeds {
+            let ranking = selector.ranking(item, seed, k_max);
+            for &labels in plan.demo_labels {
+                for permutation in 0..plan.permutations {
+                    for &k in plan.shots {
+                        let demos = selector.demos(&ranking, k, item, seed, permutation, labels);
+                        let fitted =
+                            prompt::fit(task, item, &demos, ctx_len, &|s| backend.count_tokens(s))?;
+                        let mut s = Sample {
+                            model: backend.info().name.clone(),
+                            task: task.name.clone(),
+                            doc_id: item.id,
+                            k,
+                            sampler: selector.sampler(),
+                            seed,
+                            permutation,
+                            demo_labels: labels,
+                            k_effective: None,
+                            prompt_hash: None,
+                            tokens: None,
+                            logprobs: None,
+                            calibration: None,
+                            unconditional: None,
+                            generated: None,
+                            prediction: None,
+                            gold: item.target_text().to_string(),
+                            correct: None,
+                            metrics: BTreeMap::new(),
+                            skipped: None,
+                        };
+                        match fitted {
+                            None => {
+                                s.skipped = Some(format!(
+                                    "the 0-shot prompt does not fit the context of {ctx_len} tokens"
+                                ))
+                            }
+                            Some(f) => {
+                                s.k_effective = Some(f.k);
+                                s.prompt_hash = Some(short_hash(&f.prompt));
+                                s.tokens = Some(f.tokens);
+                                let scoring = Scoring {
+                                    task,
+                                    item,
+                                    demos: &demos[..f.k],
+                                };
+                                scoring.score(backend, &mut memo, &f, &mut s).with_context(
+                                    || {
+                                        format!(
+                                            "task {}, doc {}, {k}-shot, seed {seed}",
+                                            task.name, item.id
+                                        )
+                                    },
+                                )?;
+                            }
+                        }
+                        samples.push(s);
+                        tick();
+                    }
                 }
             }
-            samples.push(s);
-            tick();
         }
     }
     Ok(samples)
 }
 
-fn score_item(
-    backend: &mut dyn Backend,
-    task: &Task,
-    item: &crate::task::Item,
-    prompt: &str,
-    s: &mut Sample,
-) -> Result<()> {
-    let primary = task.primary_metric();
-    match &item.answer {
-        Answer::Choice { choices, gold } => {
-            let lls = backend.loglikelihood(prompt, &prompt::continuations(task, item))?;
-            let logprobs: Vec<f64> = lls.iter().map(|l| l.logprob).collect();
-            let cs = score::score_choices(&logprobs, choices);
-            let metrics = score::choice_metrics(&task.metrics, &cs, *gold);
-            let pred = if primary == crate::task::Metric::AccNorm {
-                cs.pred_norm
-            } else {
-                cs.pred
-            };
-            s.prediction = Some(choices[pred].clone());
-            s.correct = Some(metrics[&primary] > 0.5);
-            s.metrics = metrics
-                .into_iter()
-                .map(|(m, v)| (m.name().to_string(), v))
-                .collect();
-            s.logprobs = Some(logprobs);
+/// One prompt of one doc, ready to score.
+struct Scoring<'a> {
+    task: &'a Task,
+    item: &'a Item,
+    /// The demonstrations the fitted prompt kept.
+    demos: &'a [sampler::Demo<'a>],
+}
+
+impl Scoring<'_> {
+    fn score(
+        &self,
+        backend: &mut dyn Backend,
+        memo: &mut Memo,
+        fitted: &prompt::Fitted,
+        s: &mut Sample,
+    ) -> Result<()> {
+        let task = self.task;
+        let primary = task.primary_metric();
+        match &self.item.answer {
+            Answer::Choice { choices, gold } => {
+                let conts = prompt::continuations(task, self.item);
+                let logprobs =
+                    memo.loglikelihood(backend, &fitted.prompt, &fitted.breaks, &conts)?;
+                let prior = if task.metrics.contains(&Metric::AccCalibrated) {
+                    let mut cf = Vec::with_capacity(CONTENT_FREE.len());
+                    for query in &task.content_free {
+                        let (p, breaks) = prompt::build_with_query(
+                            task,
+                            &self.item.description,
+                            self.demos,
+                            query,
+                        );
+                        cf.push(memo.loglikelihood(backend, &p, &breaks, &conts)?);
+                    }
+                    Some(score::content_free_prior(&cf))
+                } else {
+                    None
+                };
+                let unconditional = if task.metrics.contains(&Metric::AccPmi) {
+                    Some(memo.loglikelihood(backend, PMI_CONTEXT, &[], &conts)?)
+                } else {
+                    None
+                };
+                let cs = score::score_choices(
+                    &logprobs,
+                    choices,
+                    prior.as_deref(),
+                    unconditional.as_deref(),
+                );
+                let metrics = score::choice_metrics(&task.metrics, &cs, *gold);
+                let pred = cs.pred_for(primary).unwrap_or(cs.pred);
+                s.prediction = Some(choices[pred].clone());
+                s.correct = Some(metrics[&primary] > 0.5);
+                s.metrics = metrics
+                    .into_iter()
+                    .map(|(m, v)| (m.name().to_string(), v))
+                    .collect();
+                s.logprobs = Some(logprobs);
+                s.calibration = prior;
+                s.unconditional = unconditional;
+            }
+            Answer::Text(target) => {
+                let text = match memo.generated.get(&fitted.prompt) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = backend.generate_until(
+                            &fitted.prompt,
+                            &fitted.breaks,
+                            &task.until,
+                            task.max_tokens,
+                        )?;
+                        memo.generated.insert(fitted.prompt.clone(), t.clone());
+                        t
+                    }
+                };
+                let em = score::exact_match(&text, target);
+                s.prediction = Some(text.trim().to_string());
+                s.correct = Some(em > 0.5);
+                s.metrics = BTreeMap::from([("exact_match".to_string(), em)]);
+                s.generated = Some(text);
+            }
         }
-        Answer::Text(target) => {
-            let text = backend.generate_until(prompt, &task.until, task.max_tokens)?;
-            let em = score::exact_match(&text, target);
-            s.prediction = Some(text.trim().to_string());
-            s.correct = Some(em > 0.5);
-            s.metrics = BTreeMap::from([("exact_match".to_string(), em)]);
-            s.generated = Some(text);
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// First 16 hex digits of the sha256 of `s`.
@@ -400,7 +643,7 @@ pub fn short_hash(s: &str) -> String {
 fn run_key(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> String {
     let t: Vec<&str> = tasks.iter().map(|t| t.hash.as_str()).collect();
     format!(
-        "{t:?}|{:?}|{shots:?}|{}|{:?}|{:?}",
-        cfg.models, cfg.seed, cfg.limit, cfg.weights
+        "{t:?}|{:?}|{shots:?}|{}|{:?}|{:?}|{:?}",
+        cfg.models, cfg.seed, cfg.limit, cfg.weights, cfg.protocol
     )
 }

@@ -11,6 +11,30 @@ pub struct ChoiceScore {
     pub pred: usize,
     /// Index with the highest log-likelihood per UTF-8 byte of the choice.
     pub pred_norm: usize,
+    /// Index with the highest calibrated probability (when content-free scores were given).
+    pub pred_calibrated: Option<usize>,
+    /// Index with the highest log-likelihood minus unconditional log-likelihood (when given).
+    pub pred_pmi: Option<usize>,
+}
+
+/// Log-probabilities renormalised over the choices (a softmax of summed log-likelihoods).
+pub fn normalize_over_choices(logprobs: &[f64]) -> Vec<f64> {
+    let max = logprobs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let log_z = max + logprobs.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+    logprobs.iter().map(|l| l - log_z).collect()
+}
+
+/// Contextual calibration's prior: each content-free input's distribution over the choices
+/// (renormalised), averaged in probability space, as log-probabilities (Zhao et al. 2021, §5).
+pub fn content_free_prior(content_free: &[Vec<f64>]) -> Vec<f64> {
+    let n = content_free.first().map_or(0, Vec::len);
+    let mut mean = vec![0.0; n];
+    for lps in content_free {
+        for (m, lp) in mean.iter_mut().zip(normalize_over_choices(lps)) {
+            *m += lp.exp() / content_free.len() as f64;
+        }
+    }
+    mean.into_iter().map(f64::ln).collect()
 }
 
 /// First index of the maximum (ties go to the earlier choice, like `argmax`).
@@ -24,15 +48,30 @@ fn argmax(xs: impl Iterator<Item = f64>) -> usize {
 
 /// Picks the answers for `acc` and `acc_norm`. The normaliser is the byte length of the choice text
 /// (without the target delimiter), as lm-eval's `acc_bytes`; it keeps scores tokenizer-independent.
-pub fn score_choices(logprobs: &[f64], choices: &[String]) -> ChoiceScore {
+///
+/// `prior` (from [`content_free_prior`]) enables `acc_calibrated`: with W = diag(1 / p_cf) and no
+/// bias, the calibrated probability of choice i is p_i / p_cf,i, so its argmax is that of
+/// log p_i − log p_cf,i. `unconditional` enables `acc_pmi`: log p_i − log p(choice i | neutral prefix).
+pub fn score_choices(
+    logprobs: &[f64],
+    choices: &[String],
+    prior: Option<&[f64]>,
+    unconditional: Option<&[f64]>,
+) -> ChoiceScore {
     let pred = argmax(logprobs.iter().copied());
+    let minus = |other: &[f64]| argmax(logprobs.iter().zip(other).map(|(a, b)| a - b));
     let pred_norm = argmax(
         logprobs
             .iter()
             .zip(choices)
             .map(|(lp, c)| lp / c.len().max(1) as f64),
     );
-    ChoiceScore { pred, pred_norm }
+    ChoiceScore {
+        pred,
+        pred_norm,
+        pred_calibrated: prior.map(minus),
+        pred_pmi: unconditional.map(minus),
+    }
 }
 
 /// Metric values of a multiple-choice item (1.0 correct, 0.0 wrong).
@@ -40,14 +79,23 @@ pub fn choice_metrics(metrics: &[Metric], s: &ChoiceScore, gold: usize) -> BTree
     metrics
         .iter()
         .map(|&m| {
-            let hit = match m {
-                Metric::Acc => s.pred == gold,
-                Metric::AccNorm => s.pred_norm == gold,
-                Metric::ExactMatch => false,
-            };
+            let hit = s.pred_for(m) == Some(gold);
             (m, f64::from(u8::from(hit)))
         })
         .collect()
+}
+
+impl ChoiceScore {
+    /// The choice `metric` picks (`None` for a metric this score was not computed for).
+    pub fn pred_for(&self, metric: Metric) -> Option<usize> {
+        match metric {
+            Metric::Acc => Some(self.pred),
+            Metric::AccNorm => Some(self.pred_norm),
+            Metric::AccCalibrated => self.pred_calibrated,
+            Metric::AccPmi => self.pred_pmi,
+            Metric::ExactMatch => None,
+        }
+    }
 }
 
 /// `exact_match` of a generation: equal after trimming surrounding whitespace.
@@ -78,14 +126,8 @@ mod tests {
         // " yes" (3 bytes): -2.4 → -0.8 per byte; " absolutely" (10 bytes): -3.0 → -0.3 per byte.
         // acc picks the shorter, more likely choice; acc_norm picks the longer one.
         let choices = vec!["yes".to_string(), "absolutely".to_string()];
-        let s = score_choices(&[-2.4, -3.0], &choices);
-        assert_eq!(
-            s,
-            ChoiceScore {
-                pred: 0,
-                pred_norm: 1
-            }
-        );
+        let s = score_choices(&[-2.4, -3.0], &choices, None, None);
+        assert_eq!((s.pred, s.pred_norm, s.pred_calibrated), (0, 1, None));
         let m = choice_metrics(&[Metric::Acc, Metric::AccNorm], &s, 1);
         assert_eq!(m[&Metric::Acc], 0.0);
         assert_eq!(m[&Metric::AccNorm], 1.0);
@@ -95,18 +137,63 @@ mod tests {
     fn byte_length_not_char_length() {
         // "été" is 3 characters but 5 bytes: -4.0/5 = -0.8 beats -2.7/3 = -0.9.
         let choices = vec!["été".to_string(), "abc".to_string()];
-        assert_eq!(score_choices(&[-4.0, -2.7], &choices).pred_norm, 0);
+        assert_eq!(
+            score_choices(&[-4.0, -2.7], &choices, None, None).pred_norm,
+            0
+        );
     }
 
     #[test]
     fn ties_go_to_the_first_choice() {
         let choices = vec!["a".to_string(), "b".to_string()];
+        let s = score_choices(&[-1.0, -1.0], &choices, Some(&[-1.0, -1.0]), None);
+        assert_eq!((s.pred, s.pred_norm, s.pred_calibrated), (0, 0, Some(0)));
+    }
+
+    #[test]
+    fn contextual_calibration_on_a_hand_computed_three_label_case() {
+        let ln = f64::ln;
+        // Content-free inputs, as probabilities over (A, B, C) after renormalising:
+        //   "N/A": summed logprobs ln(.2), ln(.1), ln(.1) → .5, .25, .25
+        //   "":    ln(.6), ln(.2), ln(.2)               → .6, .2, .2
+        //   "[MASK]": ln(.7), ln(.2), ln(.1)            → .7, .2, .1
+        // p_cf = (.6, .65/3, .55/3).
+        let cf = vec![
+            vec![ln(0.2), ln(0.1), ln(0.1)],
+            vec![ln(0.6), ln(0.2), ln(0.2)],
+            vec![ln(0.7), ln(0.2), ln(0.1)],
+        ];
+        let prior = content_free_prior(&cf);
+        let want = [0.6, 0.65 / 3.0, 0.55 / 3.0];
+        for (p, w) in prior.iter().zip(want) {
+            assert!((p.exp() - w).abs() < 1e-12, "{prior:?}");
+        }
+        // The test input: p = (.5, .3, .2) → p / p_cf = (.833, 1.385, 1.091): B wins,
+        // although A is the most likely label.
+        let choices: Vec<String> = ["A", "B", "C"].iter().map(|s| s.to_string()).collect();
+        let s = score_choices(&[ln(0.5), ln(0.3), ln(0.2)], &choices, Some(&prior), None);
+        assert_eq!((s.pred, s.pred_calibrated), (0, Some(1)));
+        let m = choice_metrics(&[Metric::Acc, Metric::AccCalibrated], &s, 1);
+        assert_eq!((m[&Metric::Acc], m[&Metric::AccCalibrated]), (0.0, 1.0));
+        // Unnormalised logprobs give the same answer: the softmax only shifts every score.
+        let s2 = score_choices(
+            &[ln(0.05), ln(0.03), ln(0.02)],
+            &choices,
+            Some(&prior),
+            None,
+        );
+        assert_eq!(s2.pred_calibrated, Some(1));
+    }
+
+    #[test]
+    fn pmi_subtracts_the_unconditional_likelihood() {
+        // Conditional: A -2.0, B -2.5. Unconditional: A -1.0, B -3.0 → PMI: A -1.0, B 0.5.
+        let choices: Vec<String> = ["A", "B"].iter().map(|s| s.to_string()).collect();
+        let s = score_choices(&[-2.0, -2.5], &choices, None, Some(&[-1.0, -3.0]));
+        assert_eq!((s.pred, s.pred_pmi), (0, Some(1)));
         assert_eq!(
-            score_choices(&[-1.0, -1.0], &choices),
-            ChoiceScore {
-                pred: 0,
-                pred_norm: 0
-            }
+            choice_metrics(&[Metric::AccPmi], &s, 1)[&Metric::AccPmi],
+            1.0
         );
     }
 

@@ -80,20 +80,62 @@ fn check(arch: &str, parameters: u64) {
         }
     }
     eprintln!("tiny-hf/{arch}: max |Δ logprob| = {worst:.2e} nats");
-    branching_equals_full_passes(b);
+    let b = branching_equals_full_passes(b);
+    prefix_reuse_is_exact(b);
+}
+
+/// Prompts sharing demonstrations reuse their prefix's KV cache, and the numbers are bit for bit
+/// those computed without any cache.
+fn prefix_reuse_is_exact(b: CandleBackend) {
+    let demos = "Q: red?\nA: yes\n\nQ: blue sky at night?\nA: no\n\nQ: green grass in the morning?\nA: yes\n\n";
+    let breaks = [
+        demos.find("Q: blue").unwrap(),
+        demos.find("Q: green").unwrap(),
+        demos.len(),
+    ];
+    let queries = [
+        "Q: a cat sat down?\nA:",
+        "Q: over the lazy dog?\nA:",
+        "Q: yes or no?\nA:",
+    ];
+    let conts = vec![" yes".to_string(), " no".to_string()];
+    let score = |b: &mut CandleBackend| -> Vec<(Vec<f64>, String)> {
+        queries
+            .iter()
+            .map(|q| {
+                let ctx = format!("{demos}{q}");
+                let lls = b.loglikelihood(&ctx, &breaks, &conts).unwrap();
+                let generated = b.generate_until(&ctx, &breaks, &["\n".into()], 4).unwrap();
+                (lls.iter().map(|l| l.logprob).collect(), generated)
+            })
+            .collect()
+    };
+    let mut b = b.with_kv_cache_mb(64);
+    let cached = score(&mut b);
+    let (reused, computed) = b.token_counts();
+    assert!(
+        reused > 0,
+        "the shared demonstrations must come from the cache"
+    );
+    let mut b = b.with_kv_cache_mb(0);
+    let fresh = score(&mut b);
+    assert_eq!(cached, fresh, "reuse must not change a single bit");
+    let (reused_after, computed_after) = b.token_counts();
+    assert_eq!(reused_after, reused, "no reuse without a budget");
+    assert!(computed_after - computed > computed / 2);
 }
 
 /// Scoring choices off a shared context's KV cache equals scoring context + choice in one pass;
 /// with gemma3's 8-token window, the context is long enough for the window to slide across the
 /// cache boundary.
-fn branching_equals_full_passes(mut b: CandleBackend) {
+fn branching_equals_full_passes(mut b: CandleBackend) -> CandleBackend {
     let ctx = "The quick brown fox jumps over the lazy dog, and then it sat down in the shade:";
     let conts = vec![
         " yes".to_string(),
         " no".to_string(),
         " the end of a long story".to_string(),
     ];
-    let got = b.loglikelihood(ctx, &conts).unwrap();
+    let got = b.loglikelihood(ctx, &[], &conts).unwrap();
     let n_ctx = b.encode(ctx).unwrap().len();
     assert!(n_ctx > 16);
     for (c, g) in conts.iter().zip(&got) {
@@ -106,6 +148,7 @@ fn branching_equals_full_passes(mut b: CandleBackend) {
             g.logprob
         );
     }
+    b
 }
 
 #[test]

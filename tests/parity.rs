@@ -131,7 +131,7 @@ fn loglikelihood_from_kv_cache_equals_one_full_pass() {
         " negative".to_string(),
         " utterly forgettable".to_string(),
     ];
-    let got = b.loglikelihood(ctx, &conts).unwrap();
+    let got = b.loglikelihood(ctx, &[], &conts).unwrap();
     let n_ctx = b.encode(ctx).unwrap().len();
     for (c, g) in conts.iter().zip(&got) {
         let whole = b.encode(&format!("{ctx}{c}")).unwrap();

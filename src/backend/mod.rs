@@ -69,17 +69,21 @@ pub trait Backend {
     fn count_tokens(&self, text: &str) -> Result<usize>;
 
     /// Scores each continuation after the shared `context`, computing the context once.
+    /// `breaks` are byte offsets in `context` where prompts sharing a prefix part (after the
+    /// description and each demonstration); a backend may reuse work there, never change results.
     fn loglikelihood(
         &mut self,
         context: &str,
+        breaks: &[usize],
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>>;
 
     /// Greedy generation from `context` until one of `until` appears (cut off), `max_tokens` tokens
-    /// or end of sequence.
+    /// or end of sequence. `breaks` as for [`Backend::loglikelihood`].
     fn generate_until(
         &mut self,
         context: &str,
+        breaks: &[usize],
         until: &[String],
         max_tokens: usize,
     ) -> Result<String>;

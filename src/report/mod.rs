@@ -239,7 +239,7 @@ mod tests {
             vec![Metric::Acc],
             vec![Item::blank(0)],
         );
-        let mut t = TaskRecord::of(&task);
+        let mut t = TaskRecord::of(&task, Default::default());
         t.hash = hash.into();
         RunData {
             dir: PathBuf::from(dir),
@@ -249,6 +249,9 @@ mod tests {
                 models: vec![ModelInfo::for_tests(model, 1000)],
                 shots: vec![0],
                 seed: 1,
+                seeds: vec![1],
+                permutations: 1,
+                demo_labels: vec![Default::default()],
                 limit: None,
                 threads: None,
                 weights: "f32".into(),

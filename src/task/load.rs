@@ -132,7 +132,13 @@ pub fn validate_task(path: &Path, data_dir: Option<&Path>) -> Vec<String> {
                 path.display()
             ));
         } else {
-            let draw = crate::fewshot::draw(&task, &task.test[0], 0, 1);
+            let draw: Vec<_> = task
+                .fewshot
+                .iter()
+                .filter(|d| !(task.fewshot_is_test && d.id == task.test[0].id))
+                .take(1)
+                .map(crate::sampler::Demo::gold)
+                .collect();
             for k in [0, 1] {
                 let p = crate::prompt::build(&task, &task.test[0], &draw[..k]);
                 if p.is_empty() {
@@ -309,6 +315,18 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     if !cx.problems.is_empty() {
         return None;
     }
+    let content_free = match splits[&spec.test_split].first() {
+        Some(doc) => super::CONTENT_FREE
+            .iter()
+            .map(|cf| {
+                let ctx = JValue::from(minijinja::value::Serde(&blank_strings(doc, cf)));
+                render.render("doc_to_text", &ctx)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| cx.problem(format!("content-free input for acc_calibrated: {e}")))
+            .ok()?,
+        None => Vec::new(),
+    };
     Some(Task {
         name: spec.task,
         source: path.to_path_buf(),
@@ -322,7 +340,24 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         test: test?,
         fewshot: fewshot?,
         fewshot_is_test: fewshot_split == spec.test_split,
+        sampler: spec.fewshot.sampler,
+        demo_order: spec.fewshot.order,
+        content_free,
     })
+}
+
+/// `doc` with every string (at any depth) replaced by `with`: the doc's shape without its content.
+fn blank_strings(doc: &Value, with: &str) -> Value {
+    match doc {
+        Value::String(_) => Value::String(with.to_string()),
+        Value::Array(a) => Value::Array(a.iter().map(|v| blank_strings(v, with)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), blank_strings(v, with)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Inline template text, or the contents of `prompts/NAME` for `file:NAME`.

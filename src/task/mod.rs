@@ -21,6 +21,11 @@ pub enum Metric {
     AccNorm,
     /// Generated text equals the target after trimming whitespace.
     ExactMatch,
+    /// Contextual calibration (Zhao et al. 2021): each choice's probability divided by its mean
+    /// probability on content-free inputs with the same demonstrations.
+    AccCalibrated,
+    /// Each choice's log-likelihood minus its log-likelihood after a neutral answer prefix.
+    AccPmi,
 }
 
 impl Metric {
@@ -30,6 +35,8 @@ impl Metric {
             Metric::Acc => "acc",
             Metric::AccNorm => "acc_norm",
             Metric::ExactMatch => "exact_match",
+            Metric::AccCalibrated => "acc_calibrated",
+            Metric::AccPmi => "acc_pmi",
         }
     }
 
@@ -39,16 +46,21 @@ impl Metric {
             "acc" => Metric::Acc,
             "acc_norm" => Metric::AccNorm,
             "exact_match" => Metric::ExactMatch,
+            "acc_calibrated" => Metric::AccCalibrated,
+            "acc_pmi" => Metric::AccPmi,
             other => {
                 return Err(format!(
-                    "unknown metric `{other}` (known: acc, acc_norm, exact_match)"
+                    "unknown metric `{other}` (known: acc, acc_norm, acc_calibrated, acc_pmi, \
+                     exact_match)"
                 ));
             }
         };
         let fits = matches!(
             (m, output_type),
-            (Metric::Acc | Metric::AccNorm, OutputType::MultipleChoice)
-                | (Metric::ExactMatch, OutputType::GenerateUntil)
+            (
+                Metric::Acc | Metric::AccNorm | Metric::AccCalibrated | Metric::AccPmi,
+                OutputType::MultipleChoice
+            ) | (Metric::ExactMatch, OutputType::GenerateUntil)
         );
         if fits {
             Ok(m)
@@ -119,7 +131,20 @@ pub struct Task {
     pub fewshot: Vec<Item>,
     /// Demonstrations come from the test split itself, so each test doc is excluded from its own draw.
     pub fewshot_is_test: bool,
+    /// The task's demonstration sampler (`fewshot.sampler`).
+    pub sampler: crate::sampler::Sampler,
+    /// Order of similarity-ranked demonstrations (`fewshot.order`).
+    pub demo_order: crate::sampler::DemoOrder,
+    /// `doc_to_text` of the first test doc with every string field replaced by each of
+    /// [`CONTENT_FREE`], for `acc_calibrated`.
+    pub content_free: Vec<String>,
 }
+
+/// Content-free inputs of contextual calibration (Zhao et al. 2021).
+pub const CONTENT_FREE: [&str; 3] = ["N/A", "", "[MASK]"];
+
+/// The neutral context `acc_pmi` scores each choice after.
+pub const PMI_CONTEXT: &str = "Answer:";
 
 impl Task {
     /// The headline metric (first listed).
@@ -162,6 +187,9 @@ impl Task {
             test: docs.clone(),
             fewshot: docs,
             fewshot_is_test: true,
+            sampler: Default::default(),
+            demo_order: Default::default(),
+            content_free: CONTENT_FREE.iter().map(|s| s.to_string()).collect(),
         }
     }
 }

@@ -34,6 +34,21 @@ pub struct TaskSpec {
     pub generation: Option<GenerationSpec>,
     /// Metrics to report; the first is the headline metric of charts. Defaults per output type.
     pub metrics: Option<Vec<String>>,
+    /// How demonstrations are chosen (overridden by `--sampler`).
+    #[serde(default)]
+    pub fewshot: FewshotSpec,
+}
+
+/// `fewshot:` — demonstration selection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FewshotSpec {
+    /// `random` (default), `fixed`, `balanced`, `first_n`, `bm25` or `knn`.
+    #[serde(default)]
+    pub sampler: crate::sampler::Sampler,
+    /// For `bm25` and `knn`: `nearest_last` (default) or `nearest_first`.
+    #[serde(default)]
+    pub order: crate::sampler::DemoOrder,
 }
 
 /// Where docs come from: one file, one file per split, or a built-in generator.

@@ -5,6 +5,7 @@ pub mod gemma3;
 mod gguf_meta;
 pub mod hf;
 pub mod llama;
+pub mod prefix;
 pub mod tokenizer;
 pub mod weights;
 
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Backend, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace};
 use decoder::{Decoder, DecoderConfig, KvCache};
+use prefix::PrefixCache;
 use tokenizer::TextTokenizer;
 use weights::GgufSource;
 pub use weights::WeightFormat;
@@ -78,11 +80,15 @@ pub struct Loaded {
     pub weights: String,
 }
 
+/// Default budget of the prompt-prefix KV cache (`--kv-cache-mb`).
+pub const DEFAULT_KV_CACHE_MB: usize = 512;
+
 /// A model with its tokenizer, ready to score.
 pub struct CandleBackend {
     info: ModelInfo,
     model: Decoder,
     tokenizer: TextTokenizer,
+    prefix: PrefixCache,
 }
 
 impl CandleBackend {
@@ -127,7 +133,45 @@ impl CandleBackend {
             info,
             model: loaded.model,
             tokenizer: loaded.tokenizer,
+            prefix: PrefixCache::new(DEFAULT_KV_CACHE_MB << 20),
         })
+    }
+
+    /// Sets the prompt-prefix cache budget in MiB (0 turns reuse off; results are the same).
+    pub fn with_kv_cache_mb(mut self, mb: usize) -> Self {
+        self.prefix.set_budget(mb << 20);
+        self
+    }
+
+    /// Prompt tokens taken from the prefix cache and tokens computed so far.
+    pub fn token_counts(&self) -> (u64, u64) {
+        (self.prefix.reused_tokens, self.prefix.computed_tokens)
+    }
+
+    /// Token positions in `ids` (the encoding of `text`) where the byte offsets `breaks` fall on a
+    /// token boundary. A break inside a merged token moves before the whitespace that ends it
+    /// (a few-shot delimiter), else it is dropped; either way only exact token prefixes are cuts.
+    fn token_cuts(&self, text: &str, ids: &[u32], breaks: &[usize]) -> Result<Vec<usize>> {
+        let mut cuts = Vec::with_capacity(breaks.len());
+        for &b in breaks {
+            if b == 0 || b >= text.len() || !text.is_char_boundary(b) {
+                continue;
+            }
+            let trimmed = text[..b].trim_end().len();
+            for at in [b, trimmed] {
+                if at == 0 {
+                    continue;
+                }
+                let prefix = self.tokenizer.encode(&text[..at])?;
+                if prefix.len() < ids.len() && ids.starts_with(&prefix) {
+                    cuts.push(prefix.len());
+                    break;
+                }
+            }
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        Ok(cuts)
     }
 
     /// Sets the name used in tables and charts and the reference the user gave.
@@ -166,9 +210,20 @@ impl CandleBackend {
         &self,
         ids: &[u32],
         max_tokens: usize,
+        stop: impl FnMut(&[u32]) -> Result<bool>,
+    ) -> Result<Vec<(u32, f32)>> {
+        let (hidden, cache) = self.model.forward(ids, &self.model.empty_cache())?;
+        self.greedy_from(hidden, cache, max_tokens, stop)
+    }
+
+    /// Greedy decoding after a forward pass whose last row of `hidden` predicts the first token.
+    fn greedy_from(
+        &self,
+        mut hidden: Tensor,
+        mut cache: KvCache,
+        max_tokens: usize,
         mut stop: impl FnMut(&[u32]) -> Result<bool>,
     ) -> Result<Vec<(u32, f32)>> {
-        let (mut hidden, mut cache) = self.model.forward(ids, &self.model.empty_cache())?;
         let mut out: Vec<(u32, f32)> = Vec::new();
         while out.len() < max_tokens {
             let last = hidden.dim(0)? - 1;
@@ -458,6 +513,7 @@ impl Backend for CandleBackend {
     fn loglikelihood(
         &mut self,
         context: &str,
+        breaks: &[usize],
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>> {
         if continuations.is_empty() {
@@ -504,9 +560,12 @@ impl Backend for CandleBackend {
             .min()
             .unwrap_or(0);
         let (prefix_hidden, prefix_cache): (Option<Tensor>, KvCache) = if p > 0 {
-            let (h, c) = self
-                .model
-                .forward(&wholes[0][..p], &self.model.empty_cache())?;
+            let cuts = if empty_context {
+                Vec::new()
+            } else {
+                self.token_cuts(ctx_text, &ctx_ids, breaks)?
+            };
+            let (h, c) = self.prefix.run(&self.model, &wholes[0], &cuts, p)?;
             (Some(h), c)
         } else {
             (None, self.model.empty_cache())
@@ -514,7 +573,7 @@ impl Backend for CandleBackend {
         let prefix_last = match (&prefix_hidden, p == n) {
             (Some(h), true) => Some(
                 self.model
-                    .log_probs(h, &[p - 1])?
+                    .log_probs(h, &[h.dim(0)? - 1])?
                     .to_vec2::<f32>()?
                     .remove(0),
             ),
@@ -561,14 +620,17 @@ impl Backend for CandleBackend {
     fn generate_until(
         &mut self,
         context: &str,
+        breaks: &[usize],
         until: &[String],
         max_tokens: usize,
     ) -> Result<String> {
         let ids = self.context_ids(context)?;
         self.check_fits(ids.len() + max_tokens)?;
+        let cuts = self.token_cuts(context, &ids, breaks)?;
+        let (hidden, cache) = self.prefix.run(&self.model, &ids, &cuts, ids.len())?;
         let tok = &self.tokenizer;
         let is_end = |t: u32| Some(t) == tok.eos_id || tok.control_ids.contains(&t);
-        let out = self.greedy(&ids, max_tokens, |so_far| {
+        let out = self.greedy_from(hidden, cache, max_tokens, |so_far| {
             let last = so_far[so_far.len() - 1];
             Ok(is_end(last) || cut_at_stop(&tok.decode(so_far)?, until).1)
         })?;

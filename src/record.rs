@@ -30,6 +30,9 @@ pub struct TaskRecord {
     /// The demonstration sampler the run used for this task.
     #[serde(default)]
     pub sampler: Sampler,
+    /// The label set, when every doc has the same choices (classification).
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
 }
 
 impl TaskRecord {
@@ -46,6 +49,7 @@ impl TaskRecord {
             fewshot_from_test_split: t.fewshot_is_test,
             chance: chance(t),
             sampler,
+            labels: labels(t),
         }
     }
 
@@ -62,6 +66,16 @@ impl TaskRecord {
         }
         Ok(list)
     }
+}
+
+/// The choices every doc shares, if they all share one list (a classification task's labels).
+pub fn labels(t: &Task) -> Option<Vec<String>> {
+    let mut lists = t.test.iter().map(|i| match &i.answer {
+        Answer::Choice { choices, .. } => Some(choices),
+        Answer::Text(_) => None,
+    });
+    let first = lists.next()??;
+    lists.all(|l| l == Some(first)).then(|| first.clone())
 }
 
 /// Accuracy of a uniform random guess on a multiple-choice task: mean of 1 / number of choices.

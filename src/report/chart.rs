@@ -103,32 +103,32 @@ fn ks_and_models(c: &SummaryColumns) -> (Vec<u32>, Vec<String>) {
     ks.sort_unstable();
     ks.dedup();
     let mut models: Vec<String> = Vec::new();
-    for m in (0..c.model.len()).filter_map(|i| c.model.get(i)) {
+    for m in &c.series {
         if !models.iter().any(|x| x == m) {
-            models.push(m.to_string());
+            models.push(m.clone());
         }
     }
     (ks, models)
 }
 
-/// (value, stderr) of a task's headline metric for one model and K.
+/// (value, error bar) of a task's headline metric for one series (model) and K.
 fn cell(c: &SummaryColumns, t: &TaskMeta, k: u32, m: &str) -> Option<(f64, f64)> {
     row_of(c, t, k, m)
         .and_then(|i| {
             Some((
                 c.value.get(i)?,
-                c.stderr.get(i).filter(|s| s.is_finite()).unwrap_or(0.0),
+                c.error(i).filter(|s| s.is_finite()).unwrap_or(0.0),
             ))
         })
         .filter(|(v, _)| v.is_finite())
 }
 
-/// The summary row of a task's headline metric for model `m` at K.
+/// The summary row of a task's headline metric for series `m` at K.
 fn row_of(c: &SummaryColumns, t: &TaskMeta, k: u32, m: &str) -> Option<usize> {
     (0..c.task.len()).find(|&i| {
         c.task.get(i) == Some(&t.name)
             && c.k.get(i) == Some(k)
-            && c.model.get(i) == Some(m)
+            && c.series[i] == m
             && c.metric.get(i) == Some(t.primary_metric().name())
     })
 }
@@ -177,11 +177,16 @@ pub fn accuracy_vs_shots(
     let c = SummaryColumns::of(summary)?;
     let (ks, models) = ks_and_models(&c);
     let line = |f: &CellValue| model_lines(&ks, &models, colors, f);
+    let bars = if c.has_seeds() {
+        "± std over seeds"
+    } else {
+        "± stderr"
+    };
     let mut panels: Vec<Panel> = tasks
         .iter()
         .map(|t| Panel {
             title: t.name.clone(),
-            y_desc: format!("{} (± stderr)", t.primary_metric().name()),
+            y_desc: format!("{} ({bars})", t.primary_metric().name()),
             reference: t.chance.map(Reference::Chance),
             lines: line(&|k, m| cell(&c, t, k, m)),
         })
@@ -194,7 +199,7 @@ pub fn accuracy_vs_shots(
         let chances: Vec<f64> = tasks.iter().filter_map(|t| t.chance).collect();
         panels.push(Panel {
             title: "mean over tasks".into(),
-            y_desc: "headline metric (± stderr)".into(),
+            y_desc: format!("headline metric ({bars})"),
             reference: (chances.len() == tasks.len())
                 .then(|| Reference::Chance(chances.iter().sum::<f64>() / chances.len() as f64)),
             lines: line(&|k, m| mean_cell(&c, tasks, k, m)),
@@ -448,12 +453,16 @@ type SizeLine = (String, Vec<(f64, f64, f64)>);
 /// (log axis), one line per K, one panel per task (its headline metric) plus the mean over tasks.
 pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Result<bool> {
     let c = SummaryColumns::of(summary)?;
+    // One point per model: with several samplers or label studies, the first series of each
+    // model in summary order.
     let mut sizes: Vec<(String, u64)> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
     for i in 0..summary.height() {
         if let (Some(m), Some(p)) = (c.model.get(i), c.parameters.get(i))
-            && !sizes.iter().any(|(x, _)| x == m)
+            && !seen.contains(&m)
         {
-            sizes.push((m.to_string(), p));
+            seen.push(m);
+            sizes.push((c.series[i].clone(), p));
         }
     }
     if sizes.len() < 2 {

@@ -53,6 +53,7 @@ struct SummaryRow {
     metric: String,
     value: String,
     stderr: String,
+    seed_std: String,
     n: u32,
     k_used: String,
     skipped: u32,
@@ -163,11 +164,15 @@ pub fn render(
     let summary_rows: Vec<SummaryRow> = (0..summary.height())
         .map(|i| SummaryRow {
             task: c.task.get(i).unwrap_or("").into(),
-            model: c.model.get(i).unwrap_or("").into(),
+            model: c.series[i].clone(),
             k: c.k.get(i).unwrap_or(0),
             metric: c.metric.get(i).unwrap_or("").into(),
             value: fixed(c.value.get(i), 4),
             stderr: fixed(c.stderr.get(i), 4),
+            seed_std: match c.seeds.get(i) {
+                Some(n) if n > 1 => format!("{} ({n})", fixed(c.seed_std.get(i), 4)),
+                _ => "–".into(),
+            },
             n: c.n.get(i).unwrap_or(0),
             k_used: fixed(c.mean_k_effective.get(i), 1),
             skipped: c.skipped.get(i).unwrap_or(0),

@@ -26,10 +26,16 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// The summary as a `tabular`: one row per cell, value and standard error in percent.
+/// The summary as a `tabular`: one row per cell, value ± standard error in percent (± standard
+/// deviation over seeds when the run had several).
 pub fn table(summary: &DataFrame) -> Result<String> {
     let c = SummaryColumns::of(summary)?;
-    let mut out = String::from(
+    let mut out = String::from(if c.has_seeds() {
+        "% Value ± standard deviation over seeds.\n"
+    } else {
+        "% Value ± standard error over docs.\n"
+    });
+    out.push_str(
         "% Written by icl-eval; needs \\usepackage{booktabs}.\n\
          \\begin{tabular}{lllrrr}\n\\toprule\n\
          Task & Model & Metric & $K$ & Value (\\%) & $n$ \\\\\n\\midrule\n",
@@ -41,7 +47,7 @@ pub fn table(summary: &DataFrame) -> Result<String> {
             out.push_str("\\midrule\n");
         }
         last_task = Some(task);
-        let value = match (c.value.get(i), c.stderr.get(i)) {
+        let value = match (c.value.get(i), c.error(i)) {
             (Some(v), Some(s)) if v.is_finite() && s.is_finite() => {
                 format!("{:.1} $\\pm$ {:.1}", 100.0 * v, 100.0 * s)
             }
@@ -51,7 +57,7 @@ pub fn table(summary: &DataFrame) -> Result<String> {
         out.push_str(&format!(
             "{} & {} & {} & {} & {} & {} \\\\\n",
             escape(task),
-            escape(c.model.get(i).unwrap_or("")),
+            escape(&c.series[i]),
             escape(c.metric.get(i).unwrap_or("")),
             c.k.get(i).unwrap_or(0),
             value,
@@ -80,10 +86,16 @@ mod tests {
             "task" => ["two_digit_addition", "two_digit_addition", "z"],
             "model" => ["m", "m", "m"],
             "parameters" => [1u64, 1, 1],
+            "sampler" => ["random"; 3],
+            "demo_labels" => ["gold"; 3],
             "k" => [0u32, 1, 0],
             "metric" => ["exact_match", "exact_match", "acc"],
             "value" => [0.5, 0.25, f64::NAN],
             "stderr" => [0.1, f64::NAN, f64::NAN],
+            "seed_std" => [f64::NAN; 3],
+            "perm_std" => [f64::NAN; 3],
+            "seeds" => [1u32; 3],
+            "permutations" => [1u32; 3],
             "n" => [4u32, 4, 0],
             "skipped" => [0u32, 0, 4],
             "mean_k_effective" => [0.0, 1.0, f64::NAN],

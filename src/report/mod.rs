@@ -5,6 +5,7 @@
 pub mod chart;
 pub mod compare;
 pub mod html;
+pub mod labels;
 pub mod latex;
 pub mod table;
 
@@ -26,6 +27,8 @@ pub struct TaskMeta {
     pub metrics: Vec<Metric>,
     /// Accuracy of a uniform random guess, for multiple-choice tasks.
     pub chance: Option<f64>,
+    /// The label set of a classification task (every doc has the same choices).
+    pub labels: Option<Vec<String>>,
 }
 
 impl TaskMeta {
@@ -36,6 +39,7 @@ impl TaskMeta {
             output_type: r.output_type,
             metrics: r.metric_list()?,
             chance: r.chance,
+            labels: r.labels.clone(),
         })
     }
 
@@ -46,6 +50,7 @@ impl TaskMeta {
             output_type: t.output_type,
             metrics: t.metrics.clone(),
             chance: crate::record::chance(t),
+            labels: crate::record::labels(t),
         }
     }
 
@@ -201,7 +206,8 @@ pub struct Report {
 /// Writes the summary (CSV, Markdown, LaTeX), the charts and `report.html` into `dir`.
 pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
     let summary = table::summarize(&input.samples, &input.tasks, &input.models)?;
-    let markdown = table::write_all(dir, &summary)?;
+    let shares = labels::shares(&input.samples, &input.tasks);
+    let markdown = table::write_all(dir, &summary, &shares)?;
     latex::write(dir, &summary)?;
     let colors = chart::model_colors(&input.models);
     let mut charts: Vec<(&'static str, &'static str)> = Vec::new();

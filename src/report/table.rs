@@ -7,10 +7,16 @@ use anyhow::{Context, Result};
 use polars::prelude::*;
 
 use super::TaskMeta;
+use super::labels::LabelShares;
 use crate::backend::ModelInfo;
 use crate::run::Sample;
 
-/// Aggregates samples: mean, standard error, n (scored docs), skipped docs and mean effective K.
+/// Aggregates samples into one row per task × model × sampler × label study × K × metric.
+///
+/// Within each (seed, ordering) draw: mean, per-doc standard error, docs scored and skipped. Across
+/// orderings of one seed: their standard deviation (`perm_std`). Across seeds: the mean (`value`)
+/// and standard deviation (`seed_std`, n − 1). `stderr` is the mean per-draw standard error, so
+/// doc sampling noise and demonstration noise are reported apart.
 pub fn summarize(
     samples: &[Sample],
     tasks: &[TaskMeta],
@@ -19,8 +25,12 @@ pub fn summarize(
     let mut task = Vec::new();
     let mut model = Vec::new();
     let mut params = Vec::new();
+    let mut sampler = Vec::new();
+    let mut labels = Vec::new();
     let mut k = Vec::new();
     let mut metric = Vec::new();
+    let mut seed = Vec::new();
+    let mut perm = Vec::new();
     let mut value: Vec<Option<f64>> = Vec::new();
     let mut k_eff: Vec<Option<f64>> = Vec::new();
     for s in samples {
@@ -35,8 +45,12 @@ pub fn summarize(
             task.push(s.task.clone());
             model.push(s.model.clone());
             params.push(p);
+            sampler.push(s.sampler.name());
+            labels.push(s.demo_labels.name());
             k.push(s.k as u32);
             metric.push(m.name().to_string());
+            seed.push(s.seed);
+            perm.push(s.permutation as u32);
             value.push(s.metrics.get(m.name()).copied());
             k_eff.push(s.k_effective.map(|x| x as f64));
         }
@@ -45,20 +59,32 @@ pub fn summarize(
         "task" => task,
         "model" => model,
         "parameters" => params,
+        "sampler" => sampler,
+        "demo_labels" => labels,
         "k" => k,
         "metric" => metric,
+        "seed" => seed,
+        "permutation" => perm,
         "value" => value,
         "k_effective" => k_eff,
     )?;
+    let cell = [
+        col("task"),
+        col("model"),
+        col("parameters"),
+        col("sampler"),
+        col("demo_labels"),
+        col("k"),
+        col("metric"),
+    ];
+    let with = |extra: &[&str]| {
+        let mut v = cell.to_vec();
+        v.extend(extra.iter().map(|c| col(*c)));
+        v
+    };
     let summary = long
         .lazy()
-        .group_by([
-            col("task"),
-            col("model"),
-            col("parameters"),
-            col("k"),
-            col("metric"),
-        ])
+        .group_by(with(&["seed", "permutation"]))
         .agg([
             col("value").mean().alias("value"),
             (col("value").std(1) / col("value").count().cast(DataType::Float64).sqrt())
@@ -69,12 +95,53 @@ pub fn summarize(
                 .alias("skipped"),
             col("k_effective").mean().alias("mean_k_effective"),
         ])
+        .group_by(with(&["seed"]))
+        .agg([
+            col("value").mean().alias("value"),
+            col("value").std(1).alias("perm_std"),
+            col("permutation")
+                .count()
+                .cast(DataType::UInt32)
+                .alias("permutations"),
+            col("stderr").mean(),
+            col("n").max(),
+            col("skipped").max(),
+            col("mean_k_effective").mean(),
+        ])
+        .group_by(cell)
+        .agg([
+            col("value").mean().alias("value"),
+            col("stderr").mean(),
+            col("value").std(1).alias("seed_std"),
+            col("perm_std").mean(),
+            col("seed").count().cast(DataType::UInt32).alias("seeds"),
+            col("permutations").max(),
+            col("n").max(),
+            col("skipped").max(),
+            col("mean_k_effective").mean(),
+        ])
         .sort(
-            ["task", "metric", "parameters", "model", "k"],
+            [
+                "task",
+                "metric",
+                "parameters",
+                "model",
+                "sampler",
+                "demo_labels",
+                "k",
+            ],
             SortMultipleOptions::default(),
         )
         .collect()?;
     Ok(summary)
+}
+
+/// The distinct values of a string column, sorted.
+pub fn distinct(c: &StringChunked) -> Vec<&str> {
+    let mut v: Vec<&str> = (0..c.len()).filter_map(|i| c.get(i)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// Typed views of the summary's columns, for readers of the table.
@@ -82,80 +149,169 @@ pub struct SummaryColumns<'a> {
     pub task: &'a StringChunked,
     pub model: &'a StringChunked,
     pub parameters: &'a UInt64Chunked,
+    pub sampler: &'a StringChunked,
+    pub demo_labels: &'a StringChunked,
     pub k: &'a UInt32Chunked,
     pub metric: &'a StringChunked,
     pub value: &'a Float64Chunked,
     pub stderr: &'a Float64Chunked,
+    pub seed_std: &'a Float64Chunked,
+    pub perm_std: &'a Float64Chunked,
+    pub seeds: &'a UInt32Chunked,
+    pub permutations: &'a UInt32Chunked,
     pub n: &'a UInt32Chunked,
     pub skipped: &'a UInt32Chunked,
     pub mean_k_effective: &'a Float64Chunked,
+    /// What a chart line stands for: the model, plus the sampler and label study when the summary
+    /// holds more than one of them.
+    pub series: Vec<String>,
 }
 
 impl<'a> SummaryColumns<'a> {
     /// Borrows the columns `summarize` produces.
     pub fn of(df: &'a DataFrame) -> Result<Self> {
+        let model = df.column("model")?.str()?;
+        let sampler = df.column("sampler")?.str()?;
+        let demo_labels = df.column("demo_labels")?.str()?;
+        let (many_samplers, many_labels) =
+            (distinct(sampler).len() > 1, distinct(demo_labels).len() > 1);
+        let series = (0..df.height())
+            .map(|i| {
+                let mut s = model.get(i).unwrap_or("").to_string();
+                if many_samplers {
+                    s.push_str(&format!(" · {}", sampler.get(i).unwrap_or("")));
+                }
+                if many_labels {
+                    s.push_str(&format!(" · {} labels", demo_labels.get(i).unwrap_or("")));
+                }
+                s
+            })
+            .collect();
         Ok(Self {
             task: df.column("task")?.str()?,
-            model: df.column("model")?.str()?,
+            model,
             parameters: df.column("parameters")?.u64()?,
+            sampler,
+            demo_labels,
             k: df.column("k")?.u32()?,
             metric: df.column("metric")?.str()?,
             value: df.column("value")?.f64()?,
             stderr: df.column("stderr")?.f64()?,
+            seed_std: df.column("seed_std")?.f64()?,
+            perm_std: df.column("perm_std")?.f64()?,
+            seeds: df.column("seeds")?.u32()?,
+            permutations: df.column("permutations")?.u32()?,
             n: df.column("n")?.u32()?,
             skipped: df.column("skipped")?.u32()?,
             mean_k_effective: df.column("mean_k_effective")?.f64()?,
+            series,
         })
+    }
+
+    /// Whether any cell averages several seeds (then charts show the spread across seeds).
+    pub fn has_seeds(&self) -> bool {
+        (0..self.seeds.len()).any(|i| self.seeds.get(i).is_some_and(|s| s > 1))
+    }
+
+    /// The error bar of row `i`: standard deviation across seeds when there are several, else the
+    /// per-doc standard error.
+    pub fn error(&self, i: usize) -> Option<f64> {
+        if self.has_seeds() {
+            self.seed_std.get(i)
+        } else {
+            self.stderr.get(i)
+        }
     }
 }
 
-/// Writes `summary.csv` and `summary.md`; returns the Markdown.
-pub fn write_all(dir: &Path, summary: &DataFrame) -> Result<String> {
+/// Writes `summary.csv`, `summary.md` (with the predicted-label shares after the table) and
+/// `labels.csv`; returns the Markdown.
+pub fn write_all(dir: &Path, summary: &DataFrame, shares: &[LabelShares]) -> Result<String> {
     let csv = dir.join("summary.csv");
     let mut f = File::create(&csv).with_context(|| format!("cannot write {}", csv.display()))?;
     CsvWriter::new(&mut f)
         .include_header(true)
         .finish(&mut summary.clone())?;
-    let md = markdown(summary)?;
+    let mut md = markdown(summary)?;
+    if !shares.is_empty() {
+        md.push_str(&super::labels::markdown(shares));
+        super::labels::write_csv(&dir.join("labels.csv"), shares)?;
+    }
     fs::write(dir.join("summary.md"), &md)?;
     Ok(md)
 }
 
-/// The summary as a Markdown table: value ± stderr with n, one row per cell.
+/// The summary as a Markdown table: value ± stderr with n, one row per cell; columns for the
+/// sampler, label study, seed and ordering spread appear when the run varied them.
 pub fn markdown(summary: &DataFrame) -> Result<String> {
-    let SummaryColumns {
-        task,
-        model,
-        k,
-        metric,
-        value,
-        stderr: se,
-        n,
-        skipped,
-        mean_k_effective: keff,
-        ..
-    } = SummaryColumns::of(summary)?;
-    let mut out = String::from(
-        "| task | model | K | metric | value | ± stderr | n | mean K used | skipped |\n",
-    );
-    out.push_str("|---|---|---:|---|---:|---:|---:|---:|---:|\n");
+    let c = SummaryColumns::of(summary)?;
+    let samplers = distinct(c.sampler);
+    let labels = distinct(c.demo_labels);
+    let show_sampler = samplers != ["random"];
+    let show_labels = labels != ["gold"];
+    let show_seeds = c.has_seeds();
+    let show_perms =
+        (0..c.permutations.len()).any(|i| c.permutations.get(i).is_some_and(|p| p > 1));
+    let mut head = vec!["task", "model"];
+    let mut align = vec!["---", "---"];
+    if show_sampler {
+        head.push("sampler");
+        align.push("---");
+    }
+    if show_labels {
+        head.push("labels");
+        align.push("---");
+    }
+    head.extend(["K", "metric", "value", "± stderr"]);
+    align.extend(["---:", "---", "---:", "---:"]);
+    if show_seeds {
+        head.push("± std over seeds (seeds)");
+        align.push("---:");
+    }
+    if show_perms {
+        head.push("± std over orderings");
+        align.push("---:");
+    }
+    head.extend(["n", "mean K used", "skipped"]);
+    align.extend(["---:", "---:", "---:"]);
+    let mut out = format!("| {} |\n|{}|\n", head.join(" | "), align.join("|"));
     let fmt = |x: Option<f64>, p: usize| {
         x.filter(|v| v.is_finite())
             .map_or("–".to_string(), |v| format!("{v:.p$}"))
     };
     for i in 0..summary.height() {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            task.get(i).unwrap_or(""),
-            model.get(i).unwrap_or(""),
-            k.get(i).unwrap_or(0),
-            metric.get(i).unwrap_or(""),
-            fmt(value.get(i), 4),
-            fmt(se.get(i), 4),
-            n.get(i).unwrap_or(0),
-            fmt(keff.get(i), 1),
-            skipped.get(i).unwrap_or(0),
-        ));
+        let mut row = vec![
+            c.task.get(i).unwrap_or("").to_string(),
+            c.model.get(i).unwrap_or("").to_string(),
+        ];
+        if show_sampler {
+            row.push(c.sampler.get(i).unwrap_or("").to_string());
+        }
+        if show_labels {
+            row.push(c.demo_labels.get(i).unwrap_or("").to_string());
+        }
+        row.extend([
+            c.k.get(i).unwrap_or(0).to_string(),
+            c.metric.get(i).unwrap_or("").to_string(),
+            fmt(c.value.get(i), 4),
+            fmt(c.stderr.get(i), 4),
+        ]);
+        if show_seeds {
+            row.push(format!(
+                "{} ({})",
+                fmt(c.seed_std.get(i), 4),
+                c.seeds.get(i).unwrap_or(0)
+            ));
+        }
+        if show_perms {
+            row.push(fmt(c.perm_std.get(i), 4));
+        }
+        row.extend([
+            c.n.get(i).unwrap_or(0).to_string(),
+            fmt(c.mean_k_effective.get(i), 1),
+            c.skipped.get(i).unwrap_or(0).to_string(),
+        ]);
+        out.push_str(&format!("| {} |\n", row.join(" | ")));
     }
     Ok(out)
 }
@@ -195,5 +351,47 @@ mod tests {
             md.contains("| t | m | 0 | acc | 0.5000 | 0.2887 | 4 | 0.0 | 0 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn seeds_and_orderings_are_averaged_apart_from_docs() {
+        let task = Task::for_tests(
+            OutputType::MultipleChoice,
+            vec![Metric::Acc],
+            vec![Item::blank(0)],
+        );
+        // Seed 1: orderings with accuracy 1.0 and 0.5; seed 2: 0.0 and 0.5 (two docs each).
+        let mut samples = Vec::new();
+        for (seed, perm, accs) in [
+            (1, 0, [1.0, 1.0]),
+            (1, 1, [1.0, 0.0]),
+            (2, 0, [0.0, 0.0]),
+            (2, 1, [1.0, 0.0]),
+        ] {
+            for (doc, a) in accs.into_iter().enumerate() {
+                let mut s = Sample::for_tests("m", doc, 1, Some(a));
+                s.seed = seed;
+                s.permutation = perm;
+                samples.push(s);
+            }
+        }
+        let s = summarize(&samples, &[TaskMeta::of(&task)], &[]).unwrap();
+        assert_eq!(s.height(), 1);
+        let c = SummaryColumns::of(&s).unwrap();
+        // Seed means 0.75 and 0.25: mean 0.5, std sqrt(0.125).
+        assert_eq!(c.value.get(0), Some(0.5));
+        assert!((c.seed_std.get(0).unwrap() - 0.125f64.sqrt()).abs() < 1e-12);
+        // Within each seed the orderings differ by 0.5: std sqrt(0.125) in both.
+        assert!((c.perm_std.get(0).unwrap() - 0.125f64.sqrt()).abs() < 1e-12);
+        // Per-draw stderr: 0 for [1,1] and [0,0], 0.5 for [1,0]: mean 0.25.
+        assert!((c.stderr.get(0).unwrap() - 0.25).abs() < 1e-12);
+        assert_eq!(
+            (c.seeds.get(0), c.permutations.get(0), c.n.get(0)),
+            (Some(2), Some(2), Some(2))
+        );
+        assert!(c.has_seeds());
+        let md = markdown(&s).unwrap();
+        assert!(md.contains("± std over seeds (seeds)"), "{md}");
+        assert!(md.contains("| 0.3536 (2) | 0.3536 |"), "{md}");
     }
 }

@@ -319,7 +319,7 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         Some(doc) => super::CONTENT_FREE
             .iter()
             .map(|cf| {
-                let ctx = JValue::from(minijinja::value::Serde(&blank_strings(doc, cf)));
+                let ctx = template_context(&blank_strings(doc, cf));
                 render.render("doc_to_text", &ctx)
             })
             .collect::<Result<Vec<_>, _>>()
@@ -344,6 +344,19 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         demo_order: spec.fewshot.order,
         content_free,
     })
+}
+
+/// What templates see: the doc's fields as variables, and the whole doc as `doc` (unless it has a
+/// field of that name) for fields whose names are not identifiers, e.g. `doc["Class Index"]`.
+fn template_context(doc: &Value) -> JValue {
+    match doc {
+        Value::Object(o) if !o.contains_key("doc") => {
+            let mut with = o.clone();
+            with.insert("doc".into(), doc.clone());
+            JValue::from(minijinja::value::Serde(&Value::Object(with)))
+        }
+        _ => JValue::from(minijinja::value::Serde(doc)),
+    }
 }
 
 /// `doc` with every string (at any depth) replaced by `with`: the doc's shape without its content.
@@ -405,7 +418,7 @@ impl Renderer<'_> {
     }
 
     fn item(&self, id: usize, doc: &Value) -> Result<Item, String> {
-        let ctx = JValue::from(minijinja::value::Serde(doc));
+        let ctx = template_context(doc);
         let text = self.render("doc_to_text", &ctx)?;
         let description = self.render("description", &ctx)?;
         let target = self.render("doc_to_target", &ctx)?;
@@ -504,6 +517,48 @@ fn render_split(cx: &mut Ctx, r: &Renderer, split: &str, docs: &[Value]) -> Opti
     failures.is_empty().then_some(items)
 }
 
+/// `dataset.split_rows`: disjoint half-open row ranges of one file.
+fn split_by_rows(
+    cx: &mut Ctx,
+    ds: &DatasetSpec,
+    docs: Vec<Value>,
+    rows: &BTreeMap<String, [usize; 2]>,
+) -> Option<BTreeMap<String, Vec<Value>>> {
+    if ds.split_column.is_some() {
+        cx.problem("field `dataset`: give `split_column` or `split_rows`, not both");
+        return None;
+    }
+    let mut ranges: Vec<(&String, [usize; 2])> = rows.iter().map(|(k, v)| (k, *v)).collect();
+    ranges.sort_by_key(|(_, r)| r[0]);
+    let mut ok = true;
+    for (name, [a, b]) in &ranges {
+        if a >= b || *b > docs.len() {
+            cx.problem(format!(
+                "field `dataset.split_rows.{name}`: [{a}, {b}] must be a non-empty range within the \
+                 file's {} rows",
+                docs.len()
+            ));
+            ok = false;
+        }
+    }
+    for w in ranges.windows(2) {
+        if w[1].1[0] < w[0].1[1] {
+            cx.problem(format!(
+                "field `dataset.split_rows`: `{}` and `{}` overlap; a doc must not be both a test \
+                 doc and a demonstration",
+                w[0].0, w[1].0
+            ));
+            ok = false;
+        }
+    }
+    ok.then(|| {
+        ranges
+            .into_iter()
+            .map(|(name, [a, b])| (name.clone(), docs[a..b].to_vec()))
+            .collect()
+    })
+}
+
 fn load_splits(cx: &mut Ctx, ds: &DatasetSpec) -> Option<BTreeMap<String, Vec<Value>>> {
     let sources = usize::from(ds.path.is_some())
         + usize::from(ds.files.is_some())
@@ -532,6 +587,9 @@ fn load_splits(cx: &mut Ctx, ds: &DatasetSpec) -> Option<BTreeMap<String, Vec<Va
         return (out.len() == files.len()).then_some(out);
     }
     let docs = read_file(cx, ds, ds.path.as_deref()?)?;
+    if let Some(rows) = &ds.split_rows {
+        return split_by_rows(cx, ds, docs, rows);
+    }
     let Some(col) = &ds.split_column else {
         return Some(BTreeMap::from([("all".to_string(), docs)]));
     };

@@ -63,8 +63,12 @@ pub struct DatasetSpec {
     pub format: Option<String>,
     /// For `format: regex`: a pattern with named groups, matched against every non-empty line.
     pub pattern: Option<String>,
-    /// For a single file: the column naming each row's split. Without it the file is one split, `all`.
+    /// For a single file: the column naming each row's split. Without it (and `split_rows`) the
+    /// file is one split, `all`.
     pub split_column: Option<String>,
+    /// For a single file: splits as half-open row ranges, e.g. `{test: [0, 6000], train: [6000, 7600]}`
+    /// (rows counted from 0, header excluded), to hold apart demonstrations from a test-only file.
+    pub split_rows: Option<BTreeMap<String, [usize; 2]>>,
     /// A built-in generator instead of files.
     pub generator: Option<GeneratorSpec>,
 }

@@ -18,7 +18,14 @@ fn main() {
                 .lines()
                 .next()
                 .unwrap_or("error: invalid arguments");
-            eprintln!("{first} (see `icl-eval --help`)");
+            // Keep the list of accepted values when clap gives one.
+            let values = rendered
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("[possible values:"))
+                .map(|l| format!(" {l}"))
+                .unwrap_or_default();
+            eprintln!("{first}{values} (see `icl-eval --help`)");
             std::process::exit(2);
         }
     };

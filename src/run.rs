@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub protocol: Protocol,
     /// Budget of the prompt-prefix KV cache in MiB.
     pub kv_cache_mb: usize,
+    /// Sentence-encoder folder for `knn` (default `models/all-minilm-l6-v2`).
+    pub encoder: Option<PathBuf>,
     pub threads: Option<usize>,
     pub output: Option<PathBuf>,
     pub results_root: PathBuf,
@@ -208,18 +210,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         .iter()
         .map(|p| crate::task::load_task(p, cfg.data_dir.as_deref()))
         .collect::<Result<_>>()?;
-    let selectors: Vec<Selector> = tasks
-        .iter()
-        .map(|t| {
-            sampler::check_labels(t, &cfg.protocol.demo_labels)?;
-            Selector::new(
-                t,
-                cfg.protocol.sampler.unwrap_or(t.sampler),
-                cfg.protocol.demo_order.unwrap_or(t.demo_order),
-                None,
-            )
-        })
-        .collect::<Result<_>>()?;
+    let selectors = selectors(&tasks, &cfg.protocol, cfg.encoder.as_deref(), cfg.limit)?;
     for (i, t) in tasks.iter().enumerate() {
         if let Some(other) = tasks[..i].iter().find(|o| o.name == t.name) {
             bail!(
@@ -389,6 +380,45 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         summary_markdown: report.markdown,
         charts: report.charts,
     })
+}
+
+/// One selector per task; loads the sentence encoder first when a task samples by `knn`, and
+/// rejects impossible settings before any model loads.
+pub fn selectors<'t>(
+    tasks: &'t [Task],
+    protocol: &Protocol,
+    encoder: Option<&Path>,
+    limit: Option<usize>,
+) -> Result<Vec<Selector<'t>>> {
+    let sampler_of = |t: &Task| protocol.sampler.unwrap_or(t.sampler);
+    let encoder = if tasks.iter().any(|t| sampler_of(t) == Sampler::Knn) {
+        let dir = encoder.unwrap_or(Path::new(crate::encoder::DEFAULT_DIR));
+        Some(crate::encoder::Encoder::load(dir).context("--sampler knn")?)
+    } else {
+        None
+    };
+    tasks
+        .iter()
+        .map(|t| {
+            sampler::check_labels(t, &protocol.demo_labels)?;
+            let embeddings = match (&encoder, sampler_of(t)) {
+                (Some(e), Sampler::Knn) => {
+                    let n = limit.map_or(t.test.len(), |l| l.min(t.test.len()));
+                    Some(
+                        e.embed_task(t, n)
+                            .with_context(|| format!("task `{}`: embeddings", t.name))?,
+                    )
+                }
+                _ => None,
+            };
+            Selector::new(
+                t,
+                sampler_of(t),
+                protocol.demo_order.unwrap_or(t.demo_order),
+                embeddings,
+            )
+        })
+        .collect()
 }
 
 /// The prompt of each task's first test doc at each K under the first seed, as reports show it

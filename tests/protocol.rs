@@ -77,7 +77,10 @@ fn impossible_protocols_are_one_line_errors() {
         &run(&["--demo-labels", "gold,flipped"]),
         &["--demo-labels flipped", "task `gen`"],
     );
-    assert_error(&run(&["--sampler", "knn"]), &["knn", "encoder"]);
+    assert_error(
+        &run(&["--sampler", "knn", "--encoder", "/nonexistent/encoder"]),
+        &["--sampler knn", "fetch-models.sh minilm"],
+    );
     let e = icl_eval(&[
         "run",
         "--tasks",
@@ -135,7 +138,7 @@ fn every_sampler_gives_a_doc_the_same_result_whatever_limit_threads_or_cache() {
     let task = task.to_str().unwrap();
     let model = smollm2();
     let model = model.to_str().unwrap();
-    for sampler in ["random", "fixed", "balanced", "first_n", "bm25"] {
+    for sampler in ["random", "fixed", "balanced", "first_n", "bm25", "knn"] {
         let small = d.join(format!("{sampler}-small"));
         let big = d.join(format!("{sampler}-big"));
         let common = [

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use icl_eval::backend::candle::{WeightsChoice, load_tokenizer};
 use icl_eval::models::{self, HubOptions, ModelsFile};
-use icl_eval::run::{Protocol, RunConfig, run};
+use icl_eval::run::{ChatMode, Protocol, RunConfig, run};
 use icl_eval::sampler::{DemoLabels, DemoOrder, Sampler};
 use icl_eval::task::{self, discover, load_task, validate_task};
 use icl_eval::{prompt, record, report};
@@ -147,6 +147,13 @@ struct RunArgs {
     /// Sentence-encoder folder for --sampler knn (default: models/all-minilm-l6-v2).
     #[arg(long, value_name = "DIR")]
     encoder: Option<PathBuf>,
+    /// Render prompts through each model's own chat template (tokenizer.chat_template), the
+    /// demonstrations folded into one user turn.
+    #[arg(long)]
+    chat_template: bool,
+    /// With --chat-template: each demonstration a user turn and an assistant turn.
+    #[arg(long, requires = "chat_template")]
+    fewshot_as_multiturn: bool,
     /// Memory for reusing prompt prefixes across K, docs and seeds, in MiB (0 turns reuse off).
     #[arg(long, default_value_t = icl_eval::backend::candle::DEFAULT_KV_CACHE_MB, value_name = "MIB")]
     kv_cache_mb: usize,
@@ -251,6 +258,11 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             demo_labels: a.demo_labels,
             sampler: a.sampler,
             demo_order: a.demo_order,
+            chat: a.chat_template.then_some(if a.fewshot_as_multiturn {
+                ChatMode::Multiturn
+            } else {
+                ChatMode::Folded
+            }),
         },
         kv_cache_mb: a.kv_cache_mb,
         encoder: a.encoder,
@@ -346,7 +358,8 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
             let file = ModelsFile::find(a.source.models_file.as_deref())?;
             let resolved = models::resolve(&m, file.as_ref(), &a.source.hub())?;
             let (tokenizer, ctx) = load_tokenizer(&resolved.path)?;
-            match prompt::fit(t, item, &demos, ctx, &|s| Ok(tokenizer.encode(s)?.len()))? {
+            let count = |s: &str| Ok(tokenizer.encode(s)?.len());
+            match prompt::fit(t, item, &demos, ctx, &count, prompt::Format::Plain)? {
                 Some(f) => {
                     print!("{}", f.prompt);
                     eprintln!(

@@ -3,6 +3,7 @@
 //! Flow: task (YAML + Jinja) → prompts (few-shot draws) → requests → backend → scores → report.
 
 pub mod backend;
+pub mod chat;
 pub mod encoder;
 pub mod models;
 pub mod prompt;

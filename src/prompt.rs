@@ -2,8 +2,68 @@
 
 use anyhow::Result;
 
+use crate::chat::{self, ChatTemplate};
 use crate::sampler::Demo;
 use crate::task::{Answer, Item, OutputType, Task};
+
+/// How a prompt is laid out: the task's plain text, or through a model's chat template.
+#[derive(Debug, Clone, Copy)]
+pub enum Format<'a> {
+    Plain,
+    /// Demonstrations as user/assistant exchanges when `multiturn`, else folded into one user turn.
+    Chat {
+        template: &'a ChatTemplate,
+        multiturn: bool,
+    },
+}
+
+impl Format<'_> {
+    /// What goes between a prompt and its answer: the task's target delimiter in plain text,
+    /// nothing after a chat template's assistant header.
+    pub fn target_delimiter<'t>(&self, task: &'t Task) -> &'t str {
+        match self {
+            Format::Plain => &task.target_delimiter,
+            Format::Chat { .. } => "",
+        }
+    }
+}
+
+/// The prompt in `format`, with the byte offsets where shared prefixes end (see
+/// [`build_with_query`]; none for multi-turn chat, whose turns the template wraps).
+pub fn render(
+    task: &Task,
+    description: &str,
+    demos: &[Demo],
+    query: &str,
+    format: Format,
+) -> Result<(String, Vec<usize>)> {
+    let (plain, breaks) = build_with_query(task, description, demos, query);
+    let Format::Chat {
+        template,
+        multiturn,
+    } = format
+    else {
+        return Ok((plain, breaks));
+    };
+    let pairs: Vec<(&str, Option<&str>)> = demos
+        .iter()
+        .map(|d| (d.item.text.as_str(), d.answer))
+        .collect();
+    let folded = !multiturn || demos.is_empty();
+    let text = template.render(&chat::messages(
+        &plain,
+        description,
+        &pairs,
+        query,
+        multiturn,
+    ))?;
+    // Folded, the plain prompt sits whole inside the user turn: its breaks shift with it.
+    let breaks = match text.find(&plain) {
+        Some(at) if folded => breaks.iter().map(|b| b + at).collect(),
+        _ => Vec::new(),
+    };
+    Ok((text, breaks))
+}
 
 /// The exact prompt for `item` after `demos`: description, then each demonstration (input, target
 /// delimiter, answer — or the input alone when it shows none) joined by the few-shot delimiter,
@@ -39,12 +99,12 @@ pub fn build_with_query(
 }
 
 /// The continuations a multiple-choice item scores (target delimiter included).
-pub fn continuations(task: &Task, item: &Item) -> Vec<String> {
+pub fn continuations(task: &Task, item: &Item, format: Format) -> Vec<String> {
+    let delimiter = format.target_delimiter(task);
     match &item.answer {
-        Answer::Choice { choices, .. } => choices
-            .iter()
-            .map(|c| format!("{}{c}", task.target_delimiter))
-            .collect(),
+        Answer::Choice { choices, .. } => {
+            choices.iter().map(|c| format!("{delimiter}{c}")).collect()
+        }
         Answer::Text(_) => Vec::new(),
     }
 }
@@ -69,13 +129,14 @@ pub fn fit(
     demos: &[Demo],
     context_length: usize,
     count_tokens: &dyn Fn(&str) -> Result<usize>,
+    format: Format,
 ) -> Result<Option<Fitted>> {
     for k in (0..=demos.len()).rev() {
-        let (prompt, breaks) = build_with_query(task, &item.description, &demos[..k], &item.text);
+        let (prompt, breaks) = render(task, &item.description, &demos[..k], &item.text, format)?;
         let tokens = match task.output_type {
             OutputType::MultipleChoice => {
                 let mut longest = 0;
-                for c in continuations(task, item) {
+                for c in continuations(task, item, format) {
                     longest = longest.max(count_tokens(&format!("{prompt}{c}"))?);
                 }
                 longest
@@ -127,7 +188,10 @@ mod tests {
             build(&t, &d[2], &[]),
             "Classify.\n\nReview: nice\nSentiment:"
         );
-        assert_eq!(continuations(&t, &d[0]), vec![" negative", " positive"]);
+        assert_eq!(
+            continuations(&t, &d[0], Format::Plain),
+            vec![" negative", " positive"]
+        );
         let hidden = Demo {
             item: &d[0],
             answer: None,
@@ -148,9 +212,21 @@ mod tests {
         let both = [Demo::gold(&d[0]), Demo::gold(&d[1])];
         let two = build(&t, &d[2], &both).len() + " positive".len();
         let one = build(&t, &d[2], &both[..1]).len() + " positive".len();
-        let f = fit(&t, &d[2], &both, two - 1, &count).unwrap().unwrap();
+        let f = fit(&t, &d[2], &both, two - 1, &count, Format::Plain)
+            .unwrap()
+            .unwrap();
         assert_eq!((f.k, f.tokens), (1, one));
-        assert_eq!(fit(&t, &d[2], &both, two, &count).unwrap().unwrap().k, 2);
-        assert!(fit(&t, &d[2], &both[..1], 5, &count).unwrap().is_none());
+        assert_eq!(
+            fit(&t, &d[2], &both, two, &count, Format::Plain)
+                .unwrap()
+                .unwrap()
+                .k,
+            2
+        );
+        assert!(
+            fit(&t, &d[2], &both[..1], 5, &count, Format::Plain)
+                .unwrap()
+                .is_none()
+        );
     }
 }

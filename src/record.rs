@@ -111,6 +111,9 @@ pub struct RunRecord {
     /// Label studies (`--demo-labels`).
     #[serde(default = "gold")]
     pub demo_labels: Vec<DemoLabels>,
+    /// Prompts went through each model's chat template (`--chat-template`), and how.
+    #[serde(default)]
+    pub chat: Option<crate::run::ChatMode>,
     pub limit: Option<usize>,
     pub threads: Option<usize>,
     pub weights: String,

@@ -64,6 +64,18 @@ pub struct Protocol {
     pub sampler: Option<Sampler>,
     /// `--demo-order`, overriding each task's `fewshot.order`.
     pub demo_order: Option<DemoOrder>,
+    /// `--chat-template`: render prompts through each model's chat template.
+    pub chat: Option<ChatMode>,
+}
+
+/// How demonstrations enter a chat template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatMode {
+    /// Description, demonstrations and query in one user turn.
+    Folded,
+    /// Each demonstration a user turn and an assistant turn (`--fewshot-as-multiturn`).
+    Multiturn,
 }
 
 impl Default for Protocol {
@@ -74,6 +86,7 @@ impl Default for Protocol {
             demo_labels: vec![DemoLabels::Gold],
             sampler: None,
             demo_order: None,
+            chat: None,
         }
     }
 }
@@ -286,6 +299,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         seeds: p.seed_list(cfg.seed),
         permutations: p.permutations,
         demo_labels: p.demo_labels.clone(),
+        chat: p.chat,
         limit: cfg.limit,
         threads: cfg.threads,
         weights: cfg.weights.to_possible_value().map_or_else(
@@ -338,6 +352,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
                 permutations: p.permutations,
                 demo_labels: &p.demo_labels,
                 limit: cfg.limit,
+                chat: p.chat,
             };
             for s in evaluate_task(&mut backend, selector, &plan, &|| bar.inc(1))? {
                 serde_json::to_writer(&mut out, &s)?;
@@ -451,6 +466,8 @@ pub struct Plan<'a> {
     pub demo_labels: &'a [DemoLabels],
     /// Only the first N test docs.
     pub limit: Option<usize>,
+    /// Through the model's chat template.
+    pub chat: Option<ChatMode>,
 }
 
 impl<'a> Plan<'a> {
@@ -462,6 +479,7 @@ impl<'a> Plan<'a> {
             permutations: 1,
             demo_labels: &[DemoLabels::Gold],
             limit,
+            chat: None,
         }
     }
 }
@@ -511,6 +529,23 @@ pub fn evaluate_task(
         .limit
         .map_or(task.test.len(), |l| l.min(task.test.len()));
     let ctx_len = backend.info().context_length;
+    let template = match plan.chat {
+        Some(_) => Some(backend.chat_template().with_context(|| {
+            format!(
+                "--chat-template: model `{}` ships no chat template (tokenizer.chat_template); \
+                 run it without --chat-template",
+                backend.info().name
+            )
+        })?),
+        None => None,
+    };
+    let format = match (&template, plan.chat) {
+        (Some(t), Some(mode)) => prompt::Format::Chat {
+            template: t,
+            multiturn: mode == ChatMode::Multiturn,
+        },
+        _ => prompt::Format::Plain,
+    };
     let mut memo = Memo::default();
     let mut samples = Vec::new();
     for item in &task.test[..n] {
@@ -520,8 +555,14 @@ pub fn evaluate_task(
                 for permutation in 0..plan.permutations {
                     for &k in plan.shots {
                         let demos = selector.demos(&ranking, k, item, seed, permutation, labels);
-                        let fitted =
-                            prompt::fit(task, item, &demos, ctx_len, &|s| backend.count_tokens(s))?;
+                        let fitted = prompt::fit(
+                            task,
+                            item,
+                            &demos,
+                            ctx_len,
+                            &|s| backend.count_tokens(s),
+                            format,
+                        )?;
                         let mut s = Sample {
                             model: backend.info().name.clone(),
                             task: task.name.clone(),
@@ -558,6 +599,7 @@ pub fn evaluate_task(
                                     task,
                                     item,
                                     demos: &demos[..f.k],
+                                    format,
                                 };
                                 scoring.score(backend, &mut memo, &f, &mut s).with_context(
                                     || {
@@ -585,6 +627,7 @@ struct Scoring<'a> {
     item: &'a Item,
     /// The demonstrations the fitted prompt kept.
     demos: &'a [sampler::Demo<'a>],
+    format: prompt::Format<'a>,
 }
 
 impl Scoring<'_> {
@@ -599,18 +642,19 @@ impl Scoring<'_> {
         let primary = task.primary_metric();
         match &self.item.answer {
             Answer::Choice { choices, gold } => {
-                let conts = prompt::continuations(task, self.item);
+                let conts = prompt::continuations(task, self.item, self.format);
                 let logprobs =
                     memo.loglikelihood(backend, &fitted.prompt, &fitted.breaks, &conts)?;
                 let prior = if task.metrics.contains(&Metric::AccCalibrated) {
                     let mut cf = Vec::with_capacity(CONTENT_FREE.len());
                     for query in &task.content_free {
-                        let (p, breaks) = prompt::build_with_query(
+                        let (p, breaks) = prompt::render(
                             task,
                             &self.item.description,
                             self.demos,
                             query,
-                        );
+                            self.format,
+                        )?;
                         cf.push(memo.loglikelihood(backend, &p, &breaks, &conts)?);
                     }
                     Some(score::content_free_prior(&cf))

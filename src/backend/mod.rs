@@ -68,6 +68,11 @@ pub trait Backend {
     /// Number of tokens `text` takes as a prompt (special tokens the model adds included).
     fn count_tokens(&self, text: &str) -> Result<usize>;
 
+    /// The model's own chat template, if it ships one.
+    fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {
+        None
+    }
+
     /// Scores each continuation after the shared `context`, computing the context once.
     /// `breaks` are byte offsets in `context` where prompts sharing a prefix part (after the
     /// description and each demonstration); a backend may reuse work there, never change results.

@@ -258,6 +258,7 @@ mod tests {
                 seeds: vec![1],
                 permutations: 1,
                 demo_labels: vec![Default::default()],
+                chat: None,
                 limit: None,
                 threads: None,
                 weights: "f32".into(),

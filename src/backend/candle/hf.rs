@@ -216,6 +216,14 @@ pub fn decoder_config(c: &HfConfig) -> Result<(DecoderConfig, Rename, f64)> {
 }
 
 /// The tokenizer of a checkpoint folder.
+/// `chat_template` from `tokenizer_config.json`, when it is a single template string.
+fn chat_template(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("chat_template")?.as_str().map(str::to_string)
+}
+
+/// The tokenizer of a checkpoint folder.
 pub fn load_tokenizer(dir: &Path, c: &HfConfig) -> Result<TextTokenizer> {
     let path = dir.join("tokenizer.json");
     if !path.is_file() {
@@ -308,6 +316,7 @@ pub fn load(dir: &Path, expected_sha256: Option<&str>) -> Result<Loaded> {
         quantization: dtype(&c),
         sha256,
         weights: "f32".into(),
+        chat_template: chat_template(dir),
     })
 }
 

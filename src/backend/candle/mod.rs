@@ -78,6 +78,8 @@ pub struct Loaded {
     pub sha256: String,
     /// Storage in memory (`f32` or `quantized`).
     pub weights: String,
+    /// The Jinja chat template the model ships (`tokenizer.chat_template`), if any.
+    pub chat_template: Option<String>,
 }
 
 /// Default budget of the prompt-prefix KV cache (`--kv-cache-mb`).
@@ -89,6 +91,7 @@ pub struct CandleBackend {
     model: Decoder,
     tokenizer: TextTokenizer,
     prefix: PrefixCache,
+    chat_template: Option<String>,
 }
 
 impl CandleBackend {
@@ -134,6 +137,7 @@ impl CandleBackend {
             model: loaded.model,
             tokenizer: loaded.tokenizer,
             prefix: PrefixCache::new(DEFAULT_KV_CACHE_MB << 20),
+            chat_template: loaded.chat_template,
         })
     }
 
@@ -380,6 +384,11 @@ fn load_gguf(path: &Path, weights: WeightsChoice, expected: Option<&str>) -> Res
             WeightFormat::F32 => "f32".into(),
             WeightFormat::Quantized => "quantized".into(),
         },
+        chat_template: content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned(),
     })
 }
 
@@ -508,6 +517,20 @@ impl Backend for CandleBackend {
 
     fn count_tokens(&self, text: &str) -> Result<usize> {
         Ok(self.tokenizer.encode(text)?.len())
+    }
+
+    fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {
+        let token = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.token_text(i))
+                .unwrap_or_default()
+        };
+        self.chat_template
+            .as_ref()
+            .map(|source| crate::chat::ChatTemplate {
+                source: source.clone(),
+                bos_token: token(self.tokenizer.bos_id),
+                eos_token: token(self.tokenizer.eos_id),
+            })
     }
 
     fn loglikelihood(

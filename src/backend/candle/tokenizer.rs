@@ -143,6 +143,11 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// The vocabulary entry of one id (`<|im_end|>`, `<bos>`), for chat templates.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Text of `ids`, special tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner

@@ -354,11 +354,13 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
                 limit: cfg.limit,
                 chat: p.chat,
             };
-            for s in evaluate_task(&mut backend, selector, &plan, &|| bar.inc(1))? {
+            evaluate_task(&mut backend, selector, &plan, &mut |s| {
                 serde_json::to_writer(&mut out, &s)?;
                 out.write_all(b"\n")?;
                 samples.push(s);
-            }
+                bar.inc(1);
+                Ok(())
+            })?;
             out.flush()?;
         }
     }
@@ -515,14 +517,14 @@ impl Memo {
     }
 }
 
-/// Scores the plan's test docs of one task at every (seed, label study, ordering, K), calling
-/// `tick` after each sample. Samples come out doc by doc, in that order within a doc.
+/// Scores the plan's test docs of one task at every (seed, label study, ordering, K), handing each
+/// sample to `emit` as soon as it is scored: doc by doc, in that order within a doc.
 pub fn evaluate_task(
     backend: &mut dyn Backend,
     selector: &Selector,
     plan: &Plan,
-    tick: &dyn Fn(),
-) -> Result<Vec<Sample>> {
+    emit: &mut dyn FnMut(Sample) -> Result<()>,
+) -> Result<()> {
     let task = selector.task();
     let k_max = plan.shots.iter().copied().max().unwrap_or(0);
     let n = plan
@@ -547,7 +549,6 @@ pub fn evaluate_task(
         _ => prompt::Format::Plain,
     };
     let mut memo = Memo::default();
-    let mut samples = Vec::new();
     for item in &task.test[..n] {
         for &seed in &plan.seeds {
             let ranking = selector.ranking(item, seed, k_max);
@@ -611,14 +612,13 @@ pub fn evaluate_task(
                                 )?;
                             }
                         }
-                        samples.push(s);
-                        tick();
+                        emit(s)?;
                     }
                 }
             }
         }
     }
-    Ok(samples)
+    Ok(())
 }
 
 /// One prompt of one doc, ready to score.

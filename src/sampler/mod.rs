@@ -326,19 +326,18 @@ fn shown_answer<'t>(task: &str, d: &'t Item, seed: u64, labels: DemoLabels) -> O
 
 /// Rejects label studies that need a label set on a task without one.
 pub fn check_labels(task: &Task, labels: &[DemoLabels]) -> Result<()> {
-    if task.output_type != OutputType::MultipleChoice {
-        if let Some(l) = labels
+    if task.output_type != OutputType::MultipleChoice
+        && let Some(l) = labels
             .iter()
             .find(|l| matches!(l, DemoLabels::Random | DemoLabels::Flipped))
-        {
-            bail!(
-                "--demo-labels {}: task `{}` is {}, which has no label set to draw or flip; use \
-                 gold or none",
-                l.name(),
-                task.name,
-                task.output_type.name()
-            );
-        }
+    {
+        bail!(
+            "--demo-labels {}: task `{}` is {}, which has no label set to draw or flip; use \
+             gold or none",
+            l.name(),
+            task.name,
+            task.output_type.name()
+        );
     }
     Ok(())
 }

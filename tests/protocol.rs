@@ -275,6 +275,7 @@ fn seeds_label_studies_and_orderings_become_summary_columns() {
     let csv = fs::read_to_string(out.join("summary.csv")).unwrap();
     assert!(csv.lines().next().unwrap().contains("seed_std"), "{csv}");
     assert!(out.join("labels.csv").is_file());
+    assert!(out.join("calibration.png").is_file() && out.join("calibration.svg").is_file());
     let cfg: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["seeds"], serde_json::json!([1234, 1235]));

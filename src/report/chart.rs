@@ -125,12 +125,73 @@ fn cell(c: &SummaryColumns, t: &TaskMeta, k: u32, m: &str) -> Option<(f64, f64)>
 
 /// The summary row of a task's headline metric for series `m` at K.
 fn row_of(c: &SummaryColumns, t: &TaskMeta, k: u32, m: &str) -> Option<usize> {
+    row_of_metric(c, &t.name, t.primary_metric().name(), k, m)
+}
+
+/// The summary row of one task, metric, K and series.
+fn row_of_metric(c: &SummaryColumns, task: &str, metric: &str, k: u32, m: &str) -> Option<usize> {
     (0..c.task.len()).find(|&i| {
-        c.task.get(i) == Some(&t.name)
+        c.task.get(i) == Some(task)
             && c.k.get(i) == Some(k)
             && c.series[i] == m
-            && c.metric.get(i) == Some(t.primary_metric().name())
+            && c.metric.get(i) == Some(metric)
     })
+}
+
+/// Writes `calibration.png` and `.svg` when a task reports `acc_calibrated` or `acc_pmi`: per task,
+/// each model's accuracy under every multiple-choice metric against K (solid `acc`, the others in
+/// the next palette colours), with the same error bars as `accuracy_vs_shots`. Returns whether it
+/// wrote them.
+pub fn calibration(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Result<bool> {
+    use crate::task::Metric;
+    let c = SummaryColumns::of(summary)?;
+    let (ks, models) = ks_and_models(&c);
+    let shown: Vec<&TaskMeta> = tasks
+        .iter()
+        .filter(|t| {
+            t.metrics
+                .iter()
+                .any(|m| matches!(m, Metric::AccCalibrated | Metric::AccPmi))
+        })
+        .collect();
+    if shown.is_empty() {
+        return Ok(false);
+    }
+    let bars = if c.has_seeds() {
+        "± std over seeds"
+    } else {
+        "± stderr"
+    };
+    let panels: Vec<Panel> = shown
+        .iter()
+        .map(|t| {
+            let mut lines = Vec::new();
+            for m in &models {
+                for metric in t.metrics.iter().filter(|m| **m != Metric::AccNorm) {
+                    let pts = ks
+                        .iter()
+                        .filter_map(|&k| {
+                            let i = row_of_metric(&c, &t.name, metric.name(), k, m)?;
+                            let v = c.value.get(i).filter(|v| v.is_finite())?;
+                            let e = c.error(i).filter(|e| e.is_finite()).unwrap_or(0.0);
+                            Some((k_position(k), v, e))
+                        })
+                        .collect();
+                    let color = PALETTE[lines.len() % PALETTE.len()];
+                    lines.push((format!("{m} · {}", metric.name()), color, pts));
+                }
+            }
+            Panel {
+                title: t.name.clone(),
+                y_desc: format!("accuracy ({bars})"),
+                reference: t.chance.map(Reference::Chance),
+                lines,
+            }
+        })
+        .collect();
+    let x_max = k_position(ks.last().copied().unwrap_or(1)).max(1.0);
+    render(dir, "calibration", &panels, x_max, None)?;
+    Ok(true)
 }
 
 /// One line per model through its cells at each K, in the model's colour.

@@ -217,6 +217,12 @@ pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
             "Accuracy against the number of demonstrations",
         ));
     }
+    if chart::calibration(dir, &summary, &input.tasks)? {
+        charts.push((
+            "calibration",
+            "Accuracy with and without calibration against the number of demonstrations",
+        ));
+    }
     if chart::accuracy_vs_model_size(dir, &summary, &input.tasks)? {
         charts.push(("accuracy_vs_model_size", "Accuracy against model size"));
     }

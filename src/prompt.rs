@@ -72,8 +72,9 @@ pub fn build(task: &Task, item: &Item, demos: &[Demo]) -> String {
     build_with_query(task, &item.description, demos, &item.text).0
 }
 
-/// The prompt for an arbitrary query text, and the byte offsets where the description and each
-/// demonstration end: the points where prompts with the same demonstrations share their prefix.
+/// The prompt for an arbitrary query text, and the byte offsets where the description (index 0)
+/// and each demonstration (index i) end: the points where prompts with the same demonstrations
+/// share their prefix.
 pub fn build_with_query(
     task: &Task,
     description: &str,
@@ -81,10 +82,9 @@ pub fn build_with_query(
     query: &str,
 ) -> (String, Vec<usize>) {
     let mut s = description.to_string();
+    // breaks[0] ends the description (0 when there is none), breaks[i] the i-th demonstration.
     let mut breaks = Vec::with_capacity(demos.len() + 1);
-    if !s.is_empty() {
-        breaks.push(s.len());
-    }
+    breaks.push(s.len());
     for d in demos {
         s.push_str(&d.item.text);
         if let Some(a) = d.answer {
@@ -107,6 +107,19 @@ pub fn continuations(task: &Task, item: &Item, format: Format) -> Vec<String> {
         }
         Answer::Text(_) => Vec::new(),
     }
+}
+
+/// The breaks worth a cache entry in a sweep over `shots`: the description's end and the end of the
+/// K-th demonstration for each K of the sweep — the only prefixes other prompts of the sweep share
+/// (nested draws) — so the cache holds a few entries per demonstration set, not one per
+/// demonstration. The same breaks whatever the prompt, so chunking never depends on the cache.
+pub fn kept_breaks(breaks: &[usize], shots: &[usize]) -> Vec<usize> {
+    breaks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || shots.contains(i))
+        .map(|(_, b)| *b)
+        .collect()
 }
 
 /// A prompt that fits the model's context, and how many demonstrations it kept.
@@ -202,6 +215,9 @@ mod tests {
             "D\nReview: great\nSentiment:\n\nReview: awful\nSentiment: negative\n\nQ"
         );
         assert_eq!(breaks, vec![2, 28, 63]);
+        assert_eq!(build_with_query(&t, "", &[], "Q").1, vec![0]);
+        assert_eq!(kept_breaks(&breaks, &[0, 2]), vec![2, 63]);
+        assert_eq!(kept_breaks(&breaks, &[1, 8]), vec![2, 28]);
     }
 
     #[test]

@@ -92,6 +92,16 @@ pub fn chance(t: &Task) -> Option<f64> {
     })
 }
 
+/// How much prompt work one model did in a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PromptTokens {
+    pub model: String,
+    /// Tokens run through the forward pass (prompts and continuations).
+    pub computed: u64,
+    /// Prompt tokens whose keys and values came from the prefix cache instead.
+    pub reused: u64,
+}
+
 /// `config.json`: everything needed to reproduce and to read a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -114,6 +124,9 @@ pub struct RunRecord {
     /// Prompts went through each model's chat template (`--chat-template`), and how.
     #[serde(default)]
     pub chat: Option<crate::run::ChatMode>,
+    /// Per model: prompt tokens run through the model, and tokens taken from the prefix cache.
+    #[serde(default)]
+    pub prompt_tokens: Vec<PromptTokens>,
     pub limit: Option<usize>,
     pub threads: Option<usize>,
     pub weights: String,

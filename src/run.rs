@@ -300,6 +300,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         permutations: p.permutations,
         demo_labels: p.demo_labels.clone(),
         chat: p.chat,
+        prompt_tokens: Vec::new(),
         limit: cfg.limit,
         threads: cfg.threads,
         weights: cfg.weights.to_possible_value().map_or_else(
@@ -363,6 +364,12 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
             })?;
             out.flush()?;
         }
+        let (reused, computed) = backend.token_counts();
+        record.prompt_tokens.push(record::PromptTokens {
+            model: backend.info().name.clone(),
+            computed,
+            reused,
+        });
     }
     bar.finish_and_clear();
     // The samples are on disk under their final name before config.json says the run is complete,
@@ -601,6 +608,7 @@ pub fn evaluate_task(
                                     item,
                                     demos: &demos[..f.k],
                                     format,
+                                    shots: plan.shots,
                                 };
                                 scoring.score(backend, &mut memo, &f, &mut s).with_context(
                                     || {
@@ -628,9 +636,15 @@ struct Scoring<'a> {
     /// The demonstrations the fitted prompt kept.
     demos: &'a [sampler::Demo<'a>],
     format: prompt::Format<'a>,
+    /// The sweep's shot counts: prefixes worth caching end after K demonstrations.
+    shots: &'a [usize],
 }
 
 impl Scoring<'_> {
+    fn breaks(&self, all: &[usize]) -> Vec<usize> {
+        prompt::kept_breaks(all, self.shots)
+    }
+
     fn score(
         &self,
         backend: &mut dyn Backend,
@@ -643,8 +657,12 @@ impl Scoring<'_> {
         match &self.item.answer {
             Answer::Choice { choices, gold } => {
                 let conts = prompt::continuations(task, self.item, self.format);
-                let logprobs =
-                    memo.loglikelihood(backend, &fitted.prompt, &fitted.breaks, &conts)?;
+                let logprobs = memo.loglikelihood(
+                    backend,
+                    &fitted.prompt,
+                    &self.breaks(&fitted.breaks),
+                    &conts,
+                )?;
                 let prior = if task.metrics.contains(&Metric::AccCalibrated) {
                     let mut cf = Vec::with_capacity(CONTENT_FREE.len());
                     for query in &task.content_free {
@@ -655,7 +673,7 @@ impl Scoring<'_> {
                             query,
                             self.format,
                         )?;
-                        cf.push(memo.loglikelihood(backend, &p, &breaks, &conts)?);
+                        cf.push(memo.loglikelihood(backend, &p, &self.breaks(&breaks), &conts)?);
                     }
                     Some(score::content_free_prior(&cf))
                 } else {
@@ -690,7 +708,7 @@ impl Scoring<'_> {
                     None => {
                         let t = backend.generate_until(
                             &fitted.prompt,
-                            &fitted.breaks,
+                            &self.breaks(&fitted.breaks),
                             &task.until,
                             task.max_tokens,
                         )?;

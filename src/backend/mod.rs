@@ -68,6 +68,12 @@ pub trait Backend {
     /// Number of tokens `text` takes as a prompt (special tokens the model adds included).
     fn count_tokens(&self, text: &str) -> Result<usize>;
 
+    /// Tokens run through the model so far and prompt tokens reused from a cache instead, as
+    /// (reused, computed); (0, 0) for a backend that does not count.
+    fn token_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
     /// The model's own chat template, if it ships one.
     fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {
         None

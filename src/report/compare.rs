@@ -5,6 +5,8 @@
 //! is equally likely to go either way, so their split is Binomial(b + c, 1/2).
 
 use std::collections::BTreeMap;
+
+use crate::sampler::DemoLabels;
 use std::fs::File;
 use std::path::Path;
 
@@ -130,6 +132,16 @@ pub fn compare(
     }
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    for (side, run) in [("A", a), ("B", b)] {
+        let r = &run.record;
+        if r.seeds.len() > 1 || r.permutations > 1 || r.demo_labels.len() > 1 {
+            notes.push(format!(
+                "{side} has several seeds, orderings or label studies; compared: seed {}, the \
+                 sampler's ordering, one label study (McNemar's test pairs each doc once)",
+                r.seed
+            ));
+        }
+    }
     for ta in &a.record.tasks {
         let Some(tb) = b.record.tasks.iter().find(|t| t.name == ta.name) else {
             notes.push(format!("task {} is only in A", ta.name));
@@ -145,11 +157,21 @@ pub fn compare(
             continue;
         }
         let metric = ta.metric_list()?[0].name().to_string();
-        // (K, doc) → correct, for each side.
+        // (K, doc) → correct, for each side. McNemar's test needs one pair per doc, so a run with
+        // several seeds, orderings or label studies contributes its first seed, the sampler's own
+        // ordering and gold labels (or its first label study).
         let scores = |run: &RunData, model: &str| -> BTreeMap<(usize, usize), bool> {
+            let labels = if run.record.demo_labels.contains(&DemoLabels::Gold) {
+                DemoLabels::Gold
+            } else {
+                run.record.demo_labels.first().copied().unwrap_or_default()
+            };
             run.samples
                 .iter()
                 .filter(|s| s.task == ta.name && s.model == model)
+                .filter(|s| {
+                    s.seed == run.record.seed && s.permutation == 0 && s.demo_labels == labels
+                })
                 .filter_map(|s| Some(((s.k, s.doc_id), *s.metrics.get(&metric)? > 0.5)))
                 .collect()
         };

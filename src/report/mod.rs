@@ -121,23 +121,35 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
             mixed.join("; ")
         );
     }
-    let mut cells: Vec<((String, String, usize), &Path)> = Vec::new();
+    type Cell = (String, String, &'static str, &'static str, usize);
+    let mut cells: Vec<(Cell, &Path)> = Vec::new();
     let mut samples = Vec::new();
     for run in runs {
-        let mut own: Vec<(String, String, usize)> = run
+        let mut own: Vec<Cell> = run
             .samples
             .iter()
-            .map(|s| (s.task.clone(), s.model.clone(), s.k))
+            .map(|s| {
+                (
+                    s.task.clone(),
+                    s.model.clone(),
+                    s.sampler.name(),
+                    s.demo_labels.name(),
+                    s.k,
+                )
+            })
             .collect();
         own.sort();
         own.dedup();
         for c in own {
             if let Some((_, other)) = cells.iter().find(|(x, _)| *x == c) {
                 bail!(
-                    "cell (task {}, model {}, K = {}) is in both {} and {}; report them separately",
+                    "cell (task {}, model {}, sampler {}, {} labels, K = {}) is in both {} and {}; \
+                     report them separately",
                     c.0,
                     c.1,
                     c.2,
+                    c.3,
+                    c.4,
                     other.display(),
                     run.dir.display()
                 );
@@ -265,6 +277,7 @@ mod tests {
                 permutations: 1,
                 demo_labels: vec![Default::default()],
                 chat: None,
+                prompt_tokens: Vec::new(),
                 limit: None,
                 threads: None,
                 weights: "f32".into(),
@@ -312,7 +325,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("(task t, model small, K = 0) is in both runs/a and runs/a"),
+            e.contains(
+                "(task t, model small, sampler random, gold labels, K = 0) is in both runs/a and runs/a"
+            ),
             "{e}"
         );
 

@@ -147,11 +147,6 @@ impl CandleBackend {
         self
     }
 
-    /// Prompt tokens taken from the prefix cache and tokens computed so far.
-    pub fn token_counts(&self) -> (u64, u64) {
-        (self.prefix.reused_tokens, self.prefix.computed_tokens)
-    }
-
     /// Token positions in `ids` (the encoding of `text`) where the byte offsets `breaks` fall on a
     /// token boundary. A break inside a merged token moves before the whitespace that ends it
     /// (a few-shot delimiter), else it is dropped; either way only exact token prefixes are cuts.
@@ -519,6 +514,10 @@ impl Backend for CandleBackend {
         Ok(self.tokenizer.encode(text)?.len())
     }
 
+    fn token_counts(&self) -> (u64, u64) {
+        (self.prefix.reused_tokens, self.prefix.computed_tokens)
+    }
+
     fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {
         let token = |id: Option<u32>| {
             id.and_then(|i| self.tokenizer.token_text(i))
@@ -609,6 +608,7 @@ impl Backend for CandleBackend {
             // forward pass over whole[p..len-1] on top of the prefix cache.
             let rows: Vec<Vec<f32>> = if len - 1 > p {
                 let (h, _) = self.model.forward(&whole[p..len - 1], &prefix_cache)?;
+                self.prefix.computed_tokens += (len - 1 - p) as u64;
                 let first = (n - 1).max(p);
                 let wanted: Vec<usize> = (first..len - 1).map(|pos| pos - p).collect();
                 self.model.log_probs(&h, &wanted)?.to_vec2::<f32>()?
@@ -657,6 +657,8 @@ impl Backend for CandleBackend {
             let last = so_far[so_far.len() - 1];
             Ok(is_end(last) || cut_at_stop(&tok.decode(so_far)?, until).1)
         })?;
+        // Each token after the first was one more forward step.
+        self.prefix.computed_tokens += out.len().saturating_sub(1) as u64;
         let mut generated: Vec<u32> = out.into_iter().map(|(t, _)| t).collect();
         if generated.last().is_some_and(|&t| is_end(t)) {
             generated.pop();

@@ -498,8 +498,18 @@ impl<'a> Plan<'a> {
 /// scored once.
 #[derive(Default)]
 struct Memo {
-    choices: HashMap<(String, Vec<String>), Vec<f64>>,
-    generated: HashMap<String, String>,
+    choices: HashMap<[u8; 32], Vec<f64>>,
+    generated: HashMap<[u8; 32], String>,
+}
+
+/// sha256 of the request's parts, each length-prefixed: a small key whatever the prompt's size.
+fn request_key(parts: &[&str]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().into()
 }
 
 impl Memo {
@@ -510,7 +520,9 @@ impl Memo {
         breaks: &[usize],
         continuations: &[String],
     ) -> Result<Vec<f64>> {
-        let key = (context.to_string(), continuations.to_vec());
+        let mut parts = vec![context];
+        parts.extend(continuations.iter().map(String::as_str));
+        let key = request_key(&parts);
         if let Some(v) = self.choices.get(&key) {
             return Ok(v.clone());
         }
@@ -703,7 +715,8 @@ impl Scoring<'_> {
                 s.unconditional = unconditional;
             }
             Answer::Text(target) => {
-                let text = match memo.generated.get(&fitted.prompt) {
+                let key = request_key(&[&fitted.prompt]);
+                let text = match memo.generated.get(&key) {
                     Some(t) => t.clone(),
                     None => {
                         let t = backend.generate_until(
@@ -712,7 +725,7 @@ impl Scoring<'_> {
                             &task.until,
                             task.max_tokens,
                         )?;
-                        memo.generated.insert(fitted.prompt.clone(), t.clone());
+                        memo.generated.insert(key, t.clone());
                         t
                     }
                 };

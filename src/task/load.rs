@@ -124,6 +124,13 @@ pub fn load_task(path: &Path, data_dir: Option<&Path>) -> Result<Task> {
 pub fn validate_task(path: &Path, data_dir: Option<&Path>) -> Vec<String> {
     let (task, mut problems) = build(path, data_dir);
     if let Some(task) = task {
+        // The sampler must suit the task (knn's encoder is checked when a run loads it).
+        if task.sampler != crate::sampler::Sampler::Knn
+            && let Err(e) =
+                crate::sampler::Selector::new(&task, task.sampler, task.demo_order, None)
+        {
+            problems.push(format!("{}: field `fewshot.sampler`: {e}", path.display()));
+        }
         if task.test.is_empty() {
             problems.push(format!("{}: test split has no docs", path.display()));
         } else if task.fewshot.len() < 1 + usize::from(task.fewshot_is_test) {
@@ -850,6 +857,59 @@ mod tests {
         assert_eq!(t.test[0].description, "Translate:\n");
         assert_eq!(t.test[0].text, "Q: good");
         assert_eq!(t.test[0].target_text(), "1\n");
+    }
+
+    #[test]
+    fn split_rows_doc_alias_and_content_free_inputs() {
+        let d = tmp("rows");
+        write(
+            &d,
+            "all.csv",
+            "Class Index,Title\n1,alpha\n2,beta\n1,gamma\n2,delta\n",
+        );
+        let y = write(
+            &d,
+            "t.yaml",
+            "task: t\ndataset: {path: all.csv, split_rows: {test: [0, 3], train: [3, 4]}}\n\
+             fewshot_split: train\ndoc_to_text: \"Title: {{ doc['Title'] }}\"\n\
+             doc_to_target: \"{{ doc['Class Index'] | int - 1 }}\"\ndoc_to_choice: [a, b]\n\
+             output_type: multiple_choice\nmetrics: [acc, acc_calibrated]\nfewshot: {sampler: fixed}\n",
+        );
+        let t = load_task(&y, None).unwrap();
+        assert_eq!((t.test.len(), t.fewshot.len()), (3, 1));
+        assert_eq!(t.test[1].text, "Title: beta");
+        assert_eq!(t.test[1].target_text(), "b");
+        assert_eq!(t.fewshot[0].text, "Title: delta");
+        assert_eq!(t.sampler, crate::sampler::Sampler::Fixed);
+        assert_eq!(
+            t.content_free,
+            vec!["Title: N/A", "Title: ", "Title: [MASK]"]
+        );
+        let bad = write(
+            &d,
+            "b.yaml",
+            "task: b\ndataset: {path: all.csv, split_rows: {test: [0, 3], train: [2, 9]}}\n\
+             fewshot_split: train\ndoc_to_text: x\ndoc_to_target: y\noutput_type: generate_until\n\
+             fewshot: {sampler: balanced}\n",
+        );
+        let all = validate_task(&bad, None).join("\n");
+        assert!(
+            all.contains("split_rows.train") && all.contains("4 rows"),
+            "{all}"
+        );
+        assert!(all.contains("overlap"), "{all}");
+        let generation = write(
+            &d,
+            "g.yaml",
+            "task: g\ndataset: {path: all.csv, split_rows: {test: [0, 3], train: [3, 4]}}\n\
+             fewshot_split: train\ndoc_to_text: x\ndoc_to_target: y\noutput_type: generate_until\n\
+             fewshot: {sampler: balanced}\n",
+        );
+        let all = validate_task(&generation, None).join("\n");
+        assert!(
+            all.contains("fewshot.sampler") && all.contains("balanced"),
+            "{all}"
+        );
     }
 
     #[test]

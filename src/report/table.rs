@@ -165,6 +165,8 @@ pub struct SummaryColumns<'a> {
     /// What a chart line stands for: the model, plus the sampler and label study when the summary
     /// holds more than one of them.
     pub series: Vec<String>,
+    /// Whether any cell averages several seeds.
+    many_seeds: bool,
 }
 
 impl<'a> SummaryColumns<'a> {
@@ -187,6 +189,8 @@ impl<'a> SummaryColumns<'a> {
                 s
             })
             .collect();
+        let seeds = df.column("seeds")?.u32()?;
+        let many_seeds = (0..seeds.len()).any(|i| seeds.get(i).is_some_and(|s| s > 1));
         Ok(Self {
             task: df.column("task")?.str()?,
             model,
@@ -199,18 +203,19 @@ impl<'a> SummaryColumns<'a> {
             stderr: df.column("stderr")?.f64()?,
             seed_std: df.column("seed_std")?.f64()?,
             perm_std: df.column("perm_std")?.f64()?,
-            seeds: df.column("seeds")?.u32()?,
+            seeds,
             permutations: df.column("permutations")?.u32()?,
             n: df.column("n")?.u32()?,
             skipped: df.column("skipped")?.u32()?,
             mean_k_effective: df.column("mean_k_effective")?.f64()?,
             series,
+            many_seeds,
         })
     }
 
     /// Whether any cell averages several seeds (then charts show the spread across seeds).
     pub fn has_seeds(&self) -> bool {
-        (0..self.seeds.len()).any(|i| self.seeds.get(i).is_some_and(|s| s > 1))
+        self.many_seeds
     }
 
     /// The error bar of row `i`: standard deviation across seeds when there are several, else the

@@ -67,14 +67,17 @@ fn report_merges_run_folders_and_refuses_incompatible_ones() {
     assert!(o.status.success(), "{}", stderr(&o));
     let md = fs::read_to_string(merged.join("summary.md")).unwrap();
     assert!(md.contains("SmolLM2-135M-Instruct.Q4_1") && md.contains("qwen2.5-coder"));
-    // The merged summary is exactly the rows of both runs.
+    // The merged summary table is exactly the rows of both runs (the predicted-label section
+    // after the blank line has its own rows).
     let rows = |p: &Path| {
         fs::read_to_string(p.join("summary.md"))
             .unwrap()
             .lines()
+            .take_while(|l| !l.is_empty())
             .count()
             - 2
     };
+    assert!(md.contains("### Predicted labels"), "{md}");
     assert_eq!(rows(&merged), rows(&a) + rows(&b));
     let svg = fs::read_to_string(merged.join("accuracy_vs_model_size.svg")).unwrap();
     assert!(svg.contains("K = 0") && svg.contains("K = 1"));
@@ -228,9 +231,15 @@ fn compare_finds_no_difference_between_seeds_and_the_one_between_models() {
     let row = &compare_rows(&md)[0];
     let acc = |dir: &Path| -> f64 {
         let s = fs::read_to_string(dir.join("summary.csv")).unwrap();
+        let column = s
+            .lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .position(|c| c == "value")
+            .unwrap();
         let line = s.lines().find(|l| l.contains(",acc,")).unwrap();
-        // task,model,parameters,k,metric,value,...
-        line.split(',').nth(5).unwrap().parse().unwrap()
+        line.split(',').nth(column).unwrap().parse().unwrap()
     };
     let (va, vb) = (acc(&s1), acc(&q));
     assert_eq!(row[4], format!("{va:.4}"));

@@ -168,16 +168,30 @@ pub struct Sample {
 impl Sample {
     /// A sample of task `t` scored with `acc` (or skipped when `acc` is `None`), for unit tests.
     pub(crate) fn for_tests(model: &str, doc_id: usize, k: usize, acc: Option<f64>) -> Sample {
+        let mut s = Sample::unscored(model, "t", doc_id, k, "x");
+        s.k_effective = acc.map(|_| k);
+        s.correct = acc.map(|a| a > 0.5);
+        s.metrics = acc
+            .map(|a| BTreeMap::from([("acc".to_string(), a)]))
+            .unwrap_or_default();
+        s.skipped = acc.is_none().then(|| "too long".into());
+        s
+    }
+}
+
+impl Sample {
+    /// A sample of the default protocol (random sampler, gold labels) with nothing scored yet.
+    pub fn unscored(model: &str, task: &str, doc_id: usize, k: usize, gold: &str) -> Sample {
         Sample {
             model: model.into(),
-            task: "t".into(),
+            task: task.into(),
             doc_id,
             k,
             sampler: Sampler::Random,
             seed: 0,
             permutation: 0,
             demo_labels: DemoLabels::Gold,
-            k_effective: acc.map(|_| k),
+            k_effective: None,
             prompt_hash: None,
             tokens: None,
             logprobs: None,
@@ -185,12 +199,10 @@ impl Sample {
             unconditional: None,
             generated: None,
             prediction: None,
-            gold: "x".into(),
-            correct: acc.map(|a| a > 0.5),
-            metrics: acc
-                .map(|a| BTreeMap::from([("acc".to_string(), a)]))
-                .unwrap_or_default(),
-            skipped: acc.is_none().then(|| "too long".into()),
+            gold: gold.into(),
+            correct: None,
+            metrics: BTreeMap::new(),
+            skipped: None,
         }
     }
 }
@@ -584,26 +596,17 @@ pub fn evaluate_task(
                             format,
                         )?;
                         let mut s = Sample {
-                            model: backend.info().name.clone(),
-                            task: task.name.clone(),
-                            doc_id: item.id,
-                            k,
                             sampler: selector.sampler(),
                             seed,
                             permutation,
                             demo_labels: labels,
-                            k_effective: None,
-                            prompt_hash: None,
-                            tokens: None,
-                            logprobs: None,
-                            calibration: None,
-                            unconditional: None,
-                            generated: None,
-                            prediction: None,
-                            gold: item.target_text().to_string(),
-                            correct: None,
-                            metrics: BTreeMap::new(),
-                            skipped: None,
+                            ..Sample::unscored(
+                                &backend.info().name,
+                                &task.name,
+                                item.id,
+                                k,
+                                item.target_text(),
+                            )
                         };
                         match fitted {
                             None => {

@@ -6,11 +6,10 @@ mod common;
 
 use std::fs;
 
-use common::{gemma3, icl_eval, qwen05, root, smollm2, tmp};
+use common::{gemma3, icl_eval, qwen05, read_samples, root, smollm2, tmp};
 use icl_eval::backend::Backend;
 use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
 use icl_eval::chat::Message;
-use icl_eval::run::Sample;
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -87,11 +86,7 @@ fn chat_template_runs_fold_or_split_the_demonstrations() {
         a.extend(extra);
         let o = icl_eval(&a);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let samples: Vec<Sample> = fs::read_to_string(out.join("samples.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let samples = read_samples(&out);
         assert_eq!(samples.len(), 4);
         assert!(samples.iter().all(|s| s.logprobs.is_some()));
         let cfg: Value =

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use common::{icl_eval, icl_eval_in, root, smollm2, tmp};
-use icl_eval::run::Sample;
+use common::{icl_eval, icl_eval_in, read_samples, root, smollm2, tmp};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -187,14 +186,6 @@ fn tasks_and_prompt_commands_work_without_a_model() {
         String::from_utf8_lossy(&o.stdout),
         stderr(&o)
     );
-}
-
-fn read_samples(dir: &Path) -> Vec<Sample> {
-    fs::read_to_string(dir.join("samples.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{icl_eval, root, smollm2, tmp};
+use common::{icl_eval, read_samples, root, smollm2, tmp};
 use icl_eval::run::Sample;
 
 fn stderr(o: &std::process::Output) -> String {
@@ -95,14 +95,6 @@ fn impossible_protocols_are_one_line_errors() {
         "{}",
         stderr(&e)
     );
-}
-
-fn read_samples(dir: &Path) -> Vec<Sample> {
-    fs::read_to_string(dir.join("samples.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn run_ok(args: &[&str]) {

@@ -72,3 +72,12 @@ pub fn icl_eval_in(dir: &Path, args: &[&str]) -> Output {
         .output()
         .expect("run icl-eval")
 }
+
+/// The samples of a finished run folder.
+pub fn read_samples(dir: &Path) -> Vec<icl_eval::run::Sample> {
+    std::fs::read_to_string(dir.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 
-use common::{gemma3, icl_eval, qwen05, read_samples, root, smollm2, tmp};
+use common::{gemma3, icl_eval, ids, qwen05, read_samples, root, smollm2, tmp};
 use icl_eval::backend::Backend;
 use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
 use icl_eval::chat::Message;
@@ -44,13 +44,12 @@ fn gguf_chat_templates_render_like_transformers() {
                 want["rendered"][name].as_str().unwrap(),
                 "{file} {name}"
             );
-            let ids: Vec<u32> = want["ids"][name]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect();
-            assert_eq!(b.encode(&got).unwrap(), ids, "{file} {name}: token ids");
+            let want_ids = ids(&want["ids"][name]);
+            assert_eq!(
+                b.encode(&got).unwrap(),
+                want_ids,
+                "{file} {name}: token ids"
+            );
         }
     }
     let g = CandleBackend::load(&gemma3(), WeightsChoice::Quantized).unwrap();

@@ -5,17 +5,9 @@ mod common;
 
 use std::fs;
 
-use common::{icl_eval, root, tmp};
+use common::{floats, icl_eval, ids, root, tmp};
 use icl_eval::encoder::Encoder;
 use serde_json::Value;
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
 
 fn encoder() -> Encoder {
     let dir = root().join(icl_eval::encoder::DEFAULT_DIR);
@@ -38,12 +30,7 @@ fn minilm_matches_sentence_transformers() {
     let (mut worst_raw, mut worst_unit) = (0.0f32, 0.0f32);
     for s in fixture["sentences"].as_array().unwrap() {
         let text = s["text"].as_str().unwrap();
-        let want_ids: Vec<u32> = s["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+        let want_ids = ids(&s["ids"]);
         assert_eq!(e.ids(text).unwrap(), want_ids, "token ids of {text:?}");
         let raw = e.embed_raw(text).unwrap();
         for (a, b) in raw.iter().zip(floats(&s["embedding"])) {

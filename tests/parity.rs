@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::{floats, ids};
 use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
 use serde_json::Value;
 
@@ -10,22 +11,6 @@ fn reference(fixture: &str) -> Value {
     let text =
         std::fs::read_to_string(common::root().join("tests/fixtures").join(fixture)).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
 }
 
 /// Token ids equal the reference on every prompt, and float32 log-probs are within 1e-3 nats at

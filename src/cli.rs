@@ -1,6 +1,8 @@
 //! Command-line definitions and dispatch; every subcommand is a thin call into the library.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -9,8 +11,9 @@ use icl_eval::backend::candle::{WeightsChoice, load_tokenizer};
 use icl_eval::models::{self, HubOptions, ModelsFile};
 use icl_eval::run::{ChatMode, Protocol, RunConfig, run};
 use icl_eval::sampler::{DemoLabels, DemoOrder, Sampler};
+use icl_eval::shard::{self, Shard};
 use icl_eval::task::{self, discover, load_task, validate_task};
-use icl_eval::{prompt, record, report};
+use icl_eval::{cache, prompt, record, report};
 
 /// Evaluate how language models learn from K demonstrations in their prompt.
 #[derive(Parser, Debug)]
@@ -36,6 +39,41 @@ enum Cmd {
     Report(ReportArgs),
     /// Compare two runs (or two models of a run) cell by cell, with a paired test.
     Compare(CompareArgs),
+    /// Combine the folders of a run made with --shard I/N into the folder the unsharded run writes.
+    Merge(MergeArgs),
+    /// Inspect or empty the persistent request cache.
+    Cache(CacheArgs),
+}
+
+#[derive(Args, Debug)]
+struct CacheArgs {
+    #[command(subcommand)]
+    action: CacheAction,
+    /// The cache file (default: ~/.cache/icl-eval/requests.sqlite).
+    #[arg(long, global = true, value_name = "FILE", env = "ICL_EVAL_CACHE")]
+    cache: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheAction {
+    /// Entries and size per model.
+    Stats,
+    /// Delete the entries of one model, or all.
+    Clear {
+        /// Only this model's entries (a name as in `stats`).
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct MergeArgs {
+    /// The finished shard folders, all N of them.
+    #[arg(required = true, value_name = "SHARD_DIR")]
+    shards: Vec<PathBuf>,
+    /// The merged run folder to write.
+    #[arg(long, value_name = "DIR")]
+    output: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -160,12 +198,25 @@ struct RunArgs {
     /// CPU threads for the forward pass (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Run folder (default: results/<timestamp>-<hash>/).
+    /// Run folder (default: results/<timestamp>-<hash>/). A folder holding an unfinished run of
+    /// the same command is resumed; without --output, so is the newest such folder in results/.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Evaluate only shard I of N (the docs at positions p with p mod N = I - 1); combine the N
+    /// folders with `icl-eval merge`.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
     /// How to hold the weights in memory.
     #[arg(long, value_enum, default_value_t = WeightsChoice::Auto)]
     weights: WeightsChoice,
+    /// The persistent request cache: answers already computed for the same model and request
+    /// are read from it (default: ~/.cache/icl-eval/requests.sqlite).
+    #[arg(long, value_name = "FILE", env = "ICL_EVAL_CACHE")]
+    cache: Option<PathBuf>,
+    /// Compute every request; neither read nor write the request cache.
+    #[arg(long, env = "ICL_EVAL_NO_CACHE", conflicts_with = "cache",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    no_cache: bool,
     #[command(flatten)]
     dirs: TaskDirs,
 }
@@ -232,6 +283,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Models(a) => cmd_models(&a),
         Cmd::Report(a) => cmd_report(&a),
         Cmd::Compare(a) => cmd_compare(&a),
+        Cmd::Merge(a) => cmd_merge(&a),
+        Cmd::Cache(a) => cmd_cache(&a),
     }
 }
 
@@ -271,6 +324,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         results_root: PathBuf::from("results"),
         data_dir: a.dirs.data_dir,
         weights: a.weights,
+        shard: a.shard,
+        cache: (!a.no_cache).then(|| a.cache.unwrap_or_else(cache::default_path)),
+        stop: Some(stop_on_ctrl_c()),
     };
     let outcome = run(&cfg)?;
     println!("{}", outcome.summary_markdown);
@@ -284,6 +340,66 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             .map(|c| format!("{c}.png"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    Ok(())
+}
+
+/// A flag set by the first Ctrl-C (or SIGTERM), so the run stops cleanly after the current sample;
+/// a second one quits at once (finished samples are on disk either way).
+fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let installed = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nStopping after the current sample (Ctrl-C again quits at once)…");
+    });
+    if let Err(e) = installed {
+        eprintln!("note: Ctrl-C will not stop cleanly ({e}); finished samples are kept anyway");
+    }
+    stop
+}
+
+fn cmd_cache(a: &CacheArgs) -> Result<()> {
+    let path = a.cache.clone().unwrap_or_else(cache::default_path);
+    if !path.is_file() {
+        println!("No request cache at {} yet.", path.display());
+        return Ok(());
+    }
+    let c = cache::RequestCache::open(&path)?;
+    match &a.action {
+        CacheAction::Stats => {
+            let stats = c.stats()?;
+            println!("Request cache {}", path.display());
+            println!("| model | entries | MB |");
+            println!("|---|---:|---:|");
+            for m in &stats {
+                println!(
+                    "| {} | {} | {:.1} |",
+                    m.model,
+                    m.entries,
+                    m.bytes as f64 / 1e6
+                );
+            }
+            let total: u64 = stats.iter().map(|m| m.entries).sum();
+            println!("{total} entries in all");
+        }
+        CacheAction::Clear { model } => {
+            let n = c.clear(model.as_deref())?;
+            println!("Deleted {n} entries from {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn cmd_merge(a: &MergeArgs) -> Result<()> {
+    let merged = shard::merge(&a.shards, &a.output)?;
+    println!(
+        "Merged {} shards ({} samples) into {}/: report.html, summary.md/.csv/.tex, samples.jsonl",
+        a.shards.len(),
+        merged.samples.len(),
+        a.output.display()
     );
     Ok(())
 }
@@ -431,9 +547,6 @@ fn cmd_report(a: &ReportArgs) -> Result<()> {
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("--output: cannot create {}", dir.display()))?;
     let input = report::merge(&runs, a.allow_mixed)?;
-    for n in &input.notes {
-        eprintln!("note: {n}");
-    }
     for n in &input.notes {
         eprintln!("note: {n}");
     }

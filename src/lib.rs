@@ -3,14 +3,17 @@
 //! Flow: task (YAML + Jinja) → prompts (few-shot draws) → requests → backend → scores → report.
 
 pub mod backend;
+pub mod cache;
 pub mod chat;
 pub mod encoder;
 pub mod models;
 pub mod prompt;
 pub mod record;
 pub mod report;
+pub mod resume;
 pub mod run;
 pub mod sampler;
 pub mod score;
 pub mod seed;
+pub mod shard;
 pub mod task;

@@ -30,6 +30,10 @@ fn main() {
         }
     };
     if let Err(e) = cli::dispatch(args) {
+        if let Some(stopped) = e.downcast_ref::<icl_eval::run::Interrupted>() {
+            eprintln!("{stopped}");
+            std::process::exit(130);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

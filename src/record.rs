@@ -100,6 +100,18 @@ pub struct PromptTokens {
     pub computed: u64,
     /// Prompt tokens whose keys and values came from the prefix cache instead.
     pub reused: u64,
+    /// Requests (prompts with their continuations) computed, and answered from the request cache.
+    #[serde(default)]
+    pub requests: crate::cache::RequestCounts,
+}
+
+/// A run started again after an interruption.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResumePoint {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Samples already finished then.
+    pub samples: usize,
 }
 
 /// `config.json`: everything needed to reproduce and to read a run.
@@ -107,6 +119,17 @@ pub struct PromptTokens {
 pub struct RunRecord {
     /// False until every sample is written.
     pub complete: bool,
+    /// Hash of everything that decides the results (tasks, models, shots, seeds, limit, protocol,
+    /// weights; not the shard): equal for the shards of one run, and how a resumed run finds its
+    /// folder.
+    #[serde(default)]
+    pub run_id: String,
+    /// `--shard I/N`: this folder holds only that share of the docs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::shard::Shard>,
+    /// Each time the run was resumed: when, and how many samples were already finished.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed: Vec<ResumePoint>,
     pub tasks: Vec<TaskRecord>,
     pub models: Vec<ModelInfo>,
     pub shots: Vec<usize>,
@@ -134,6 +157,7 @@ pub struct RunRecord {
     pub icl_eval_version: String,
     pub git_commit: String,
     pub started: String,
+    /// Seconds the run took; for a resumed run, the sessions' seconds added up.
     pub wall_seconds: Option<f64>,
 }
 

@@ -1,13 +1,16 @@
 //! A run: tasks × models × shot counts → samples, summary, charts in a run folder.
 //!
 //! Samples stream to `samples.jsonl.partial` as they finish and are renamed only when the run is
-//! complete, so an interrupted run never leaves a result that looks whole.
+//! complete, so an interrupted run never leaves a result that looks whole, and the same command
+//! started again resumes it (`resume.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
@@ -17,10 +20,13 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::candle::{CandleBackend, WeightsChoice};
 use crate::backend::{Backend, ModelInfo};
+use crate::cache::{Cached, RequestCache};
 use crate::models::{HubOptions, ModelsFile, ResolvedModel};
-use crate::record::{self, Example, RunRecord, TaskRecord};
+use crate::record::{self, Example, ResumePoint, RunRecord, TaskRecord};
 use crate::report::{ReportInput, TaskMeta};
+use crate::resume::{self, Done};
 use crate::sampler::{DemoLabels, DemoOrder, Sampler, Selector};
+use crate::shard::Shard;
 use crate::task::{Answer, CONTENT_FREE, Item, Metric, PMI_CONTEXT, Task};
 use crate::{prompt, report, sampler, score};
 
@@ -48,7 +54,34 @@ pub struct RunConfig {
     pub results_root: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub weights: WeightsChoice,
+    /// `--shard I/N`: evaluate only that share of each task's docs.
+    pub shard: Option<Shard>,
+    /// The persistent request cache (`None`: `--no-cache`).
+    pub cache: Option<PathBuf>,
+    /// Set (by Ctrl-C) to stop after the sample being scored, keeping everything finished.
+    pub stop: Option<Arc<AtomicBool>>,
 }
+
+/// The run stopped on request; its finished samples are kept for a resume.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub dir: PathBuf,
+    pub samples: usize,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted: {} finished samples are kept in {}; run the same command again to \
+             resume",
+            self.samples,
+            self.dir.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// How demonstrations vary within a run: seeds, orderings, label studies, sampler overrides.
 #[derive(Debug, Clone)]
@@ -264,31 +297,31 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
             );
         }
     }
-    let started = chrono::Utc::now();
-    let dir = match &cfg.output {
-        Some(d) => d.clone(),
-        None => cfg.results_root.join(format!(
-            "{}-{}",
-            started.format("%Y%m%d-%H%M%S"),
-            short_hash(&run_key(cfg, &tasks, &shots))
+    let now = chrono::Utc::now();
+    let run_id = short_hash(&run_key(cfg, &tasks, &shots));
+    let unfinished = resume::locate(cfg.output.as_deref(), &cfg.results_root, &run_id, cfg.shard)?;
+    let dir = match (&unfinished, &cfg.output) {
+        (Some(u), _) => u.dir.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => cfg.results_root.join(format!(
+            "{}-{}{}",
+            now.format("%Y%m%d-%H%M%S"),
+            run_id,
+            cfg.shard
+                .map_or(String::new(), |s| format!("-shard{}of{}", s.index, s.count))
         )),
     };
     fs::create_dir_all(&dir)
         .with_context(|| format!("--output: cannot create {}", dir.display()))?;
-    if dir.join("samples.jsonl").exists() {
-        bail!(
-            "--output: {} already holds a finished run; choose another folder",
-            dir.display()
-        );
-    }
 
     let n_docs: usize = tasks
         .iter()
-        .map(|t| cfg.limit.map_or(t.test.len(), |l| l.min(t.test.len())))
+        .map(|t| doc_count(t, cfg.limit, cfg.shard))
         .sum();
     let p = &cfg.protocol;
     let per_doc = shots.len() * p.seeds * p.permutations * p.demo_labels.len();
-    let total = (n_docs * per_doc * cfg.models.len()) as u64;
+    let per_model = n_docs * per_doc;
+    let total = (per_model * cfg.models.len()) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
@@ -300,6 +333,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
 
     let mut record = RunRecord {
         complete: false,
+        run_id: run_id.clone(),
+        shard: cfg.shard,
+        resumed: Vec::new(),
         tasks: tasks
             .iter()
             .zip(&selectors)
@@ -324,21 +360,70 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         git_commit: option_env!("ICL_EVAL_GIT_COMMIT")
             .unwrap_or("unknown")
             .to_string(),
-        started: started.to_rfc3339(),
+        started: now.to_rfc3339(),
         wall_seconds: None,
+    };
+    let partial = dir.join(resume::PARTIAL);
+    // Models scored in an earlier session keep their records; their work is not repeated.
+    let (mut samples, earlier_models) = match unfinished {
+        Some(u) => {
+            record.started = u.record.started;
+            record.resumed = u.record.resumed;
+            record.resumed.push(ResumePoint {
+                at: now.to_rfc3339(),
+                samples: u.samples.len(),
+            });
+            record.wall_seconds = u.record.wall_seconds;
+            record.prompt_tokens = u.record.prompt_tokens;
+            eprintln!(
+                "Resuming {}: {} of {total} samples already finished",
+                dir.display(),
+                u.samples.len()
+            );
+            (u.samples, u.record.models)
+        }
+        None => {
+            // A fresh start: nothing of an older partial file may survive.
+            File::create(&partial)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            (Vec::new(), Vec::new())
+        }
     };
     record::write_config(&dir, &record)?;
     let examples = examples(&tasks, &selectors, &shots, cfg.seed);
     record::write_examples(&dir, &examples)?;
 
-    let partial = dir.join("samples.jsonl.partial");
+    let done = Done::of(&samples);
+    bar.set_position(done.len() as u64);
     let mut out = BufWriter::new(
-        File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?,
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&partial)
+            .with_context(|| format!("cannot write {}", partial.display()))?,
     );
-    let mut samples = Vec::new();
+    let cache = cfg.cache.as_deref().map(RequestCache::open).transpose()?;
     let mut models: Vec<ModelInfo> = Vec::new();
     let clock = Instant::now();
+    let before = record.wall_seconds.unwrap_or(0.0);
+    let mut saved = Instant::now();
+    let stopped = || cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
     for m in &resolved {
+        let finished = samples.iter().filter(|s| s.model == m.name()).count();
+        if let Some(info) = earlier_models.iter().find(|i| i.name == m.name())
+            && finished == per_model
+        {
+            models.push(info.clone());
+            continue;
+        }
+        if stopped() {
+            record.wall_seconds = Some(before + clock.elapsed().as_secs_f64());
+            record::write_config(&dir, &record)?;
+            return Err(Interrupted {
+                dir,
+                samples: samples.len(),
+            }
+            .into());
+        }
         bar.set_message(format!("loading {}", m.name()));
         let loaded = CandleBackend::load_verified(&m.path, cfg.weights, m.sha256.as_deref());
         // Errors name the path; a name or hub reference is worth adding.
@@ -347,12 +432,14 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         } else {
             loaded.with_context(|| format!("--models {}", m.reference))
         };
-        let mut backend = loaded?
+        let mut candle = loaded?
             .named(&m.name(), &m.reference)
             .with_kv_cache_mb(cfg.kv_cache_mb);
+        let mut backend = Cached::new(&mut candle, cache.as_ref());
         models.push(backend.info().clone());
         record.models = models.clone();
         record::write_config(&dir, &record)?;
+        let mut result = Ok(());
         for selector in &selectors {
             bar.set_message(format!(
                 "{} / {}",
@@ -366,22 +453,61 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
                 demo_labels: &p.demo_labels,
                 limit: cfg.limit,
                 chat: p.chat,
+                shard: cfg.shard,
+                done: Some(&done),
             };
-            evaluate_task(&mut backend, selector, &plan, &mut |s| {
+            result = evaluate_task(&mut backend, selector, &plan, &mut |s| {
+                // One flushed line per sample: a killed run loses at most the one being written.
                 serde_json::to_writer(&mut out, &s)?;
                 out.write_all(b"\n")?;
+                out.flush()
+                    .with_context(|| format!("cannot write {}", partial.display()))?;
                 samples.push(s);
                 bar.inc(1);
+                if saved.elapsed() > Duration::from_secs(30) {
+                    record.wall_seconds = Some(before + clock.elapsed().as_secs_f64());
+                    record::write_config(&dir, &record)?;
+                    saved = Instant::now();
+                }
+                if stopped() {
+                    return Err(Interrupted {
+                        dir: dir.clone(),
+                        samples: samples.len(),
+                    }
+                    .into());
+                }
                 Ok(())
-            })?;
-            out.flush()?;
+            });
+            if result.is_err() {
+                break;
+            }
         }
         let (reused, computed) = backend.token_counts();
-        record.prompt_tokens.push(record::PromptTokens {
-            model: backend.info().name.clone(),
-            computed,
-            reused,
-        });
+        let requests = backend.counts;
+        match record
+            .prompt_tokens
+            .iter_mut()
+            .find(|t| t.model == backend.info().name)
+        {
+            Some(t) => {
+                t.computed += computed;
+                t.reused += reused;
+                t.requests.computed += requests.computed;
+                t.requests.cached += requests.cached;
+            }
+            None => record.prompt_tokens.push(record::PromptTokens {
+                model: backend.info().name.clone(),
+                computed,
+                reused,
+                requests,
+            }),
+        }
+        if let Err(e) = result {
+            bar.finish_and_clear();
+            record.wall_seconds = Some(before + clock.elapsed().as_secs_f64());
+            record::write_config(&dir, &record)?;
+            return Err(e);
+        }
     }
     bar.finish_and_clear();
     // The samples are on disk under their final name before config.json says the run is complete,
@@ -391,7 +517,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         .sync_all()
         .with_context(|| format!("cannot write {}", partial.display()))?;
     fs::rename(&partial, dir.join("samples.jsonl"))?;
-    record.wall_seconds = Some(clock.elapsed().as_secs_f64());
+    record.wall_seconds = Some(before + clock.elapsed().as_secs_f64());
+    record.models = models.clone();
     record.complete = true;
     record::write_config(&dir, &record)?;
     let input = ReportInput {
@@ -489,6 +616,10 @@ pub struct Plan<'a> {
     pub limit: Option<usize>,
     /// Through the model's chat template.
     pub chat: Option<ChatMode>,
+    /// Only this share of the docs.
+    pub shard: Option<Shard>,
+    /// Cells already scored (a resumed run): skipped.
+    pub done: Option<&'a Done>,
 }
 
 impl<'a> Plan<'a> {
@@ -501,8 +632,16 @@ impl<'a> Plan<'a> {
             demo_labels: &[DemoLabels::Gold],
             limit,
             chat: None,
+            shard: None,
+            done: None,
         }
     }
+}
+
+/// How many docs of `task` a run evaluates: the first `limit`, then the shard's share of them.
+pub fn doc_count(task: &Task, limit: Option<usize>, shard: Option<Shard>) -> usize {
+    let n = limit.map_or(task.test.len(), |l| l.min(task.test.len()));
+    shard.map_or(n, |s| s.share(n))
 }
 
 /// Answers already computed in this task, keyed by the exact request, so identical prompts (the
@@ -580,21 +719,16 @@ pub fn evaluate_task(
         _ => prompt::Format::Plain,
     };
     let mut memo = Memo::default();
-    for item in &task.test[..n] {
+    let docs = task.test[..n]
+        .iter()
+        .enumerate()
+        .filter(|(pos, _)| plan.shard.is_none_or(|s| s.holds(*pos)));
+    for (_, item) in docs {
         for &seed in &plan.seeds {
             let ranking = selector.ranking(item, seed, k_max);
             for &labels in plan.demo_labels {
                 for permutation in 0..plan.permutations {
                     for &k in plan.shots {
-                        let demos = selector.demos(&ranking, k, item, seed, permutation, labels);
-                        let fitted = prompt::fit(
-                            task,
-                            item,
-                            &demos,
-                            ctx_len,
-                            &|s| backend.count_tokens(s),
-                            format,
-                        )?;
                         let mut s = Sample {
                             sampler: selector.sampler(),
                             seed,
@@ -608,6 +742,18 @@ pub fn evaluate_task(
                                 item.target_text(),
                             )
                         };
+                        if plan.done.is_some_and(|d| d.contains(&s)) {
+                            continue;
+                        }
+                        let demos = selector.demos(&ranking, k, item, seed, permutation, labels);
+                        let fitted = prompt::fit(
+                            task,
+                            item,
+                            &demos,
+                            ctx_len,
+                            &|s| backend.count_tokens(s),
+                            format,
+                        )?;
                         match fitted {
                             None => {
                                 s.skipped = Some(format!(
@@ -751,7 +897,7 @@ pub fn short_hash(s: &str) -> String {
 fn run_key(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> String {
     let t: Vec<&str> = tasks.iter().map(|t| t.hash.as_str()).collect();
     format!(
-        "{t:?}|{:?}|{shots:?}|{}|{:?}|{:?}|{:?}",
-        cfg.models, cfg.seed, cfg.limit, cfg.weights, cfg.protocol
+        "{t:?}|{:?}|{shots:?}|{}|{:?}|{:?}|{:?}|{:?}",
+        cfg.models, cfg.seed, cfg.limit, cfg.weights, cfg.protocol, cfg.encoder
     )
 }

@@ -74,6 +74,12 @@ pub trait Backend {
         (0, 0)
     }
 
+    /// Revision of the backend's numerics: part of every request-cache key, bumped whenever a
+    /// change to the backend changes any number it returns.
+    fn numerics(&self) -> u32 {
+        0
+    }
+
     /// The model's own chat template, if it ships one.
     fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {
         None

@@ -269,6 +269,9 @@ mod tests {
             dir: PathBuf::from(dir),
             record: RunRecord {
                 complete: true,
+                run_id: String::new(),
+                shard: None,
+                resumed: Vec::new(),
                 tasks: vec![t],
                 models: vec![ModelInfo::for_tests(model, 1000)],
                 shots: vec![0],

@@ -84,21 +84,20 @@ pub fn summarize(
     };
     let summary = long
         .lazy()
-        .group_by(with(&["seed", "permutation"]))
+        .group_by_stable(with(&["seed", "permutation"]))
         .agg([
             col("value").mean().alias("value"),
-            (col("value").std(1) / col("value").count().cast(DataType::Float64).sqrt())
-                .alias("stderr"),
+            (std_of("value") / col("value").count().cast(DataType::Float64).sqrt()).alias("stderr"),
             col("value").count().cast(DataType::UInt32).alias("n"),
             (len() - col("value").count())
                 .cast(DataType::UInt32)
                 .alias("skipped"),
             col("k_effective").mean().alias("mean_k_effective"),
         ])
-        .group_by(with(&["seed"]))
+        .group_by_stable(with(&["seed"]))
         .agg([
-            col("value").mean().alias("value"),
-            col("value").std(1).alias("perm_std"),
+            mean_of("value").alias("value"),
+            std_of("value").alias("perm_std"),
             col("permutation")
                 .count()
                 .cast(DataType::UInt32)
@@ -108,12 +107,12 @@ pub fn summarize(
             col("skipped").max(),
             col("mean_k_effective").mean(),
         ])
-        .group_by(cell)
+        .group_by_stable(cell)
         .agg([
-            col("value").mean().alias("value"),
-            col("stderr").mean(),
-            col("value").std(1).alias("seed_std"),
-            col("perm_std").mean(),
+            mean_of("value").alias("value"),
+            mean_of("stderr").alias("stderr"),
+            std_of("value").alias("seed_std"),
+            mean_of("perm_std").alias("perm_std"),
             col("seed").count().cast(DataType::UInt32).alias("seeds"),
             col("permutations").max(),
             col("n").max(),
@@ -134,6 +133,28 @@ pub fn summarize(
         )
         .collect()?;
     Ok(summary)
+}
+
+/// The mean of a column's non-null values in a group, as sum / count; null when there are none.
+///
+/// polars' own `std` gave the same group different last digits from one process to the next
+/// (its algorithm depends on how the groups were formed); a summary must not. Sums over the few
+/// values of a group in stable row order are reproducible.
+fn mean_of(name: &str) -> Expr {
+    let n = col(name).count().cast(DataType::Float64);
+    when(n.clone().gt(lit(0.0)))
+        .then(col(name).sum() / n)
+        .otherwise(lit(NULL).cast(DataType::Float64))
+}
+
+/// The sample standard deviation (n − 1) of a column's non-null values in a group, two-pass;
+/// null with fewer than two values.
+fn std_of(name: &str) -> Expr {
+    let n = col(name).count().cast(DataType::Float64);
+    let var = (col(name) - mean_of(name)).pow(2).sum() / (n.clone() - lit(1.0));
+    when(n.gt(lit(1.0)))
+        .then(var.sqrt())
+        .otherwise(lit(NULL).cast(DataType::Float64))
 }
 
 /// The distinct values of a string column, sorted.

@@ -69,6 +69,9 @@ pub fn icl_eval_in(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env_remove("ICL_EVAL_DATA_DIR")
+        // Runs compared with each other must compute, not read each other's answers.
+        .env("ICL_EVAL_NO_CACHE", "1")
+        .env_remove("ICL_EVAL_CACHE")
         .output()
         .expect("run icl-eval")
 }

@@ -39,6 +39,11 @@ pub enum WeightsChoice {
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
+/// Revision of this backend's numerics, part of every request-cache key: bump it with any change
+/// to tokenization, the forward pass or scoring that changes a returned number, so no cached
+/// answer of the old code is served.
+pub const NUMERICS: u32 = 1;
+
 /// GGUF architectures the decoder runs.
 pub fn supported_architectures() -> Vec<&'static str> {
     llama::ARCHS.iter().chain(gemma3::ARCHS).copied().collect()
@@ -516,6 +521,10 @@ impl Backend for CandleBackend {
 
     fn token_counts(&self) -> (u64, u64) {
         (self.prefix.reused_tokens, self.prefix.computed_tokens)
+    }
+
+    fn numerics(&self) -> u32 {
+        NUMERICS
     }
 
     fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {

@@ -1,0 +1,418 @@
+//! The persistent request cache: every answer a backend gives, kept in SQLite under a key that
+//! names the model exactly (weights' sha256, how they are held, the backend's numerics revision)
+//! and the exact request, so a finished run re-run costs near nothing and a cache never answers
+//! for another model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Backend, LogLikelihood, ModelInfo};
+
+/// The cache file used when none is named: `$XDG_CACHE_HOME/icl-eval/requests.sqlite`, else
+/// `~/.cache/icl-eval/requests.sqlite`.
+pub fn default_path() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("icl-eval").join("requests.sqlite")
+}
+
+/// An open request cache.
+pub struct RequestCache {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Entries per model, for `icl-eval cache stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEntries {
+    pub model: String,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl RequestCache {
+    /// Opens (creating if needed) the cache at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--cache: cannot create {}", dir.display()))?;
+        }
+        let shown = path.display();
+        let conn =
+            Connection::open(path).with_context(|| format!("--cache: cannot open {shown}"))?;
+        // Several runs (shards) may share one cache: wait for each other's writes.
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .with_context(|| format!("--cache: {shown} is not a usable SQLite file"))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS requests (
+                 key BLOB PRIMARY KEY,
+                 model TEXT NOT NULL,
+                 value TEXT NOT NULL
+             );",
+        )
+        .with_context(|| format!("--cache: {shown} is not an icl-eval request cache"))?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file behind the cache.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT value FROM requests WHERE key = ?1",
+                params![&key[..]],
+                |r| r.get(0),
+            )
+            .optional()
+            .with_context(|| format!("cannot read the request cache {}", self.path.display()))
+    }
+
+    fn put(&self, key: &[u8; 32], model: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO requests (key, model, value) VALUES (?1, ?2, ?3)",
+                params![&key[..], model, value],
+            )
+            .with_context(|| format!("cannot write the request cache {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// Entries and stored bytes per model name.
+    pub fn stats(&self) -> Result<Vec<ModelEntries>> {
+        let mut st = self.conn.prepare(
+            "SELECT model, COUNT(*), SUM(LENGTH(value) + LENGTH(key)) FROM requests \
+             GROUP BY model ORDER BY model",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(ModelEntries {
+                model: r.get(0)?,
+                entries: r.get::<_, i64>(1)? as u64,
+                bytes: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Deletes the entries of one model name, or all; returns how many went.
+    pub fn clear(&self, model: Option<&str>) -> Result<usize> {
+        let n = match model {
+            Some(m) => self
+                .conn
+                .execute("DELETE FROM requests WHERE model = ?1", params![m])?,
+            None => self.conn.execute("DELETE FROM requests", [])?,
+        };
+        self.conn.execute_batch("VACUUM;")?;
+        Ok(n)
+    }
+}
+
+/// What identifies a model's answers: its weights, how they are held, and the backend's
+/// numerics revision (bumped whenever a change to the forward pass changes any number).
+pub fn fingerprint(info: &ModelInfo, numerics: u32) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        info.sha256, info.weights, info.architecture, numerics
+    )
+}
+
+/// How many requests a model answered from the cache and how many it computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    /// Requests the backend computed.
+    pub computed: u64,
+    /// Requests answered from the persistent cache.
+    pub cached: u64,
+}
+
+/// A backend whose answers go through the request cache (or only counted, without one).
+pub struct Cached<'a> {
+    inner: &'a mut dyn Backend,
+    cache: Option<&'a RequestCache>,
+    fingerprint: String,
+    /// Requests computed and requests answered from the cache so far.
+    pub counts: RequestCounts,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredLl {
+    logprob: f64,
+    is_greedy: bool,
+    n_tokens: usize,
+}
+
+impl<'a> Cached<'a> {
+    /// Wraps `inner`; `cache: None` only counts requests.
+    pub fn new(inner: &'a mut dyn Backend, cache: Option<&'a RequestCache>) -> Self {
+        let fingerprint = fingerprint(inner.info(), inner.numerics());
+        Self {
+            inner,
+            cache,
+            fingerprint,
+            counts: RequestCounts::default(),
+        }
+    }
+
+    fn key(&self, kind: &str, parts: &[&str], numbers: &[usize]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for p in [self.fingerprint.as_str(), kind].iter().chain(parts) {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+        }
+        h.update((numbers.len() as u64).to_le_bytes());
+        for n in numbers {
+            h.update((*n as u64).to_le_bytes());
+        }
+        h.finalize().into()
+    }
+
+    /// The stored answer under `key`, or `compute`'s (then stored).
+    fn through<T: Serialize + for<'de> Deserialize<'de>>(
+        &mut self,
+        key: [u8; 32],
+        compute: impl FnOnce(&mut dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(cache) = self.cache
+            && let Some(text) = cache.get(&key)?
+            && let Ok(v) = serde_json::from_str(&text)
+        {
+            self.counts.cached += 1;
+            return Ok(v);
+        }
+        let v = compute(&mut *self.inner)?;
+        self.counts.computed += 1;
+        if let Some(cache) = self.cache {
+            cache.put(&key, &self.inner.info().name, &serde_json::to_string(&v)?)?;
+        }
+        Ok(v)
+    }
+}
+
+impl Backend for Cached<'_> {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize> {
+        self.inner.count_tokens(text)
+    }
+
+    fn token_counts(&self) -> (u64, u64) {
+        self.inner.token_counts()
+    }
+
+    fn numerics(&self) -> u32 {
+        self.inner.numerics()
+    }
+
+    fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {
+        self.inner.chat_template()
+    }
+
+    fn loglikelihood(
+        &mut self,
+        context: &str,
+        breaks: &[usize],
+        continuations: &[String],
+    ) -> Result<Vec<LogLikelihood>> {
+        let mut parts = vec![context];
+        parts.extend(continuations.iter().map(String::as_str));
+        // Where the prompt is cut into cached chunks can change the last bits, so it is part of
+        // the request.
+        let key = self.key("loglikelihood", &parts, breaks);
+        let stored: Vec<StoredLl> = self.through(key, |b| {
+            Ok(b.loglikelihood(context, breaks, continuations)?
+                .into_iter()
+                .map(|l| StoredLl {
+                    logprob: l.logprob,
+                    is_greedy: l.is_greedy,
+                    n_tokens: l.n_tokens,
+                })
+                .collect())
+        })?;
+        Ok(stored
+            .into_iter()
+            .map(|s| LogLikelihood {
+                logprob: s.logprob,
+                is_greedy: s.is_greedy,
+                n_tokens: s.n_tokens,
+            })
+            .collect())
+    }
+
+    fn generate_until(
+        &mut self,
+        context: &str,
+        breaks: &[usize],
+        until: &[String],
+        max_tokens: usize,
+    ) -> Result<String> {
+        let mut parts = vec![context];
+        parts.extend(until.iter().map(String::as_str));
+        let mut numbers = breaks.to_vec();
+        numbers.push(max_tokens);
+        numbers.push(until.len());
+        let key = self.key("generate_until", &parts, &numbers);
+        self.through(key, |b| {
+            b.generate_until(context, breaks, until, max_tokens)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend whose answers depend on its name, counting the calls that reach it.
+    struct Fake {
+        info: ModelInfo,
+        calls: usize,
+    }
+
+    impl Fake {
+        fn new(name: &str, sha: &str) -> Self {
+            let mut info = ModelInfo::for_tests(name, 1);
+            info.sha256 = sha.into();
+            Self { info, calls: 0 }
+        }
+    }
+
+    impl Backend for Fake {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn count_tokens(&self, text: &str) -> Result<usize> {
+            Ok(text.len())
+        }
+        fn loglikelihood(
+            &mut self,
+            context: &str,
+            _breaks: &[usize],
+            continuations: &[String],
+        ) -> Result<Vec<LogLikelihood>> {
+            self.calls += 1;
+            let salt = self.info.sha256.len() as f64 + 0.1;
+            Ok(continuations
+                .iter()
+                .map(|c| LogLikelihood {
+                    logprob: -((context.len() + c.len()) as f64) / salt,
+                    is_greedy: c.len() % 2 == 0,
+                    n_tokens: c.len(),
+                })
+                .collect())
+        }
+        fn generate_until(
+            &mut self,
+            context: &str,
+            _breaks: &[usize],
+            _until: &[String],
+            _max_tokens: usize,
+        ) -> Result<String> {
+            self.calls += 1;
+            Ok(format!("{}:{}", self.info.sha256, context.len()))
+        }
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("icl-eval-cache-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d.join("requests.sqlite")
+    }
+
+    #[test]
+    fn a_second_identical_request_never_reaches_the_backend_and_gets_the_same_answer() {
+        let cache = RequestCache::open(&tmp("hit")).unwrap();
+        let conts = vec![" yes".to_string(), " no!".to_string()];
+        let mut fake = Fake::new("a", "aaaa");
+        let first = {
+            let mut c = Cached::new(&mut fake, Some(&cache));
+            let ll = c.loglikelihood("ctx", &[1], &conts).unwrap();
+            let g = c.generate_until("ctx", &[], &["\n".into()], 5).unwrap();
+            assert_eq!(
+                c.counts,
+                RequestCounts {
+                    computed: 2,
+                    cached: 0
+                }
+            );
+            (ll, g)
+        };
+        let mut c = Cached::new(&mut fake, Some(&cache));
+        assert_eq!(c.loglikelihood("ctx", &[1], &conts).unwrap(), first.0);
+        assert_eq!(
+            c.generate_until("ctx", &[], &["\n".into()], 5).unwrap(),
+            first.1
+        );
+        assert_eq!(
+            c.counts,
+            RequestCounts {
+                computed: 0,
+                cached: 2
+            }
+        );
+        // Any part of the request changed is another request.
+        c.loglikelihood("ctx", &[2], &conts).unwrap();
+        c.loglikelihood("ctx ", &[1], &conts).unwrap();
+        c.generate_until("ctx", &[], &["\n".into()], 6).unwrap();
+        assert_eq!(c.counts.computed, 3);
+        drop(c);
+        assert_eq!(fake.calls, 5);
+    }
+
+    #[test]
+    fn two_models_never_share_entries() {
+        let cache = RequestCache::open(&tmp("models")).unwrap();
+        let conts = vec![" yes".to_string()];
+        let mut a = Fake::new("same-name", "aaaa");
+        let mut b = Fake::new("same-name", "bbbbbb");
+        let la = Cached::new(&mut a, Some(&cache))
+            .loglikelihood("ctx", &[], &conts)
+            .unwrap();
+        let mut cb = Cached::new(&mut b, Some(&cache));
+        let lb = cb.loglikelihood("ctx", &[], &conts).unwrap();
+        assert_eq!(
+            cb.counts.computed, 1,
+            "b's weights differ: a's answer is not b's"
+        );
+        assert_ne!(la, lb);
+        // The same weights held differently are another model too.
+        let mut q = Fake::new("same-name", "aaaa");
+        q.info.weights = "quantized".into();
+        let mut cq = Cached::new(&mut q, Some(&cache));
+        cq.loglikelihood("ctx", &[], &conts).unwrap();
+        assert_eq!(cq.counts.computed, 1);
+        let stats = cache.stats().unwrap();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].entries, 3);
+        assert_eq!(cache.clear(Some("other")).unwrap(), 0);
+        assert_eq!(cache.clear(None).unwrap(), 3);
+    }
+
+    #[test]
+    fn without_a_cache_requests_are_only_counted() {
+        let mut fake = Fake::new("a", "aaaa");
+        let mut c = Cached::new(&mut fake, None);
+        c.generate_until("x", &[], &[], 1).unwrap();
+        c.generate_until("x", &[], &[], 1).unwrap();
+        assert_eq!(
+            c.counts,
+            RequestCounts {
+                computed: 2,
+                cached: 0
+            }
+        );
+    }
+}

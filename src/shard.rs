@@ -1,0 +1,224 @@
+//! `--shard I/N` runs a deterministic 1/N of each task's test docs; `merge` puts the shard
+//! folders back together into the folder the unsharded run would have written.
+//!
+//! Every doc's demonstrations and scores depend only on (task, seed, doc), never on which other
+//! docs are evaluated, so the union of the shards is exactly the unsharded run.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::RequestCounts;
+use crate::record::{self, PromptTokens, RunData, RunRecord};
+use crate::report::{self, ReportInput};
+
+/// Shard `index` (1-based) of `count`: the docs at positions `p` with `p mod count = index - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// Whether the doc at `position` (0-based, in test-split order) belongs to this shard.
+    pub fn holds(&self, position: usize) -> bool {
+        position % self.count == self.index - 1
+    }
+
+    /// How many of the first `n` docs belong to this shard.
+    pub fn share(&self, n: usize) -> usize {
+        (0..n).filter(|&p| self.holds(p)).count()
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not I/N with 1 ≤ I ≤ N (e.g. 2/4)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// Merges finished shard folders (all N shards of one run) into `output`: samples in the order
+/// the unsharded run writes them, one config, the report. Returns the merged run.
+pub fn merge(dirs: &[PathBuf], output: &Path) -> Result<RunData> {
+    if dirs.is_empty() {
+        bail!("merge: give the shard folders of one run");
+    }
+    let runs = dirs
+        .iter()
+        .map(|d| record::read_run(d))
+        .collect::<Result<Vec<_>>>()?;
+    let first = &runs[0];
+    let Some(count) = first.record.shard.map(|s| s.count) else {
+        bail!(
+            "{}: not a shard (its config.json has no `shard`); merge takes the folders of a run \
+             made with --shard I/N",
+            first.dir.display()
+        );
+    };
+    let mut seen = HashSet::new();
+    for r in &runs {
+        let shown = r.dir.display();
+        let Some(shard) = r.record.shard else {
+            bail!("{shown}: not a shard (its config.json has no `shard`)");
+        };
+        if r.record.run_id.is_empty() || r.record.run_id != first.record.run_id {
+            bail!(
+                "{shown}: a shard of a different run than {} (different tasks, models, shots, \
+                 seeds, limit or protocol)",
+                first.dir.display()
+            );
+        }
+        if shard.count != count {
+            bail!(
+                "{shown}: shard {shard}, but {} is of {count} shards",
+                first.dir.display()
+            );
+        }
+        if !seen.insert(shard.index) {
+            bail!("{shown}: shard {shard} is given twice");
+        }
+    }
+    let missing: Vec<String> = (1..=count)
+        .filter(|i| !seen.contains(i))
+        .map(|i| format!("{i}/{count}"))
+        .collect();
+    if !missing.is_empty() {
+        bail!("merge: shard {} missing", missing.join(", "));
+    }
+    if output.join("samples.jsonl").exists() {
+        bail!(
+            "--output: {} already holds a finished run; choose another folder",
+            output.display()
+        );
+    }
+
+    let rec = &first.record;
+    let model_rank: HashMap<&str, usize> = rec
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.as_str(), i))
+        .collect();
+    let task_rank: HashMap<&str, usize> = rec
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut samples: Vec<_> = runs
+        .iter()
+        .flat_map(|r| r.samples.iter().cloned())
+        .collect();
+    // The unsharded order: model, task, doc; within a doc each shard kept the run's own order,
+    // and a stable sort keeps it.
+    samples.sort_by_key(|s| {
+        (
+            model_rank
+                .get(s.model.as_str())
+                .copied()
+                .unwrap_or(usize::MAX),
+            task_rank
+                .get(s.task.as_str())
+                .copied()
+                .unwrap_or(usize::MAX),
+            s.doc_id,
+        )
+    });
+
+    let mut merged: RunRecord = rec.clone();
+    merged.shard = None;
+    merged.resumed.clear();
+    merged.started = runs
+        .iter()
+        .map(|r| r.record.started.clone())
+        .min()
+        .unwrap_or_default();
+    merged.wall_seconds = runs.iter().map(|r| r.record.wall_seconds).sum();
+    merged.prompt_tokens = rec
+        .models
+        .iter()
+        .map(|m| {
+            let of = |r: &RunData| {
+                r.record
+                    .prompt_tokens
+                    .iter()
+                    .find(|p| p.model == m.name)
+                    .cloned()
+            };
+            let all: Vec<PromptTokens> = runs.iter().filter_map(of).collect();
+            PromptTokens {
+                model: m.name.clone(),
+                computed: all.iter().map(|p| p.computed).sum(),
+                reused: all.iter().map(|p| p.reused).sum(),
+                requests: RequestCounts {
+                    computed: all.iter().map(|p| p.requests.computed).sum(),
+                    cached: all.iter().map(|p| p.requests.cached).sum(),
+                },
+            }
+        })
+        .collect();
+
+    fs::create_dir_all(output)
+        .with_context(|| format!("--output: cannot create {}", output.display()))?;
+    let mut body = String::new();
+    for s in &samples {
+        body.push_str(&serde_json::to_string(s)?);
+        body.push('\n');
+    }
+    record::write_atomic(&output.join("samples.jsonl"), body.as_bytes())?;
+    record::write_examples(output, &first.examples)?;
+    record::write_config(output, &merged)?;
+    let data = RunData {
+        dir: output.to_path_buf(),
+        record: merged,
+        samples,
+        examples: first.examples.clone(),
+    };
+    report::write_report(output, &ReportInput::of_run(&data)?)?;
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_partition_the_docs() {
+        let shards: Vec<Shard> = (1..=3).map(|i| format!("{i}/3").parse().unwrap()).collect();
+        for p in 0..10 {
+            assert_eq!(shards.iter().filter(|s| s.holds(p)).count(), 1);
+        }
+        assert_eq!(
+            shards.iter().map(|s| s.share(10)).collect::<Vec<_>>(),
+            [4, 3, 3]
+        );
+    }
+
+    #[test]
+    fn bad_shards_are_refused() {
+        for s in ["0/3", "4/3", "3", "a/b", "1/0", "-1/2"] {
+            assert!(s.parse::<Shard>().is_err(), "{s}");
+        }
+        assert_eq!(" 2 / 4".parse::<Shard>(), Ok(Shard { index: 2, count: 4 }));
+    }
+}

@@ -1,0 +1,244 @@
+//! Interrupted runs resume to the uninterrupted result; shards merge into the unsharded run.
+//! Real binary, real model (SmolLM2), a multiple-choice and a generation task.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{icl_eval, root, smollm2, tmp};
+
+/// The binary with a request cache of its own (`Some`) or none.
+fn command(run_args: &[&str], cache: Option<&Path>) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_icl-eval"));
+    c.args(run_args)
+        .current_dir(root())
+        .env_remove("ICL_EVAL_DATA_DIR")
+        .env_remove("ICL_EVAL_CACHE");
+    match cache {
+        Some(p) => c.arg("--cache").arg(p).env_remove("ICL_EVAL_NO_CACHE"),
+        None => c.env("ICL_EVAL_NO_CACHE", "1"),
+    };
+    c
+}
+
+/// Requests the run computed and answered from the cache, over all its sessions.
+fn requests(dir: &Path) -> (u64, u64) {
+    let r = &config(dir)["prompt_tokens"][0]["requests"];
+    (
+        r["computed"].as_u64().unwrap(),
+        r["cached"].as_u64().unwrap(),
+    )
+}
+
+fn args<'a>(model: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "run",
+        "--tasks",
+        "sentiment_reviews,two_digit_addition",
+        "--models",
+        model,
+        "--shots",
+        "0,1,3",
+        "--seeds",
+        "2",
+        "--limit",
+        "6",
+        "--output",
+        out,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+fn ok(o: &std::process::Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn lines(p: &Path) -> usize {
+    fs::read_to_string(p).map_or(0, |s| s.matches('\n').count())
+}
+
+fn config(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}
+
+/// Starts a run and sends `signal` once its partial file holds at least `after` samples; returns
+/// the exit code and stderr.
+fn interrupt(
+    run_args: &[&str],
+    cache: Option<&Path>,
+    dir: &Path,
+    after: usize,
+    signal: &str,
+) -> (Option<i32>, String) {
+    let mut child = command(run_args, cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = dir.join("samples.jsonl.partial");
+    let t = Instant::now();
+    while lines(&partial) < after {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "run made no progress"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run ended before {after} samples: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "needs the SmolLM2 model (scripts/fetch-models.sh)"]
+fn killed_runs_resume_to_the_uninterrupted_result_and_shards_merge_into_it() {
+    let model = smollm2().display().to_string();
+    let d = tmp("resume");
+    let whole = d.join("whole");
+    let whole_s = whole.display().to_string();
+    ok(&icl_eval(&args(&model, &whole_s, &[])));
+    // 2 tasks × 6 docs × 3 K × 2 seeds.
+    assert_eq!(lines(&whole.join("samples.jsonl")), 72);
+
+    // SIGKILL at three points, then Ctrl-C (SIGINT), then a run to the end.
+    let cut = d.join("cut");
+    let cut_s = cut.display().to_string();
+    let run_args = args(&model, &cut_s, &["--threads", "1"]);
+    for after in [1, 20, 41] {
+        let (code, _) = interrupt(&run_args, None, &cut, after, "-KILL");
+        assert_eq!(code, None, "killed by a signal");
+        assert!(!cut.join("samples.jsonl").exists());
+        assert_eq!(config(&cut)["complete"], false);
+    }
+    let (code, err) = interrupt(&run_args, None, &cut, 55, "-INT");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(
+        err.contains("interrupted:") && err.contains("run the same command again"),
+        "{err}"
+    );
+    let o = icl_eval(&run_args);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Resuming"));
+    assert_eq!(
+        fs::read(cut.join("samples.jsonl")).unwrap(),
+        fs::read(whole.join("samples.jsonl")).unwrap(),
+        "the resumed run's samples equal the uninterrupted run's, in the same order"
+    );
+    assert_eq!(
+        fs::read_to_string(cut.join("summary.csv")).unwrap(),
+        fs::read_to_string(whole.join("summary.csv")).unwrap()
+    );
+    // Each resume found at least what the kill left, and finished samples were never redone:
+    // the counts only grow, and the last session started from the Ctrl-C's 55 or more.
+    let resumed: Vec<u64> = config(&cut)["resumed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["samples"].as_u64().unwrap())
+        .collect();
+    assert_eq!(resumed.len(), 4, "{resumed:?}");
+    assert!(resumed.windows(2).all(|w| w[0] <= w[1]), "{resumed:?}");
+    assert!(resumed[0] >= 1 && resumed[3] >= 55, "{resumed:?}");
+
+    // A finished folder is never overwritten, and an unfinished one of another command is not
+    // resumed by mistake.
+    let o = icl_eval(&run_args);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds a finished run"));
+    let other = d.join("other");
+    let other_s = other.display().to_string();
+    let (_, _) = interrupt(&args(&model, &other_s, &[]), None, &other, 1, "-KILL");
+    let o = icl_eval(&args(&model, &other_s, &["--seed", "7"]));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unfinished run of a different command"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // With the request cache, interrupted sessions together compute each request once: exactly
+    // what the uninterrupted run computes. A second identical run computes nothing.
+    let cache_whole = d.join("whole.sqlite");
+    let cached = d.join("cached");
+    let cached_s = cached.display().to_string();
+    ok(&command(&args(&model, &cached_s, &[]), Some(&cache_whole))
+        .output()
+        .unwrap());
+    let (w_computed, w_cached) = requests(&cached);
+    assert!(w_computed > 0 && w_cached == 0);
+    let again = d.join("again");
+    let again_s = again.display().to_string();
+    ok(&command(&args(&model, &again_s, &[]), Some(&cache_whole))
+        .output()
+        .unwrap());
+    assert_eq!(
+        requests(&again),
+        (0, w_computed),
+        "nothing computed the second time"
+    );
+    assert_eq!(
+        fs::read(again.join("samples.jsonl")).unwrap(),
+        fs::read(whole.join("samples.jsonl")).unwrap()
+    );
+    let cache_cut = d.join("cut.sqlite");
+    let cut2 = d.join("cut2");
+    let cut2_s = cut2.display().to_string();
+    let run2 = args(&model, &cut2_s, &[]);
+    for after in [10, 40] {
+        let (code, err) = interrupt(&run2, Some(&cache_cut), &cut2, after, "-INT");
+        assert_eq!(code, Some(130), "{err}");
+    }
+    ok(&command(&run2, Some(&cache_cut)).output().unwrap());
+    assert_eq!(requests(&cut2).0, w_computed, "no request computed twice");
+    assert_eq!(
+        fs::read(cut2.join("samples.jsonl")).unwrap(),
+        fs::read(whole.join("samples.jsonl")).unwrap()
+    );
+
+    // Three shards, merged, are the unsharded run.
+    let mut shards = Vec::new();
+    for i in 1..=3 {
+        let s = d.join(format!("shard{i}"));
+        let s_str = s.display().to_string();
+        let spec = format!("{i}/3");
+        ok(&icl_eval(&args(&model, &s_str, &["--shard", &spec])));
+        assert_eq!(lines(&s.join("samples.jsonl")), 24);
+        shards.push(s_str);
+    }
+    let merged = d.join("merged");
+    let merged_s = merged.display().to_string();
+    let mut merge = vec!["merge", "--output", merged_s.as_str()];
+    merge.extend(shards.iter().rev().map(String::as_str));
+    ok(&icl_eval(&merge));
+    for f in ["samples.jsonl", "summary.csv", "summary.md", "labels.csv"] {
+        assert_eq!(
+            fs::read_to_string(merged.join(f)).unwrap(),
+            fs::read_to_string(whole.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // A missing shard is named.
+    let o = icl_eval(&[
+        "merge",
+        "--output",
+        &d.join("m2").display().to_string(),
+        &shards[0],
+        &shards[2],
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shard 2/3 missing"));
+}

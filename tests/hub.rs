@@ -131,6 +131,7 @@ fn run_with_hub(endpoint: &str, cache: &Path, offline: bool, model: &str, out: &
     ])
     .arg(out)
     .current_dir(common::root())
+    .env("ICL_EVAL_NO_CACHE", "1")
     .env("HF_ENDPOINT", endpoint)
     .env("HF_HUB_CACHE", cache)
     .env("NO_PROXY", "127.0.0.1")

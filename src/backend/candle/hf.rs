@@ -295,8 +295,16 @@ pub fn load(dir: &Path, expected_sha256: Option<&str>) -> Result<Loaded> {
     let (cfg, rename, norm_offset) =
         decoder_config(&c).with_context(|| format!("{shown}/config.json"))?;
     let files = safetensors_files(dir)?;
-    // One fingerprint for the folder: the config and every weight file, in name order.
+    // One fingerprint for the folder: the config, the tokenizer files present, and every weight
+    // file in name order. The tokenizer is part of it because the request cache trusts it: the
+    // same weights under another tokenizer give other answers.
     let mut parts = vec![sha256_file(&dir.join("config.json"))?];
+    for name in ["tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt"] {
+        let f = dir.join(name);
+        if f.is_file() {
+            parts.push(format!("{name}:{}", sha256_file(&f)?));
+        }
+    }
     for f in &files {
         parts.push(sha256_file(f)?);
     }

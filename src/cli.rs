@@ -23,6 +23,8 @@ pub struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Score every test doc at every K, on every model; write a run folder.
@@ -150,8 +152,8 @@ struct RunArgs {
     /// Task names (from ./tasks or --tasks-dir) or YAML paths, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     tasks: Vec<String>,
-    /// Models, comma-separated: .gguf files, checkpoint folders, names from models.yaml, or
-    /// hf:ORG/REPO[/FILE].
+    /// Models, comma-separated: .gguf files, checkpoint folders, names from models.yaml,
+    /// hf:ORG/REPO[/FILE], or openai:http://HOST:PORT/v1#MODEL (an OpenAI-compatible server).
     #[arg(long, value_delimiter = ',', required = true)]
     models: Vec<String>,
     #[command(flatten)]
@@ -213,6 +215,19 @@ struct RunArgs {
     /// are read from it (default: ~/.cache/icl-eval/requests.sqlite).
     #[arg(long, value_name = "FILE", env = "ICL_EVAL_CACHE")]
     cache: Option<PathBuf>,
+    /// `openai:` servers: seconds one request may take before it is retried.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    request_timeout: u64,
+    /// `openai:` servers: retries of a request after connection errors, time-outs, 429 and 5xx
+    /// (exponential backoff from 0.5 s, or the server's Retry-After).
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    retries: u32,
+    /// `openai:` servers: the environment variable holding the API key.
+    #[arg(long, default_value = "OPENAI_API_KEY", value_name = "VAR")]
+    api_key_env: String,
+    /// `openai:` servers: the model's context length, when the server does not report it.
+    #[arg(long, value_name = "TOKENS")]
+    context_length: Option<usize>,
     /// Compute every request; neither read nor write the request cache.
     #[arg(long, env = "ICL_EVAL_NO_CACHE", conflicts_with = "cache",
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -326,6 +341,13 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         weights: a.weights,
         shard: a.shard,
         cache: (!a.no_cache).then(|| a.cache.unwrap_or_else(cache::default_path)),
+        server: icl_eval::backend::openai::Options {
+            timeout: std::time::Duration::from_secs(a.request_timeout.max(1)),
+            retries: a.retries,
+            api_key_env: a.api_key_env,
+            context_length: a.context_length,
+            ..Default::default()
+        },
         stop: Some(stop_on_ctrl_c()),
     };
     let outcome = run(&cfg)?;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::backend::candle::{CandleBackend, WeightsChoice};
+use crate::backend::openai::{self, Endpoint, OpenAiBackend};
 use crate::backend::{Backend, ModelInfo};
 use crate::cache::{Cached, RequestCache};
 use crate::models::{HubOptions, ModelsFile, ResolvedModel};
@@ -29,6 +30,22 @@ use crate::sampler::{DemoLabels, DemoOrder, Sampler, Selector};
 use crate::shard::Shard;
 use crate::task::{Answer, CONTENT_FREE, Item, Metric, PMI_CONTEXT, Task};
 use crate::{prompt, report, sampler, score};
+
+/// Where a model runs: in process, or behind an OpenAI-compatible server.
+enum Source {
+    Local(ResolvedModel),
+    Server(Endpoint),
+}
+
+impl Source {
+    /// The name tables and charts use.
+    fn name(&self) -> String {
+        match self {
+            Source::Local(m) => m.name(),
+            Source::Server(e) => e.model.clone(),
+        }
+    }
+}
 
 /// Everything a run needs, resolved from the command line.
 #[derive(Debug, Clone)]
@@ -58,6 +75,8 @@ pub struct RunConfig {
     pub shard: Option<Shard>,
     /// The persistent request cache (`None`: `--no-cache`).
     pub cache: Option<PathBuf>,
+    /// How to talk to `openai:` servers.
+    pub server: openai::Options,
     /// Set (by Ctrl-C) to stop after the sample being scored, keeping everything finished.
     pub stop: Option<Arc<AtomicBool>>,
 }
@@ -280,20 +299,24 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         }
     }
     // Every reference resolves (and downloads) before any work starts.
-    let resolved: Vec<ResolvedModel> = cfg
+    let resolved: Vec<Source> = cfg
         .models
         .iter()
-        .map(|m| crate::models::resolve(m, cfg.models_file.as_ref(), &cfg.hub))
+        .map(|m| match m.starts_with("openai:") {
+            true => Endpoint::parse(m).map(Source::Server),
+            false => {
+                crate::models::resolve(m, cfg.models_file.as_ref(), &cfg.hub).map(Source::Local)
+            }
+        })
         .collect::<Result<_>>()
         .context("--models")?;
-    for (i, m) in resolved.iter().enumerate() {
-        if let Some(other) = resolved[..i].iter().find(|o| o.name() == m.name()) {
+    for (i, m) in cfg.models.iter().enumerate() {
+        let name = resolved[i].name();
+        if let Some(j) = (0..i).find(|&j| resolved[j].name() == name) {
             bail!(
-                "--models: {} and {} are both named `{}`; results are keyed by model name, so \
+                "--models: {} and {m} are both named `{name}`; results are keyed by model name, so \
                  rename one (or give it a display_name in models.yaml)",
-                other.reference,
-                m.reference,
-                m.name()
+                cfg.models[j],
             );
         }
     }
@@ -425,17 +448,27 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
             .into());
         }
         bar.set_message(format!("loading {}", m.name()));
-        let loaded = CandleBackend::load_verified(&m.path, cfg.weights, m.sha256.as_deref());
-        // Errors name the path; a name or hub reference is worth adding.
-        let loaded = if Path::new(&m.reference) == m.path {
-            loaded
-        } else {
-            loaded.with_context(|| format!("--models {}", m.reference))
+        let mut model: Box<dyn Backend> = match m {
+            Source::Local(m) => {
+                let loaded =
+                    CandleBackend::load_verified(&m.path, cfg.weights, m.sha256.as_deref());
+                // Errors name the path; a name or hub reference is worth adding.
+                let loaded = if Path::new(&m.reference) == m.path {
+                    loaded
+                } else {
+                    loaded.with_context(|| format!("--models {}", m.reference))
+                };
+                Box::new(
+                    loaded?
+                        .named(&m.name(), &m.reference)
+                        .with_kv_cache_mb(cfg.kv_cache_mb),
+                )
+            }
+            Source::Server(e) => {
+                Box::new(OpenAiBackend::connect(e.clone(), cfg.server.clone()).context("--models")?)
+            }
         };
-        let mut candle = loaded?
-            .named(&m.name(), &m.reference)
-            .with_kv_cache_mb(cfg.kv_cache_mb);
-        let mut backend = Cached::new(&mut candle, cache.as_ref());
+        let mut backend = Cached::new(model.as_mut(), cache.as_ref());
         models.push(backend.info().clone());
         record.models = models.clone();
         record::write_config(&dir, &record)?;

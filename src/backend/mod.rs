@@ -1,6 +1,7 @@
 //! The model interface scoring talks to, and its implementations (one folder each).
 
 pub mod candle;
+pub mod openai;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};

@@ -519,7 +519,9 @@ pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta
     let mut sizes: Vec<(String, u64)> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for i in 0..summary.height() {
+        // Models of unknown size (behind a server) have no place on this axis.
         if let (Some(m), Some(p)) = (c.model.get(i), c.parameters.get(i))
+            && p > 0
             && !seen.contains(&m)
         {
             seen.push(m);

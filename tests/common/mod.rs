@@ -102,3 +102,89 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
         .map(|x| x.as_f64().unwrap() as f32)
         .collect()
 }
+
+/// What the fake HTTP server does with one request.
+pub enum Act {
+    /// Status, extra headers, JSON body.
+    Reply(u16, Vec<(&'static str, String)>, String),
+    /// Close the connection without answering.
+    Drop,
+    /// Answer `{}` only after this long.
+    Hang(std::time::Duration),
+}
+
+/// A request the fake server saw.
+pub struct Seen {
+    pub path: String,
+    /// Header lines as received.
+    pub headers: String,
+    pub body: String,
+}
+
+/// Every request a fake server saw, in arrival order.
+pub type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<Seen>>>;
+
+/// A fake HTTP/1.1 server on 127.0.0.1 (a thread per connection, `Connection: close`):
+/// `script(n, path, json body)` decides each request's fate. Returns `http://ADDR` and its log.
+pub fn fake_server(
+    script: impl Fn(usize, &str, &serde_json::Value) -> Act + Send + Sync + 'static,
+) -> (String, RequestLog) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let log: RequestLog = Default::default();
+    let seen = log.clone();
+    let script = std::sync::Arc::new(script);
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let (seen, script) = (seen.clone(), script.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let (mut headers, mut len) = (String::new(), 0);
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    headers.push_str(&h);
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let body = String::from_utf8(body).unwrap();
+                let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+                seen.lock().unwrap().push(Seen {
+                    path: path.clone(),
+                    headers,
+                    body,
+                });
+                let (status, extra, text) = match script(n, &path, &json) {
+                    Act::Drop => return,
+                    Act::Hang(d) => {
+                        std::thread::sleep(d);
+                        (200, vec![], "{}".to_string())
+                    }
+                    Act::Reply(s, h, t) => (s, h, t),
+                };
+                let mut out = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    text.len()
+                );
+                for (k, v) in extra {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                out.push_str(&text);
+                let _ = stream.write_all(out.as_bytes());
+            });
+        }
+    });
+    (addr, log)
+}

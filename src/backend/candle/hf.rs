@@ -299,7 +299,12 @@ pub fn load(dir: &Path, expected_sha256: Option<&str>) -> Result<Loaded> {
     // file in name order. The tokenizer is part of it because the request cache trusts it: the
     // same weights under another tokenizer give other answers.
     let mut parts = vec![sha256_file(&dir.join("config.json"))?];
-    for name in ["tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt"] {
+    for name in [
+        "tokenizer.json",
+        "tokenizer.model",
+        "vocab.json",
+        "merges.txt",
+    ] {
         let f = dir.join(name);
         if f.is_file() {
             parts.push(format!("{name}:{}", sha256_file(&f)?));

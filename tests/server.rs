@@ -1,0 +1,295 @@
+//! The `openai` backend against fake OpenAI-compatible servers on 127.0.0.1: parsing of echoed
+//! log-probabilities, retries through faults, errors, and `--models openai:…` end to end with the
+//! real binary (a character-level fake model, so every score is computed by hand).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Act;
+use icl_eval::backend::Backend;
+use icl_eval::backend::openai::{Endpoint, OpenAiBackend, Options};
+use serde_json::{Value, json};
+
+/// Log-probability the fake model gives character `c`: -(code point mod 7 + 1) / 10.
+fn char_logprob(c: char) -> f64 {
+    -(((c as u32) % 7) as f64 + 1.0) / 10.0
+}
+
+fn answer(path: &str, body: &Value) -> (u16, Value) {
+    match path {
+        "/v1/models" => (
+            200,
+            json!({"data": [{"id": "fake", "meta": {"n_ctx_train": 100000}}]}),
+        ),
+        "/tokenize" => {
+            let n = body["content"].as_str().unwrap_or("").chars().count();
+            (200, json!({"tokens": vec![0; n]}))
+        }
+        "/v1/completions" if body["echo"] == true => {
+            let prompt = body["prompt"].as_str().unwrap();
+            let mut tokens: Vec<String> = prompt.chars().map(String::from).collect();
+            tokens.push("!".into());
+            let mut offsets = Vec::new();
+            let mut at = 0;
+            for t in &tokens {
+                offsets.push(at);
+                at += t.len();
+            }
+            let lps: Vec<Value> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match i {
+                    0 => Value::Null,
+                    _ => json!(char_logprob(t.chars().next().unwrap())),
+                })
+                .collect();
+            let tops: Vec<Value> = tokens
+                .iter()
+                .zip(&lps)
+                .map(|(t, l)| match l {
+                    Value::Null => Value::Null,
+                    l => json!({ t.as_str(): l }),
+                })
+                .collect();
+            (
+                200,
+                json!({"choices": [{"text": format!("{prompt}!"), "logprobs": {
+                    "tokens": tokens, "text_offset": offsets, "token_logprobs": lps,
+                    "top_logprobs": tops}}]}),
+            )
+        }
+        "/v1/completions" => (200, json!({"choices": [{"text": " 42\nQ: more"}]})),
+        _ => (404, json!({})),
+    }
+}
+
+/// Serves the fake model; returns its base URL and a count of completion requests.
+fn serve() -> (String, Arc<AtomicUsize>) {
+    let completions = Arc::new(AtomicUsize::new(0));
+    let count = completions.clone();
+    let (addr, _) = common::fake_server(move |_, path, body| {
+        if path == "/v1/completions" {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        let (status, v) = answer(path, body);
+        Act::Reply(status, vec![], v.to_string())
+    });
+    (format!("{addr}/v1"), completions)
+}
+
+fn run(model: &str, out: &Path, cache: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_icl-eval"))
+        .args([
+            "run",
+            "--tasks",
+            "sentiment_reviews,two_digit_addition",
+            "--models",
+            model,
+            "--shots",
+            "0,2",
+            "--limit",
+            "3",
+            "--output",
+        ])
+        .arg(out)
+        .arg("--cache")
+        .arg(cache)
+        .current_dir(common::root())
+        .env_remove("ICL_EVAL_NO_CACHE")
+        .env("OPENAI_API_KEY", "sk-test-secret")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_run_against_an_openai_compatible_server_scores_by_hand_and_caches() {
+    let (base, completions) = serve();
+    let model = format!("openai:{base}#fake");
+    let d = common::tmp("server");
+    let cache = d.join("cache.sqlite");
+    let o = run(&model, &d.join("a"), &cache);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = common::read_samples(&d.join("a"));
+    assert_eq!(samples.len(), 12, "2 tasks × 3 docs × 2 K");
+    // Each choice's log-likelihood is the fake model's sum over its characters.
+    let first = samples
+        .iter()
+        .find(|s| s.task == "sentiment_reviews" && s.logprobs.is_some())
+        .unwrap();
+    for (lp, choice) in first
+        .logprobs
+        .as_ref()
+        .unwrap()
+        .iter()
+        .zip(["negative", "positive"])
+    {
+        let expected: f64 = format!(" {choice}").chars().map(char_logprob).sum();
+        assert!((lp - expected).abs() < 1e-12, "{lp} vs {expected}");
+    }
+    let generated = samples
+        .iter()
+        .find(|s| s.task == "two_digit_addition")
+        .unwrap();
+    assert_eq!(
+        generated.generated.as_deref(),
+        Some(" 42"),
+        "cut at the stop sequence"
+    );
+    let used = completions.load(Ordering::SeqCst);
+    assert!(used > 0);
+    // The key reaches the server as a header only: no file of the run holds it.
+    for f in ["config.json", "samples.jsonl", "summary.csv", "report.html"] {
+        let text = std::fs::read_to_string(d.join("a").join(f)).unwrap();
+        assert!(!text.contains("sk-test-secret"), "{f}");
+    }
+    // The same command again is answered from the cache: no completion request.
+    let o = run(&model, &d.join("b"), &cache);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(completions.load(Ordering::SeqCst), used);
+    assert_eq!(
+        std::fs::read(d.join("a/samples.jsonl")).unwrap(),
+        std::fs::read(d.join("b/samples.jsonl")).unwrap()
+    );
+}
+
+/// Answers a healthy llama.cpp-like server would give for "Q: 1+1=" / " 2".
+fn healthy(path: &str, body: &Value) -> Act {
+    let ok = |v: Value| Act::Reply(200, vec![], v.to_string());
+    match path {
+        "/v1/models" => ok(json!({"data": [{"id": "m", "meta": {"n_ctx_train": 2048}}]})),
+        "/tokenize" => ok(json!({"tokens": [1, 2, 3]})),
+        "/v1/completions" if body["echo"] == true => {
+            assert_eq!(body["prompt"], "Q: 1+1= 2");
+            // The context's tokens, then " 2" (the continuation), then a generated "\n".
+            ok(json!({"choices": [{"text": "Q: 1+1= 2\n", "logprobs": {
+                "tokens": ["Q", ":", " 1", "+", "1", "=", " 2", "\n"],
+                "text_offset": [0, 1, 2, 4, 5, 6, 7, 9],
+                "token_logprobs": [null, -1.0, -2.0, -0.5, -0.25, -0.125, -0.75, -3.0],
+                "top_logprobs": [null, {":": -1.0}, {" 1": -2.0}, {"+": -0.5}, {"1": -0.25},
+                                 {"=": -0.125}, {" 3": -0.5}, {"\n": -3.0}],
+            }}]}))
+        }
+        "/v1/completions" => ok(json!({"choices": [{"text": " 2\nQ: 2+2="}]})),
+        _ => Act::Reply(404, vec![], "{}".into()),
+    }
+}
+
+fn fast() -> Options {
+    Options {
+        timeout: Duration::from_millis(1500),
+        retries: 3,
+        backoff: Duration::from_millis(10),
+        api_key_env: "ICL_EVAL_TEST_KEY_UNSET".into(),
+        context_length: None,
+    }
+}
+
+fn connect(addr: &str, model: &str, opts: Options) -> anyhow::Result<OpenAiBackend> {
+    OpenAiBackend::connect(
+        Endpoint::parse(&format!("openai:{addr}/v1#{model}")).unwrap(),
+        opts,
+    )
+}
+
+#[test]
+fn echoed_logprobs_score_only_the_continuation_and_generation_stops() {
+    let (addr, log) = common::fake_server(|_, p, b| healthy(p, b));
+    let mut b = connect(&addr, "m", fast()).unwrap();
+    assert_eq!(b.info().context_length, 2048);
+    assert_eq!(b.count_tokens("x").unwrap(), 3);
+    let ll = b.loglikelihood("Q: 1+1=", &[], &[" 2".into()]).unwrap();
+    // Not the context's tokens, not the generated "\n".
+    assert_eq!((ll[0].logprob, ll[0].n_tokens), (-0.75, 1));
+    assert!(!ll[0].is_greedy, "\" 3\" was likelier");
+    let g = b.generate_until("Q: 1+1=", &[], &["\n".into()], 8).unwrap();
+    assert_eq!(g, " 2");
+    let sent: Value = serde_json::from_str(&log.lock().unwrap().last().unwrap().body).unwrap();
+    assert_eq!(sent["stop"], json!(["\n"]));
+    assert_eq!(sent["temperature"], json!(0.0));
+}
+
+#[test]
+fn errors_429_500_drops_and_hangs_are_retried() {
+    // The completion request fails once in each way before it is answered.
+    let tries = Arc::new(Mutex::new(0usize));
+    let t = tries.clone();
+    let (addr, _) = common::fake_server(move |_, p, b| {
+        if p != "/v1/completions" {
+            return healthy(p, b);
+        }
+        let mut n = t.lock().unwrap();
+        *n += 1;
+        match *n {
+            1 => Act::Reply(500, vec![], "{\"error\": \"boom\"}".into()),
+            2 => Act::Reply(429, vec![("Retry-After", "1".into())], "{}".into()),
+            3 => Act::Drop,
+            4 => Act::Hang(Duration::from_secs(3)),
+            _ => healthy(p, b),
+        }
+    });
+    let mut opts = fast();
+    opts.retries = 5;
+    let mut b = connect(&addr, "m", opts).unwrap();
+    let start = Instant::now();
+    let ll = b.loglikelihood("Q: 1+1=", &[], &[" 2".into()]).unwrap();
+    assert_eq!(ll[0].logprob, -0.75);
+    assert_eq!(*tries.lock().unwrap(), 5);
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+}
+
+#[test]
+fn a_server_that_stays_down_is_a_clear_error_without_the_key() {
+    // SAFETY: set before any thread of this test reads it; no other test reads this variable.
+    unsafe { std::env::set_var("ICL_EVAL_TEST_KEY_SECRET", "sk-very-secret") };
+    let (addr, log) = common::fake_server(|_, p, b| match p {
+        "/v1/completions" => Act::Reply(503, vec![], "{\"error\":\"loading\"}".into()),
+        _ => healthy(p, b),
+    });
+    let mut opts = fast();
+    opts.api_key_env = "ICL_EVAL_TEST_KEY_SECRET".into();
+    let mut b = connect(&addr, "m", opts).unwrap();
+    let e = format!(
+        "{:#}",
+        b.loglikelihood("Q: 1+1=", &[], &[" 2".into()]).unwrap_err()
+    );
+    assert!(
+        e.contains("gave up after 4 attempts") && e.contains("HTTP 503"),
+        "{e}"
+    );
+    assert!(!e.contains("sk-very-secret"));
+    let seen = log.lock().unwrap();
+    assert!(
+        seen.iter()
+            .all(|r| r.headers.contains("Bearer sk-very-secret"))
+    );
+    assert!(seen.iter().all(|r| !r.body.contains("sk-very-secret")));
+}
+
+#[test]
+fn missing_prompt_logprobs_and_unknown_models_are_named() {
+    let (addr, _) = common::fake_server(|_, p, b| match p {
+        "/v1/completions" => {
+            Act::Reply(200, vec![], json!({"choices": [{"text": "x"}]}).to_string())
+        }
+        _ => healthy(p, b),
+    });
+    let mut b = connect(&addr, "m", fast()).unwrap();
+    let e = format!(
+        "{:#}",
+        b.loglikelihood("Q: 1+1=", &[], &[" 2".into()]).unwrap_err()
+    );
+    assert!(e.contains("no prompt log-probabilities"), "{e}");
+    let e = connect(&addr, "nope", fast()).err().unwrap().to_string();
+    assert!(
+        e.contains("does not serve model `nope`") && e.contains("serves: m"),
+        "{e}"
+    );
+}

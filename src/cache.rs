@@ -129,6 +129,17 @@ pub fn fingerprint(info: &ModelInfo, numerics: u32) -> String {
     )
 }
 
+/// sha256 of a request's parts, each length-prefixed (so no two part lists collide): a small
+/// key whatever the prompt's size.
+pub fn request_key(parts: &[&str]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().into()
+}
+
 /// How many requests a model answered from the cache and how many it computed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestCounts {
@@ -167,16 +178,10 @@ impl<'a> Cached<'a> {
     }
 
     fn key(&self, kind: &str, parts: &[&str], numbers: &[usize]) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for p in [self.fingerprint.as_str(), kind].iter().chain(parts) {
-            h.update((p.len() as u64).to_le_bytes());
-            h.update(p.as_bytes());
-        }
-        h.update((numbers.len() as u64).to_le_bytes());
-        for n in numbers {
-            h.update((*n as u64).to_le_bytes());
-        }
-        h.finalize().into()
+        let numbers = format!("{numbers:?}");
+        let mut all = vec![self.fingerprint.as_str(), kind, numbers.as_str()];
+        all.extend_from_slice(parts);
+        request_key(&all)
     }
 
     /// The stored answer under `key`, or `compute`'s (then stored).

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::backend::candle::{CandleBackend, WeightsChoice};
 use crate::backend::openai::{self, Endpoint, OpenAiBackend};
 use crate::backend::{Backend, ModelInfo};
-use crate::cache::{Cached, RequestCache};
+use crate::cache::{Cached, RequestCache, request_key};
 use crate::models::{HubOptions, ModelsFile, ResolvedModel};
 use crate::record::{self, Example, ResumePoint, RunRecord, TaskRecord};
 use crate::report::{ReportInput, TaskMeta};
@@ -684,16 +684,6 @@ pub fn doc_count(task: &Task, limit: Option<usize>, shard: Option<Shard>) -> usi
 struct Memo {
     choices: HashMap<[u8; 32], Vec<f64>>,
     generated: HashMap<[u8; 32], String>,
-}
-
-/// sha256 of the request's parts, each length-prefixed: a small key whatever the prompt's size.
-fn request_key(parts: &[&str]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    h.finalize().into()
 }
 
 impl Memo {

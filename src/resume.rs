@@ -32,7 +32,8 @@ pub struct Unfinished {
 /// Where a run goes: an unfinished folder of the same command (to resume), or a fresh one.
 ///
 /// With `output` given, that folder is used: resumed when it holds an unfinished run of the same
-/// command, refused when it holds a finished run or another command's. Without it, the newest
+/// command, refused when it holds a finished run or another command's unfinished run with samples
+/// (one that stopped before its first sample is simply replaced). Without it, the newest
 /// unfinished folder of the same command under `results_root` is resumed, if any.
 pub fn locate(
     output: Option<&Path>,
@@ -58,6 +59,11 @@ pub fn locate(
                 );
             }
             if record.run_id != run_id || record.shard != shard {
+                // A run that stopped before its first sample (a model that failed to load) has
+                // nothing to lose: the folder is free for another command.
+                if read_partial(&dir.join(PARTIAL))?.is_empty() {
+                    return Ok(None);
+                }
                 bail!(
                     "--output: {} holds an unfinished run of a different command (other tasks, \
                      models, shots, seeds, limit, shard or protocol); run that command to resume \

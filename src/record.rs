@@ -105,6 +105,20 @@ pub struct PromptTokens {
     pub requests: crate::cache::RequestCounts,
 }
 
+/// Adds `t` to the entry of its model in `list` (appending one when the model has none): how a
+/// resumed run adds its sessions' counts, and `merge` its shards'.
+pub fn add_prompt_tokens(list: &mut Vec<PromptTokens>, t: PromptTokens) {
+    match list.iter_mut().find(|p| p.model == t.model) {
+        Some(p) => {
+            p.computed += t.computed;
+            p.reused += t.reused;
+            p.requests.computed += t.requests.computed;
+            p.requests.cached += t.requests.cached;
+        }
+        None => list.push(t),
+    }
+}
+
 /// A run started again after an interruption.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ResumePoint {

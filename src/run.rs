@@ -427,7 +427,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     let cache = cfg.cache.as_deref().map(RequestCache::open).transpose()?;
     let mut models: Vec<ModelInfo> = Vec::new();
     let clock = Instant::now();
+    // Seconds of this session plus those of the sessions before it.
     let before = record.wall_seconds.unwrap_or(0.0);
+    let elapsed = || Some(before + clock.elapsed().as_secs_f64());
     let mut saved = Instant::now();
     let stopped = || cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
     for m in &resolved {
@@ -439,7 +441,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
             continue;
         }
         if stopped() {
-            record.wall_seconds = Some(before + clock.elapsed().as_secs_f64());
+            record.wall_seconds = elapsed();
             record::write_config(&dir, &record)?;
             return Err(Interrupted {
                 dir,
@@ -498,7 +500,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
                 samples.push(s);
                 bar.inc(1);
                 if saved.elapsed() > Duration::from_secs(30) {
-                    record.wall_seconds = Some(before + clock.elapsed().as_secs_f64());
+                    record.wall_seconds = elapsed();
                     record::write_config(&dir, &record)?;
                     saved = Instant::now();
                 }
@@ -516,28 +518,18 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
             }
         }
         let (reused, computed) = backend.token_counts();
-        let requests = backend.counts;
-        match record
-            .prompt_tokens
-            .iter_mut()
-            .find(|t| t.model == backend.info().name)
-        {
-            Some(t) => {
-                t.computed += computed;
-                t.reused += reused;
-                t.requests.computed += requests.computed;
-                t.requests.cached += requests.cached;
-            }
-            None => record.prompt_tokens.push(record::PromptTokens {
+        record::add_prompt_tokens(
+            &mut record.prompt_tokens,
+            record::PromptTokens {
                 model: backend.info().name.clone(),
                 computed,
                 reused,
-                requests,
-            }),
-        }
+                requests: backend.counts,
+            },
+        );
         if let Err(e) = result {
             bar.finish_and_clear();
-            record.wall_seconds = Some(before + clock.elapsed().as_secs_f64());
+            record.wall_seconds = elapsed();
             record::write_config(&dir, &record)?;
             return Err(e);
         }
@@ -550,7 +542,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         .sync_all()
         .with_context(|| format!("cannot write {}", partial.display()))?;
     fs::rename(&partial, dir.join("samples.jsonl"))?;
-    record.wall_seconds = Some(before + clock.elapsed().as_secs_f64());
+    record.wall_seconds = elapsed();
     record.models = models.clone();
     record.complete = true;
     record::write_config(&dir, &record)?;

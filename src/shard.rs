@@ -13,8 +13,7 @@ use std::str::FromStr;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::RequestCounts;
-use crate::record::{self, PromptTokens, RunData, RunRecord};
+use crate::record::{self, RunData, RunRecord};
 use crate::report::{self, ReportInput};
 
 /// Shard `index` (1-based) of `count`: the docs at positions `p` with `p mod count = index - 1`.
@@ -154,29 +153,13 @@ pub fn merge(dirs: &[PathBuf], output: &Path) -> Result<RunData> {
         .min()
         .unwrap_or_default();
     merged.wall_seconds = runs.iter().map(|r| r.record.wall_seconds).sum();
-    merged.prompt_tokens = rec
-        .models
+    merged.prompt_tokens = Vec::new();
+    for t in runs
         .iter()
-        .map(|m| {
-            let of = |r: &RunData| {
-                r.record
-                    .prompt_tokens
-                    .iter()
-                    .find(|p| p.model == m.name)
-                    .cloned()
-            };
-            let all: Vec<PromptTokens> = runs.iter().filter_map(of).collect();
-            PromptTokens {
-                model: m.name.clone(),
-                computed: all.iter().map(|p| p.computed).sum(),
-                reused: all.iter().map(|p| p.reused).sum(),
-                requests: RequestCounts {
-                    computed: all.iter().map(|p| p.requests.computed).sum(),
-                    cached: all.iter().map(|p| p.requests.cached).sum(),
-                },
-            }
-        })
-        .collect();
+        .flat_map(|r| r.record.prompt_tokens.iter().cloned())
+    {
+        record::add_prompt_tokens(&mut merged.prompt_tokens, t);
+    }
 
     fs::create_dir_all(output)
         .with_context(|| format!("--output: cannot create {}", output.display()))?;

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, LogLikelihood, ModelInfo};
+use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo};
 
 /// The cache file used when none is named: `$XDG_CACHE_HOME/icl-eval/requests.sqlite`, else
 /// `~/.cache/icl-eval/requests.sqlite`.
@@ -158,13 +158,6 @@ pub struct Cached<'a> {
     pub counts: RequestCounts,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredLl {
-    logprob: f64,
-    is_greedy: bool,
-    n_tokens: usize,
-}
-
 impl<'a> Cached<'a> {
     /// Wraps `inner`; `cache: None` only counts requests.
     pub fn new(inner: &'a mut dyn Backend, cache: Option<&'a RequestCache>) -> Self {
@@ -184,25 +177,65 @@ impl<'a> Cached<'a> {
         request_key(&all)
     }
 
-    /// The stored answer under `key`, or `compute`'s (then stored).
-    fn through<T: Serialize + for<'de> Deserialize<'de>>(
+    fn choice_key(&self, r: &ChoiceRequest) -> [u8; 32] {
+        let mut parts = vec![r.context.as_str()];
+        parts.extend(r.continuations.iter().map(String::as_str));
+        // Where the prompt is cut into cached chunks can change the last bits, so it is part of
+        // the request.
+        self.key("loglikelihood", &parts, &r.breaks)
+    }
+
+    fn generate_key(&self, r: &GenerateRequest) -> [u8; 32] {
+        let mut parts = vec![r.context.as_str()];
+        parts.extend(r.until.iter().map(String::as_str));
+        let mut numbers = r.breaks.clone();
+        numbers.push(r.max_tokens);
+        numbers.push(r.until.len());
+        self.key("generate_until", &parts, &numbers)
+    }
+
+    /// The stored answers where the cache has them; the others computed by `compute` in one
+    /// batch, in request order, and stored.
+    fn through<R: Clone, T: Serialize + for<'de> Deserialize<'de>>(
         &mut self,
-        key: [u8; 32],
-        compute: impl FnOnce(&mut dyn Backend) -> Result<T>,
-    ) -> Result<T> {
-        if let Some(cache) = self.cache
-            && let Some(text) = cache.get(&key)?
-            && let Ok(v) = serde_json::from_str(&text)
-        {
-            self.counts.cached += 1;
-            return Ok(v);
+        requests: &[R],
+        key: impl Fn(&Self, &R) -> [u8; 32],
+        compute: impl FnOnce(&mut dyn Backend, &[R]) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        let keys: Vec<[u8; 32]> = requests.iter().map(|r| key(self, r)).collect();
+        let mut answers: Vec<Option<T>> = Vec::with_capacity(requests.len());
+        for k in &keys {
+            let stored = match self.cache {
+                Some(cache) => cache
+                    .get(k)?
+                    .and_then(|text| serde_json::from_str(&text).ok()),
+                None => None,
+            };
+            self.counts.cached += u64::from(stored.is_some());
+            answers.push(stored);
         }
-        let v = compute(&mut *self.inner)?;
-        self.counts.computed += 1;
-        if let Some(cache) = self.cache {
-            cache.put(&key, &self.inner.info().name, &serde_json::to_string(&v)?)?;
+        let missing: Vec<usize> = (0..requests.len())
+            .filter(|&i| answers[i].is_none())
+            .collect();
+        if !missing.is_empty() {
+            let todo: Vec<R> = missing.iter().map(|&i| requests[i].clone()).collect();
+            let computed = compute(&mut *self.inner, &todo)?;
+            self.counts.computed += computed.len() as u64;
+            for (&i, v) in missing.iter().zip(computed) {
+                if let Some(cache) = self.cache {
+                    cache.put(
+                        &keys[i],
+                        &self.inner.info().name,
+                        &serde_json::to_string(&v)?,
+                    )?;
+                }
+                answers[i] = Some(v);
+            }
         }
-        Ok(v)
+        answers
+            .into_iter()
+            .map(|a| a.context("the backend returned fewer answers than requests"))
+            .collect()
     }
 }
 
@@ -227,35 +260,22 @@ impl Backend for Cached<'_> {
         self.inner.chat_template()
     }
 
+    fn concurrency(&self) -> usize {
+        self.inner.concurrency()
+    }
+
     fn loglikelihood(
         &mut self,
         context: &str,
         breaks: &[usize],
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>> {
-        let mut parts = vec![context];
-        parts.extend(continuations.iter().map(String::as_str));
-        // Where the prompt is cut into cached chunks can change the last bits, so it is part of
-        // the request.
-        let key = self.key("loglikelihood", &parts, breaks);
-        let stored: Vec<StoredLl> = self.through(key, |b| {
-            Ok(b.loglikelihood(context, breaks, continuations)?
-                .into_iter()
-                .map(|l| StoredLl {
-                    logprob: l.logprob,
-                    is_greedy: l.is_greedy,
-                    n_tokens: l.n_tokens,
-                })
-                .collect())
-        })?;
-        Ok(stored
-            .into_iter()
-            .map(|s| LogLikelihood {
-                logprob: s.logprob,
-                is_greedy: s.is_greedy,
-                n_tokens: s.n_tokens,
-            })
-            .collect())
+        let r = ChoiceRequest {
+            context: context.into(),
+            breaks: breaks.to_vec(),
+            continuations: continuations.to_vec(),
+        };
+        Ok(self.loglikelihood_batch(&[r])?.remove(0))
     }
 
     fn generate_until(
@@ -265,14 +285,27 @@ impl Backend for Cached<'_> {
         until: &[String],
         max_tokens: usize,
     ) -> Result<String> {
-        let mut parts = vec![context];
-        parts.extend(until.iter().map(String::as_str));
-        let mut numbers = breaks.to_vec();
-        numbers.push(max_tokens);
-        numbers.push(until.len());
-        let key = self.key("generate_until", &parts, &numbers);
-        self.through(key, |b| {
-            b.generate_until(context, breaks, until, max_tokens)
+        let r = GenerateRequest {
+            context: context.into(),
+            breaks: breaks.to_vec(),
+            until: until.to_vec(),
+            max_tokens,
+        };
+        Ok(self.generate_batch(&[r])?.remove(0))
+    }
+
+    fn loglikelihood_batch(
+        &mut self,
+        requests: &[ChoiceRequest],
+    ) -> Result<Vec<Vec<LogLikelihood>>> {
+        self.through(requests, Self::choice_key, |b, todo| {
+            b.loglikelihood_batch(todo)
+        })
+    }
+
+    fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
+        self.through(requests, Self::generate_key, |b, todo| {
+            b.generate_batch(todo)
         })
     }
 }

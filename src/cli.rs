@@ -228,6 +228,13 @@ struct RunArgs {
     /// `openai:` servers: the model's context length, when the server does not report it.
     #[arg(long, value_name = "TOKENS")]
     context_length: Option<usize>,
+    /// `openai:` servers: requests in flight at once.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    concurrency: u32,
+    /// `openai:` servers without a tokenize endpoint: the model's tokenizer.json, to count prompt
+    /// tokens with when fitting prompts to the context.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
     /// Compute every request; neither read nor write the request cache.
     #[arg(long, env = "ICL_EVAL_NO_CACHE", conflicts_with = "cache",
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -346,6 +353,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             retries: a.retries,
             api_key_env: a.api_key_env,
             context_length: a.context_length,
+            concurrency: a.concurrency as usize,
+            tokenizer: a.tokenizer,
             ..Default::default()
         },
         stop: Some(stop_on_ctrl_c()),

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cache;
 pub mod chat;
 pub mod encoder;
+pub mod evaluate;
 pub mod models;
 pub mod prompt;
 pub mod record;

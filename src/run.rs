@@ -4,7 +4,7 @@
 //! complete, so an interrupted run never leaves a result that looks whole, and the same command
 //! started again resumes it (`resume.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -21,15 +21,16 @@ use sha2::{Digest, Sha256};
 use crate::backend::candle::{CandleBackend, WeightsChoice};
 use crate::backend::openai::{self, Endpoint, OpenAiBackend};
 use crate::backend::{Backend, ModelInfo};
-use crate::cache::{Cached, RequestCache, request_key};
+use crate::cache::{Cached, RequestCache};
+use crate::evaluate::{Plan, doc_count, evaluate_task};
 use crate::models::{HubOptions, ModelsFile, ResolvedModel};
 use crate::record::{self, Example, ResumePoint, RunRecord, TaskRecord};
 use crate::report::{ReportInput, TaskMeta};
 use crate::resume::{self, Done};
 use crate::sampler::{DemoLabels, DemoOrder, Sampler, Selector};
 use crate::shard::Shard;
-use crate::task::{Answer, CONTENT_FREE, Item, Metric, PMI_CONTEXT, Task};
-use crate::{prompt, report, sampler, score};
+use crate::task::Task;
+use crate::{prompt, report, sampler};
 
 /// Where a model runs: in process, or behind an OpenAI-compatible server.
 enum Source {
@@ -531,7 +532,17 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
             bar.finish_and_clear();
             record.wall_seconds = elapsed();
             record::write_config(&dir, &record)?;
-            return Err(e);
+            if e.is::<Interrupted>() {
+                return Err(e);
+            }
+            bail!(
+                "{e:#}\nThe run stopped; {} in {}. Run the same command again to resume it.",
+                match samples.len() {
+                    0 => "no sample was finished".to_string(),
+                    n => format!("its {n} finished samples are kept"),
+                },
+                dir.display()
+            );
         }
     }
     bar.finish_and_clear();
@@ -628,280 +639,6 @@ fn examples(tasks: &[Task], selectors: &[Selector], shots: &[usize], seed: u64) 
         }
     }
     out
-}
-
-/// What to evaluate of one task: shot counts, seeds, orderings, label studies, docs.
-#[derive(Debug, Clone)]
-pub struct Plan<'a> {
-    pub shots: &'a [usize],
-    pub seeds: Vec<u64>,
-    pub permutations: usize,
-    pub demo_labels: &'a [DemoLabels],
-    /// Only the first N test docs.
-    pub limit: Option<usize>,
-    /// Through the model's chat template.
-    pub chat: Option<ChatMode>,
-    /// Only this share of the docs.
-    pub shard: Option<Shard>,
-    /// Cells already scored (a resumed run): skipped.
-    pub done: Option<&'a Done>,
-}
-
-impl<'a> Plan<'a> {
-    /// One seed, the sampler's order, gold labels.
-    pub fn simple(shots: &'a [usize], seed: u64, limit: Option<usize>) -> Self {
-        Self {
-            shots,
-            seeds: vec![seed],
-            permutations: 1,
-            demo_labels: &[DemoLabels::Gold],
-            limit,
-            chat: None,
-            shard: None,
-            done: None,
-        }
-    }
-}
-
-/// How many docs of `task` a run evaluates: the first `limit`, then the shard's share of them.
-pub fn doc_count(task: &Task, limit: Option<usize>, shard: Option<Shard>) -> usize {
-    let n = limit.map_or(task.test.len(), |l| l.min(task.test.len()));
-    shard.map_or(n, |s| s.share(n))
-}
-
-/// Answers already computed in this task, keyed by the exact request, so identical prompts (the
-/// 0-shot prompt under every seed; content-free and neutral-prefix prompts shared by many docs) are
-/// scored once.
-#[derive(Default)]
-struct Memo {
-    choices: HashMap<[u8; 32], Vec<f64>>,
-    generated: HashMap<[u8; 32], String>,
-}
-
-impl Memo {
-    fn loglikelihood(
-        &mut self,
-        backend: &mut dyn Backend,
-        context: &str,
-        breaks: &[usize],
-        continuations: &[String],
-    ) -> Result<Vec<f64>> {
-        let mut parts = vec![context];
-        parts.extend(continuations.iter().map(String::as_str));
-        let key = request_key(&parts);
-        if let Some(v) = self.choices.get(&key) {
-            return Ok(v.clone());
-        }
-        let v: Vec<f64> = backend
-            .loglikelihood(context, breaks, continuations)?
-            .iter()
-            .map(|l| l.logprob)
-            .collect();
-        self.choices.insert(key, v.clone());
-        Ok(v)
-    }
-}
-
-/// Scores the plan's test docs of one task at every (seed, label study, ordering, K), handing each
-/// sample to `emit` as soon as it is scored: doc by doc, in that order within a doc.
-pub fn evaluate_task(
-    backend: &mut dyn Backend,
-    selector: &Selector,
-    plan: &Plan,
-    emit: &mut dyn FnMut(Sample) -> Result<()>,
-) -> Result<()> {
-    let task = selector.task();
-    let k_max = plan.shots.iter().copied().max().unwrap_or(0);
-    let n = plan
-        .limit
-        .map_or(task.test.len(), |l| l.min(task.test.len()));
-    let ctx_len = backend.info().context_length;
-    let template = match plan.chat {
-        Some(_) => Some(backend.chat_template().with_context(|| {
-            format!(
-                "--chat-template: model `{}` ships no chat template (tokenizer.chat_template); \
-                 run it without --chat-template",
-                backend.info().name
-            )
-        })?),
-        None => None,
-    };
-    let format = match (&template, plan.chat) {
-        (Some(t), Some(mode)) => prompt::Format::Chat {
-            template: t,
-            multiturn: mode == ChatMode::Multiturn,
-        },
-        _ => prompt::Format::Plain,
-    };
-    let mut memo = Memo::default();
-    let docs = task.test[..n]
-        .iter()
-        .enumerate()
-        .filter(|(pos, _)| plan.shard.is_none_or(|s| s.holds(*pos)));
-    for (_, item) in docs {
-        for &seed in &plan.seeds {
-            let ranking = selector.ranking(item, seed, k_max);
-            for &labels in plan.demo_labels {
-                for permutation in 0..plan.permutations {
-                    for &k in plan.shots {
-                        let mut s = Sample {
-                            sampler: selector.sampler(),
-                            seed,
-                            permutation,
-                            demo_labels: labels,
-                            ..Sample::unscored(
-                                &backend.info().name,
-                                &task.name,
-                                item.id,
-                                k,
-                                item.target_text(),
-                            )
-                        };
-                        if plan.done.is_some_and(|d| d.contains(&s)) {
-                            continue;
-                        }
-                        let demos = selector.demos(&ranking, k, item, seed, permutation, labels);
-                        let fitted = prompt::fit(
-                            task,
-                            item,
-                            &demos,
-                            ctx_len,
-                            &|s| backend.count_tokens(s),
-                            format,
-                        )?;
-                        match fitted {
-                            None => {
-                                s.skipped = Some(format!(
-                                    "the 0-shot prompt does not fit the context of {ctx_len} tokens"
-                                ))
-                            }
-                            Some(f) => {
-                                s.k_effective = Some(f.k);
-                                s.prompt_hash = Some(short_hash(&f.prompt));
-                                s.tokens = Some(f.tokens);
-                                let scoring = Scoring {
-                                    task,
-                                    item,
-                                    demos: &demos[..f.k],
-                                    format,
-                                    shots: plan.shots,
-                                };
-                                scoring.score(backend, &mut memo, &f, &mut s).with_context(
-                                    || {
-                                        format!(
-                                            "task {}, doc {}, {k}-shot, seed {seed}",
-                                            task.name, item.id
-                                        )
-                                    },
-                                )?;
-                            }
-                        }
-                        emit(s)?;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One prompt of one doc, ready to score.
-struct Scoring<'a> {
-    task: &'a Task,
-    item: &'a Item,
-    /// The demonstrations the fitted prompt kept.
-    demos: &'a [sampler::Demo<'a>],
-    format: prompt::Format<'a>,
-    /// The sweep's shot counts: prefixes worth caching end after K demonstrations.
-    shots: &'a [usize],
-}
-
-impl Scoring<'_> {
-    fn breaks(&self, all: &[usize]) -> Vec<usize> {
-        prompt::kept_breaks(all, self.shots)
-    }
-
-    fn score(
-        &self,
-        backend: &mut dyn Backend,
-        memo: &mut Memo,
-        fitted: &prompt::Fitted,
-        s: &mut Sample,
-    ) -> Result<()> {
-        let task = self.task;
-        let primary = task.primary_metric();
-        match &self.item.answer {
-            Answer::Choice { choices, gold } => {
-                let conts = prompt::continuations(task, self.item, self.format);
-                let logprobs = memo.loglikelihood(
-                    backend,
-                    &fitted.prompt,
-                    &self.breaks(&fitted.breaks),
-                    &conts,
-                )?;
-                let prior = if task.metrics.contains(&Metric::AccCalibrated) {
-                    let mut cf = Vec::with_capacity(CONTENT_FREE.len());
-                    for query in &task.content_free {
-                        let (p, breaks) = prompt::render(
-                            task,
-                            &self.item.description,
-                            self.demos,
-                            query,
-                            self.format,
-                        )?;
-                        cf.push(memo.loglikelihood(backend, &p, &self.breaks(&breaks), &conts)?);
-                    }
-                    Some(score::content_free_prior(&cf))
-                } else {
-                    None
-                };
-                let unconditional = if task.metrics.contains(&Metric::AccPmi) {
-                    Some(memo.loglikelihood(backend, PMI_CONTEXT, &[], &conts)?)
-                } else {
-                    None
-                };
-                let cs = score::score_choices(
-                    &logprobs,
-                    choices,
-                    prior.as_deref(),
-                    unconditional.as_deref(),
-                );
-                let metrics = score::choice_metrics(&task.metrics, &cs, *gold);
-                let pred = cs.pred_for(primary).unwrap_or(cs.pred);
-                s.prediction = Some(choices[pred].clone());
-                s.correct = Some(metrics[&primary] > 0.5);
-                s.metrics = metrics
-                    .into_iter()
-                    .map(|(m, v)| (m.name().to_string(), v))
-                    .collect();
-                s.logprobs = Some(logprobs);
-                s.calibration = prior;
-                s.unconditional = unconditional;
-            }
-            Answer::Text(target) => {
-                let key = request_key(&[&fitted.prompt]);
-                let text = match memo.generated.get(&key) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t = backend.generate_until(
-                            &fitted.prompt,
-                            &self.breaks(&fitted.breaks),
-                            &task.until,
-                            task.max_tokens,
-                        )?;
-                        memo.generated.insert(key, t.clone());
-                        t
-                    }
-                };
-                let em = score::exact_match(&text, target);
-                s.prediction = Some(text.trim().to_string());
-                s.correct = Some(em > 0.5);
-                s.metrics = BTreeMap::from([("exact_match".to_string(), em)]);
-                s.generated = Some(text);
-            }
-        }
-        Ok(())
-    }
 }
 
 /// First 16 hex digits of the sha256 of `s`.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::Act;
 use icl_eval::backend::Backend;
-use icl_eval::backend::openai::{Endpoint, OpenAiBackend, Options};
+use icl_eval::backend::openai::{ALIGNMENT_PROBE, Endpoint, OpenAiBackend, Options};
 use serde_json::{Value, json};
 
 /// Log-probability the fake model gives character `c`: -(code point mod 7 + 1) / 10.
@@ -83,6 +83,10 @@ fn serve() -> (String, Arc<AtomicUsize>) {
 }
 
 fn run(model: &str, out: &Path, cache: &Path) -> std::process::Output {
+    run_with(model, out, cache, &[])
+}
+
+fn run_with(model: &str, out: &Path, cache: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_icl-eval"))
         .args([
             "run",
@@ -99,6 +103,7 @@ fn run(model: &str, out: &Path, cache: &Path) -> std::process::Output {
         .arg(out)
         .arg("--cache")
         .arg(cache)
+        .args(extra)
         .current_dir(common::root())
         .env_remove("ICL_EVAL_NO_CACHE")
         .env("OPENAI_API_KEY", "sk-test-secret")
@@ -164,7 +169,9 @@ fn healthy(path: &str, body: &Value) -> Act {
         "/v1/models" => ok(json!({"data": [{"id": "m", "meta": {"n_ctx_train": 2048}}]})),
         "/tokenize" => ok(json!({"tokens": [1, 2, 3]})),
         "/v1/completions" if body["echo"] == true => {
-            assert_eq!(body["prompt"], "Q: 1+1= 2");
+            if body["prompt"] != ALIGNMENT_PROBE {
+                assert_eq!(body["prompt"], "Q: 1+1= 2");
+            }
             // The context's tokens, then " 2" (the continuation), then a generated "\n".
             ok(json!({"choices": [{"text": "Q: 1+1= 2\n", "logprobs": {
                 "tokens": ["Q", ":", " 1", "+", "1", "=", " 2", "\n"],
@@ -185,7 +192,7 @@ fn fast() -> Options {
         retries: 3,
         backoff: Duration::from_millis(10),
         api_key_env: "ICL_EVAL_TEST_KEY_UNSET".into(),
-        context_length: None,
+        ..Options::default()
     }
 }
 
@@ -238,7 +245,8 @@ fn errors_429_500_drops_and_hangs_are_retried() {
     let start = Instant::now();
     let ll = b.loglikelihood("Q: 1+1=", &[], &[" 2".into()]).unwrap();
     assert_eq!(ll[0].logprob, -0.75);
-    assert_eq!(*tries.lock().unwrap(), 5);
+    // The first scoring request is the alignment probe: it takes the faults, the score is the 6th.
+    assert_eq!(*tries.lock().unwrap(), 6);
     assert!(
         start.elapsed() >= Duration::from_secs(1),
         "Retry-After honoured"
@@ -290,6 +298,150 @@ fn missing_prompt_logprobs_and_unknown_models_are_named() {
     let e = connect(&addr, "nope", fast()).err().unwrap().to_string();
     assert!(
         e.contains("does not serve model `nope`") && e.contains("serves: m"),
+        "{e}"
+    );
+}
+
+/// The fake model behind a server that takes 20 ms per completion, counting completions and the
+/// most it ever had in flight at once; `down` makes it drop every connection (a dead server).
+struct Slow {
+    completions: AtomicUsize,
+    in_flight: AtomicUsize,
+    most: AtomicUsize,
+    down: std::sync::atomic::AtomicBool,
+}
+
+fn serve_slow() -> (String, Arc<Slow>) {
+    let state = Arc::new(Slow {
+        completions: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+        down: Default::default(),
+    });
+    let s = state.clone();
+    let (addr, _) = common::fake_server(move |_, path, body| {
+        if s.down.load(Ordering::SeqCst) {
+            return Act::Drop;
+        }
+        if path == "/v1/completions" {
+            let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            s.most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+            s.in_flight.fetch_sub(1, Ordering::SeqCst);
+            s.completions.fetch_add(1, Ordering::SeqCst);
+        }
+        let (status, v) = answer(path, body);
+        Act::Reply(status, vec![], v.to_string())
+    });
+    (format!("openai:{addr}/v1#fake"), state)
+}
+
+#[test]
+fn concurrent_requests_give_the_samples_of_one_at_a_time() {
+    let d = common::tmp("server-concurrency");
+    let mut outputs = Vec::new();
+    for n in ["1", "4"] {
+        let (model, state) = serve_slow();
+        let out = d.join(format!("c{n}"));
+        let o = run_with(
+            &model,
+            &out,
+            &d.join(format!("cache{n}.sqlite")),
+            &["--concurrency", n],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let most = state.most.load(Ordering::SeqCst);
+        match n {
+            "1" => assert_eq!(most, 1),
+            _ => assert!((2..=4).contains(&most), "{most} in flight"),
+        }
+        outputs.push(std::fs::read(out.join("samples.jsonl")).unwrap());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+#[test]
+fn a_server_that_dies_mid_run_stops_with_a_clear_message_and_the_run_resumes() {
+    let d = common::tmp("server-dies");
+    // The uninterrupted run, and how many completions it takes.
+    let (model, whole) = serve_slow();
+    let o = run_with(&model, &d.join("whole"), &d.join("w.sqlite"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let total = whole.completions.load(Ordering::SeqCst);
+
+    let (model, state) = serve_slow();
+    let args = ["--retries", "1", "--concurrency", "2"];
+    let out = d.join("run");
+    let watcher = {
+        let state = state.clone();
+        std::thread::spawn(move || {
+            while state.completions.load(Ordering::SeqCst) < total / 2 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            state.down.store(true, Ordering::SeqCst);
+        })
+    };
+    let o = run_with(&model, &out, &d.join("r.sqlite"), &args);
+    watcher.join().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("gave up after 2 attempts") && err.contains("Run the same command again"),
+        "{err}"
+    );
+    assert!(
+        !out.join("samples.jsonl").exists(),
+        "no whole-looking result"
+    );
+    let kept = std::fs::read_to_string(out.join("samples.jsonl.partial")).unwrap();
+    assert!(kept.lines().count() > 0, "finished samples are kept");
+
+    // The server is back: the same command finishes the run without redoing the kept samples.
+    state.down.store(false, Ordering::SeqCst);
+    let before = state.completions.load(Ordering::SeqCst);
+    let o = run_with(&model, &out, &d.join("r.sqlite"), &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resumed = state.completions.load(Ordering::SeqCst) - before;
+    assert!(resumed < total, "{resumed} of {total} completions redone");
+    assert_eq!(
+        std::fs::read(d.join("whole/samples.jsonl")).unwrap(),
+        std::fs::read(out.join("samples.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn without_a_tokenize_endpoint_a_named_tokenizer_counts_tokens() {
+    let (addr, _) = common::fake_server(|_, p, b| match p {
+        "/tokenize" => Act::Reply(404, vec![], "{}".into()),
+        _ => healthy(p, b),
+    });
+    let e = connect(&addr, "m", fast()).err().unwrap().to_string();
+    assert!(
+        e.contains("no tokenize endpoint") && e.contains("--tokenizer"),
+        "{e}"
+    );
+    // A word-level tokenizer.json written by hand: whitespace split, unknown words one token.
+    let d = common::tmp("server-tokenizer");
+    let path = d.join("tokenizer.json");
+    std::fs::write(
+        &path,
+        json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+               "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+               "post_processor": null, "decoder": null,
+               "model": {"type": "WordLevel", "vocab": {"hello": 0, "world": 1, "[UNK]": 2},
+                         "unk_token": "[UNK]"}})
+        .to_string(),
+    )
+    .unwrap();
+    let mut opts = fast();
+    opts.tokenizer = Some(path);
+    let b = connect(&addr, "m", opts).unwrap();
+    assert_eq!(b.count_tokens("hello big world").unwrap(), 3);
+    let mut opts = fast();
+    opts.tokenizer = Some(d.join("missing.json"));
+    let e = connect(&addr, "m", opts).err().unwrap().to_string();
+    assert!(
+        e.contains("--tokenizer") && e.contains("missing.json"),
         "{e}"
     );
 }

@@ -51,7 +51,7 @@ impl ModelInfo {
 }
 
 /// Score of one continuation after a context.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogLikelihood {
     /// Sum of the continuation tokens' log-probabilities (nats).
     pub logprob: f64,
@@ -59,6 +59,23 @@ pub struct LogLikelihood {
     pub is_greedy: bool,
     /// Number of continuation tokens.
     pub n_tokens: usize,
+}
+
+/// One scoring request: continuations after a shared context (see [`Backend::loglikelihood`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceRequest {
+    pub context: String,
+    pub breaks: Vec<usize>,
+    pub continuations: Vec<String>,
+}
+
+/// One generation request (see [`Backend::generate_until`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    pub context: String,
+    pub breaks: Vec<usize>,
+    pub until: Vec<String>,
+    pub max_tokens: usize,
 }
 
 /// A language model that can score and generate text.
@@ -105,6 +122,32 @@ pub trait Backend {
         until: &[String],
         max_tokens: usize,
     ) -> Result<String>;
+
+    /// How many requests the backend can work on at once; the run plans enough docs ahead to
+    /// hand it that many. 1 for a backend that computes one request at a time.
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    /// Scores several requests, answers in request order. The answers must not depend on how
+    /// requests are grouped into batches.
+    fn loglikelihood_batch(
+        &mut self,
+        requests: &[ChoiceRequest],
+    ) -> Result<Vec<Vec<LogLikelihood>>> {
+        requests
+            .iter()
+            .map(|r| self.loglikelihood(&r.context, &r.breaks, &r.continuations))
+            .collect()
+    }
+
+    /// Generates for several requests, answers in request order; grouping changes no answer.
+    fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
+        requests
+            .iter()
+            .map(|r| self.generate_until(&r.context, &r.breaks, &r.until, r.max_tokens))
+            .collect()
+    }
 }
 
 /// Moves the context's trailing whitespace to the start of each continuation, as lm-eval does, so that

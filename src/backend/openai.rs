@@ -7,12 +7,18 @@
 //! exponential backoff. The API key is read from an environment variable and only ever sent as a
 //! header: it is in no record, message or cache key.
 
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{Backend, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace};
+use super::{
+    Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo, cut_at_stop,
+    split_trailing_whitespace,
+};
 
 /// Where the model is served: `openai:BASE#MODEL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +71,11 @@ pub struct Options {
     pub api_key_env: String,
     /// The model's context length, when the server does not report it.
     pub context_length: Option<usize>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// A local `tokenizer.json` to count prompt tokens with, for servers without a tokenize
+    /// endpoint.
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -75,6 +86,8 @@ impl Default for Options {
             backoff: Duration::from_millis(500),
             api_key_env: "OPENAI_API_KEY".into(),
             context_length: None,
+            concurrency: 4,
+            tokenizer: None,
         }
     }
 }
@@ -86,8 +99,10 @@ enum Tokenize {
     LlamaCpp,
     /// vLLM: `POST /tokenize {"model", "prompt"}`.
     Vllm,
-    /// llama-cpp-python's server: `POST /v1/extras/tokenize {"input"}`.
+    /// llama-cpp-python's server: `POST /extras/tokenize {"input"}`.
     Extras,
+    /// A tokenizer the user named (`--tokenizer`).
+    Local,
 }
 
 /// A model served over the OpenAI completions API.
@@ -97,6 +112,9 @@ pub struct OpenAiBackend {
     key: Option<String>,
     opts: Options,
     tokenize: Tokenize,
+    local: Option<tokenizers::Tokenizer>,
+    /// Whether the server's echoed log-probabilities were found aligned with their tokens.
+    aligned: bool,
     info: ModelInfo,
 }
 
@@ -121,6 +139,8 @@ impl OpenAiBackend {
             agent: config.into(),
             key,
             tokenize: Tokenize::LlamaCpp,
+            local: None,
+            aligned: false,
             info: ModelInfo {
                 name: endpoint.model.clone(),
                 reference: format!("openai:{}#{}", endpoint.base, endpoint.model),
@@ -175,19 +195,28 @@ impl OpenAiBackend {
                 b.endpoint.model
             ),
         };
-        b.tokenize = [Tokenize::LlamaCpp, Tokenize::Vllm, Tokenize::Extras]
+        if let Some(path) = &b.opts.tokenizer {
+            let t = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+                anyhow::anyhow!("--tokenizer {}: not a tokenizer.json ({e})", path.display())
+            })?;
+            b.local = Some(t);
+            b.tokenize = Tokenize::Local;
+            return Ok(b);
+        }
+        let found = [Tokenize::LlamaCpp, Tokenize::Vllm, Tokenize::Extras]
             .into_iter()
             .find(|&t| {
                 b.tokenize = t;
                 b.count_tokens("Hello world").is_ok()
-            })
-            .with_context(|| {
-                format!(
-                    "{}: the server has no tokenize endpoint (llama.cpp's /tokenize, vLLM's \
-                     /tokenize or /v1/extras/tokenize), which fitting prompts to the context needs",
-                    b.endpoint.base
-                )
-            })?;
+            });
+        b.tokenize = found.with_context(|| {
+            format!(
+                "{}: the server has no tokenize endpoint (llama.cpp's /tokenize, vLLM's \
+                 /tokenize or llama-cpp-python's /extras/tokenize), which fitting prompts to the context needs; \
+                 name the model's tokenizer.json with --tokenizer",
+                b.endpoint.base
+            )
+        })?;
         Ok(b)
     }
 
@@ -302,6 +331,39 @@ fn context_length(b: &OpenAiBackend, entry: &Value) -> Option<usize> {
         .map(|n| n as usize)
 }
 
+/// Whether the top log-probabilities at each prompt position rank the *next* token among their
+/// best `n` more often than the token at that position: the distributions are one step ahead.
+fn shifted_by_one(logprobs: &Value, n: usize) -> bool {
+    let tokens: Vec<&str> = logprobs["tokens"]
+        .as_array()
+        .map(|t| t.iter().map(|t| t.as_str().unwrap_or("")).collect())
+        .unwrap_or_default();
+    let tops = logprobs["top_logprobs"].as_array();
+    // A server adds the scored token to the top entries even when it is not among them; only a
+    // token with fewer than `n` better ones is really there.
+    let ranks_high = |i: usize, token: &str| {
+        let top = tops.and_then(|t| t.get(i)).and_then(Value::as_object);
+        top.and_then(|m| {
+            let v = m.get(token)?.as_f64()?;
+            Some(
+                m.values()
+                    .filter_map(Value::as_f64)
+                    .filter(|&x| x > v)
+                    .count()
+                    < n,
+            )
+        })
+        .unwrap_or(false)
+    };
+    let here = (0..tokens.len())
+        .filter(|&i| ranks_high(i, tokens[i]))
+        .count();
+    let next = (0..tokens.len().saturating_sub(1))
+        .filter(|&i| ranks_high(i, tokens[i + 1]))
+        .count();
+    next > here && next >= 3
+}
+
 /// Offsets in `text_offset` count bytes on some servers and characters on others; the unit is the
 /// one in which consecutive offsets step by each token's length.
 fn offsets_in_bytes(tokens: &[&str], offsets: &[usize]) -> bool {
@@ -375,7 +437,14 @@ impl Backend for OpenAiBackend {
     }
 
     fn count_tokens(&self, text: &str) -> Result<usize> {
+        if let Some(t) = &self.local {
+            let enc = t
+                .encode(text, true)
+                .map_err(|e| anyhow::anyhow!("--tokenizer: {e}"))?;
+            return Ok(enc.len());
+        }
         let (url, body) = match self.tokenize {
+            Tokenize::Local => bail!("internal: no local tokenizer loaded"),
             Tokenize::LlamaCpp => (
                 format!("{}/tokenize", self.endpoint.root()),
                 json!({"content": text, "add_special": true}),
@@ -385,7 +454,7 @@ impl Backend for OpenAiBackend {
                 json!({"model": self.endpoint.model, "prompt": text}),
             ),
             Tokenize::Extras => (
-                format!("{}/extras/tokenize", self.endpoint.base),
+                format!("{}/extras/tokenize", self.endpoint.root()),
                 json!({"model": self.endpoint.model, "input": text}),
             ),
         };
@@ -396,52 +465,179 @@ impl Backend for OpenAiBackend {
             .with_context(|| format!("{url}: the response has no `tokens`"))
     }
 
+    fn concurrency(&self) -> usize {
+        self.opts.concurrency.max(1)
+    }
+
     fn loglikelihood(
         &mut self,
         context: &str,
-        _breaks: &[usize],
+        breaks: &[usize],
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>> {
-        continuations
-            .iter()
-            .map(|c| {
-                let (ctx, cont) = split_trailing_whitespace(context, c);
-                let prompt = format!("{ctx}{cont}");
-                // One generated token, as lm-eval asks: some servers refuse max_tokens 0.
-                let choice = self.completions(json!({
-                    "model": self.endpoint.model,
-                    "prompt": prompt,
-                    "max_tokens": 1,
-                    "temperature": 0.0,
-                    "echo": true,
-                    "logprobs": 1,
-                }))?;
-                continuation_score(&choice, &prompt, ctx)
-                    .with_context(|| format!("{}/completions", self.endpoint.base))
-            })
-            .collect()
+        let r = ChoiceRequest {
+            context: context.into(),
+            breaks: breaks.to_vec(),
+            continuations: continuations.to_vec(),
+        };
+        Ok(self.loglikelihood_batch(&[r])?.remove(0))
     }
 
     fn generate_until(
         &mut self,
         context: &str,
-        _breaks: &[usize],
+        breaks: &[usize],
         until: &[String],
         max_tokens: usize,
     ) -> Result<String> {
-        // OpenAI's API takes at most four stop sequences; the rest are cut here.
-        let stop: Vec<&String> = until.iter().take(4).collect();
+        let r = GenerateRequest {
+            context: context.into(),
+            breaks: breaks.to_vec(),
+            until: until.to_vec(),
+            max_tokens,
+        };
+        Ok(self.generate_batch(&[r])?.remove(0))
+    }
+
+    fn loglikelihood_batch(
+        &mut self,
+        requests: &[ChoiceRequest],
+    ) -> Result<Vec<Vec<LogLikelihood>>> {
+        if !self.aligned {
+            self.check_alignment()?;
+            self.aligned = true;
+        }
+        // One completion per continuation: the server sees them all at once.
+        let jobs: Vec<(&str, &String)> = requests
+            .iter()
+            .flat_map(|r| r.continuations.iter().map(|c| (r.context.as_str(), c)))
+            .collect();
+        let mut scores = self
+            .in_parallel(&jobs, |&(context, c)| self.score(context, c))?
+            .into_iter();
+        Ok(requests
+            .iter()
+            .map(|r| scores.by_ref().take(r.continuations.len()).collect())
+            .collect())
+    }
+
+    fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
+        self.in_parallel(requests, |r| self.generate(r))
+    }
+}
+
+/// A prompt whose every next token any language model predicts well: counting.
+pub const ALIGNMENT_PROBE: &str = "One, two, three, four, five, six, seven, eight, nine, ten";
+
+impl OpenAiBackend {
+    /// Refuses a server whose echoed log-probabilities are shifted by one token, which would make
+    /// every score wrong: llama-cpp-python scores each prompt token with the distribution *after*
+    /// it when the model adds no BOS token (abetlen/llama-cpp-python#1983).
+    fn check_alignment(&self) -> Result<()> {
         let choice = self.completions(json!({
             "model": self.endpoint.model,
-            "prompt": context,
-            "max_tokens": max_tokens,
+            "prompt": ALIGNMENT_PROBE,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "echo": true,
+            "logprobs": 5,
+        }))?;
+        // The score call names a missing logprobs field the way scoring would.
+        continuation_score(&choice, ALIGNMENT_PROBE, "One,")
+            .with_context(|| format!("{}/completions", self.endpoint.base))?;
+        if shifted_by_one(&choice["logprobs"], 5) {
+            bail!(
+                "{}: the server's echoed log-probabilities are shifted by one token: each prompt \
+                 token is scored with the distribution that predicts the token after it \
+                 (llama-cpp-python does this for models that add no BOS token, \
+                 abetlen/llama-cpp-python#1983), so every score would be wrong. Serve the model \
+                 with a server that scores prompts correctly (vLLM), or use it for generation \
+                 tasks only",
+                self.endpoint.base
+            );
+        }
+        Ok(())
+    }
+
+    /// `f` on every job, at most `concurrency` at a time; answers in job order. The first failure
+    /// (in job order) is returned once the requests in flight have finished.
+    fn in_parallel<J: Sync, T: Send>(
+        &self,
+        jobs: &[J],
+        f: impl Fn(&J) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        let workers = self.opts.concurrency.clamp(1, jobs.len().max(1));
+        if workers == 1 {
+            return jobs.iter().map(&f).collect();
+        }
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let done: Mutex<Vec<Option<Result<T>>>> =
+            Mutex::new((0..jobs.len()).map(|_| None).collect());
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(job) = jobs.get(i) else { break };
+                        let r = f(job);
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                    }
+                });
+            }
+        });
+        let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(jobs.len());
+        for r in done {
+            match r {
+                Some(r) => out.push(r?),
+                // Not started because an earlier job failed; that failure was returned above.
+                None => bail!("internal: a request was neither sent nor failed"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One continuation's log-likelihood after `context`.
+    fn score(&self, context: &str, continuation: &str) -> Result<LogLikelihood> {
+        let (ctx, cont) = split_trailing_whitespace(context, continuation);
+        let prompt = format!("{ctx}{cont}");
+        // One generated token, as lm-eval asks: some servers refuse max_tokens 0.
+        let choice = self.completions(json!({
+            "model": self.endpoint.model,
+            "prompt": prompt,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "echo": true,
+            "logprobs": 1,
+        }))?;
+        continuation_score(&choice, &prompt, ctx)
+            .with_context(|| format!("{}/completions", self.endpoint.base))
+    }
+
+    /// Greedy generation for one request.
+    fn generate(&self, r: &GenerateRequest) -> Result<String> {
+        // OpenAI's API takes at most four stop sequences; the rest are cut here.
+        let stop: Vec<&String> = r.until.iter().take(4).collect();
+        let choice = self.completions(json!({
+            "model": self.endpoint.model,
+            "prompt": r.context,
+            "max_tokens": r.max_tokens,
             "temperature": 0.0,
             "stop": stop,
+            // Greedy means no penalty: llama-cpp-python's server applies repeat_penalty 1.1
+            // unless told otherwise (vLLM ignores the field; its own default is 1.0).
+            "repeat_penalty": 1.0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
         }))?;
         let text = choice["text"].as_str().with_context(|| {
             format!("{}/completions: the choice has no text", self.endpoint.base)
         })?;
-        Ok(cut_at_stop(text, until).0)
+        Ok(cut_at_stop(text, &r.until).0)
     }
 }
 
@@ -465,6 +661,33 @@ mod tests {
             let m = Endpoint::parse(bad).unwrap_err().to_string();
             assert!(m.contains("openai:http://HOST:PORT/v1#MODEL"), "{m}");
         }
+    }
+
+    #[test]
+    fn distributions_one_step_ahead_are_recognised() {
+        let tokens = ["One", ",", " two", ",", " three", ","];
+        // Aligned: position i's top entries predict token i.
+        let aligned: Vec<Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match i {
+                0 => Value::Null,
+                _ => json!({ *t: -0.1, " of": -3.0 }),
+            })
+            .collect();
+        // Shifted: position i's top entries predict token i + 1, plus token i's own entry.
+        let shifted: Vec<Value> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match (i, tokens.get(i + 1)) {
+                (0, _) => Value::Null,
+                (_, Some(next)) => json!({ *next: -0.1, " of": -2.0, *t: -9.0 }),
+                (_, None) => json!({ ".": -0.1, " of": -2.0, *t: -9.0 }),
+            })
+            .collect();
+        let lp = |tops: Vec<Value>| json!({"tokens": tokens, "top_logprobs": tops});
+        assert!(!shifted_by_one(&lp(aligned), 2));
+        assert!(shifted_by_one(&lp(shifted), 2));
     }
 
     #[test]

@@ -1,0 +1,435 @@
+//! Scoring one task's docs with one model: each doc's prompts are built and fitted to the context,
+//! the requests they need are deduplicated and handed to the backend in batches, and every sample
+//! is scored from the answers.
+//!
+//! Docs are planned a few at a time (as many as the backend can work on at once), so a server
+//! backend sees concurrent requests while results and their order stay those of a doc-by-doc run.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::{Context, Result};
+
+use crate::backend::{Backend, ChoiceRequest, GenerateRequest};
+use crate::cache::request_key;
+use crate::resume::Done;
+use crate::run::{ChatMode, Sample, short_hash};
+use crate::sampler::{self, DemoLabels, Selector};
+use crate::shard::Shard;
+use crate::task::{Answer, Item, Metric, PMI_CONTEXT, Task};
+use crate::{prompt, score};
+
+/// What to evaluate of one task: shot counts, seeds, orderings, label studies, docs.
+#[derive(Debug, Clone)]
+pub struct Plan<'a> {
+    pub shots: &'a [usize],
+    pub seeds: Vec<u64>,
+    pub permutations: usize,
+    pub demo_labels: &'a [DemoLabels],
+    /// Only the first N test docs.
+    pub limit: Option<usize>,
+    /// Through the model's chat template.
+    pub chat: Option<ChatMode>,
+    /// Only this share of the docs.
+    pub shard: Option<Shard>,
+    /// Cells already scored (a resumed run): skipped.
+    pub done: Option<&'a Done>,
+}
+
+impl<'a> Plan<'a> {
+    /// One seed, the sampler's order, gold labels.
+    pub fn simple(shots: &'a [usize], seed: u64, limit: Option<usize>) -> Self {
+        Self {
+            shots,
+            seeds: vec![seed],
+            permutations: 1,
+            demo_labels: &[DemoLabels::Gold],
+            limit,
+            chat: None,
+            shard: None,
+            done: None,
+        }
+    }
+}
+
+/// How many docs of `task` a run evaluates: the first `limit`, then the shard's share of them.
+pub fn doc_count(task: &Task, limit: Option<usize>, shard: Option<Shard>) -> usize {
+    let n = limit.map_or(task.test.len(), |l| l.min(task.test.len()));
+    shard.map_or(n, |s| s.share(n))
+}
+
+/// Key of one request in the memo: the exact context and continuations (or stop sequences).
+type Key = [u8; 32];
+
+/// Answers already computed in this task, keyed by the exact request, so identical prompts (the
+/// 0-shot prompt under every seed; content-free and neutral-prefix prompts shared by many docs) are
+/// scored once.
+#[derive(Default)]
+struct Memo {
+    choices: HashMap<Key, Vec<f64>>,
+    generated: HashMap<Key, String>,
+}
+
+/// Requests a block of docs needs that the memo cannot answer yet, each once, in first-need order.
+#[derive(Default)]
+struct Pending {
+    queued: HashSet<Key>,
+    choices: Vec<(Key, ChoiceRequest)>,
+    generate: Vec<(Key, GenerateRequest)>,
+}
+
+impl Memo {
+    /// The key of a scoring request, queued in `pending` unless already answered or queued.
+    fn need_choices(
+        &self,
+        pending: &mut Pending,
+        context: &str,
+        breaks: Vec<usize>,
+        continuations: &[String],
+    ) -> Key {
+        let mut parts = vec![context];
+        parts.extend(continuations.iter().map(String::as_str));
+        let key = request_key(&parts);
+        if !self.choices.contains_key(&key) && pending.queued.insert(key) {
+            pending.choices.push((
+                key,
+                ChoiceRequest {
+                    context: context.into(),
+                    breaks,
+                    continuations: continuations.to_vec(),
+                },
+            ));
+        }
+        key
+    }
+
+    /// The key of a generation request, queued like [`Memo::need_choices`].
+    fn need_generation(&self, pending: &mut Pending, request: GenerateRequest) -> Key {
+        let key = request_key(&[&request.context]);
+        if !self.generated.contains_key(&key) && pending.queued.insert(key) {
+            pending.generate.push((key, request));
+        }
+        key
+    }
+
+    /// Computes everything `pending` holds, in batches, and remembers the answers.
+    fn answer(&mut self, backend: &mut dyn Backend, pending: Pending) -> Result<()> {
+        let (keys, requests): (Vec<Key>, Vec<ChoiceRequest>) = pending.choices.into_iter().unzip();
+        if !requests.is_empty() {
+            let answers = backend.loglikelihood_batch(&requests)?;
+            for (key, lls) in keys.into_iter().zip(answers) {
+                self.choices
+                    .insert(key, lls.iter().map(|l| l.logprob).collect());
+            }
+        }
+        let (keys, requests): (Vec<Key>, Vec<GenerateRequest>) =
+            pending.generate.into_iter().unzip();
+        if !requests.is_empty() {
+            let answers = backend.generate_batch(&requests)?;
+            self.generated.extend(keys.into_iter().zip(answers));
+        }
+        Ok(())
+    }
+
+    fn choices(&self, key: &Key) -> Result<&[f64]> {
+        self.choices
+            .get(key)
+            .map(Vec::as_slice)
+            .context("internal: a scoring request was planned but not answered")
+    }
+}
+
+/// What scoring one cell needs from the memo.
+enum Need {
+    /// Skipped (already recorded in the sample) or already scored in an earlier session.
+    Nothing,
+    Choices {
+        prompt: Key,
+        /// `acc_calibrated`: the content-free prompts.
+        content_free: Option<Vec<Key>>,
+        unconditional: Option<Key>,
+    },
+    Text(Key),
+}
+
+/// One (doc, seed, label study, ordering, K) of a block, planned and waiting for its answers.
+struct Cell<'t> {
+    item: &'t Item,
+    sample: Sample,
+    need: Need,
+}
+
+/// Scores the plan's test docs of one task at every (seed, label study, ordering, K), handing each
+/// sample to `emit` as soon as it is scored: doc by doc, in that order within a doc.
+pub fn evaluate_task(
+    backend: &mut dyn Backend,
+    selector: &Selector,
+    plan: &Plan,
+    emit: &mut dyn FnMut(Sample) -> Result<()>,
+) -> Result<()> {
+    let task = selector.task();
+    let n = plan
+        .limit
+        .map_or(task.test.len(), |l| l.min(task.test.len()));
+    let template = match plan.chat {
+        Some(_) => Some(backend.chat_template().with_context(|| {
+            format!(
+                "--chat-template: model `{}` ships no chat template (tokenizer.chat_template); \
+                 run it without --chat-template",
+                backend.info().name
+            )
+        })?),
+        None => None,
+    };
+    let format = match (&template, plan.chat) {
+        (Some(t), Some(mode)) => prompt::Format::Chat {
+            template: t,
+            multiturn: mode == ChatMode::Multiturn,
+        },
+        _ => prompt::Format::Plain,
+    };
+    let docs: Vec<&Item> = task.test[..n]
+        .iter()
+        .enumerate()
+        .filter(|(pos, _)| plan.shard.is_none_or(|s| s.holds(*pos)))
+        .map(|(_, item)| item)
+        .collect();
+    let mut memo = Memo::default();
+    for block in docs.chunks(backend.concurrency().max(1)) {
+        let mut pending = Pending::default();
+        let mut cells = Vec::new();
+        for &item in block {
+            plan_doc(
+                backend,
+                selector,
+                plan,
+                format,
+                &memo,
+                &mut pending,
+                item,
+                &mut cells,
+            )?;
+        }
+        let first = block.first().map_or(0, |i| i.id);
+        let last = block.last().map_or(0, |i| i.id);
+        memo.answer(backend, pending).with_context(|| {
+            if first == last {
+                format!("task {}, doc {first}", task.name)
+            } else {
+                format!("task {}, docs {first}–{last}", task.name)
+            }
+        })?;
+        for cell in cells {
+            emit(finish(task, &memo, cell)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Plans every cell of one doc: fits its prompts and queues the requests they need.
+#[allow(clippy::too_many_arguments)]
+fn plan_doc<'t>(
+    backend: &dyn Backend,
+    selector: &Selector<'t>,
+    plan: &Plan,
+    format: prompt::Format,
+    memo: &Memo,
+    pending: &mut Pending,
+    item: &'t Item,
+    cells: &mut Vec<Cell<'t>>,
+) -> Result<()> {
+    let task = selector.task();
+    let k_max = plan.shots.iter().copied().max().unwrap_or(0);
+    let ctx_len = backend.info().context_length;
+    for &seed in &plan.seeds {
+        let ranking = selector.ranking(item, seed, k_max);
+        for &labels in plan.demo_labels {
+            for permutation in 0..plan.permutations {
+                for &k in plan.shots {
+                    let mut s = Sample {
+                        sampler: selector.sampler(),
+                        seed,
+                        permutation,
+                        demo_labels: labels,
+                        ..Sample::unscored(
+                            &backend.info().name,
+                            &task.name,
+                            item.id,
+                            k,
+                            item.target_text(),
+                        )
+                    };
+                    if plan.done.is_some_and(|d| d.contains(&s)) {
+                        continue;
+                    }
+                    let demos = selector.demos(&ranking, k, item, seed, permutation, labels);
+                    let fitted = prompt::fit(
+                        task,
+                        item,
+                        &demos,
+                        ctx_len,
+                        &|s| backend.count_tokens(s),
+                        format,
+                    )
+                    .with_context(|| {
+                        format!("task {}, doc {}, {k}-shot, seed {seed}", task.name, item.id)
+                    })?;
+                    let need = match fitted {
+                        None => {
+                            s.skipped = Some(format!(
+                                "the 0-shot prompt does not fit the context of {ctx_len} tokens"
+                            ));
+                            Need::Nothing
+                        }
+                        Some(f) => {
+                            s.k_effective = Some(f.k);
+                            s.prompt_hash = Some(short_hash(&f.prompt));
+                            s.tokens = Some(f.tokens);
+                            let requests = Requests {
+                                task,
+                                item,
+                                demos: &demos[..f.k],
+                                format,
+                                shots: plan.shots,
+                            };
+                            requests.plan(memo, pending, &f)?
+                        }
+                    };
+                    cells.push(Cell {
+                        item,
+                        sample: s,
+                        need,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The requests of one fitted prompt of one doc.
+struct Requests<'a> {
+    task: &'a Task,
+    item: &'a Item,
+    /// The demonstrations the fitted prompt kept.
+    demos: &'a [sampler::Demo<'a>],
+    format: prompt::Format<'a>,
+    /// The sweep's shot counts: prefixes worth caching end after K demonstrations.
+    shots: &'a [usize],
+}
+
+impl Requests<'_> {
+    fn breaks(&self, all: &[usize]) -> Vec<usize> {
+        prompt::kept_breaks(all, self.shots)
+    }
+
+    fn plan(&self, memo: &Memo, pending: &mut Pending, fitted: &prompt::Fitted) -> Result<Need> {
+        let task = self.task;
+        Ok(match &self.item.answer {
+            Answer::Choice { .. } => {
+                let conts = prompt::continuations(task, self.item, self.format);
+                let prompt =
+                    memo.need_choices(pending, &fitted.prompt, self.breaks(&fitted.breaks), &conts);
+                let content_free = if task.metrics.contains(&Metric::AccCalibrated) {
+                    let mut keys = Vec::with_capacity(task.content_free.len());
+                    for query in &task.content_free {
+                        let (p, breaks) = prompt::render(
+                            task,
+                            &self.item.description,
+                            self.demos,
+                            query,
+                            self.format,
+                        )?;
+                        keys.push(memo.need_choices(pending, &p, self.breaks(&breaks), &conts));
+                    }
+                    Some(keys)
+                } else {
+                    None
+                };
+                let unconditional = task
+                    .metrics
+                    .contains(&Metric::AccPmi)
+                    .then(|| memo.need_choices(pending, PMI_CONTEXT, Vec::new(), &conts));
+                Need::Choices {
+                    prompt,
+                    content_free,
+                    unconditional,
+                }
+            }
+            Answer::Text(_) => Need::Text(memo.need_generation(
+                pending,
+                GenerateRequest {
+                    context: fitted.prompt.clone(),
+                    breaks: self.breaks(&fitted.breaks),
+                    until: task.until.clone(),
+                    max_tokens: task.max_tokens,
+                },
+            )),
+        })
+    }
+}
+
+/// Scores a planned cell from the memo's answers.
+fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
+    let Cell {
+        item,
+        sample: mut s,
+        need,
+    } = cell;
+    let primary = task.primary_metric();
+    match (need, &item.answer) {
+        (Need::Nothing, _) => {}
+        (
+            Need::Choices {
+                prompt,
+                content_free,
+                unconditional,
+            },
+            Answer::Choice { choices, gold },
+        ) => {
+            let logprobs = memo.choices(&prompt)?.to_vec();
+            let prior = content_free
+                .map(|keys| {
+                    let cf = keys
+                        .iter()
+                        .map(|k| memo.choices(k).map(<[f64]>::to_vec))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok::<_, anyhow::Error>(score::content_free_prior(&cf))
+                })
+                .transpose()?;
+            let unconditional = unconditional
+                .map(|k| memo.choices(&k).map(<[f64]>::to_vec))
+                .transpose()?;
+            let cs = score::score_choices(
+                &logprobs,
+                choices,
+                prior.as_deref(),
+                unconditional.as_deref(),
+            );
+            let metrics = score::choice_metrics(&task.metrics, &cs, *gold);
+            let pred = cs.pred_for(primary).unwrap_or(cs.pred);
+            s.prediction = Some(choices[pred].clone());
+            s.correct = Some(metrics[&primary] > 0.5);
+            s.metrics = metrics
+                .into_iter()
+                .map(|(m, v)| (m.name().to_string(), v))
+                .collect();
+            s.logprobs = Some(logprobs);
+            s.calibration = prior;
+            s.unconditional = unconditional;
+        }
+        (Need::Text(key), Answer::Text(target)) => {
+            let text = memo
+                .generated
+                .get(&key)
+                .context("internal: a generation was planned but not answered")?
+                .clone();
+            let em = score::exact_match(&text, target);
+            s.prediction = Some(text.trim().to_string());
+            s.correct = Some(em > 0.5);
+            s.metrics = BTreeMap::from([("exact_match".to_string(), em)]);
+            s.generated = Some(text);
+        }
+        _ => anyhow::bail!("internal: a cell's requests do not match its answer type"),
+    }
+    Ok(s)
+}

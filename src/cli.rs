@@ -436,21 +436,23 @@ fn cmd_merge(a: &MergeArgs) -> Result<()> {
 }
 
 fn cmd_tasks(d: &TaskDirs) -> Result<()> {
-    println!("| task | output type | test docs | few-shot docs | file | description |");
-    println!("|---|---|---:|---:|---|---|");
+    println!("| task | tags | output type | test docs | few-shot docs | file | description |");
+    println!("|---|---|---|---:|---:|---|---|");
     for src in discover(&d.dirs())? {
         if let Some(problem) = &src.problem {
             println!(
-                "| {} | – | – | – | {} | not loadable: {problem} |",
+                "| {} | {} | – | – | – | {} | not loadable: {problem} |",
                 src.name,
+                src.tags.join(", "),
                 src.path.display()
             );
             continue;
         }
         match load_task(&src.path, d.data_dir.as_deref()) {
             Ok(t) => println!(
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 t.name,
+                src.tags.join(", "),
                 t.output_type.name(),
                 t.test.len(),
                 t.fewshot.len(),
@@ -460,8 +462,9 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
             Err(e) => {
                 let first = e.to_string().lines().next().unwrap_or_default().to_string();
                 println!(
-                    "| {} | – | – | – | {} | not loadable: {first} |",
+                    "| {} | {} | – | – | – | {} | not loadable: {first} |",
                     src.name,
+                    src.tags.join(", "),
                     src.path.display()
                 )
             }

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 use minijinja::{Environment, UndefinedBehavior, Value as JValue};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::generators;
-use super::spec::{ChoiceSpec, DatasetSpec, OutputType, TaskSpec};
+use super::spec::{self, ChoiceSpec, DatasetSpec, OutputType, TaskSpec};
 use super::{Answer, Item, Metric, Task};
+use super::{dataset, generators, include, process};
 
 /// Problems stop reporting after this many per kind, so a broken 10k-doc file stays readable.
 const MAX_DOC_PROBLEMS: usize = 5;
@@ -26,19 +26,19 @@ pub struct TaskSource {
     pub about: String,
     /// Why the file is not a usable task, if it is not.
     pub problem: Option<String>,
+    /// Its `tag:` names: `--tasks TAG` runs every task carrying it.
+    pub tags: Vec<String>,
 }
 
-/// Task YAMLs in `dirs` (non-recursive), by their `task:` name. A file that cannot be read or has no
-/// `task:` is listed under its file stem with the problem, so one broken draft hides nothing else.
+/// Task YAMLs in `dirs` and their subfolders (files named `_*` are only included by others), by
+/// their `task:` name. A file that cannot be read or has no `task:` is listed under its file stem
+/// with the problem, so one broken draft hides nothing else.
 pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
     let mut found = Vec::new();
     for dir in dirs {
-        let entries =
-            fs::read_dir(dir).map_err(|e| anyhow!("{}: cannot list tasks: {e}", dir.display()))?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-            .collect();
+        let mut paths = Vec::new();
+        yaml_files(dir, &mut paths)
+            .map_err(|e| anyhow!("{}: cannot list tasks: {e}", dir.display()))?;
         paths.sort();
         for path in paths {
             let stem = path
@@ -46,9 +46,18 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let text = fs::read_to_string(&path).unwrap_or_default();
-            let name = serde_yaml::from_str::<serde_yaml::Value>(&text)
+            let merged = include::read_merged(&path).map(|(v, _)| v);
+            let name = merged
+                .as_ref()
                 .ok()
                 .and_then(|v| v.get("task").and_then(|t| t.as_str()).map(str::to_string));
+            let tags = merged
+                .as_ref()
+                .ok()
+                .and_then(|v| v.get("tag").cloned())
+                .and_then(|t| serde_yaml::from_value::<spec::Tags>(t).ok())
+                .map(spec::Tags::into_vec)
+                .unwrap_or_default();
             let about = text
                 .lines()
                 .take_while(|l| l.starts_with('#'))
@@ -56,16 +65,39 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                 .collect::<Vec<_>>()
                 .join(" ");
             found.push(TaskSource {
-                problem: name
-                    .is_none()
-                    .then(|| "not a task YAML with a `task:` name".to_string()),
+                problem: match (&merged, &name) {
+                    (Err(e), _) => Some(e.clone()),
+                    (Ok(_), None) => Some("not a task YAML with a `task:` name".to_string()),
+                    _ => None,
+                },
                 name: name.unwrap_or(stem),
                 path,
                 about,
+                tags,
             });
         }
     }
     Ok(found)
+}
+
+/// Every `*.yaml` / `*.yml` under `dir`, except files named `_*`.
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        if path.is_dir() {
+            yaml_files(&path, out)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// Resolves `--tasks` entries: YAML paths are taken as they are, names are looked up in `dirs`.
@@ -83,6 +115,16 @@ pub fn resolve(names: &[String], dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
         let known = known.as_deref().unwrap_or_default();
         let hit = known.iter().find(|t| &t.name == n && t.problem.is_none());
+        let tagged: Vec<&TaskSource> = known
+            .iter()
+            .filter(|t| t.problem.is_none() && t.tags.contains(n))
+            .collect();
+        if hit.is_none() && !tagged.is_empty() {
+            let mut tagged = tagged;
+            tagged.sort_by(|a, b| a.name.cmp(&b.name));
+            out.extend(tagged.into_iter().map(|t| t.path.clone()));
+            continue;
+        }
         let Some(t) = hit else {
             let list: Vec<&str> = known
                 .iter()
@@ -174,15 +216,35 @@ impl Ctx<'_> {
     fn problem(&mut self, msg: impl std::fmt::Display) {
         self.problems.push(format!("{}: {msg}", self.file));
     }
+
+    /// The first few of many similar problems, then how many more `what` (e.g. "lines") fail.
+    fn problems_capped(&mut self, errs: Vec<String>, what: &str) {
+        let n = errs.len();
+        for e in errs.into_iter().take(MAX_DOC_PROBLEMS) {
+            self.problem(e);
+        }
+        if n > MAX_DOC_PROBLEMS {
+            self.problem(format!(
+                "{what}: {} more fail the same way",
+                n - MAX_DOC_PROBLEMS
+            ));
+        }
+    }
 }
 
 fn build(path: &Path, data_dir: Option<&Path>) -> (Option<Task>, Vec<String>) {
     let file = path.display().to_string();
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => return (None, vec![format!("{file}: cannot read task file: {e}")]),
+    let (merged, texts) = match include::read_merged(path) {
+        Ok(m) => m,
+        Err(e) => return (None, vec![e]),
     };
-    let spec: TaskSpec = match serde_yaml::from_str(&text) {
+    // Without an include, parsing the text itself keeps line numbers in the errors.
+    // (serde_yaml reads `{step: {...}}` enums from text only, so a merged file goes back to text.)
+    let parsed = match texts.as_slice() {
+        [text] => serde_yaml::from_str(text),
+        _ => serde_yaml::to_string(&merged).and_then(|t| serde_yaml::from_str(&t)),
+    };
+    let spec: TaskSpec = match parsed {
         Ok(s) => s,
         Err(e) => return (None, vec![format!("{file}: {e}")]),
     };
@@ -195,7 +257,9 @@ fn build(path: &Path, data_dir: Option<&Path>) -> (Option<Task>, Vec<String>) {
         hasher: Sha256::new(),
         missing_data_dir_reported: false,
     };
-    cx.hasher.update(text.as_bytes());
+    for text in &texts {
+        cx.hasher.update(text.as_bytes());
+    }
     let task = build_spec(&mut cx, spec, path);
     (task, cx.problems)
 }
@@ -287,7 +351,13 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     if max_tokens == 0 {
         cx.problem("field `generation.max_tokens` must be at least 1");
     }
-    let splits = load_splits(cx, &spec.dataset)?;
+    let mut splits = load_splits(cx, &spec.dataset)?;
+    for (name, docs) in &mut splits {
+        if let Err(errs) = process::apply(&spec.process_docs, name, docs) {
+            cx.problems_capped(errs, &format!("split `{name}`: docs"));
+            return None;
+        }
+    }
     let fewshot_split = spec
         .fewshot_split
         .clone()
@@ -385,10 +455,13 @@ fn template_source(cx: &mut Ctx, field: &str, src: &str) -> Option<String> {
     let Some(name) = src.strip_prefix("file:") else {
         return Some(src.to_string());
     };
-    let candidates = [
-        cx.base.join("../prompts").join(name.trim()),
-        cx.base.join("prompts").join(name.trim()),
-    ];
+    // prompts/ beside the task, or beside a folder above it (tasks/GROUP/x.yaml → prompts/).
+    let candidates: Vec<PathBuf> = cx
+        .base
+        .ancestors()
+        .take(4)
+        .map(|a| a.join("prompts").join(name.trim()))
+        .collect();
     match candidates.iter().find(|p| p.is_file()) {
         Some(p) => match fs::read_to_string(p) {
             Ok(s) => {
@@ -645,157 +718,28 @@ fn read_file(cx: &mut Ctx, ds: &DatasetSpec, raw: &str) -> Option<Vec<Value>> {
         }
     };
     cx.hasher.update(&bytes);
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let format = ds.format.clone().unwrap_or_else(|| ext.to_string());
-    let result = match format.as_str() {
-        "jsonl" => read_jsonl(&shown, &bytes),
-        "csv" | "tsv" => read_csv(&path, if format == "tsv" { b'\t' } else { b',' }),
-        "parquet" => read_parquet(&path),
-        "regex" => match &ds.pattern {
-            Some(p) => read_regex(&shown, &bytes, p),
-            None => Err(vec![
-                "field `dataset.pattern` is required for format regex".to_string(),
-            ]),
-        },
-        other => Err(vec![format!(
-            "field `dataset.format`: `{other}` is not a known format for {shown} (jsonl, csv, tsv, parquet, regex)"
-        )]),
-    };
-    match result {
-        Ok(docs) => Some(docs),
-        Err(errs) => {
-            let n = errs.len();
-            for e in errs.into_iter().take(MAX_DOC_PROBLEMS) {
-                cx.problem(e);
+    let mut extra = Vec::new();
+    for (field, raw) in ds.column_files.iter().flatten() {
+        let path = resolve_path(cx, raw)?;
+        match fs::read(&path) {
+            Ok(b) => {
+                cx.hasher.update(&b);
+                extra.push((field.clone(), path.display().to_string(), b));
             }
-            if n > MAX_DOC_PROBLEMS {
+            Err(e) => {
                 cx.problem(format!(
-                    "{shown}: {} more lines fail the same way",
-                    n - MAX_DOC_PROBLEMS
+                    "field `dataset.column_files.{field}`: {}: {e}",
+                    path.display()
                 ));
+                return None;
             }
-            None
         }
     }
-}
-
-fn read_jsonl(shown: &str, bytes: &[u8]) -> Result<Vec<Value>, Vec<String>> {
-    let text = std::str::from_utf8(bytes).map_err(|e| vec![format!("{shown}: not UTF-8: {e}")])?;
-    let mut docs = Vec::new();
-    let mut errs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Value>(line) {
-            Ok(v @ Value::Object(_)) => docs.push(v),
-            Ok(_) => errs.push(format!(
-                "{shown}:{}: each line must be a JSON object",
-                i + 1
-            )),
-            Err(e) => errs.push(format!("{shown}:{}: invalid JSON: {e}", i + 1)),
-        }
-    }
-    if errs.is_empty() { Ok(docs) } else { Err(errs) }
-}
-
-fn read_regex(shown: &str, bytes: &[u8], pattern: &str) -> Result<Vec<Value>, Vec<String>> {
-    let re = regex::Regex::new(pattern)
-        .map_err(|e| vec![format!("field `dataset.pattern`: invalid regex: {e}")])?;
-    let names: Vec<&str> = re.capture_names().flatten().collect();
-    if names.is_empty() {
-        return Err(vec![
-            "field `dataset.pattern` has no named group (?P<name>...) to make fields from".into(),
-        ]);
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| vec![format!("{shown}: not UTF-8: {e}")])?;
-    let mut docs = Vec::new();
-    let mut errs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match re.captures(line) {
-            Some(c) => {
-                let m: Map<String, Value> = names
-                    .iter()
-                    .map(|n| {
-                        (
-                            n.to_string(),
-                            Value::String(c.name(n).map_or("", |m| m.as_str()).to_string()),
-                        )
-                    })
-                    .collect();
-                docs.push(Value::Object(m));
-            }
-            None => errs.push(format!(
-                "{shown}:{}: line does not match `dataset.pattern`",
-                i + 1
-            )),
-        }
-    }
-    if errs.is_empty() { Ok(docs) } else { Err(errs) }
-}
-
-fn read_csv(path: &Path, sep: u8) -> Result<Vec<Value>, Vec<String>> {
-    use polars::prelude::*;
-    // Every column is text: type inference would turn an answer "007" into 7.
-    let df = CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .with_parse_options(CsvParseOptions::default().with_separator(sep))
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))
-        .and_then(|r| r.finish())
-        .map_err(|e| vec![format!("{}: cannot read as CSV: {e}", path.display())])?;
-    Ok(frame_to_docs(&df))
-}
-
-fn read_parquet(path: &Path) -> Result<Vec<Value>, Vec<String>> {
-    use polars::prelude::*;
-    let f = fs::File::open(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-    let df = ParquetReader::new(f)
-        .finish()
-        .map_err(|e| vec![format!("{}: cannot read as Parquet: {e}", path.display())])?;
-    Ok(frame_to_docs(&df))
-}
-
-fn frame_to_docs(df: &polars::prelude::DataFrame) -> Vec<Value> {
-    use polars::prelude::AnyValue;
-    let names: Vec<String> = df
-        .get_column_names()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    (0..df.height())
-        .map(|i| {
-            let row = df.get(i).unwrap_or_default();
-            let m: Map<String, Value> = names
-                .iter()
-                .zip(row)
-                .map(|(n, v)| {
-                    let j = match v {
-                        AnyValue::Null => Value::Null,
-                        AnyValue::Boolean(b) => Value::Bool(b),
-                        AnyValue::String(s) => Value::String(s.to_string()),
-                        AnyValue::StringOwned(s) => Value::String(s.to_string()),
-                        AnyValue::Int8(x) => x.into(),
-                        AnyValue::Int16(x) => x.into(),
-                        AnyValue::Int32(x) => x.into(),
-                        AnyValue::Int64(x) => x.into(),
-                        AnyValue::UInt8(x) => x.into(),
-                        AnyValue::UInt16(x) => x.into(),
-                        AnyValue::UInt32(x) => x.into(),
-                        AnyValue::UInt64(x) => x.into(),
-                        AnyValue::Float32(x) => (x as f64).into(),
-                        AnyValue::Float64(x) => x.into(),
-                        other => Value::String(other.to_string()),
-                    };
-                    (n.clone(), j)
-                })
-                .collect();
-            Value::Object(m)
-        })
-        .collect()
+    let result = dataset::read(&path, &bytes, ds)
+        .and_then(|docs| dataset::add_column_files(docs, &shown, &extra));
+    result
+        .map_err(|errs| cx.problems_capped(errs, &format!("{shown}: lines")))
+        .ok()
 }
 
 #[cfg(test)]
@@ -1011,6 +955,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn subfolders_includes_and_tags() {
+        let d = tmp("tags");
+        let sub = d.join("group");
+        fs::create_dir_all(&sub).unwrap();
+        write(&d, "docs.jsonl", DOCS);
+        write(
+            &sub,
+            "_base.yaml",
+            "tag: [fam, all]\ndataset: {path: ../docs.jsonl}\ntest_split: all\ndoc_to_text: \"{{ q }}\"\n\
+             doc_to_target: \"{{ label }}\"\ndoc_to_choice: [no, yes]\noutput_type: multiple_choice\n",
+        );
+        let b = write(&sub, "b.yaml", "include: _base.yaml\ntask: b\n");
+        let a = write(&sub, "a.yaml", "include: _base.yaml\ntask: a\ntag: all\n");
+        let found = discover(std::slice::from_ref(&d)).unwrap();
+        let names: Vec<&str> = found.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "the base is no task; subfolders are searched"
+        );
+        assert_eq!(
+            resolve(&["fam".into()], std::slice::from_ref(&d)).unwrap(),
+            vec![b.clone()],
+            "a's own `tag` replaces the base's"
+        );
+        assert_eq!(
+            resolve(&["all".into()], std::slice::from_ref(&d)).unwrap(),
+            vec![a.clone(), b.clone()]
+        );
+        let t = load_task(&a, None).unwrap();
+        assert_eq!((t.test.len(), t.test[0].target_text()), (3, "yes"));
     }
 
     #[test]

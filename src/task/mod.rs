@@ -1,7 +1,10 @@
 //! Tasks: validated, typed, rendered once at load so bad templates and targets fail before any model runs.
 
+pub mod dataset;
 pub mod generators;
+pub mod include;
 pub mod load;
+pub mod process;
 pub mod spec;
 
 use std::path::PathBuf;

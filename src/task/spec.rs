@@ -37,6 +37,29 @@ pub struct TaskSpec {
     /// How demonstrations are chosen (overridden by `--sampler`).
     #[serde(default)]
     pub fewshot: FewshotSpec,
+    /// Names that select this task with others: `--tasks TAG` runs every task tagged TAG.
+    pub tag: Option<Tags>,
+    /// Steps applied to every doc after loading (rename, map, extract, split).
+    #[serde(default)]
+    pub process_docs: Vec<super::process::Step>,
+}
+
+/// `tag:` — one name or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Tags {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Tags {
+    /// The names, as a list.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Tags::One(t) => vec![t],
+            Tags::Many(v) => v,
+        }
+    }
 }
 
 /// `fewshot:` — demonstration selection.
@@ -59,8 +82,13 @@ pub struct DatasetSpec {
     pub path: Option<String>,
     /// One file per split name.
     pub files: Option<BTreeMap<String, String>>,
-    /// `jsonl`, `csv`, `tsv`, `parquet` or `regex`; inferred from the extension when absent.
+    /// `jsonl`, `json` (an array of objects), `csv`, `tsv`, `parquet`, `regex` or `lines`; inferred
+    /// from the extension (after `.gz` / `.bz2`) when absent.
     pub format: Option<String>,
+    /// csv/tsv without a header row: the column names. `lines`: the field of each line of a record.
+    pub columns: Option<Vec<String>>,
+    /// Fields read from other files, one non-empty line per doc in order (e.g. a labels file).
+    pub column_files: Option<BTreeMap<String, String>>,
     /// For `format: regex`: a pattern with named groups, matched against every non-empty line.
     pub pattern: Option<String>,
     /// For a single file: the column naming each row's split. Without it (and `split_rows`) the

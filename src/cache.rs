@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo};
+use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo, one};
 
 /// The cache file used when none is named: `$XDG_CACHE_HOME/icl-eval/requests.sqlite`, else
 /// `~/.cache/icl-eval/requests.sqlite`.
@@ -270,12 +270,8 @@ impl Backend for Cached<'_> {
         breaks: &[usize],
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>> {
-        let r = ChoiceRequest {
-            context: context.into(),
-            breaks: breaks.to_vec(),
-            continuations: continuations.to_vec(),
-        };
-        Ok(self.loglikelihood_batch(&[r])?.remove(0))
+        let r = ChoiceRequest::new(context, breaks, continuations);
+        one(self.loglikelihood_batch(std::slice::from_ref(&r))?)
     }
 
     fn generate_until(
@@ -285,13 +281,8 @@ impl Backend for Cached<'_> {
         until: &[String],
         max_tokens: usize,
     ) -> Result<String> {
-        let r = GenerateRequest {
-            context: context.into(),
-            breaks: breaks.to_vec(),
-            until: until.to_vec(),
-            max_tokens,
-        };
-        Ok(self.generate_batch(&[r])?.remove(0))
+        let r = GenerateRequest::new(context, breaks, until, max_tokens);
+        one(self.generate_batch(std::slice::from_ref(&r))?)
     }
 
     fn loglikelihood_batch(

@@ -3,7 +3,7 @@
 pub mod candle;
 pub mod openai;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// What a run records about a model.
@@ -76,6 +76,37 @@ pub struct GenerateRequest {
     pub breaks: Vec<usize>,
     pub until: Vec<String>,
     pub max_tokens: usize,
+}
+
+impl ChoiceRequest {
+    /// The request for [`Backend::loglikelihood`]'s arguments.
+    pub fn new(context: &str, breaks: &[usize], continuations: &[String]) -> Self {
+        Self {
+            context: context.into(),
+            breaks: breaks.to_vec(),
+            continuations: continuations.to_vec(),
+        }
+    }
+}
+
+impl GenerateRequest {
+    /// The request for [`Backend::generate_until`]'s arguments.
+    pub fn new(context: &str, breaks: &[usize], until: &[String], max_tokens: usize) -> Self {
+        Self {
+            context: context.into(),
+            breaks: breaks.to_vec(),
+            until: until.to_vec(),
+            max_tokens,
+        }
+    }
+}
+
+/// The one answer of a batch of one request (for backends whose batch method does the work).
+pub fn one<T>(answers: Vec<T>) -> Result<T> {
+    answers
+        .into_iter()
+        .next()
+        .context("the backend returned no answer to a request")
 }
 
 /// A language model that can score and generate text.

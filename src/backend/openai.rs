@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
-    Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo, cut_at_stop,
+    Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo, cut_at_stop, one,
     split_trailing_whitespace,
 };
 
@@ -475,12 +475,8 @@ impl Backend for OpenAiBackend {
         breaks: &[usize],
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>> {
-        let r = ChoiceRequest {
-            context: context.into(),
-            breaks: breaks.to_vec(),
-            continuations: continuations.to_vec(),
-        };
-        Ok(self.loglikelihood_batch(&[r])?.remove(0))
+        let r = ChoiceRequest::new(context, breaks, continuations);
+        one(self.loglikelihood_batch(std::slice::from_ref(&r))?)
     }
 
     fn generate_until(
@@ -490,13 +486,8 @@ impl Backend for OpenAiBackend {
         until: &[String],
         max_tokens: usize,
     ) -> Result<String> {
-        let r = GenerateRequest {
-            context: context.into(),
-            breaks: breaks.to_vec(),
-            until: until.to_vec(),
-            max_tokens,
-        };
-        Ok(self.generate_batch(&[r])?.remove(0))
+        let r = GenerateRequest::new(context, breaks, until, max_tokens);
+        one(self.generate_batch(std::slice::from_ref(&r))?)
     }
 
     fn loglikelihood_batch(

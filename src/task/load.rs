@@ -367,12 +367,29 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         ("test_split", &spec.test_split),
         ("fewshot_split", &fewshot_split),
     ] {
-        if !splits.contains_key(split) {
-            cx.problem(format!(
-                "field `{field}`: no split `{split}` in the dataset (splits: {})",
-                known.join(", ")
-            ));
-            ok = false;
+        match splits.get(split) {
+            None => {
+                cx.problem(format!(
+                    "field `{field}`: no split `{split}` in the dataset (splits: {})",
+                    known.join(", ")
+                ));
+                ok = false;
+            }
+            Some(docs) if docs.is_empty() => {
+                let file = spec
+                    .dataset
+                    .files
+                    .as_ref()
+                    .and_then(|f| f.get(split))
+                    .or(spec.dataset.path.as_ref())
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default();
+                cx.problem(format!(
+                    "field `{field}`: split `{split}`{file} has no docs; point it at a file with data"
+                ));
+                ok = false;
+            }
+            Some(_) => {}
         }
     }
     if !ok || !cx.problems.is_empty() {
@@ -493,8 +510,26 @@ struct Renderer<'e> {
 impl Renderer<'_> {
     fn render(&self, name: &str, doc: &JValue) -> Result<String, String> {
         let t = self.env.get_template(name).map_err(|e| format!("{e}"))?;
-        t.render(doc.clone())
-            .map_err(|e| format!("field `{name}`: {e}"))
+        t.render(doc.clone()).map_err(|e| {
+            // Strict undefined says only "undefined value": name the doc fields the template
+            // uses that this doc lacks.
+            let mut missing: Vec<String> = t
+                .undeclared_variables(false)
+                .into_iter()
+                .filter(|v| doc.get_attr(v).is_ok_and(|x| x.is_undefined()))
+                .collect();
+            missing.sort();
+            match missing.as_slice() {
+                [] => format!("field `{name}`: {e}"),
+                m => format!(
+                    "field `{name}`: the doc has no field {} ({e})",
+                    m.iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        })
     }
 
     fn item(&self, id: usize, doc: &Value) -> Result<Item, String> {
@@ -955,6 +990,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn bad_data_names_the_split_doc_and_field() {
+        let d = tmp("bad-data");
+        write(
+            &d,
+            "d.jsonl",
+            "{\"q\": \"a\", \"label\": 0}\n{\"label\": 1}\n{\"q\": \"c\", \"label\": 7}\n",
+        );
+        write(&d, "empty.jsonl", "");
+        let task = |train: &str| {
+            format!(
+                "task: bad\ndataset:\n  files: {{test: d.jsonl, train: {train}}}\nfewshot_split: train\n\
+                 doc_to_text: \"{{{{ q }}}}\"\ndoc_to_target: \"{{{{ label }}}}\"\ndoc_to_choice: [no, yes]\n\
+                 output_type: multiple_choice\n"
+            )
+        };
+        let y = write(&d, "t.yaml", &task("d.jsonl"));
+        let e = load_task(&y, None).unwrap_err().to_string();
+        assert!(
+            e.contains("split `test`, doc 1: field `doc_to_text`: the doc has no field `q`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("split `test`, doc 2: field `doc_to_target`: index 7 is out of range"),
+            "{e}"
+        );
+        let y = write(&d, "e.yaml", &task("empty.jsonl"));
+        let e = load_task(&y, None).unwrap_err().to_string();
+        assert!(
+            e.contains("field `fewshot_split`: split `train` (empty.jsonl) has no docs"),
+            "{e}"
+        );
     }
 
     #[test]

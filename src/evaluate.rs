@@ -140,7 +140,7 @@ impl Memo {
 
 /// What scoring one cell needs from the memo.
 enum Need {
-    /// Skipped (already recorded in the sample) or already scored in an earlier session.
+    /// Skipped: the 0-shot prompt does not fit (recorded in the sample).
     Nothing,
     Choices {
         prompt: Key,

@@ -113,7 +113,24 @@ fn run(out: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn by_cell(dir: &Path) -> BTreeMap<(String, usize, usize), Sample> {
+/// Samples by (task, doc, K).
+type Cells = BTreeMap<(String, usize, usize), Sample>;
+
+/// The same run through the server and in process on `gguf`; each one's samples by cell.
+fn server_and_candle(d: &Path, server_model: &str, gguf: &Path, args: &[&str]) -> (Cells, Cells) {
+    let mut server_args = args.to_vec();
+    server_args.extend(["--models", server_model, "--context-length", "2048"]);
+    let o = run(&d.join("server"), &server_args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gguf = gguf.to_string_lossy().to_string();
+    let mut local_args = args.to_vec();
+    local_args.extend(["--models", &gguf]);
+    let o = run(&d.join("candle"), &local_args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (by_cell(&d.join("server")), by_cell(&d.join("candle")))
+}
+
+fn by_cell(dir: &Path) -> Cells {
     common::read_samples(dir)
         .into_iter()
         .map(|s| ((s.task.clone(), s.doc_id, s.k), s))
@@ -151,26 +168,15 @@ fn smollm2_through_llama_cpp_generates_like_candle_and_its_shifted_scores_are_re
     assert!(err.contains("shifted by one token"), "{err}");
 
     // Generation needs no prompt log-probabilities: greedy answers against candle's.
-    let common_args = [
+    let args = [
         "--tasks",
         "two_digit_addition,en_fr_words",
         "--shots",
         "0,1,4",
+        "--limit",
+        "30",
     ];
-    let limit = ["--limit", "30"];
-    let mut server_args = common_args.to_vec();
-    server_args.extend(["--models", &model, "--context-length", "2048"]);
-    server_args.extend(limit);
-    let o = run(&d.join("server"), &server_args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let gguf = gguf.to_string_lossy().to_string();
-    let mut local_args = common_args.to_vec();
-    local_args.extend(["--models", &gguf]);
-    local_args.extend(limit);
-    let o = run(&d.join("candle"), &local_args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-
-    let (served, local) = (by_cell(&d.join("server")), by_cell(&d.join("candle")));
+    let (served, local) = server_and_candle(&d, &model, &gguf, &args);
     assert_eq!(served.len(), 180, "2 tasks × 30 docs × 3 K");
     assert_eq!(
         served.keys().collect::<Vec<_>>(),
@@ -218,16 +224,7 @@ fn gemma3_loglikelihoods_through_llama_cpp_match_candle() {
         "--limit",
         "4",
     ];
-    let mut server_args = args.to_vec();
-    server_args.extend(["--models", &model, "--context-length", "2048"]);
-    let o = run(&d.join("server"), &server_args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let gguf = gguf.to_string_lossy().to_string();
-    let mut local_args = args.to_vec();
-    local_args.extend(["--models", &gguf]);
-    let o = run(&d.join("candle"), &local_args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (served, local) = (by_cell(&d.join("server")), by_cell(&d.join("candle")));
+    let (served, local) = server_and_candle(&d, &model, &gguf, &args);
     assert_eq!(served.len(), 4);
     for (k, s) in &served {
         let (a, b) = (

@@ -45,8 +45,12 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let text = fs::read_to_string(&path).unwrap_or_default();
-            let merged = include::read_merged(&path).map(|(v, _)| v);
+            // The file's own text comes first among those read; a file that fails is read once
+            // more, for its leading comment only.
+            let (merged, text) = match include::read_merged(&path) {
+                Ok((v, texts)) => (Ok(v), texts.into_iter().next().unwrap_or_default()),
+                Err(e) => (Err(e), fs::read_to_string(&path).unwrap_or_default()),
+            };
             let name = merged
                 .as_ref()
                 .ok()

@@ -524,6 +524,16 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
             }
         }
     }
+    let queries = prompt::queries(item);
+    if queries.len() > 1 {
+        eprintln!(
+            "\n--- the query above is the gold input; each of these is scored in its place: {queries:?}"
+        );
+    }
+    let conts = prompt::continuations(t, item, prompt::Format::Plain);
+    if !conts.is_empty() {
+        eprintln!("\n--- continuations scored after it: {conts:?}");
+    }
     Ok(())
 }
 

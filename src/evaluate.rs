@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result};
 
-use crate::backend::{Backend, ChoiceRequest, GenerateRequest};
+use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood};
 use crate::cache::request_key;
 use crate::resume::Done;
 use crate::run::{ChatMode, Sample, short_hash};
@@ -65,7 +65,7 @@ type Key = [u8; 32];
 /// scored once.
 #[derive(Default)]
 struct Memo {
-    choices: HashMap<Key, Vec<f64>>,
+    choices: HashMap<Key, Vec<LogLikelihood>>,
     generated: HashMap<Key, String>,
 }
 
@@ -116,10 +116,7 @@ impl Memo {
         let (keys, requests): (Vec<Key>, Vec<ChoiceRequest>) = pending.choices.into_iter().unzip();
         if !requests.is_empty() {
             let answers = backend.loglikelihood_batch(&requests)?;
-            for (key, lls) in keys.into_iter().zip(answers) {
-                self.choices
-                    .insert(key, lls.iter().map(|l| l.logprob).collect());
-            }
+            self.choices.extend(keys.into_iter().zip(answers));
         }
         let (keys, requests): (Vec<Key>, Vec<GenerateRequest>) =
             pending.generate.into_iter().unzip();
@@ -130,11 +127,23 @@ impl Memo {
         Ok(())
     }
 
-    fn choices(&self, key: &Key) -> Result<&[f64]> {
+    fn scores(&self, key: &Key) -> Result<&[LogLikelihood]> {
         self.choices
             .get(key)
             .map(Vec::as_slice)
             .context("internal: a scoring request was planned but not answered")
+    }
+
+    /// The log-probabilities of a scoring request's continuations.
+    fn choices(&self, key: &Key) -> Result<Vec<f64>> {
+        Ok(self.scores(key)?.iter().map(|l| l.logprob).collect())
+    }
+
+    /// The one continuation's score of a single-continuation request.
+    fn single(&self, key: &Key) -> Result<&LogLikelihood> {
+        self.scores(key)?
+            .first()
+            .context("internal: a scoring request came back without its continuation")
     }
 }
 
@@ -149,6 +158,10 @@ enum Need {
         unconditional: Option<Key>,
     },
     Text(Key),
+    /// `multiple_input`: one request per input, each scoring the shared continuation.
+    Inputs(Vec<Key>),
+    /// `loglikelihood`: the continuation after the prompt.
+    Continuation(Key),
 }
 
 /// One (doc, seed, label study, ordering, K) of a block, planned and waiting for its answers.
@@ -255,7 +268,7 @@ fn plan_doc<'t>(
                             &task.name,
                             item.id,
                             k,
-                            item.target_text(),
+                            item.gold_text(),
                         )
                     };
                     if plan.done.is_some_and(|d| d.contains(&s)) {
@@ -355,6 +368,30 @@ impl Requests<'_> {
                     unconditional,
                 }
             }
+            Answer::Inputs { inputs, .. } => {
+                let conts = prompt::continuations(task, self.item, self.format);
+                let mut keys = Vec::with_capacity(inputs.len());
+                for input in inputs {
+                    let (p, breaks) = prompt::render(
+                        task,
+                        &self.item.description,
+                        self.demos,
+                        input,
+                        self.format,
+                    )?;
+                    keys.push(memo.need_choices(pending, &p, self.breaks(&breaks), &conts));
+                }
+                Need::Inputs(keys)
+            }
+            Answer::Continuation(_) => {
+                let conts = prompt::continuations(task, self.item, self.format);
+                Need::Continuation(memo.need_choices(
+                    pending,
+                    &fitted.prompt,
+                    self.breaks(&fitted.breaks),
+                    &conts,
+                ))
+            }
             Answer::Text(_) => Need::Text(memo.need_generation(
                 pending,
                 GenerateRequest {
@@ -386,19 +423,17 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
             },
             Answer::Choice { choices, gold },
         ) => {
-            let logprobs = memo.choices(&prompt)?.to_vec();
+            let logprobs = memo.choices(&prompt)?;
             let prior = content_free
                 .map(|keys| {
                     let cf = keys
                         .iter()
-                        .map(|k| memo.choices(k).map(<[f64]>::to_vec))
+                        .map(|k| memo.choices(k))
                         .collect::<Result<Vec<_>>>()?;
                     Ok::<_, anyhow::Error>(score::content_free_prior(&cf))
                 })
                 .transpose()?;
-            let unconditional = unconditional
-                .map(|k| memo.choices(&k).map(<[f64]>::to_vec))
-                .transpose()?;
+            let unconditional = unconditional.map(|k| memo.choices(&k)).transpose()?;
             let cs = score::score_choices(
                 &logprobs,
                 choices,
@@ -416,6 +451,27 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
             s.logprobs = Some(logprobs);
             s.calibration = prior;
             s.unconditional = unconditional;
+        }
+        (Need::Inputs(keys), Answer::Inputs { inputs, gold, .. }) => {
+            let logprobs = keys
+                .iter()
+                .map(|k| Ok(memo.single(k)?.logprob))
+                .collect::<Result<Vec<f64>>>()?;
+            let pred = score::argmax(logprobs.iter().copied());
+            let hit = f64::from(u8::from(pred == *gold));
+            s.prediction = Some(inputs[pred].clone());
+            s.correct = Some(pred == *gold);
+            s.metrics = BTreeMap::from([(Metric::Acc.name().to_string(), hit)]);
+            s.logprobs = Some(logprobs);
+        }
+        (Need::Continuation(key), Answer::Continuation(_)) => {
+            let ll = memo.single(&key)?;
+            s.correct = Some(ll.is_greedy);
+            s.metrics = BTreeMap::from([(
+                Metric::Acc.name().to_string(),
+                f64::from(u8::from(ll.is_greedy)),
+            )]);
+            s.logprobs = Some(vec![ll.logprob]);
         }
         (Need::Text(key), Answer::Text(target)) => {
             let text = memo

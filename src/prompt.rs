@@ -98,14 +98,26 @@ pub fn build_with_query(
     (s, breaks)
 }
 
-/// The continuations a multiple-choice item scores (target delimiter included).
+/// The continuations an item scores after its prompt (target delimiter included): each choice of a
+/// multiple-choice item; the one shared continuation of a multiple-input or log-likelihood item.
 pub fn continuations(task: &Task, item: &Item, format: Format) -> Vec<String> {
     let delimiter = format.target_delimiter(task);
     match &item.answer {
         Answer::Choice { choices, .. } => {
             choices.iter().map(|c| format!("{delimiter}{c}")).collect()
         }
+        Answer::Inputs { continuation, .. } | Answer::Continuation(continuation) => {
+            vec![format!("{delimiter}{continuation}")]
+        }
         Answer::Text(_) => Vec::new(),
+    }
+}
+
+/// The queries an item is asked as: one per input of a multiple-input item, else its text.
+pub fn queries(item: &Item) -> &[String] {
+    match &item.answer {
+        Answer::Inputs { inputs, .. } => inputs,
+        _ => std::slice::from_ref(&item.text),
     }
 }
 
@@ -147,14 +159,21 @@ pub fn fit(
     for k in (0..=demos.len()).rev() {
         let (prompt, breaks) = render(task, &item.description, &demos[..k], &item.text, format)?;
         let tokens = match task.output_type {
-            OutputType::MultipleChoice => {
+            OutputType::GenerateUntil => count_tokens(&prompt)? + task.max_tokens,
+            _ => {
                 let mut longest = 0;
-                for c in continuations(task, item, format) {
-                    longest = longest.max(count_tokens(&format!("{prompt}{c}"))?);
+                for query in queries(item) {
+                    let p = if *query == item.text {
+                        prompt.clone()
+                    } else {
+                        render(task, &item.description, &demos[..k], query, format)?.0
+                    };
+                    for c in continuations(task, item, format) {
+                        longest = longest.max(count_tokens(&format!("{p}{c}"))?);
+                    }
                 }
                 longest
             }
-            OutputType::GenerateUntil => count_tokens(&prompt)? + task.max_tokens,
         };
         if tokens <= context_length {
             return Ok(Some(Fitted {

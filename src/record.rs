@@ -72,21 +72,23 @@ impl TaskRecord {
 pub fn labels(t: &Task) -> Option<Vec<String>> {
     let mut lists = t.test.iter().map(|i| match &i.answer {
         Answer::Choice { choices, .. } => Some(choices),
-        Answer::Text(_) => None,
+        _ => None,
     });
     let first = lists.next()??;
     lists.all(|l| l == Some(first)).then(|| first.clone())
 }
 
-/// Accuracy of a uniform random guess on a multiple-choice task: mean of 1 / number of choices.
+/// Accuracy of a uniform random guess on a multiple-choice or multiple-input task: mean of
+/// 1 / number of options.
 pub fn chance(t: &Task) -> Option<f64> {
-    (t.output_type == OutputType::MultipleChoice && !t.test.is_empty()).then(|| {
+    let options = matches!(
+        t.output_type,
+        OutputType::MultipleChoice | OutputType::MultipleInput
+    );
+    (options && !t.test.is_empty()).then(|| {
         t.test
             .iter()
-            .map(|i| match &i.answer {
-                Answer::Choice { choices, .. } => 1.0 / choices.len().max(1) as f64,
-                Answer::Text(_) => 0.0,
-            })
+            .map(|i| i.options().map_or(0.0, |o| 1.0 / o.len().max(1) as f64))
             .sum::<f64>()
             / t.test.len() as f64
     })

@@ -38,7 +38,7 @@ pub fn content_free_prior(content_free: &[Vec<f64>]) -> Vec<f64> {
 }
 
 /// First index of the maximum (ties go to the earlier choice, like `argmax`).
-fn argmax(xs: impl Iterator<Item = f64>) -> usize {
+pub fn argmax(xs: impl Iterator<Item = f64>) -> usize {
     xs.enumerate()
         .fold((0, f64::NEG_INFINITY), |best, (i, x)| {
             if x > best.1 { (i, x) } else { best }

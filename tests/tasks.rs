@@ -6,7 +6,10 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use icl_eval::task::load::discover;
+use icl_eval::backend::Backend;
+use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
+use icl_eval::task::Answer;
+use icl_eval::task::load::{discover, load_task};
 
 #[test]
 #[ignore = "needs the shared benchmark data and the bundled SmolLM2 (scripts/fetch-models.sh)"]
@@ -45,7 +48,7 @@ fn every_task_loads_renders_and_scores_with_smollm2() {
     assert_eq!(samples.len(), names.len() * 3 * 3);
     for s in &samples {
         assert!(
-            s.skipped.is_none() && s.k_effective == Some(s.k) && s.prediction.is_some(),
+            s.skipped.is_none() && s.k_effective == Some(s.k) && !s.metrics.is_empty(),
             "{} doc {} K={}: {:?}",
             s.task,
             s.doc_id,
@@ -74,6 +77,14 @@ fn every_task_loads_renders_and_scores_with_smollm2() {
         ("trec", 0, "Number"),
         // gpt3 two_digit_addition.jsonl line 1: " 143".
         ("arithmetic_2da", 0, "143"),
+        // winogrande.jsonl line 1: gold 1, the second of the context options.
+        (
+            "winogrande",
+            0,
+            "Sarah was a much better surgeon than Maria so Maria",
+        ),
+        // lambada_test.jsonl line 1 ends "... I don't care about signs".
+        ("lambada", 0, " signs"),
         // mmlu anatomy_test.csv row 1: answer 0.
         ("mmlu_anatomy", 0, "A"),
         // ARC-Easy test.json item 0: "answer1" (options parsed out of the instruction).
@@ -89,4 +100,94 @@ fn every_task_loads_renders_and_scores_with_smollm2() {
             "{task} doc {doc}"
         );
     }
+}
+
+/// WinoGrande's partial scoring and LAMBADA's greedy match, recomputed request by request with the
+/// backend itself (whose log-probabilities `parity.rs` checks against transformers): each input's
+/// score is the shared continuation's log-likelihood after it, and a LAMBADA word counts exactly
+/// when greedy generation of as many tokens produces it.
+#[test]
+#[ignore = "needs the shared benchmark data and the bundled SmolLM2 (scripts/fetch-models.sh)"]
+fn partial_scoring_and_greedy_match_are_the_backends_own_numbers() {
+    let d = common::tmp("partial");
+    let model = common::smollm2();
+    let data = common::data_dir();
+    let o = common::icl_eval(&[
+        "run",
+        "--tasks",
+        "winogrande,lambada",
+        "--models",
+        model.to_str().unwrap(),
+        "--shots",
+        "0",
+        "--limit",
+        "6",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--output",
+        d.join("run").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = common::read_samples(&d.join("run"));
+    assert_eq!(samples.len(), 12);
+    let tasks = common::root().join("tasks");
+    let wino = load_task(&tasks.join("commonsense/winogrande.yaml"), Some(&data)).unwrap();
+    let lambada = load_task(&tasks.join("language_modeling/lambada.yaml"), Some(&data)).unwrap();
+    let mut b = CandleBackend::load(&model, WeightsChoice::Auto).unwrap();
+    let mut greedy = 0;
+    for s in &samples {
+        let logprobs = s.logprobs.as_ref().unwrap();
+        match s.task.as_str() {
+            "winogrande" => {
+                let Answer::Inputs {
+                    inputs,
+                    continuation,
+                    ..
+                } = &wino.test[s.doc_id].answer
+                else {
+                    panic!("winogrande is multiple_input")
+                };
+                let mut best = (f64::NEG_INFINITY, 0);
+                for (i, input) in inputs.iter().enumerate() {
+                    let ll = b
+                        .loglikelihood(input, &[], &[format!(" {continuation}")])
+                        .unwrap()[0]
+                        .logprob;
+                    assert!(
+                        (ll - logprobs[i]).abs() < 1e-6,
+                        "doc {} input {i}",
+                        s.doc_id
+                    );
+                    if ll > best.0 {
+                        best = (ll, i);
+                    }
+                }
+                assert_eq!(s.prediction.as_deref(), Some(inputs[best.1].as_str()));
+                assert_eq!(s.correct, Some(inputs[best.1] == s.gold));
+            }
+            "lambada" => {
+                let item = &lambada.test[s.doc_id];
+                let word = item.target_text();
+                let ll = b
+                    .loglikelihood(&item.text, &[], &[word.to_string()])
+                    .unwrap()[0]
+                    .clone();
+                assert!((ll.logprob - logprobs[0]).abs() < 1e-6, "doc {}", s.doc_id);
+                let generated = b.generate_until(&item.text, &[], &[], ll.n_tokens).unwrap();
+                assert_eq!(
+                    s.metrics["acc"] == 1.0,
+                    generated == word,
+                    "doc {}: generated {generated:?}, target {word:?}",
+                    s.doc_id
+                );
+                greedy += usize::from(generated == word);
+            }
+            other => panic!("unexpected task {other}"),
+        }
+    }
+    // Both outcomes occur among these docs, so the check above is not vacuous.
+    assert!(
+        (1..6).contains(&greedy),
+        "{greedy} of 6 LAMBADA words greedy"
+    );
 }

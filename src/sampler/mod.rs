@@ -319,8 +319,8 @@ fn shown_answer<'t>(task: &str, d: &'t Item, seed: u64, labels: DemoLabels) -> O
             let key = combine(&[hash_str(task), seed, d.id as u64, hash_str("label")]);
             Some(&choices[(key % choices.len() as u64) as usize])
         }
-        // Generation tasks have no label set; `check_labels` rejects these before a run.
-        (DemoLabels::Flipped | DemoLabels::Random, Answer::Text(t)) => Some(t),
+        // Only multiple-choice tasks have a label set; `check_labels` rejects these before a run.
+        (DemoLabels::Flipped | DemoLabels::Random, _) => Some(d.target_text()),
     }
 }
 

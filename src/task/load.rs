@@ -291,14 +291,27 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     let mut ok = add(cx, "description", &spec.description).is_some();
     ok &= add(cx, "doc_to_text", &spec.doc_to_text).is_some();
     ok &= add(cx, "doc_to_target", &spec.doc_to_target).is_some();
-    let choices = match (&spec.doc_to_choice, spec.output_type) {
-        (Some(ChoiceSpec::List(list)), OutputType::MultipleChoice) => {
+    let takes_choices = matches!(
+        spec.output_type,
+        OutputType::MultipleChoice | OutputType::MultipleInput
+    );
+    let choices = match &spec.doc_to_choice {
+        Some(_) if !takes_choices => {
+            cx.problem(format!(
+                "field `doc_to_choice` applies only to output_type multiple_choice or \
+                 multiple_input, not {}",
+                spec.output_type.name()
+            ));
+            ok = false;
+            None
+        }
+        Some(ChoiceSpec::List(list)) => {
             for (i, c) in list.iter().enumerate() {
                 ok &= add(cx, &format!("doc_to_choice[{i}]"), c).is_some();
             }
             Some(ChoiceSpec::List(list.clone()))
         }
-        (Some(ChoiceSpec::Expression(e)), OutputType::MultipleChoice) => {
+        Some(ChoiceSpec::Expression(e)) => {
             let inner = e
                 .trim()
                 .strip_prefix("{{")
@@ -313,19 +326,17 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
                 }
             }
         }
-        (None, OutputType::MultipleChoice) => {
-            cx.problem("field `doc_to_choice` is required for output_type multiple_choice");
+        None if takes_choices => {
+            cx.problem(format!(
+                "field `doc_to_choice` is required for output_type {}",
+                spec.output_type.name()
+            ));
             ok = false;
             None
         }
-        (Some(_), OutputType::GenerateUntil) => {
-            cx.problem("field `doc_to_choice` applies only to output_type multiple_choice");
-            ok = false;
-            None
-        }
-        (None, OutputType::GenerateUntil) => None,
+        None => None,
     };
-    if spec.generation.is_some() && spec.output_type == OutputType::MultipleChoice {
+    if spec.generation.is_some() && spec.output_type != OutputType::GenerateUntil {
         cx.problem("field `generation` applies only to output_type generate_until");
     }
     let metrics = match &spec.metrics {
@@ -541,12 +552,26 @@ impl Renderer<'_> {
         let text = self.render("doc_to_text", &ctx)?;
         let description = self.render("description", &ctx)?;
         let target = self.render("doc_to_target", &ctx)?;
-        let answer = match self.output_type {
-            OutputType::GenerateUntil => Answer::Text(target),
+        let (text, answer) = match self.output_type {
+            OutputType::GenerateUntil => (text, Answer::Text(target)),
+            OutputType::Loglikelihood => (text, Answer::Continuation(target)),
             OutputType::MultipleChoice => {
                 let choices = self.choices(&ctx)?;
-                let gold = resolve_gold(&target, &choices)?;
-                Answer::Choice { choices, gold }
+                let gold = resolve_gold("doc_to_target", &target, &choices)?;
+                (text, Answer::Choice { choices, gold })
+            }
+            // lm-eval's convention: doc_to_text names the gold input, which is also the text a
+            // demonstration of this doc shows.
+            OutputType::MultipleInput => {
+                let inputs = self.choices(&ctx)?;
+                let gold = resolve_gold("doc_to_text", &text, &inputs)?;
+                let text = inputs[gold].clone();
+                let answer = Answer::Inputs {
+                    inputs,
+                    gold,
+                    continuation: target,
+                };
+                (text, answer)
             }
         };
         Ok(Item {
@@ -579,23 +604,25 @@ impl Renderer<'_> {
         };
         if choices.len() < 2 {
             return Err(format!(
-                "field `doc_to_choice`: {} choice(s); multiple_choice needs at least 2",
-                choices.len()
+                "field `doc_to_choice`: {} choice(s); {} needs at least 2",
+                choices.len(),
+                self.output_type.name()
             ));
         }
         Ok(choices)
     }
 }
 
-/// `doc_to_target` of a multiple-choice doc: a choice index, or the text of one choice.
-fn resolve_gold(target: &str, choices: &[String]) -> Result<usize, String> {
+/// The gold answer rendered by `field` (`doc_to_target` of a multiple-choice doc, `doc_to_text` of
+/// a multiple-input doc): a choice index, or the text of one choice.
+fn resolve_gold(field: &str, target: &str, choices: &[String]) -> Result<usize, String> {
     let t = target.trim();
     if let Ok(i) = t.parse::<usize>() {
         return if i < choices.len() {
             Ok(i)
         } else {
             Err(format!(
-                "field `doc_to_target`: index {i} is out of range for {} choices",
+                "field `{field}`: index {i} is out of range for {} choices",
                 choices.len()
             ))
         };
@@ -603,7 +630,11 @@ fn resolve_gold(target: &str, choices: &[String]) -> Result<usize, String> {
     choices
         .iter()
         .position(|c| c == target || c.trim() == t)
-        .ok_or_else(|| format!("field `doc_to_target`: `{target}` is neither an index nor one of the choices {choices:?}"))
+        .ok_or_else(|| {
+            format!(
+                "field `{field}`: `{target}` is neither an index nor one of the choices {choices:?}"
+            )
+        })
 }
 
 fn render_split(cx: &mut Ctx, r: &Renderer, split: &str, docs: &[Value]) -> Option<Vec<Item>> {
@@ -822,6 +853,75 @@ mod tests {
             }
         );
         assert_eq!(t.metrics, vec![Metric::Acc, Metric::AccNorm]);
+    }
+
+    #[test]
+    fn multiple_input_and_loglikelihood_tasks() {
+        let d = tmp("partial");
+        write(
+            &d,
+            "w.jsonl",
+            "{\"opts\": [\"Ann beat Bo so Ann\", \"Ann beat Bo so Bo\"], \"rest\": \"cried.\", \"g\": 1}\n\
+             {\"opts\": [\"X or Y\", \"X or Z\"], \"rest\": \"won.\", \"g\": 7}\n",
+        );
+        let y = write(
+            &d,
+            "w.yaml",
+            "task: w\ndataset: {path: w.jsonl}\ntest_split: all\noutput_type: multiple_input\n\
+             doc_to_choice: \"{{ opts }}\"\ndoc_to_text: \"{{ g }}\"\ndoc_to_target: \"{{ rest }}\"\n",
+        );
+        let err = format!("{:#}", load_task(&y, None).unwrap_err());
+        assert!(
+            err.contains("doc 1: field `doc_to_text`: index 7 is out of range for 2 choices"),
+            "{err}"
+        );
+        write(
+            &d,
+            "w.jsonl",
+            "{\"opts\": [\"Ann beat Bo so Ann\", \"Ann beat Bo so Bo\"], \"rest\": \"cried.\", \"g\": 1}\n",
+        );
+        let t = load_task(&y, None).unwrap();
+        let item = &t.test[0];
+        // A demonstration shows the gold input; the sample records it as the gold answer.
+        assert_eq!(
+            (item.text.as_str(), item.target_text()),
+            ("Ann beat Bo so Bo", "cried.")
+        );
+        assert_eq!(item.gold_text(), "Ann beat Bo so Bo");
+        assert_eq!(t.metrics, vec![Metric::Acc]);
+        let acc_norm = write(
+            &d,
+            "n.yaml",
+            &fs::read_to_string(&y)
+                .unwrap()
+                .replace("task: w", "task: n\nmetrics: [acc_norm]"),
+        );
+        let err = format!("{:#}", load_task(&acc_norm, None).unwrap_err());
+        assert!(err.contains("metric `acc_norm` does not apply"), "{err}");
+
+        write(&d, "l.jsonl", "{\"text\": \"the cat sat on the mat\"}\n");
+        let y = write(
+            &d,
+            "l.yaml",
+            "task: l\ndataset: {path: l.jsonl}\ntest_split: all\noutput_type: loglikelihood\n\
+             doc_to_text: \"{{ (text | split(' '))[:-1] | join(' ') }}\"\n\
+             doc_to_target: \" {{ text | split(' ') | last }}\"\ntarget_delimiter: \"\"\n",
+        );
+        let t = load_task(&y, None).unwrap();
+        assert_eq!(t.test[0].text, "the cat sat on the");
+        assert_eq!(t.test[0].answer, Answer::Continuation(" mat".into()));
+        let with_choices = write(
+            &d,
+            "c.yaml",
+            &fs::read_to_string(&y)
+                .unwrap()
+                .replace("task: l", "task: c\ndoc_to_choice: [a, b]"),
+        );
+        let err = format!("{:#}", load_task(&with_choices, None).unwrap_err());
+        assert!(
+            err.contains("`doc_to_choice` applies only to output_type multiple_choice or multiple_input, not loglikelihood"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -58,12 +58,18 @@ impl Metric {
                 ));
             }
         };
+        // multiple_input scores one shared continuation, so acc_norm would equal acc and
+        // calibration has no per-choice prior to divide out.
         let fits = matches!(
             (m, output_type),
             (
                 Metric::Acc | Metric::AccNorm | Metric::AccCalibrated | Metric::AccPmi,
                 OutputType::MultipleChoice
             ) | (Metric::ExactMatch, OutputType::GenerateUntil)
+                | (
+                    Metric::Acc,
+                    OutputType::MultipleInput | OutputType::Loglikelihood
+                )
         );
         if fits {
             Ok(m)
@@ -79,6 +85,7 @@ impl Metric {
         match output_type {
             OutputType::MultipleChoice => vec![Metric::Acc, Metric::AccNorm],
             OutputType::GenerateUntil => vec![Metric::ExactMatch],
+            OutputType::MultipleInput | OutputType::Loglikelihood => vec![Metric::Acc],
         }
     }
 }
@@ -90,6 +97,15 @@ pub enum Answer {
     Choice { choices: Vec<String>, gold: usize },
     /// `generate_until`: the target text.
     Text(String),
+    /// `multiple_input`: the inputs (each ending where the shared continuation starts), the index
+    /// of the gold one, and the continuation.
+    Inputs {
+        inputs: Vec<String>,
+        gold: usize,
+        continuation: String,
+    },
+    /// `loglikelihood`: the continuation whose greedy match is scored.
+    Continuation(String),
 }
 
 /// One doc, rendered: its input text and its answer.
@@ -109,7 +125,26 @@ impl Item {
     pub fn target_text(&self) -> &str {
         match &self.answer {
             Answer::Choice { choices, gold } => &choices[*gold],
-            Answer::Text(t) => t,
+            Answer::Inputs { continuation, .. } => continuation,
+            Answer::Text(t) | Answer::Continuation(t) => t,
+        }
+    }
+
+    /// The gold answer a sample records: the gold choice or input, or the target text.
+    pub fn gold_text(&self) -> &str {
+        match &self.answer {
+            Answer::Inputs { inputs, gold, .. } => &inputs[*gold],
+            _ => self.target_text(),
+        }
+    }
+
+    /// The options one of which is the answer: a multiple-choice doc's choices or a
+    /// multiple-input doc's inputs.
+    pub fn options(&self) -> Option<&[String]> {
+        match &self.answer {
+            Answer::Choice { choices, .. } => Some(choices),
+            Answer::Inputs { inputs, .. } => Some(inputs),
+            Answer::Text(_) | Answer::Continuation(_) => None,
         }
     }
 }

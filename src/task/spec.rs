@@ -23,7 +23,8 @@ pub struct TaskSpec {
     pub doc_to_text: String,
     /// Jinja template of the answer: the gold text, or for `multiple_choice` a choice index or choice text.
     pub doc_to_target: String,
-    /// `multiple_choice` only: a list of Jinja templates, or one `{{ expression }}` yielding a list.
+    /// `multiple_choice` and `multiple_input` only: a list of Jinja templates, or one
+    /// `{{ expression }}` yielding a list.
     pub doc_to_choice: Option<ChoiceSpec>,
     #[serde(default = "default_target_delimiter")]
     pub target_delimiter: String,
@@ -130,6 +131,13 @@ pub enum OutputType {
     MultipleChoice,
     /// Generate greedily and compare with the target.
     GenerateUntil,
+    /// Partial scoring (Trinh & Le 2018; lm-eval's WinoGrande): each choice is a different input
+    /// (`doc_to_choice`), the shared continuation (`doc_to_target`) is scored after each, and the
+    /// input it is likeliest after wins. `doc_to_text` names the gold input (index or text).
+    MultipleInput,
+    /// One continuation (`doc_to_target`) scored after the input: `acc` is 1 when greedy decoding
+    /// would produce it exactly (lm-eval's LAMBADA).
+    Loglikelihood,
 }
 
 impl OutputType {
@@ -138,6 +146,8 @@ impl OutputType {
         match self {
             OutputType::MultipleChoice => "multiple_choice",
             OutputType::GenerateUntil => "generate_until",
+            OutputType::MultipleInput => "multiple_input",
+            OutputType::Loglikelihood => "loglikelihood",
         }
     }
 }

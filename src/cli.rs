@@ -319,8 +319,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         // sizes its thread pool.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
+    let selection = task::load::select(&a.tasks, &a.dirs.dirs())?;
     let cfg = RunConfig {
-        tasks: task::load::resolve(&a.tasks, &a.dirs.dirs())?,
+        tasks: selection.paths,
+        groups: selection.groups,
         models: a.models,
         models_file: ModelsFile::find(a.source.models_file.as_deref())?,
         hub: a.source.hub(),

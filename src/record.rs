@@ -146,6 +146,9 @@ pub struct RunRecord {
     /// Each time the run was resumed: when, and how many samples were already finished.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumed: Vec<ResumePoint>,
+    /// Tags named on `--tasks` (e.g. `mmlu`), reported as group means besides their tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<crate::task::load::Group>,
     pub tasks: Vec<TaskRecord>,
     pub models: Vec<ModelInfo>,
     pub shots: Vec<usize>,

@@ -52,6 +52,8 @@ impl Source {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub tasks: Vec<PathBuf>,
+    /// Tags named on `--tasks`, reported as group means besides their tasks.
+    pub groups: Vec<crate::task::load::Group>,
     /// Model references (`.gguf` path, checkpoint folder, models-file name, `hf:ORG/REPO[/FILE]`).
     pub models: Vec<String>,
     /// The models file names resolve through.
@@ -360,6 +362,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         run_id: run_id.clone(),
         shard: cfg.shard,
         resumed: Vec::new(),
+        groups: cfg.groups.clone(),
         tasks: tasks
             .iter()
             .zip(&selectors)
@@ -564,6 +567,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         examples,
         runs: vec![(dir.clone(), record.clone())],
         notes: Vec::new(),
+        groups: cfg.groups.clone(),
     };
     let report = report::write_report(&dir, &input).with_context(|| {
         format!(

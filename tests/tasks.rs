@@ -191,3 +191,53 @@ fn partial_scoring_and_greedy_match_are_the_backends_own_numbers() {
         "{greedy} of 6 LAMBADA words greedy"
     );
 }
+
+/// `--tasks mmlu` names a group: its 57 subjects are reported one by one and as group means, micro
+/// (over docs) and macro (over subjects), both recomputed here from the samples.
+#[test]
+#[ignore = "needs the shared benchmark data and the bundled SmolLM2 (scripts/fetch-models.sh)"]
+fn a_tag_on_the_command_line_is_reported_as_group_means() {
+    let d = common::tmp("groups");
+    let model = common::smollm2();
+    let o = common::icl_eval(&[
+        "run",
+        "--tasks",
+        "mmlu",
+        "--models",
+        model.to_str().unwrap(),
+        "--shots",
+        "0",
+        "--limit",
+        "2",
+        "--data-dir",
+        common::data_dir().to_str().unwrap(),
+        "--output",
+        d.join("run").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = common::read_samples(&d.join("run"));
+    assert_eq!(samples.len(), 57 * 2);
+    let mut per_task: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for s in &samples {
+        per_task.entry(&s.task).or_default().push(s.metrics["acc"]);
+    }
+    let all: Vec<f64> = per_task.values().flatten().copied().collect();
+    let micro = all.iter().sum::<f64>() / all.len() as f64;
+    let macro_ = per_task
+        .values()
+        .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        .sum::<f64>()
+        / per_task.len() as f64;
+    let csv = std::fs::read_to_string(d.join("run/groups.csv")).unwrap();
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with("mmlu,") && l.contains(",acc,"))
+        .unwrap_or_else(|| panic!("no mmlu acc row in\n{csv}"));
+    let f: Vec<&str> = row.split(',').collect();
+    let parse = |i: usize| f[i].parse::<f64>().unwrap();
+    assert!((parse(6) - micro).abs() < 1e-9, "{row} vs micro {micro}");
+    assert!((parse(8) - macro_).abs() < 1e-9, "{row} vs macro {macro_}");
+    assert_eq!((f[10], f[11]), ("57", "114"), "{row}");
+    let md = std::fs::read_to_string(d.join("run/summary.md")).unwrap();
+    assert!(md.contains("Group means"), "{md}");
+}

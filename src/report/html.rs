@@ -60,6 +60,23 @@ struct SummaryRow {
 }
 
 #[derive(Serialize)]
+struct GroupView {
+    group: String,
+    model: String,
+    sampler: String,
+    demo_labels: String,
+    k: u32,
+    metric: String,
+    micro: String,
+    micro_stderr: String,
+    #[serde(rename = "macro")]
+    macro_: String,
+    macro_stderr: String,
+    tasks: usize,
+    n: u64,
+}
+
+#[derive(Serialize)]
 struct ItemRow {
     model: String,
     k: usize,
@@ -178,6 +195,23 @@ pub fn render(
             skipped: c.skipped.get(i).unwrap_or(0),
         })
         .collect();
+    let groups: Vec<GroupView> = super::groups::summarize(summary, &input.groups)?
+        .into_iter()
+        .map(|g| GroupView {
+            micro: fixed(Some(g.micro), 4),
+            micro_stderr: fixed(g.micro_stderr, 4),
+            macro_: fixed(Some(g.macro_), 4),
+            macro_stderr: fixed(g.macro_stderr, 4),
+            group: g.group,
+            model: g.model,
+            sampler: g.sampler,
+            demo_labels: g.demo_labels,
+            k: g.k,
+            metric: g.metric,
+            tasks: g.tasks,
+            n: g.n,
+        })
+        .collect();
     let tasks: Vec<TaskView> = input
         .tasks
         .iter()
@@ -288,6 +322,7 @@ pub fn render(
         runs => Value::from(Serde(&runs)),
         models => Value::from(Serde(&models)),
         summary => Value::from(Serde(&summary_rows)),
+        groups => Value::from(Serde(&groups)),
         charts => Value::from(Serde(&chart_views)),
         tasks => Value::from(Serde(&tasks)),
         per_cell => ITEMS_PER_CELL,

@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod compare;
+pub mod groups;
 pub mod html;
 pub mod labels;
 pub mod latex;
@@ -16,6 +17,7 @@ use anyhow::{Result, bail};
 use crate::backend::ModelInfo;
 use crate::record::{Example, RunData, RunRecord, TaskRecord};
 use crate::run::Sample;
+use crate::task::load::Group;
 use crate::task::{Metric, OutputType, Task};
 
 /// What reports need to know about a task.
@@ -71,6 +73,8 @@ pub struct ReportInput {
     pub runs: Vec<(PathBuf, RunRecord)>,
     /// Differences between merged runs a reader should know of (seed, limit, weights).
     pub notes: Vec<String>,
+    /// Groups of tasks (tags named on `--tasks`) reported as means besides their tasks.
+    pub groups: Vec<Group>,
 }
 
 impl ReportInput {
@@ -183,6 +187,12 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
             }
         }
     }
+    let mut groups: Vec<Group> = Vec::new();
+    for g in runs.iter().flat_map(|r| &r.record.groups) {
+        if !groups.iter().any(|x| x.name == g.name) {
+            groups.push(g.clone());
+        }
+    }
     let mut examples: Vec<Example> = Vec::new();
     for run in runs {
         for e in &run.examples {
@@ -204,6 +214,7 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
             .map(|r| (r.dir.clone(), r.record.clone()))
             .collect(),
         notes,
+        groups,
     })
 }
 
@@ -219,7 +230,8 @@ pub struct Report {
 pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
     let summary = table::summarize(&input.samples, &input.tasks, &input.models)?;
     let shares = labels::shares(&input.samples, &input.tasks);
-    let markdown = table::write_all(dir, &summary, &shares)?;
+    let group_rows = groups::summarize(&summary, &input.groups)?;
+    let markdown = table::write_all(dir, &summary, &shares, &group_rows)?;
     latex::write(dir, &summary)?;
     let colors = chart::model_colors(&input.models);
     let mut charts: Vec<(&'static str, &'static str)> = Vec::new();
@@ -272,6 +284,7 @@ mod tests {
                 run_id: String::new(),
                 shard: None,
                 resumed: Vec::new(),
+                groups: Vec::new(),
                 tasks: vec![t],
                 models: vec![ModelInfo::for_tests(model, 1000)],
                 shots: vec![0],

@@ -252,13 +252,22 @@ impl<'a> SummaryColumns<'a> {
 
 /// Writes `summary.csv`, `summary.md` (with the predicted-label shares after the table) and
 /// `labels.csv`; returns the Markdown.
-pub fn write_all(dir: &Path, summary: &DataFrame, shares: &[LabelShares]) -> Result<String> {
+pub fn write_all(
+    dir: &Path,
+    summary: &DataFrame,
+    shares: &[LabelShares],
+    groups: &[super::groups::GroupRow],
+) -> Result<String> {
     let csv = dir.join("summary.csv");
     let mut f = File::create(&csv).with_context(|| format!("cannot write {}", csv.display()))?;
     CsvWriter::new(&mut f)
         .include_header(true)
         .finish(&mut summary.clone())?;
     let mut md = markdown(summary)?;
+    if !groups.is_empty() {
+        md.push_str(&super::groups::markdown(groups));
+        super::groups::write_csv(&dir.join("groups.csv"), groups)?;
+    }
     if !shares.is_empty() {
         md.push_str(&super::labels::markdown(shares));
         super::labels::write_csv(&dir.join("labels.csv"), shares)?;

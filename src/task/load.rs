@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 use minijinja::{Environment, UndefinedBehavior, Value as JValue};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -104,10 +105,31 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A tag named on `--tasks`: its tasks are reported one by one and as a group mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    /// Task names, sorted.
+    pub tasks: Vec<String>,
+}
+
+/// What `--tasks` selects: task files, and the groups among the names (tags).
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub paths: Vec<PathBuf>,
+    pub groups: Vec<Group>,
+}
+
 /// Resolves `--tasks` entries: YAML paths are taken as they are, names are looked up in `dirs`.
 pub fn resolve(names: &[String], dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    Ok(select(names, dirs)?.paths)
+}
+
+/// Resolves `--tasks` entries like [`resolve`], keeping each tag named as a group.
+pub fn select(names: &[String], dirs: &[PathBuf]) -> Result<Selection> {
     let mut known: Option<Vec<TaskSource>> = None;
     let mut out = Vec::with_capacity(names.len());
+    let mut groups = Vec::new();
     for n in names {
         let p = Path::new(n);
         if p.is_file() {
@@ -126,6 +148,10 @@ pub fn resolve(names: &[String], dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         if hit.is_none() && !tagged.is_empty() {
             let mut tagged = tagged;
             tagged.sort_by(|a, b| a.name.cmp(&b.name));
+            groups.push(Group {
+                name: n.clone(),
+                tasks: tagged.iter().map(|t| t.name.clone()).collect(),
+            });
             out.extend(tagged.into_iter().map(|t| t.path.clone()));
             continue;
         }
@@ -153,7 +179,7 @@ pub fn resolve(names: &[String], dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     {
         bail!("--tasks: {} is listed twice", dup.display());
     }
-    Ok(out)
+    Ok(Selection { paths: out, groups })
 }
 
 /// Loads and validates a task; the error lists every problem found.

@@ -29,8 +29,8 @@ pub struct Cli {
 enum Cmd {
     /// Score every test doc at every K, on every model; write a run folder.
     Run(RunArgs),
-    /// List the tasks found.
-    Tasks(TaskDirs),
+    /// List the tasks found, or import an lm-evaluation-harness task YAML.
+    Tasks(TasksArgs),
     /// Print the exact prompt `run` would send for one doc.
     Prompt(PromptArgs),
     /// Check task YAMLs and report every problem.
@@ -45,6 +45,27 @@ enum Cmd {
     Merge(MergeArgs),
     /// Inspect or empty the persistent request cache.
     Cache(CacheArgs),
+}
+
+#[derive(Args, Debug)]
+struct TasksArgs {
+    #[command(subcommand)]
+    action: Option<TasksAction>,
+    #[command(flatten)]
+    dirs: TaskDirs,
+}
+
+#[derive(Subcommand, Debug)]
+enum TasksAction {
+    /// Translate an lm-evaluation-harness task YAML (and its `include:` bases) into an icl-eval
+    /// task, or list the keys that cannot be translated.
+    Import {
+        /// The lm-eval task YAML.
+        path: PathBuf,
+        /// Where to write the icl-eval task (default: print it).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -299,7 +320,11 @@ fn parse_shots(s: &str) -> Result<usize, String> {
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run(a) => cmd_run(a),
-        Cmd::Tasks(d) => cmd_tasks(&d),
+        Cmd::Tasks(TasksArgs {
+            action: Some(TasksAction::Import { path, output }),
+            ..
+        }) => cmd_import(&path, output.as_deref()),
+        Cmd::Tasks(a) => cmd_tasks(&a.dirs),
         Cmd::Prompt(a) => cmd_prompt(a),
         Cmd::Validate(a) => cmd_validate(&a),
         Cmd::Models(a) => cmd_models(&a),
@@ -434,6 +459,39 @@ fn cmd_merge(a: &MergeArgs) -> Result<()> {
         merged.samples.len(),
         a.output.display()
     );
+    Ok(())
+}
+
+fn cmd_import(path: &Path, output: Option<&Path>) -> Result<()> {
+    let imported = task::import::import_lm_eval(path).map_err(|problems| {
+        anyhow::anyhow!(
+            "cannot translate {} ({} key(s)):\n  {}",
+            path.display(),
+            problems.len(),
+            problems.join("\n  ")
+        )
+    })?;
+    match output {
+        None => print!("{}", imported.yaml),
+        Some(out) => {
+            if out.exists() {
+                bail!(
+                    "--output: {} exists; remove it or name another file",
+                    out.display()
+                );
+            }
+            icl_eval::record::write_atomic(out, imported.yaml.as_bytes())?;
+            eprintln!(
+                "wrote task `{}` to {}; check it with `icl-eval validate {}`",
+                imported.task,
+                out.display(),
+                out.display()
+            );
+        }
+    }
+    for n in &imported.notes {
+        eprintln!("note: {n}");
+    }
     Ok(())
 }
 

@@ -241,3 +241,66 @@ fn a_tag_on_the_command_line_is_reported_as_group_means() {
     let md = std::fs::read_to_string(d.join("run/summary.md")).unwrap();
     assert!(md.contains("Group means"), "{md}");
 }
+
+/// lm-eval task YAMLs (written here in its format, one with an `include:` base, one with Python
+/// string methods in its templates) import through the binary into tasks whose every prompt and
+/// answer equal the shipped tasks'; a YAML with untranslatable keys is refused naming each.
+#[test]
+#[ignore = "needs the shared benchmark data"]
+fn lm_eval_yamls_import_into_the_shipped_tasks() {
+    let d = common::tmp("import");
+    let data = common::data_dir();
+    let fixtures = common::root().join("tests/fixtures/lm_eval");
+    for f in std::fs::read_dir(&fixtures).unwrap() {
+        let f = f.unwrap().path();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let text = text.replace("DATA/", &format!("{}/", data.display()));
+        std::fs::write(d.join(f.file_name().unwrap()), text).unwrap();
+    }
+    let tasks = common::root().join("tasks");
+    for (lm_eval, shipped) in [
+        ("cb.yaml", "superglue/cb.yaml"),
+        ("lambada.yaml", "language_modeling/lambada.yaml"),
+    ] {
+        let out = d.join(format!("imported-{lm_eval}"));
+        let o = common::icl_eval(&[
+            "tasks",
+            "import",
+            d.join(lm_eval).to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let ours = load_task(&out, Some(&data)).unwrap();
+        let theirs = load_task(&tasks.join(shipped), Some(&data)).unwrap();
+        assert_eq!(ours.output_type, theirs.output_type, "{lm_eval}");
+        assert_eq!(
+            (&ours.target_delimiter, &ours.fewshot_delimiter),
+            (&theirs.target_delimiter, &theirs.fewshot_delimiter),
+            "{lm_eval}"
+        );
+        for (a, b) in [(&ours.test, &theirs.test), (&ours.fewshot, &theirs.fewshot)] {
+            assert_eq!(a.len(), b.len(), "{lm_eval}");
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!((&x.text, &x.answer), (&y.text, &y.answer), "{lm_eval}");
+            }
+        }
+    }
+    let o = common::icl_eval(&[
+        "tasks",
+        "import",
+        d.join("gsm8k_like.yaml").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    for key in [
+        "`process_docs`",
+        "`generation_kwargs.do_sample`",
+        "`generation_kwargs.temperature`",
+        "`filter_list`",
+        "`metric_list.exact_match.ignore_case`",
+        "metric `perplexity`",
+    ] {
+        assert!(err.contains(key), "{key} not named in:\n{err}");
+    }
+}

@@ -297,6 +297,9 @@ fn build(path: &Path, data_dir: Option<&Path>) -> (Option<Task>, Vec<String>) {
 fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Python's string and list methods (`text.split(' ')`, `.strip()`), which lm-eval templates
+    // use because lm-eval renders them with Jinja2 over Python objects.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     // Inline templates mean what they say: `description: "Translate:\n"` keeps its newline.
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
         .keep_trailing_newline(true)

@@ -2,6 +2,7 @@
 
 pub mod dataset;
 pub mod generators;
+pub mod import;
 pub mod include;
 pub mod load;
 pub mod process;

@@ -1,0 +1,580 @@
+//! `icl-eval tasks import`: an lm-evaluation-harness task YAML (with its `include:` bases) → the
+//! equivalent icl-eval task YAML, or the list of keys that cannot be translated and why.
+//!
+//! A key that changes prompts or scores and has no equivalent (Python `!function` hooks, sampling,
+//! answer-extraction filters, metrics icl-eval lacks) fails the import; keys without effect on
+//! scores (`metadata`, decontamination) are dropped with a note.
+
+use std::path::Path;
+
+use serde_yaml::{Mapping, Value};
+
+use super::include;
+
+/// A translated task: its name, the YAML to write, and what a reader should know about it.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub task: String,
+    pub yaml: String,
+    pub notes: Vec<String>,
+}
+
+/// Translates the lm-eval task YAML at `path`. `Err` lists every key that could not be translated.
+pub fn import_lm_eval(path: &Path) -> Result<Imported, Vec<String>> {
+    let (merged, _) = include::read_merged(path).map_err(|e| vec![e])?;
+    let Some(map) = merged.as_mapping() else {
+        return Err(vec![format!(
+            "{}: not an lm-eval task (a mapping of keys)",
+            path.display()
+        )]);
+    };
+    let mut t = Translation::default();
+    for (k, v) in map {
+        let key = k.as_str().unwrap_or_default().to_string();
+        if let Some(tag) = function_tag(v) {
+            t.problem(
+                &key,
+                format!(
+                    "is `{tag}`, Python code; write it as a Jinja template or `process_docs` \
+                     steps (rename, map, extract, split)"
+                ),
+            );
+            continue;
+        }
+        t.key(&key, v);
+    }
+    t.finish(path)
+}
+
+/// The `!function …` tag inside a value, if any.
+fn function_tag(v: &Value) -> Option<String> {
+    match v {
+        Value::Tagged(t) => Some(format!(
+            "{} {}",
+            t.tag,
+            scalar(&t.value).unwrap_or_default()
+        )),
+        Value::Sequence(s) => s.iter().find_map(function_tag),
+        Value::Mapping(m) => m.values().find_map(function_tag),
+        _ => None,
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// lm-eval takes a bare feature name (`label`) as that field of the doc; icl-eval takes templates.
+fn field_or_template(v: &Value) -> Option<(String, bool)> {
+    let s = scalar(v)?;
+    let is_field = !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit());
+    Some(if is_field {
+        (format!("{{{{ {s} }}}}"), true)
+    } else {
+        (s, false)
+    })
+}
+
+#[derive(Default)]
+struct Translation {
+    task: Option<String>,
+    tags: Vec<String>,
+    description: Option<String>,
+    dataset_path: Option<String>,
+    dataset_name: Option<String>,
+    data_files: Option<Value>,
+    splits: [Option<String>; 4],
+    doc_to_text: Option<String>,
+    doc_to_target: Option<String>,
+    doc_to_choice: Option<Value>,
+    target_delimiter: Option<String>,
+    fewshot_delimiter: Option<String>,
+    output_type: Option<String>,
+    until: Option<Value>,
+    max_tokens: Option<u64>,
+    metrics: Vec<String>,
+    sampler: Option<&'static str>,
+    problems: Vec<String>,
+    notes: Vec<String>,
+}
+
+const TRAIN: usize = 0;
+const VALIDATION: usize = 1;
+const TEST: usize = 2;
+const FEWSHOT: usize = 3;
+
+impl Translation {
+    fn problem(&mut self, key: &str, why: impl std::fmt::Display) {
+        self.problems.push(format!("key `{key}` {why}"));
+    }
+
+    fn string(&mut self, key: &str, v: &Value) -> Option<String> {
+        let s = scalar(v);
+        if s.is_none() {
+            self.problem(key, "should be a string");
+        }
+        s
+    }
+
+    fn key(&mut self, key: &str, v: &Value) {
+        match key {
+            "task" => match v {
+                Value::String(s) => self.task = Some(s.clone()),
+                _ => self.problem(key, "is a list: that is an lm-eval group; import its tasks one by one"),
+            },
+            "tag" | "group" => {
+                let names: Vec<String> = match v {
+                    Value::Sequence(s) => s.iter().filter_map(scalar).collect(),
+                    other => scalar(other).into_iter().collect(),
+                };
+                if key == "group" {
+                    self.notes.push(format!(
+                        "`group: {}` (lm-eval's old spelling of a tag) became `tag:`",
+                        names.join(", ")
+                    ));
+                }
+                self.tags.extend(names);
+            }
+            "task_alias" => self.notes.push("`task_alias` dropped: results use the task name".into()),
+            "dataset_path" => self.dataset_path = self.string(key, v),
+            "dataset_name" => self.dataset_name = scalar(v),
+            "dataset_kwargs" => match v.get("data_files") {
+                Some(files) => {
+                    self.data_files = Some(files.clone());
+                    let other: Vec<String> = v
+                        .as_mapping()
+                        .into_iter()
+                        .flat_map(|m| m.keys())
+                        .filter_map(Value::as_str)
+                        .filter(|k| *k != "data_files")
+                        .map(str::to_string)
+                        .collect();
+                    if !other.is_empty() {
+                        self.problem(key, format!("has `{}`, which icl-eval does not read", other.join("`, `")));
+                    }
+                }
+                None => self.problem(key, "has no `data_files`; icl-eval reads local files only"),
+            },
+            "training_split" => self.splits[TRAIN] = scalar(v),
+            "validation_split" => self.splits[VALIDATION] = scalar(v),
+            "test_split" => self.splits[TEST] = scalar(v),
+            "fewshot_split" => self.splits[FEWSHOT] = scalar(v),
+            "doc_to_text" | "doc_to_target" => {
+                let Some((template, was_field)) = field_or_template(v) else {
+                    self.problem(key, "should be a template, a field name or an index");
+                    return;
+                };
+                if was_field {
+                    self.notes.push(format!(
+                        "`{key}: {}` is read as the doc's field `{}` (lm-eval's feature name), \
+                         written `{template}`",
+                        scalar(v).unwrap_or_default(),
+                        scalar(v).unwrap_or_default()
+                    ));
+                }
+                if key == "doc_to_text" {
+                    self.doc_to_text = Some(template);
+                } else {
+                    self.doc_to_target = Some(template);
+                }
+            }
+            "doc_to_choice" => match v {
+                Value::Sequence(s) if s.iter().all(|x| scalar(x).is_some()) => {
+                    self.doc_to_choice = Some(Value::Sequence(
+                        s.iter().filter_map(scalar).map(Value::String).collect(),
+                    ));
+                }
+                Value::Mapping(_) | Value::Sequence(_) => {
+                    self.problem(key, "should be a list of strings, a field name or a template")
+                }
+                other => {
+                    let (t, was_field) = field_or_template(other).unwrap_or_default();
+                    if was_field {
+                        self.notes.push(format!(
+                            "`doc_to_choice: {}` is read as the doc's list field, written `{t}`",
+                            scalar(other).unwrap_or_default()
+                        ));
+                    }
+                    self.doc_to_choice = Some(Value::String(t));
+                }
+            },
+            "description" => self.description = self.string(key, v),
+            "target_delimiter" => self.target_delimiter = self.string(key, v),
+            "fewshot_delimiter" => self.fewshot_delimiter = self.string(key, v),
+            "output_type" => match v.as_str() {
+                Some(o @ ("multiple_choice" | "generate_until" | "loglikelihood")) => {
+                    self.output_type = Some(o.into())
+                }
+                Some(o) => self.problem(
+                    key,
+                    format!("`{o}` has no icl-eval equivalent (multiple_choice, generate_until, loglikelihood)"),
+                ),
+                None => self.problem(key, "should be a string"),
+            },
+            "generation_kwargs" => self.generation(v),
+            "metric_list" => self.metric_list(v),
+            "num_fewshot" => self.notes.push(format!(
+                "`num_fewshot: {}` dropped: icl-eval takes K from --shots",
+                scalar(v).unwrap_or_default()
+            )),
+            "fewshot_config" => self.fewshot_config(v),
+            "repeats" if v.as_u64() == Some(1) => {}
+            "should_decontaminate" | "doc_to_decontamination_query" | "metadata" => {
+                self.notes.push(format!("`{key}` dropped: it does not change prompts or scores"))
+            }
+            "filter_list" => self.problem(
+                key,
+                "extracts answers from generations (regex, take_first, …); icl-eval scores the \
+                 generation cut at its stop sequences, so scores would differ",
+            ),
+            "process_docs" | "process_results" => self.problem(key, "is Python code"),
+            "use_prompt" => self.problem(key, "names a promptsource prompt; write its template out"),
+            other => self.problem(other, "is not an lm-eval task key icl-eval knows how to translate"),
+        }
+    }
+
+    fn generation(&mut self, v: &Value) {
+        let Some(m) = v.as_mapping() else {
+            return self.problem("generation_kwargs", "should be a mapping");
+        };
+        for (k, val) in m {
+            match k.as_str().unwrap_or_default() {
+                "until" => {
+                    self.until = Some(match val {
+                        Value::String(s) => Value::Sequence(vec![Value::String(s.clone())]),
+                        other => other.clone(),
+                    })
+                }
+                "max_gen_toks" => self.max_tokens = val.as_u64(),
+                "do_sample" if val.as_bool() == Some(false) => {}
+                "temperature" if val.as_f64() == Some(0.0) => {}
+                other => self.problem(
+                    &format!("generation_kwargs.{other}"),
+                    "is not translated: icl-eval decodes greedily with no other settings",
+                ),
+            }
+        }
+    }
+
+    fn metric_list(&mut self, v: &Value) {
+        let Some(list) = v.as_sequence() else {
+            return self.problem("metric_list", "should be a list");
+        };
+        for entry in list {
+            let name = entry.get("metric").and_then(scalar).unwrap_or_default();
+            match name.as_str() {
+                "acc" | "acc_norm" | "exact_match" => {}
+                other => {
+                    self.problem(
+                        "metric_list",
+                        format!("has metric `{other}`, which icl-eval does not compute (acc, acc_norm, exact_match, acc_calibrated, acc_pmi)"),
+                    );
+                    continue;
+                }
+            }
+            for (k, val) in entry.as_mapping().into_iter().flatten() {
+                match (k.as_str().unwrap_or_default(), val) {
+                    ("metric", _) => {}
+                    ("aggregation", Value::String(a)) if a == "mean" => {}
+                    ("higher_is_better", Value::Bool(true)) => {}
+                    (opt, _) => self.problem(
+                        &format!("metric_list.{name}.{opt}"),
+                        "is not translated: icl-eval's metric has no such option",
+                    ),
+                }
+            }
+            if name == "exact_match" {
+                self.notes.push(
+                    "exact_match: icl-eval compares after trimming surrounding whitespace; lm-eval \
+                     compares the strings as they are"
+                        .into(),
+                );
+            }
+            self.metrics.push(name);
+        }
+    }
+
+    fn fewshot_config(&mut self, v: &Value) {
+        for (k, val) in v.as_mapping().into_iter().flatten() {
+            match (k.as_str().unwrap_or_default(), val.as_str()) {
+                ("sampler", Some("first_n")) => self.sampler = Some("first_n"),
+                ("sampler", Some("default")) => {
+                    self.sampler = Some("random");
+                    self.notes.push(
+                        "fewshot_config.sampler `default` became `random`: a seeded draw per doc, \
+                         not lm-eval's draw, so the demonstrations differ"
+                            .into(),
+                    );
+                }
+                (other, _) => self.problem(
+                    &format!("fewshot_config.{other}"),
+                    "is not translated (icl-eval draws demonstrations from `fewshot_split`)",
+                ),
+            }
+        }
+    }
+
+    fn finish(mut self, path: &Path) -> Result<Imported, Vec<String>> {
+        let shown = path.display().to_string();
+        for (field, missing) in [
+            ("task", self.task.is_none()),
+            ("doc_to_text", self.doc_to_text.is_none()),
+            ("doc_to_target", self.doc_to_target.is_none()),
+            ("output_type", self.output_type.is_none()),
+        ] {
+            if missing {
+                self.problems.push(format!("key `{field}` is missing"));
+            }
+        }
+        let test = self.splits[TEST]
+            .clone()
+            .or(self.splits[VALIDATION].clone());
+        let fewshot = self.splits[FEWSHOT]
+            .clone()
+            .or(self.splits[TRAIN].clone())
+            .or(self.splits[VALIDATION].clone())
+            .or(test.clone());
+        let Some(test) = test else {
+            self.problems.push(
+                "neither `test_split` nor `validation_split` is set: nothing to evaluate".into(),
+            );
+            return Err(self.located(&shown));
+        };
+        let fewshot = fewshot.unwrap_or_else(|| test.clone());
+        let dataset = self.dataset(&test, &fewshot);
+        if !self.problems.is_empty() {
+            return Err(self.located(&shown));
+        }
+        let task = self.task.clone().unwrap_or_default();
+        let mut out = Mapping::new();
+        let mut put = |k: &str, v: Value| {
+            out.insert(Value::String(k.into()), v);
+        };
+        put("task", Value::String(task.clone()));
+        if !self.tags.is_empty() {
+            put(
+                "tag",
+                Value::Sequence(self.tags.iter().cloned().map(Value::String).collect()),
+            );
+        }
+        if let Some(d) = self.description.take() {
+            put("description", Value::String(d));
+        }
+        put("dataset", dataset);
+        put("test_split", Value::String(test.clone()));
+        put("fewshot_split", Value::String(fewshot));
+        for (k, v) in [
+            ("doc_to_text", self.doc_to_text.take()),
+            ("doc_to_target", self.doc_to_target.take()),
+        ] {
+            put(k, Value::String(v.unwrap_or_default()));
+        }
+        if let Some(c) = self.doc_to_choice.take() {
+            put("doc_to_choice", c);
+        }
+        let output_type = self.output_type.clone().unwrap_or_default();
+        // lm-eval scores a loglikelihood target as it is (the template carries its own space);
+        // icl-eval puts the target delimiter before every continuation.
+        if output_type == "loglikelihood" {
+            self.notes.push(
+                "loglikelihood: `target_delimiter` is \"\", as lm-eval scores the target \
+                 without one (demonstrations then show input and target with nothing between)"
+                    .into(),
+            );
+            self.target_delimiter = Some(String::new());
+        }
+        // lm-eval's default target delimiter is the same " "; its few-shot delimiter is "\n\n" too.
+        for (k, v) in [
+            ("target_delimiter", self.target_delimiter.take()),
+            ("fewshot_delimiter", self.fewshot_delimiter.take()),
+        ] {
+            if let Some(v) = v {
+                put(k, Value::String(v));
+            }
+        }
+        put("output_type", Value::String(output_type.clone()));
+        if output_type == "generate_until" {
+            let mut g = Mapping::new();
+            if let Some(u) = self.until.take() {
+                g.insert("until".into(), u);
+            }
+            // lm-eval's default budget (max_gen_toks) is 256.
+            g.insert("max_tokens".into(), self.max_tokens.unwrap_or(256).into());
+            put("generation", Value::Mapping(g));
+        }
+        if !self.metrics.is_empty() {
+            put(
+                "metrics",
+                Value::Sequence(self.metrics.iter().cloned().map(Value::String).collect()),
+            );
+        }
+        if let Some(s) = self.sampler {
+            let mut f = Mapping::new();
+            f.insert("sampler".into(), s.into());
+            put("fewshot", Value::Mapping(f));
+        }
+        let body = serde_yaml::to_string(&Value::Mapping(out)).map_err(|e| vec![e.to_string()])?;
+        let mut yaml = format!(
+            "# Imported from the lm-evaluation-harness task {shown} by `icl-eval tasks import`.\n"
+        );
+        for n in &self.notes {
+            yaml.push_str(&format!("# Note: {n}\n"));
+        }
+        yaml.push_str(&body);
+        Ok(Imported {
+            task,
+            yaml,
+            notes: self.notes,
+        })
+    }
+
+    /// `dataset:` — lm-eval's local `data_files`, or where to export a Hugging Face dataset.
+    fn dataset(&mut self, test: &str, fewshot: &str) -> Value {
+        let mut files = Mapping::new();
+        match (self.data_files.take(), self.dataset_path.as_deref()) {
+            (Some(Value::String(one)), _) => {
+                // datasets puts a single data file in the split `train`.
+                files.insert("train".into(), one.into());
+            }
+            (Some(Value::Mapping(m)), _) => {
+                for (k, v) in m {
+                    match scalar(&v) {
+                        Some(f) => {
+                            files.insert(k, f.into());
+                        }
+                        None => self.problem(
+                            "dataset_kwargs.data_files",
+                            "should map each split to one file",
+                        ),
+                    }
+                }
+            }
+            (Some(_), _) => self.problem(
+                "dataset_kwargs.data_files",
+                "should be one file or a mapping of split to file",
+            ),
+            (None, Some(hub)) => {
+                let dir = match &self.dataset_name {
+                    Some(n) => format!("{hub}/{n}"),
+                    None => hub.to_string(),
+                };
+                for split in [test, fewshot] {
+                    files.insert(
+                        split.into(),
+                        format!("${{DATA_DIR}}/{dir}/{split}.jsonl").into(),
+                    );
+                }
+                self.notes.push(format!(
+                    "the Hugging Face dataset `{dir}` is read from ${{DATA_DIR}}/{dir}/<split>.jsonl: \
+                     export those splits there as JSON lines (datasets: `ds[split].to_json(file)`)"
+                ));
+            }
+            (None, None) => self.problems.push("key `dataset_path` is missing".into()),
+        }
+        for split in [test, fewshot] {
+            if !files.is_empty() && !files.contains_key(split) {
+                self.problems.push(format!(
+                    "key `dataset_kwargs.data_files` has no file for split `{split}`"
+                ));
+            }
+        }
+        let mut d = Mapping::new();
+        d.insert("files".into(), Value::Mapping(files));
+        Value::Mapping(d)
+    }
+
+    fn located(self, shown: &str) -> Vec<String> {
+        self.problems
+            .into_iter()
+            .map(|p| format!("{shown}: {p}"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("icl-eval-import-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_hub_task_with_an_include_becomes_an_icl_eval_task() {
+        let d = tmp("hub");
+        fs::write(
+            d.join("_base.yaml"),
+            "dataset_path: super_glue\noutput_type: multiple_choice\ntraining_split: train\n\
+             validation_split: validation\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    \
+             higher_is_better: true\nmetadata:\n  version: 2.0\n",
+        )
+        .unwrap();
+        fs::write(
+            d.join("boolq.yaml"),
+            "include: _base.yaml\ntag: [super-glue-lm-eval-v1]\ntask: boolq\ndataset_name: boolq\n\
+             doc_to_text: \"{{passage}}\\nQuestion: {{question}}?\\nAnswer:\"\ndoc_to_target: label\n\
+             doc_to_choice: ['no', 'yes']\nshould_decontaminate: true\ndoc_to_decontamination_query: passage\n",
+        )
+        .unwrap();
+        let i = import_lm_eval(&d.join("boolq.yaml")).unwrap();
+        let spec: super::super::spec::TaskSpec = serde_yaml::from_str(&i.yaml).unwrap();
+        assert_eq!(spec.task, "boolq");
+        assert_eq!(spec.doc_to_target, "{{ label }}");
+        assert_eq!(
+            spec.doc_to_text,
+            "{{passage}}\nQuestion: {{question}}?\nAnswer:"
+        );
+        assert_eq!(
+            (spec.test_split.as_str(), spec.fewshot_split.as_deref()),
+            ("validation", Some("train"))
+        );
+        let files = spec.dataset.files.unwrap();
+        assert_eq!(
+            files["validation"],
+            "${DATA_DIR}/super_glue/boolq/validation.jsonl"
+        );
+        assert_eq!(spec.metrics.unwrap(), vec!["acc"]);
+        assert!(
+            i.notes.iter().any(|n| n.contains("export those splits")),
+            "{:?}",
+            i.notes
+        );
+        assert!(i.yaml.starts_with("# Imported from"));
+    }
+
+    #[test]
+    fn untranslatable_keys_are_each_named() {
+        let d = tmp("bad");
+        fs::write(
+            d.join("t.yaml"),
+            "task: t\ndataset_path: gsm8k\ntest_split: test\noutput_type: generate_until\n\
+             process_docs: !function utils.process_docs\ndoc_to_text: q\ndoc_to_target: a\n\
+             generation_kwargs:\n  until: ['Q:']\n  do_sample: true\n\
+             filter_list:\n  - name: strict\nmetric_list:\n  - metric: f1\n  - metric: exact_match\n    ignore_case: true\n",
+        )
+        .unwrap();
+        let errs = import_lm_eval(&d.join("t.yaml")).unwrap_err();
+        let all = errs.join("\n");
+        for expected in [
+            "key `process_docs` is `!function utils.process_docs`, Python code",
+            "key `generation_kwargs.do_sample` is not translated",
+            "key `filter_list` extracts answers",
+            "has metric `f1`",
+            "key `metric_list.exact_match.ignore_case` is not translated",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+        assert!(errs.iter().all(|e| e.contains("t.yaml: ")), "{errs:?}");
+    }
+}

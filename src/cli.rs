@@ -45,6 +45,40 @@ enum Cmd {
     Merge(MergeArgs),
     /// Inspect or empty the persistent request cache.
     Cache(CacheArgs),
+    /// Measure prompt-processing speed against llama.cpp, prefix reuse in a sweep, and peak memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// GGUF models (paths or models-file names), comma-separated; the runs use the first.
+    #[arg(long, value_delimiter = ',', default_value = "smollm2-135m")]
+    models: Vec<String>,
+    /// Threads for icl-eval and llama.cpp alike (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Tokens per prompt-processing pass.
+    #[arg(long, default_value_t = 512)]
+    tokens: usize,
+    /// Timed passes per prompt-processing measurement; the fastest counts.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Python with llama-cpp-python (default: the one scripts/install-llama-server.sh installs).
+    #[arg(long, value_name = "PYTHON", env = "ICL_EVAL_LLAMA_PYTHON")]
+    llama_python: Option<PathBuf>,
+    /// Task of the sweep and memory runs.
+    #[arg(long, default_value = "sentiment_reviews")]
+    task: String,
+    /// Docs of that task per run.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Folder for the runs' outputs (default: a temporary folder).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    source: ModelSource,
+    #[command(flatten)]
+    dirs: TaskDirs,
 }
 
 #[derive(Args, Debug)]
@@ -332,6 +366,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Compare(a) => cmd_compare(&a),
         Cmd::Merge(a) => cmd_merge(&a),
         Cmd::Cache(a) => cmd_cache(&a),
+        Cmd::Bench(a) => cmd_bench(a),
     }
 }
 
@@ -460,6 +495,53 @@ fn cmd_merge(a: &MergeArgs) -> Result<()> {
         a.output.display()
     );
     Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
+        bail!("--threads: must be at least 1");
+    }
+    // SAFETY: called before any other thread exists (as in `run`).
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    let file = ModelsFile::find(a.source.models_file.as_deref())?;
+    let mut models = Vec::new();
+    for m in &a.models {
+        let r = models::resolve(m, file.as_ref(), &a.source.hub())?;
+        if r.path.extension().and_then(|e| e.to_str()) != Some("gguf") {
+            bail!(
+                "--models: {m} is not a GGUF file ({}); bench compares GGUF files with llama.cpp",
+                r.path.display()
+            );
+        }
+        models.push((r.display_name.unwrap_or_else(|| m.clone()), r.path));
+    }
+    let default_python = dirs_home().map(|h| h.join(".cache/icl-eval/llama-venv/bin/python"));
+    let llama_python = a.llama_python.or(default_python.filter(|p| p.is_file()));
+    let task = task::load::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
+    let work_dir = a.work_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("icl-eval-bench-{}", std::process::id()))
+    });
+    let cfg = icl_eval::bench::BenchConfig {
+        models,
+        threads,
+        tokens: a.tokens,
+        reps: a.reps,
+        llama_python,
+        task: task.display().to_string(),
+        limit: a.limit,
+        work_dir,
+        data_dir: a.dirs.data_dir,
+    };
+    let report = icl_eval::bench::bench(&cfg)?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
+fn dirs_home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
 }
 
 fn cmd_import(path: &Path, output: Option<&Path>) -> Result<()> {

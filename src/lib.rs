@@ -3,6 +3,7 @@
 //! Flow: task (YAML + Jinja) → prompts (few-shot draws) → requests → backend → scores → report.
 
 pub mod backend;
+pub mod bench;
 pub mod cache;
 pub mod chat;
 pub mod encoder;

@@ -1,0 +1,441 @@
+//! `icl-eval bench`: the speed and memory figures of `docs/performance.md`, measured in one run on
+//! this machine and printed as ratios.
+//!
+//! - Prompt processing: tokens per second of the candle backend (float32 and quantized weights) and
+//!   of llama.cpp (through llama-cpp-python, when installed) on the same GGUF, the same token ids and
+//!   the same thread count; logits at the last position only on both sides.
+//! - Sweep reuse: a `--shots 0,1,8,32` run against a `--shots 32` run of the same docs, for the
+//!   `random` and `fixed` samplers: wall time and tokens forwarded, as ratios.
+//! - Peak RSS of a run with float32 and with quantized weights.
+//!
+//! Runs are child processes of this binary, so each has its own memory high-water mark and
+//! thread pool.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::backend::Backend;
+use crate::backend::candle::{CandleBackend, WeightsChoice, inspect_gguf};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// GGUF files: prompt processing is measured on each; runs use the first.
+    pub models: Vec<(String, PathBuf)>,
+    pub threads: usize,
+    /// Tokens per prompt-processing pass.
+    pub tokens: usize,
+    /// Timed passes per measurement (the fastest is reported).
+    pub reps: usize,
+    /// The Python with `llama_cpp` (llama-cpp-python); skipped with a message when absent.
+    pub llama_python: Option<PathBuf>,
+    /// Task of the sweep runs, and how many of its docs.
+    pub task: String,
+    pub limit: usize,
+    /// Folder for the child runs' outputs.
+    pub work_dir: PathBuf,
+    /// `--data-dir`, passed on to the runs.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Prompt-processing speed of one model.
+#[derive(Debug, Clone)]
+pub struct PromptSpeed {
+    pub model: String,
+    pub tokens: usize,
+    pub f32_tps: f64,
+    pub quantized_tps: f64,
+    /// `Err` says why llama.cpp was not measured.
+    pub llama_tps: Result<f64, String>,
+}
+
+/// One child run.
+#[derive(Debug, Clone)]
+pub struct RunCost {
+    pub label: String,
+    pub seconds: f64,
+    pub tokens: u64,
+    pub peak_rss_mb: f64,
+    pub dir: PathBuf,
+}
+
+/// Everything `bench` measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub threads: usize,
+    pub speeds: Vec<PromptSpeed>,
+    /// (sampler, sweep run, K = 32 alone run, how their K = 32 samples compare).
+    pub sweeps: Vec<(String, RunCost, RunCost, K32Agreement)>,
+    /// (weights, run, memory of the weights in MB).
+    pub memory: Vec<(String, RunCost, f64)>,
+}
+
+/// Measures everything in `cfg`.
+pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
+    if cfg.models.is_empty() {
+        bail!("bench: name at least one GGUF model");
+    }
+    // Child runs first: a child's peak RSS counts the parent's pages until it execs, so the parent
+    // must not have loaded a model yet.
+    let (_, path) = &cfg.models[0];
+    let mut sweeps = Vec::new();
+    for sampler in ["random", "fixed"] {
+        eprintln!("sweep runs: {sampler}");
+        let sweep = child_run(
+            cfg,
+            path,
+            sampler,
+            "0,1,8,32",
+            "auto",
+            &format!("sweep-{sampler}"),
+        )?;
+        let alone = child_run(cfg, path, sampler, "32", "auto", &format!("k32-{sampler}"))?;
+        let same = compare_k32(&sweep.dir, &alone.dir)?;
+        sweeps.push((sampler.to_string(), sweep, alone, same));
+    }
+    let summary = inspect_gguf(path)?;
+    let gguf_mb = std::fs::metadata(path)?.len() as f64 / 1e6;
+    let f32_mb = summary.parameters.total as f64 * 4.0 / 1e6;
+    let mut memory = Vec::new();
+    for (weights, size) in [("f32", f32_mb), ("quantized", gguf_mb)] {
+        eprintln!("memory: --weights {weights}");
+        let run = child_run(
+            cfg,
+            path,
+            "random",
+            "0,1",
+            weights,
+            &format!("rss-{weights}"),
+        )?;
+        memory.push((weights.to_string(), run, size));
+    }
+    let mut speeds = Vec::new();
+    for (name, path) in &cfg.models {
+        eprintln!("prompt processing: {name}");
+        speeds.push(prompt_speed(cfg, name, path)?);
+    }
+    Ok(BenchReport {
+        threads: cfg.threads,
+        speeds,
+        sweeps,
+        memory,
+    })
+}
+
+/// Text of about `n` tokens: the shipped hand-written reviews, repeated.
+fn bench_ids(b: &CandleBackend, n: usize) -> Result<Vec<u32>> {
+    let data = include_str!("../tasks/data/sentiment_reviews.jsonl");
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    while ids.len() < n + 1 {
+        for line in data.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            text.push_str(v["text"].as_str().unwrap_or_default());
+            text.push(' ');
+        }
+        ids = b.encode(&text)?;
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+fn prompt_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<PromptSpeed> {
+    let mut ids = Vec::new();
+    let mut tps = [0.0; 2];
+    for (i, weights) in [WeightsChoice::F32, WeightsChoice::Quantized]
+        .into_iter()
+        .enumerate()
+    {
+        // No prefix cache: every pass computes every token.
+        let mut b = CandleBackend::load(path, weights)?.with_kv_cache_mb(0);
+        if ids.is_empty() {
+            ids = bench_ids(&b, cfg.tokens)?;
+        }
+        let text = b.decode(&ids)?;
+        b.loglikelihood("Warm up.", &[], &[" x".to_string()])?;
+        let mut best = f64::INFINITY;
+        for _ in 0..cfg.reps.max(1) {
+            let (_, before) = b.token_counts();
+            let t = Instant::now();
+            b.loglikelihood(&text, &[], &[" x".to_string()])?;
+            let secs = t.elapsed().as_secs_f64();
+            let (_, after) = b.token_counts();
+            best = best.min(secs / (after - before).max(1) as f64);
+        }
+        tps[i] = 1.0 / best;
+    }
+    let llama_tps = match &cfg.llama_python {
+        None => Err("no Python with llama_cpp given (--llama-python)".to_string()),
+        Some(py) => llama_cpp_speed(py, path, &ids, cfg),
+    };
+    Ok(PromptSpeed {
+        model: name.to_string(),
+        tokens: ids.len(),
+        f32_tps: tps[0],
+        quantized_tps: tps[1],
+        llama_tps,
+    })
+}
+
+/// llama.cpp's prompt processing of `ids` (logits of the last position only, as icl-eval's scoring
+/// pass), fastest of `reps` passes after a warm-up.
+const LLAMA_SCRIPT: &str = r#"
+import json, sys, time
+from llama_cpp import Llama
+c = json.load(sys.stdin)
+llm = Llama(model_path=c["model"], n_ctx=c["n_ctx"], n_batch=c["n_ctx"], n_ubatch=c["n_ctx"],
+            n_threads=c["threads"], n_threads_batch=c["threads"], logits_all=False, verbose=False)
+ids = c["ids"]
+llm.eval(ids[:16])
+best = float("inf")
+for _ in range(c["reps"]):
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(ids)
+    best = min(best, time.perf_counter() - t)
+print(json.dumps({"tokens_per_second": len(ids) / best}))
+"#;
+
+fn llama_cpp_speed(
+    python: &Path,
+    model: &Path,
+    ids: &[u32],
+    cfg: &BenchConfig,
+) -> Result<f64, String> {
+    #[derive(Deserialize)]
+    struct Out {
+        tokens_per_second: f64,
+    }
+    let input = serde_json::json!({
+        "model": model,
+        "ids": ids,
+        "n_ctx": (ids.len() + 16).next_power_of_two(),
+        "threads": cfg.threads,
+        "reps": cfg.reps.max(1),
+    });
+    let mut child = Command::new(python)
+        .args(["-c", LLAMA_SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", python.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write as _;
+        stdin
+            .write_all(input.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").to_string();
+        return Err(format!("llama-cpp-python failed: {last}"));
+    }
+    serde_json::from_slice::<Out>(&out.stdout)
+        .map(|o| o.tokens_per_second)
+        .map_err(|e| format!("unreadable llama-cpp-python output: {e}"))
+}
+
+/// Runs `icl-eval run` as a child and measures its wall time, tokens forwarded and peak RSS.
+fn child_run(
+    cfg: &BenchConfig,
+    model: &Path,
+    sampler: &str,
+    shots: &str,
+    weights: &str,
+    label: &str,
+) -> Result<RunCost> {
+    let dir = cfg.work_dir.join(label);
+    let _ = std::fs::remove_dir_all(&dir);
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["run", "--tasks", &cfg.task, "--models"])
+        .arg(model)
+        .args(["--shots", shots, "--sampler", sampler, "--weights", weights])
+        .args(["--limit", &cfg.limit.to_string()])
+        .args([
+            "--threads",
+            &cfg.threads.to_string(),
+            "--no-cache",
+            "--output",
+        ])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(d) = &cfg.data_dir {
+        cmd.arg("--data-dir").arg(d);
+    }
+    let t = Instant::now();
+    let child = cmd.spawn().context("cannot start a child run")?;
+    let (status, peak_kb) = wait_with_peak_rss(child)?;
+    let seconds = t.elapsed().as_secs_f64();
+    if !status {
+        bail!(
+            "the child run {label} failed (its folder: {})",
+            dir.display()
+        );
+    }
+    let record = crate::record::read_run(&dir)?.record;
+    let tokens = record.prompt_tokens.iter().map(|p| p.computed).sum();
+    Ok(RunCost {
+        label: label.to_string(),
+        seconds,
+        tokens,
+        peak_rss_mb: peak_kb as f64 * 1024.0 / 1e6,
+        dir,
+    })
+}
+
+/// Waits for `child`; returns whether it succeeded and its peak resident set in KiB.
+fn wait_with_peak_rss(mut child: std::process::Child) -> Result<(bool, i64)> {
+    // Drain stderr so a chatty child never blocks on a full pipe.
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            use std::io::Read as _;
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for this child, which we have not reaped.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let err = reader.join().unwrap_or_default();
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok {
+        eprintln!("{err}");
+    }
+    Ok((ok, usage.ru_maxrss))
+}
+
+/// How a sweep's K = 32 samples compare with a K = 32 run's. The prompts are the same, but a sweep
+/// also cuts them after 1 and 8 demonstrations (where its shorter prompts end), and float sums over
+/// other chunk boundaries round differently in the last bits; the same sweep without prefix reuse
+/// (`--kv-cache-mb 0`) is bit-identical, which `tests/protocol.rs` checks.
+#[derive(Debug, Clone, Copy)]
+pub struct K32Agreement {
+    pub docs: usize,
+    /// Docs with the same prompt, K used and prediction.
+    pub same_answers: usize,
+    /// Largest difference between their log-probabilities.
+    pub max_logprob_diff: f64,
+}
+
+fn compare_k32(a: &Path, b: &Path) -> Result<K32Agreement> {
+    let pick = |d: &Path| -> Result<Vec<crate::run::Sample>> {
+        let mut v: Vec<_> = crate::record::read_run(d)?
+            .samples
+            .into_iter()
+            .filter(|s| s.k == 32)
+            .collect();
+        v.sort_by(|x, y| (&x.task, x.doc_id).cmp(&(&y.task, y.doc_id)));
+        Ok(v)
+    };
+    let (x, y) = (pick(a)?, pick(b)?);
+    if x.len() != y.len() {
+        bail!(
+            "the sweep scored {} K = 32 docs, the K = 32 run {}",
+            x.len(),
+            y.len()
+        );
+    }
+    let mut out = K32Agreement {
+        docs: x.len(),
+        same_answers: 0,
+        max_logprob_diff: 0.0,
+    };
+    for (s, t) in x.iter().zip(&y) {
+        let same = (
+            &s.task,
+            s.doc_id,
+            &s.prompt_hash,
+            s.k_effective,
+            &s.prediction,
+        ) == (
+            &t.task,
+            t.doc_id,
+            &t.prompt_hash,
+            t.k_effective,
+            &t.prediction,
+        );
+        out.same_answers += usize::from(same);
+        for (p, q) in s.logprobs.iter().flatten().zip(t.logprobs.iter().flatten()) {
+            out.max_logprob_diff = out.max_logprob_diff.max((p - q).abs());
+        }
+    }
+    Ok(out)
+}
+
+impl BenchReport {
+    /// The report as Markdown tables.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "Prompt processing, {} thread(s), fastest of the timed passes (tokens per second):\n\n\
+             | model | tokens | icl-eval f32 | icl-eval quantized | llama.cpp | f32 / llama.cpp | quantized / llama.cpp |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
+            self.threads
+        );
+        for s in &self.speeds {
+            let (llama, r1, r2) = match &s.llama_tps {
+                Ok(l) => (
+                    format!("{l:.0}"),
+                    format!("{:.2}×", s.f32_tps / l),
+                    format!("{:.2}×", s.quantized_tps / l),
+                ),
+                Err(e) => (format!("skipped: {e}"), "–".into(), "–".into()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0} | {llama} | {r1} | {r2} |",
+                s.model, s.tokens, s.f32_tps, s.quantized_tps
+            );
+        }
+        out.push_str(
+            "\nSweep `--shots 0,1,8,32` against `--shots 32` alone (same docs, prefix reuse on, \
+             request cache off):\n\n\
+             | sampler | sweep s | K=32 alone s | time ratio | sweep tokens | K=32 tokens | token ratio | same K=32 answers | max \\|Δ log p\\| |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for (sampler, sweep, alone, same) in &self.sweeps {
+            let _ = writeln!(
+                out,
+                "| {sampler} | {:.1} | {:.1} | {:.2} | {} | {} | {:.2} | {}/{} | {:.1e} |",
+                sweep.seconds,
+                alone.seconds,
+                sweep.seconds / alone.seconds,
+                sweep.tokens,
+                alone.tokens,
+                sweep.tokens as f64 / alone.tokens.max(1) as f64,
+                same.same_answers,
+                same.docs,
+                same.max_logprob_diff
+            );
+        }
+        out.push_str(
+            "\nPeak RSS of a run (`--shots 0,1`), against 1.5 × the weights' size + 300 MB:\n\n\
+             | weights | weights MB | peak RSS MB | limit MB | RSS / limit |\n|---|---:|---:|---:|---:|\n",
+        );
+        for (weights, run, size) in &self.memory {
+            let limit = 1.5 * size + 300.0;
+            let _ = writeln!(
+                out,
+                "| {weights} | {size:.0} | {:.0} | {limit:.0} | {:.2} |",
+                run.peak_rss_mb,
+                run.peak_rss_mb / limit
+            );
+        }
+        out
+    }
+}

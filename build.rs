@@ -10,4 +10,13 @@ fn main() {
     println!("cargo:rustc-env=ICL_EVAL_GIT_COMMIT={commit}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
+    // With MKL from a folder (scripts/install-mkl.sh), find its OpenMP runtime (libiomp5.so) there
+    // at run time too, so the binary runs without LD_LIBRARY_PATH.
+    println!("cargo:rerun-if-env-changed=MKLROOT");
+    if std::env::var_os("CARGO_FEATURE_MKL").is_some()
+        && let Some(root) = std::env::var_os("MKLROOT")
+    {
+        let lib = std::path::Path::new(&root).join("lib");
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    }
 }

@@ -375,9 +375,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         if n == 0 {
             bail!("--threads: must be at least 1");
         }
-        // SAFETY: called before any other thread exists; candle reads the variable when it first
-        // sizes its thread pool.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+        use_threads(n);
     }
     let selection = task::load::select(&a.tasks, &a.dirs.dirs())?;
     let cfg = RunConfig {
@@ -504,8 +502,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     if threads == 0 {
         bail!("--threads: must be at least 1");
     }
-    // SAFETY: called before any other thread exists (as in `run`).
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    use_threads(threads);
     let file = ModelsFile::find(a.source.models_file.as_deref())?;
     let mut models = Vec::new();
     for m in &a.models {
@@ -538,6 +535,17 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let report = icl_eval::bench::bench(&cfg)?;
     println!("{}", report.markdown());
     Ok(())
+}
+
+/// Sizes the thread pools: candle's (rayon) and, in a `--features mkl` build, MKL's (OpenMP).
+fn use_threads(n: usize) {
+    // SAFETY: called first thing in the command, before any other thread exists; both pools read
+    // the variables when they first start.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("OMP_NUM_THREADS", n.to_string());
+        std::env::set_var("MKL_NUM_THREADS", n.to_string());
+    }
 }
 
 fn dirs_home() -> Option<PathBuf> {

@@ -4,7 +4,25 @@ mod cli;
 
 use clap::Parser;
 
+/// candle allocates a fresh buffer for every tensor op. By default glibc serves the large ones with
+/// mmap and gives them back on free, so every op faults in and zeroes new pages: a third of a
+/// long-prompt run's time here (docs/performance.md). Keeping buffers up to 32 MiB in the heap, and
+/// not trimming it, reuses them instead. Results do not change.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_buffers() {
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_buffers() {}
+
 fn main() {
+    keep_freed_buffers();
     let args = match cli::Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {

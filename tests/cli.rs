@@ -591,3 +591,45 @@ fn three_models_by_name_give_the_model_size_chart() {
         assert!(svg.contains(k), "{k} missing from the legend");
     }
 }
+
+/// `bench` on a small budget: every table is there, the sweep forwards more tokens than K = 32
+/// alone but gives its K = 32 docs the same answers, and memory is measured per run.
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh)"]
+fn bench_prints_speed_reuse_and_memory_tables() {
+    let d = tmp("bench");
+    let o = icl_eval(&[
+        "bench",
+        "--threads",
+        "1",
+        "--tokens",
+        "32",
+        "--reps",
+        "1",
+        "--limit",
+        "2",
+        "--work-dir",
+        d.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("| SmolLM2-135M | 32 |"), "{out}");
+    for sampler in ["random", "fixed"] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {sampler} |")))
+            .unwrap_or_else(|| panic!("no {sampler} row in {out}"));
+        let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (sweep, alone): (u64, u64) = (cols[5].parse().unwrap(), cols[6].parse().unwrap());
+        assert!(sweep > alone && alone > 0, "{row}");
+        assert_eq!(cols[8], "2/2", "{row}");
+    }
+    for weights in ["f32", "quantized"] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {weights} |")))
+            .unwrap_or_else(|| panic!("no {weights} row in {out}"));
+        let rss: f64 = row.split('|').nth(3).unwrap().trim().parse().unwrap();
+        assert!(rss > 50.0, "{row}");
+    }
+}

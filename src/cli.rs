@@ -515,7 +515,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         models.push((r.display_name.unwrap_or_else(|| m.clone()), r.path));
     }
-    let default_python = dirs_home().map(|h| h.join(".cache/icl-eval/llama-venv/bin/python"));
+    // Where scripts/install-llama-server.sh puts its venv.
+    let default_python = std::env::var_os("ICL_EVAL_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/icl-eval")))
+        .map(|c| c.join("llama-venv/bin/python"));
     let llama_python = a.llama_python.or(default_python.filter(|p| p.is_file()));
     let task = task::load::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
     let work_dir = a.work_dir.unwrap_or_else(|| {
@@ -546,10 +550,6 @@ fn use_threads(n: usize) {
         std::env::set_var("OMP_NUM_THREADS", n.to_string());
         std::env::set_var("MKL_NUM_THREADS", n.to_string());
     }
-}
-
-fn dirs_home() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from)
 }
 
 fn cmd_import(path: &Path, output: Option<&Path>) -> Result<()> {

@@ -41,6 +41,19 @@ pub struct BenchConfig {
     pub work_dir: PathBuf,
     /// `--data-dir`, passed on to the runs.
     pub data_dir: Option<PathBuf>,
+    /// Which measurements to make.
+    pub parts: Vec<BenchPart>,
+}
+
+/// One of `bench`'s three measurements (`--parts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPart {
+    /// Prompt-processing tokens/s against llama.cpp.
+    Speed,
+    /// The `--shots 0,1,8,32` sweep against `--shots 32` alone.
+    Sweep,
+    /// Peak RSS of a run.
+    Memory,
 }
 
 /// Prompt-processing speed of one model.
@@ -84,7 +97,12 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
     // must not have loaded a model yet.
     let (_, path) = &cfg.models[0];
     let mut sweeps = Vec::new();
-    for sampler in ["random", "fixed"] {
+    let samplers: &[&str] = if cfg.parts.contains(&BenchPart::Sweep) {
+        &["random", "fixed"]
+    } else {
+        &[]
+    };
+    for &sampler in samplers {
         eprintln!("sweep runs: {sampler}");
         let sweep = child_run(
             cfg,
@@ -102,7 +120,12 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
     let gguf_mb = std::fs::metadata(path)?.len() as f64 / 1e6;
     let f32_mb = summary.parameters.total as f64 * 4.0 / 1e6;
     let mut memory = Vec::new();
-    for (weights, size) in [("f32", f32_mb), ("quantized", gguf_mb)] {
+    let sizes = if cfg.parts.contains(&BenchPart::Memory) {
+        vec![("f32", f32_mb), ("quantized", gguf_mb)]
+    } else {
+        Vec::new()
+    };
+    for (weights, size) in sizes {
         eprintln!("memory: --weights {weights}");
         let run = child_run(
             cfg,
@@ -115,7 +138,12 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
         memory.push((weights.to_string(), run, size));
     }
     let mut speeds = Vec::new();
-    for (name, path) in &cfg.models {
+    let speed_models = if cfg.parts.contains(&BenchPart::Speed) {
+        &cfg.models[..]
+    } else {
+        &[]
+    };
+    for (name, path) in speed_models {
         eprintln!("prompt processing: {name}");
         speeds.push(prompt_speed(cfg, name, path)?);
     }
@@ -379,14 +407,18 @@ fn compare_k32(a: &Path, b: &Path) -> Result<K32Agreement> {
 }
 
 impl BenchReport {
-    /// The report as Markdown tables.
+    /// The report as Markdown tables, one per part measured.
     pub fn markdown(&self) -> String {
-        let mut out = format!(
-            "Prompt processing, {} thread(s), fastest of the timed passes (tokens per second):\n\n\
-             | model | tokens | icl-eval f32 | icl-eval quantized | llama.cpp | f32 / llama.cpp | quantized / llama.cpp |\n\
-             |---|---:|---:|---:|---:|---:|---:|\n",
-            self.threads
-        );
+        let mut out = String::new();
+        if !self.speeds.is_empty() {
+            let _ = write!(
+                out,
+                "Prompt processing, {} thread(s), fastest of the timed passes (tokens per second):\n\n\
+                 | model | tokens | icl-eval f32 | icl-eval quantized | llama.cpp | f32 / llama.cpp | quantized / llama.cpp |\n\
+                 |---|---:|---:|---:|---:|---:|---:|\n",
+                self.threads
+            );
+        }
         for s in &self.speeds {
             let (llama, r1, r2) = match &s.llama_tps {
                 Ok(l) => (
@@ -402,12 +434,14 @@ impl BenchReport {
                 s.model, s.tokens, s.f32_tps, s.quantized_tps
             );
         }
-        out.push_str(
-            "\nSweep `--shots 0,1,8,32` against `--shots 32` alone (same docs, prefix reuse on, \
-             request cache off):\n\n\
-             | sampler | sweep s | K=32 alone s | time ratio | sweep tokens | K=32 tokens | token ratio | same K=32 answers | max \\|Δ log p\\| |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        );
+        if !self.sweeps.is_empty() {
+            out.push_str(
+                "\nSweep `--shots 0,1,8,32` against `--shots 32` alone (same docs, prefix reuse on, \
+                 request cache off):\n\n\
+                 | sampler | sweep s | K=32 alone s | time ratio | sweep tokens | K=32 tokens | token ratio | same K=32 answers | max \\|Δ log p\\| |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            );
+        }
         for (sampler, sweep, alone, same) in &self.sweeps {
             let _ = writeln!(
                 out,
@@ -423,10 +457,12 @@ impl BenchReport {
                 same.max_logprob_diff
             );
         }
-        out.push_str(
-            "\nPeak RSS of a run (`--shots 0,1`), against 1.5 × the weights' size + 300 MB:\n\n\
-             | weights | weights MB | peak RSS MB | limit MB | RSS / limit |\n|---|---:|---:|---:|---:|\n",
-        );
+        if !self.memory.is_empty() {
+            out.push_str(
+                "\nPeak RSS of a run (`--shots 0,1`), against 1.5 × the weights' size + 300 MB:\n\n\
+                 | weights | weights MB | peak RSS MB | limit MB | RSS / limit |\n|---|---:|---:|---:|---:|\n",
+            );
+        }
         for (weights, run, size) in &self.memory {
             let limit = 1.5 * size + 300.0;
             let _ = writeln!(

@@ -75,6 +75,9 @@ struct BenchArgs {
     /// Folder for the runs' outputs (default: a temporary folder).
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
+    /// Measurements to make, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "speed,sweep,memory")]
+    parts: Vec<icl_eval::bench::BenchPart>,
     #[command(flatten)]
     source: ModelSource,
     #[command(flatten)]
@@ -535,6 +538,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         limit: a.limit,
         work_dir,
         data_dir: a.dirs.data_dir,
+        parts: a.parts,
     };
     let report = icl_eval::bench::bench(&cfg)?;
     println!("{}", report.markdown());

@@ -137,6 +137,34 @@ fn by_cell(dir: &Path) -> Cells {
         .collect()
 }
 
+/// How many cells give the same answer on both sides, and a report; asserts each task's accuracy
+/// is within 2 points on the two sides.
+fn same_answers(served: &Cells, local: &Cells, tasks: &[&str]) -> (usize, String) {
+    assert_eq!(
+        served.keys().collect::<Vec<_>>(),
+        local.keys().collect::<Vec<_>>()
+    );
+    let same = served
+        .iter()
+        .filter(|(k, s)| s.prediction == local[*k].prediction)
+        .count();
+    let mut report = format!("same answer: {same} of {}\n", served.len());
+    for task in tasks {
+        let acc = |m: &Cells| {
+            let v: Vec<f64> = m
+                .values()
+                .filter(|s| s.task == *task)
+                .map(|s| f64::from(u8::from(s.correct == Some(true))))
+                .collect();
+            100.0 * v.iter().sum::<f64>() / v.len() as f64
+        };
+        let (a, b) = (acc(served), acc(local));
+        report.push_str(&format!("{task}: server {a:.1}%, candle {b:.1}%\n"));
+        assert!((a - b).abs() <= 2.0 + 1e-9, "{report}");
+    }
+    (same, report)
+}
+
 #[test]
 #[ignore = "needs llama-cpp-python's server (scripts/install-llama-server.sh) and the bundled SmolLM2"]
 fn smollm2_through_llama_cpp_generates_like_candle_and_its_shifted_scores_are_refused() {
@@ -178,28 +206,7 @@ fn smollm2_through_llama_cpp_generates_like_candle_and_its_shifted_scores_are_re
     ];
     let (served, local) = server_and_candle(&d, &model, &gguf, &args);
     assert_eq!(served.len(), 180, "2 tasks × 30 docs × 3 K");
-    assert_eq!(
-        served.keys().collect::<Vec<_>>(),
-        local.keys().collect::<Vec<_>>()
-    );
-    let same = served
-        .iter()
-        .filter(|(k, s)| s.prediction == local[*k].prediction)
-        .count();
-    let mut report = format!("same answer: {same} of {}\n", served.len());
-    for task in ["two_digit_addition", "en_fr_words"] {
-        let acc = |m: &BTreeMap<_, Sample>| {
-            let v: Vec<f64> = m
-                .values()
-                .filter(|s| s.task == task)
-                .map(|s| f64::from(u8::from(s.correct == Some(true))))
-                .collect();
-            100.0 * v.iter().sum::<f64>() / v.len() as f64
-        };
-        let (a, b) = (acc(&served), acc(&local));
-        report.push_str(&format!("{task}: server {a:.1}%, candle {b:.1}%\n"));
-        assert!((a - b).abs() <= 2.0 + 1e-9, "{report}");
-    }
+    let (same, report) = same_answers(&served, &local, &["two_digit_addition", "en_fr_words"]);
     eprintln!("{report}");
     // Greedy answers of a 135M model on these tasks sit on near-ties: llama.cpp's own f16 and f32
     // KV caches disagree on 17% of them. Most answers must still match.
@@ -239,4 +246,33 @@ fn gemma3_loglikelihoods_through_llama_cpp_match_candle() {
         }
         assert_eq!(s.prediction, local[k].prediction);
     }
+}
+
+#[test]
+#[ignore = "needs llama-cpp-python's server (scripts/install-llama-server.sh) and the bundled Qwen2.5-Coder-0.5B"]
+fn qwen_through_llama_cpp_gives_candles_greedy_answers() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = common::tmp("llama-qwen");
+    let gguf = common::qwen05();
+    let server = Server::start(&gguf, "qwen", &d);
+    let model = server.model("qwen");
+    // Unlike the 135M and 270M models, Qwen2.5-Coder-0.5B answers arithmetic with margins, so the
+    // two backends' numerics rarely flip an answer: on 30 docs each it was 176 of 180 here
+    // (docs/servers.md); this is the first 10 docs of that grid.
+    let data = common::data_dir();
+    let args = [
+        "--tasks",
+        "two_digit_addition,arithmetic_2ds",
+        "--shots",
+        "0,1,4",
+        "--limit",
+        "10",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let (served, local) = server_and_candle(&d, &model, &gguf, &args);
+    assert_eq!(served.len(), 60, "2 tasks × 10 docs × 3 K");
+    let (same, report) = same_answers(&served, &local, &["two_digit_addition", "arithmetic_2ds"]);
+    eprintln!("{report}");
+    assert!(same * 100 >= served.len() * 96, "{report}");
 }

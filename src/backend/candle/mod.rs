@@ -5,6 +5,7 @@ pub mod gemma3;
 mod gguf_meta;
 pub mod hf;
 pub mod llama;
+mod ops;
 pub mod prefix;
 pub mod tokenizer;
 pub mod weights;
@@ -42,7 +43,7 @@ const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 /// Revision of this backend's numerics, part of every request-cache key: bump it with any change
 /// to tokenization, the forward pass or scoring that changes a returned number, so no cached
 /// answer of the old code is served.
-pub const NUMERICS: u32 = 1;
+pub const NUMERICS: u32 = 2;
 
 /// GGUF architectures the decoder runs.
 pub fn supported_architectures() -> Vec<&'static str> {

@@ -10,7 +10,6 @@
 use anyhow::{Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 
-use super::ops;
 use super::weights::{Linear, TensorSource};
 
 /// How rotary embeddings pair up dimensions.
@@ -322,12 +321,12 @@ impl Decoder {
             }
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gated = ops::gated(
-                &layer.gate.forward(&h)?,
-                &layer.up.forward(&h)?,
-                self.cfg.activation,
-            )?;
-            let mut ff = layer.down.forward(&gated)?;
+            let gate = layer.gate.forward(&h)?;
+            let gate = match self.cfg.activation {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            let mut ff = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
             if let Some(n) = &layer.post_ffn_norm {
                 ff = candle_nn::ops::rms_norm(&ff, n, eps)?;
             }

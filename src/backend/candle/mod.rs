@@ -5,7 +5,6 @@ pub mod gemma3;
 mod gguf_meta;
 pub mod hf;
 pub mod llama;
-mod ops;
 pub mod prefix;
 pub mod tokenizer;
 pub mod weights;

@@ -96,56 +96,48 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
     // Child runs first: a child's peak RSS counts the parent's pages until it execs, so the parent
     // must not have loaded a model yet.
     let (_, path) = &cfg.models[0];
+    let wants = |part| cfg.parts.contains(&part);
     let mut sweeps = Vec::new();
-    let samplers: &[&str] = if cfg.parts.contains(&BenchPart::Sweep) {
-        &["random", "fixed"]
-    } else {
-        &[]
-    };
-    for &sampler in samplers {
-        eprintln!("sweep runs: {sampler}");
-        let sweep = child_run(
-            cfg,
-            path,
-            sampler,
-            "0,1,8,32",
-            "auto",
-            &format!("sweep-{sampler}"),
-        )?;
-        let alone = child_run(cfg, path, sampler, "32", "auto", &format!("k32-{sampler}"))?;
-        let same = compare_k32(&sweep.dir, &alone.dir)?;
-        sweeps.push((sampler.to_string(), sweep, alone, same));
+    if wants(BenchPart::Sweep) {
+        for sampler in ["random", "fixed"] {
+            eprintln!("sweep runs: {sampler}");
+            let sweep = child_run(
+                cfg,
+                path,
+                sampler,
+                "0,1,8,32",
+                "auto",
+                &format!("sweep-{sampler}"),
+            )?;
+            let alone = child_run(cfg, path, sampler, "32", "auto", &format!("k32-{sampler}"))?;
+            let same = compare_k32(&sweep.dir, &alone.dir)?;
+            sweeps.push((sampler.to_string(), sweep, alone, same));
+        }
     }
-    let summary = inspect_gguf(path)?;
-    let gguf_mb = std::fs::metadata(path)?.len() as f64 / 1e6;
-    let f32_mb = summary.parameters.total as f64 * 4.0 / 1e6;
     let mut memory = Vec::new();
-    let sizes = if cfg.parts.contains(&BenchPart::Memory) {
-        vec![("f32", f32_mb), ("quantized", gguf_mb)]
-    } else {
-        Vec::new()
-    };
-    for (weights, size) in sizes {
-        eprintln!("memory: --weights {weights}");
-        let run = child_run(
-            cfg,
-            path,
-            "random",
-            "0,1",
-            weights,
-            &format!("rss-{weights}"),
-        )?;
-        memory.push((weights.to_string(), run, size));
+    if wants(BenchPart::Memory) {
+        let summary = inspect_gguf(path)?;
+        let gguf_mb = std::fs::metadata(path)?.len() as f64 / 1e6;
+        let f32_mb = summary.parameters.total as f64 * 4.0 / 1e6;
+        for (weights, size) in [("f32", f32_mb), ("quantized", gguf_mb)] {
+            eprintln!("memory: --weights {weights}");
+            let run = child_run(
+                cfg,
+                path,
+                "random",
+                "0,1",
+                weights,
+                &format!("rss-{weights}"),
+            )?;
+            memory.push((weights.to_string(), run, size));
+        }
     }
     let mut speeds = Vec::new();
-    let speed_models = if cfg.parts.contains(&BenchPart::Speed) {
-        &cfg.models[..]
-    } else {
-        &[]
-    };
-    for (name, path) in speed_models {
-        eprintln!("prompt processing: {name}");
-        speeds.push(prompt_speed(cfg, name, path)?);
+    if wants(BenchPart::Speed) {
+        for (name, path) in &cfg.models {
+            eprintln!("prompt processing: {name}");
+            speeds.push(prompt_speed(cfg, name, path)?);
+        }
     }
     Ok(BenchReport {
         threads: cfg.threads,
@@ -472,6 +464,7 @@ impl BenchReport {
                 run.peak_rss_mb / limit
             );
         }
-        out
+        // Each later table starts with a blank line; the first one printed must not.
+        out.trim_start().to_string()
     }
 }

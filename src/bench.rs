@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use crate::backend::Backend;
-use crate::backend::candle::{CandleBackend, WeightsChoice, inspect_gguf};
+use crate::backend::candle::{CandleBackend, DeviceChoice, WeightsChoice, inspect_gguf};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub struct BenchConfig {
     pub data_dir: Option<PathBuf>,
     /// Which measurements to make.
     pub parts: Vec<BenchPart>,
+    /// Where icl-eval's forward passes run (llama.cpp stays on the CPU).
+    pub device: DeviceChoice,
 }
 
 /// One of `bench`'s three measurements (`--parts`).
@@ -172,7 +174,7 @@ fn prompt_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<PromptSpee
         .enumerate()
     {
         // No prefix cache: every pass computes every token.
-        let mut b = CandleBackend::load(path, weights)?.with_kv_cache_mb(0);
+        let mut b = CandleBackend::load_on(path, weights, None, cfg.device)?.with_kv_cache_mb(0);
         if ids.is_empty() {
             ids = bench_ids(&b, cfg.tokens)?;
         }
@@ -279,6 +281,7 @@ fn child_run(
         .arg(model)
         .args(["--shots", shots, "--sampler", sampler, "--weights", weights])
         .args(["--limit", &cfg.limit.to_string()])
+        .args(["--device", &cfg.device.to_string()])
         .args([
             "--threads",
             &cfg.threads.to_string(),

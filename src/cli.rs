@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use icl_eval::backend::candle::{WeightsChoice, load_tokenizer};
+use icl_eval::backend::candle::{DeviceChoice, WeightsChoice, load_tokenizer};
 use icl_eval::models::{self, HubOptions, ModelsFile};
 use icl_eval::run::{ChatMode, Protocol, RunConfig, run};
 use icl_eval::sampler::{DemoLabels, DemoOrder, Sampler};
@@ -78,6 +78,9 @@ struct BenchArgs {
     /// Measurements to make, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "speed,sweep,memory")]
     parts: Vec<icl_eval::bench::BenchPart>,
+    /// Where icl-eval's forward passes run: cpu, cuda or cuda:N.
+    #[arg(long, default_value_t = DeviceChoice::Cpu, value_name = "DEVICE")]
+    device: DeviceChoice,
     #[command(flatten)]
     source: ModelSource,
     #[command(flatten)]
@@ -255,6 +258,10 @@ struct RunArgs {
     /// Memory for reusing prompt prefixes across K, docs and seeds, in MiB (0 turns reuse off).
     #[arg(long, default_value_t = icl_eval::backend::candle::DEFAULT_KV_CACHE_MB, value_name = "MIB")]
     kv_cache_mb: usize,
+    /// In-process models: docs scored together, sharing their matrix products (answers are the
+    /// same for any size; Ctrl-C stops after the current batch).
+    #[arg(long, default_value_t = icl_eval::backend::candle::DEFAULT_BATCH_DOCS, value_name = "DOCS")]
+    batch_size: usize,
     /// CPU threads for the forward pass (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -269,6 +276,10 @@ struct RunArgs {
     /// How to hold the weights in memory.
     #[arg(long, value_enum, default_value_t = WeightsChoice::Auto)]
     weights: WeightsChoice,
+    /// Where in-process models run: cpu, cuda or cuda:N (CUDA needs a build with
+    /// `--features cuda`).
+    #[arg(long, default_value_t = DeviceChoice::Cpu, value_name = "DEVICE")]
+    device: DeviceChoice,
     /// The persistent request cache: answers already computed for the same model and request
     /// are read from it (default: ~/.cache/icl-eval/requests.sqlite).
     #[arg(long, value_name = "FILE", env = "ICL_EVAL_CACHE")]
@@ -403,12 +414,14 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             }),
         },
         kv_cache_mb: a.kv_cache_mb,
+        batch_docs: a.batch_size,
         encoder: a.encoder,
         threads: a.threads,
         output: a.output,
         results_root: PathBuf::from("results"),
         data_dir: a.dirs.data_dir,
         weights: a.weights,
+        device: a.device,
         shard: a.shard,
         cache: (!a.no_cache).then(|| a.cache.unwrap_or_else(cache::default_path)),
         server: icl_eval::backend::openai::Options {
@@ -438,7 +451,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// A flag set by the first Ctrl-C (or SIGTERM), so the run stops cleanly after the current sample;
+/// A flag set by the first Ctrl-C (or SIGTERM), so the run stops cleanly after the current batch;
 /// a second one quits at once (finished samples are on disk either way).
 fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -447,7 +460,7 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\nStopping after the current sample (Ctrl-C again quits at once)…");
+        eprintln!("\nStopping after the current batch of docs (Ctrl-C again quits at once)…");
     });
     if let Err(e) = installed {
         eprintln!("note: Ctrl-C will not stop cleanly ({e}); finished samples are kept anyway");
@@ -539,6 +552,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         work_dir,
         data_dir: a.dirs.data_dir,
         parts: a.parts,
+        device: a.device,
     };
     let report = icl_eval::bench::bench(&cfg)?;
     println!("{}", report.markdown());

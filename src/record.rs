@@ -172,6 +172,9 @@ pub struct RunRecord {
     pub limit: Option<usize>,
     pub threads: Option<usize>,
     pub weights: String,
+    /// Where in-process models ran (`cpu`, `cuda:N`).
+    #[serde(default = "cpu")]
+    pub device: String,
     pub data_dir: Option<PathBuf>,
     pub icl_eval_version: String,
     pub git_commit: String,
@@ -275,4 +278,8 @@ fn one() -> usize {
 
 fn gold() -> Vec<DemoLabels> {
     vec![DemoLabels::Gold]
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }

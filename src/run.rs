@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::candle::{CandleBackend, WeightsChoice};
+use crate::backend::candle::{CandleBackend, DeviceChoice, WeightsChoice};
 use crate::backend::openai::{self, Endpoint, OpenAiBackend};
 use crate::backend::{Backend, ModelInfo};
 use crate::cache::{Cached, RequestCache};
@@ -67,6 +67,8 @@ pub struct RunConfig {
     pub protocol: Protocol,
     /// Budget of the prompt-prefix KV cache in MiB.
     pub kv_cache_mb: usize,
+    /// Docs scored together by in-process models.
+    pub batch_docs: usize,
     /// Sentence-encoder folder for `knn` (default `models/all-minilm-l6-v2`).
     pub encoder: Option<PathBuf>,
     pub threads: Option<usize>,
@@ -74,6 +76,8 @@ pub struct RunConfig {
     pub results_root: PathBuf,
     pub data_dir: Option<PathBuf>,
     pub weights: WeightsChoice,
+    /// Where in-process models run.
+    pub device: DeviceChoice,
     /// `--shard I/N`: evaluate only that share of each task's docs.
     pub shard: Option<Shard>,
     /// The persistent request cache (`None`: `--no-cache`).
@@ -382,6 +386,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
             || format!("{:?}", cfg.weights),
             |v| v.get_name().to_string(),
         ),
+        device: cfg.device.to_string(),
         data_dir: cfg.data_dir.clone(),
         icl_eval_version: env!("CARGO_PKG_VERSION").to_string(),
         git_commit: option_env!("ICL_EVAL_GIT_COMMIT")
@@ -457,7 +462,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         let mut model: Box<dyn Backend> = match m {
             Source::Local(m) => {
                 let loaded =
-                    CandleBackend::load_verified(&m.path, cfg.weights, m.sha256.as_deref());
+                    CandleBackend::load_on(&m.path, cfg.weights, m.sha256.as_deref(), cfg.device);
                 // Errors name the path; a name or hub reference is worth adding.
                 let loaded = if Path::new(&m.reference) == m.path {
                     loaded
@@ -467,7 +472,8 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
                 Box::new(
                     loaded?
                         .named(&m.name(), &m.reference)
-                        .with_kv_cache_mb(cfg.kv_cache_mb),
+                        .with_kv_cache_mb(cfg.kv_cache_mb)
+                        .with_batch_docs(cfg.batch_docs),
                 )
             }
             Source::Server(e) => {
@@ -652,8 +658,13 @@ pub fn short_hash(s: &str) -> String {
 
 fn run_key(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> String {
     let t: Vec<&str> = tasks.iter().map(|t| t.hash.as_str()).collect();
-    format!(
+    let key = format!(
         "{t:?}|{:?}|{shots:?}|{}|{:?}|{:?}|{:?}|{:?}",
         cfg.models, cfg.seed, cfg.limit, cfg.weights, cfg.protocol, cfg.encoder
-    )
+    );
+    // A GPU's answers round differently: never resume a CPU run on it (CPU keys stay as before).
+    match cfg.device {
+        DeviceChoice::Cpu => key,
+        gpu => format!("{key}|{gpu}"),
+    }
 }

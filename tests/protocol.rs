@@ -124,7 +124,7 @@ fn by_key(samples: Vec<Sample>) -> BTreeMap<Key, Sample> {
 
 #[test]
 #[ignore = "needs models/ (scripts/fetch-models.sh)"]
-fn every_sampler_gives_a_doc_the_same_result_whatever_limit_threads_or_cache() {
+fn every_sampler_gives_a_doc_the_same_result_whatever_limit_threads_batch_or_cache() {
     let d = tmp("sampler-invariance");
     let task = sentiment_task(&d);
     let task = task.to_str().unwrap();
@@ -154,12 +154,22 @@ fn every_sampler_gives_a_doc_the_same_result_whatever_limit_threads_or_cache() {
             "1",
             "--kv-cache-mb",
             "0",
+            "--batch-size",
+            "1",
             "--output",
         ]);
         a.push(small.to_str().unwrap());
         run_ok(&a);
         let mut b = common.to_vec();
-        b.extend(["--limit", "5", "--threads", "2", "--output"]);
+        b.extend([
+            "--limit",
+            "5",
+            "--threads",
+            "2",
+            "--batch-size",
+            "4",
+            "--output",
+        ]);
         b.push(big.to_str().unwrap());
         run_ok(&b);
         let small = by_key(read_samples(&small));

@@ -117,7 +117,7 @@ fn killed_runs_resume_to_the_uninterrupted_result_and_shards_merge_into_it() {
     // SIGKILL at three points, then Ctrl-C (SIGINT), then a run to the end.
     let cut = d.join("cut");
     let cut_s = cut.display().to_string();
-    let run_args = args(&model, &cut_s, &["--threads", "1"]);
+    let run_args = args(&model, &cut_s, &["--threads", "1", "--batch-size", "1"]);
     for after in [1, 20, 41] {
         let (code, _) = interrupt(&run_args, None, &cut, after, "-KILL");
         assert_eq!(code, None, "killed by a signal");
@@ -197,7 +197,7 @@ fn killed_runs_resume_to_the_uninterrupted_result_and_shards_merge_into_it() {
     let cache_cut = d.join("cut.sqlite");
     let cut2 = d.join("cut2");
     let cut2_s = cut2.display().to_string();
-    let run2 = args(&model, &cut2_s, &[]);
+    let run2 = args(&model, &cut2_s, &["--batch-size", "1"]);
     for after in [10, 40] {
         let (code, err) = interrupt(&run2, Some(&cache_cut), &cut2, after, "-INT");
         assert_eq!(code, Some(130), "{err}");

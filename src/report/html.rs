@@ -157,7 +157,11 @@ pub fn render(
                 .collect::<Vec<_>>()
                 .join(", "),
             limit: r.limit.map_or("all".into(), |l| l.to_string()),
-            weights: r.weights.clone(),
+            weights: if r.device == "cpu" {
+                r.weights.clone()
+            } else {
+                format!("{} on {}", r.weights, r.device)
+            },
             version: r.icl_eval_version.clone(),
             commit: r.git_commit.chars().take(12).collect(),
             wall: r.wall_seconds.map_or("–".into(), |s| format!("{s:.0} s")),

@@ -297,6 +297,7 @@ mod tests {
                 limit: None,
                 threads: None,
                 weights: "f32".into(),
+                device: "cpu".into(),
                 data_dir: None,
                 icl_eval_version: "0".into(),
                 git_commit: "unknown".into(),

@@ -144,6 +144,22 @@ impl KvCache {
     }
 }
 
+/// Tokens to run after a past: the concatenation of `past`'s caches, in order.
+#[derive(Clone)]
+pub struct Segment<'a> {
+    pub ids: &'a [u32],
+    pub past: Vec<&'a KvCache>,
+}
+
+/// Which keys and values a forward pass returns per segment.
+#[derive(Clone, Copy)]
+enum CacheOut {
+    /// The past's and the segment's: a cache to continue from.
+    Full,
+    /// The segment's own only, to be used after the same past.
+    Own,
+}
+
 /// A loaded decoder.
 pub struct Decoder {
     cfg: DecoderConfig,
@@ -160,7 +176,7 @@ impl Decoder {
     /// Loads the tensors named the GGUF way from `src`.
     pub fn load(cfg: DecoderConfig, src: &mut dyn TensorSource) -> Result<Self> {
         cfg.validate()?;
-        let device = Device::Cpu;
+        let device = src.device().clone();
         let embed = src.tensor("token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
@@ -227,6 +243,16 @@ impl Decoder {
         })
     }
 
+    /// Entries of the vocabulary the output projection scores.
+    pub fn vocab_size(&self) -> usize {
+        self.output.out_features()
+    }
+
+    /// Where the weights live and the forward pass runs.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The model's hyper-parameters.
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
@@ -243,32 +269,83 @@ impl Decoder {
     /// Runs `ids` after the tokens in `cache`; returns the final-norm hidden states `[len(ids), hidden]`
     /// and the extended cache (the input cache is left untouched so callers can branch from it).
     pub fn forward(&self, ids: &[u32], cache: &KvCache) -> Result<(Tensor, KvCache)> {
-        let t = ids.len();
-        if t == 0 {
-            bail!("forward pass over zero tokens");
+        let seg = Segment {
+            ids,
+            past: vec![cache],
+        };
+        let mut out = self.forward_segments(&[seg], CacheOut::Full)?;
+        Ok(out.pop().expect("one segment in, one out"))
+    }
+
+    /// Runs several independent segments in one pass: their rows share every matrix product,
+    /// while each attends only to its own past and itself. Each segment's numbers are bit for
+    /// bit those of running it alone with at least two rows, whatever else is in the pass:
+    /// candle's products give every row the same bits for any number of rows ≥ 2 (one row takes
+    /// a matrix-vector path that rounds differently), so a lone row is run beside a copy of
+    /// itself. Returns each segment's hidden states and the keys and values of its own tokens.
+    pub fn forward_packed(&self, segments: &[Segment<'_>]) -> Result<Vec<(Tensor, KvCache)>> {
+        let rows: usize = segments.iter().map(|s| s.ids.len()).sum();
+        if rows == 1 {
+            let twice = [segments[0].clone(), segments[0].clone()];
+            let mut two = self.forward_segments(&twice, CacheOut::Own)?;
+            two.truncate(1);
+            return Ok(two);
         }
-        let past = cache.len;
-        if past + t > self.cfg.context_length {
-            bail!(
-                "sequence of {} tokens exceeds the model's context length {}",
-                past + t,
-                self.cfg.context_length
-            );
+        self.forward_segments(segments, CacheOut::Own)
+    }
+
+    fn forward_segments(
+        &self,
+        segments: &[Segment<'_>],
+        keep: CacheOut,
+    ) -> Result<Vec<(Tensor, KvCache)>> {
+        let mut spans = Vec::with_capacity(segments.len());
+        let mut ids = Vec::new();
+        for seg in segments {
+            let t = seg.ids.len();
+            if t == 0 {
+                bail!("forward pass over zero tokens");
+            }
+            let past: usize = seg.past.iter().map(|c| c.len).sum();
+            if past + t > self.cfg.context_length {
+                bail!(
+                    "sequence of {} tokens exceeds the model's context length {}",
+                    past + t,
+                    self.cfg.context_length
+                );
+            }
+            spans.push((ids.len(), t, past));
+            ids.extend_from_slice(seg.ids);
         }
-        let ids_t = Tensor::new(ids, &self.device)?;
-        let mut x = self.embed.index_select(&ids_t, 0)?.unsqueeze(0)?; // [1, t, d]
+        let rows = ids.len();
+        let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
+        let mut x = self.embed.index_select(&ids_t, 0)?.unsqueeze(0)?; // [1, rows, d]
         if let Some(s) = self.cfg.embed_scale {
             x = (x * s)?;
         }
-        let (cos, sin) = rope_angles(&self.inv_freq, past, t, &self.device)?;
+        let angles = |inv: &Tensor| -> Result<(Tensor, Tensor)> {
+            let parts = spans
+                .iter()
+                .map(|&(_, t, past)| rope_angles(inv, past, t, &self.device))
+                .collect::<Result<Vec<_>>>()?;
+            let (cos, sin): (Vec<Tensor>, Vec<Tensor>) = parts.into_iter().unzip();
+            Ok((Tensor::cat(&cos, 0)?, Tensor::cat(&sin, 0)?))
+        };
+        let (cos, sin) = angles(&self.inv_freq)?;
         let local = if self.cfg.rope_local != self.cfg.rope {
-            Some(rope_angles(&self.inv_freq_local, past, t, &self.device)?)
+            Some(angles(&self.inv_freq_local)?)
         } else {
             None
         };
-        let mask = attention_mask(t, past, None, &self.device)?;
+        let masks = |window: Option<usize>| -> Result<Vec<Tensor>> {
+            spans
+                .iter()
+                .map(|&(_, t, past)| attention_mask(t, past, window, &self.device))
+                .collect()
+        };
+        let mask = masks(None)?;
         let sliding_mask = match self.cfg.sliding_window {
-            Some(w) => Some(attention_mask(t, past, Some(w), &self.device)?),
+            Some(w) => Some(masks(Some(w))?),
             None => None,
         };
         let (nh, nkv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
@@ -277,7 +354,8 @@ impl Decoder {
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i,
             RopeStyle::Halves => candle_nn::rotary_emb::rope,
         };
-        let mut new_layers = Vec::with_capacity(self.layers.len());
+        let mut kept: Vec<Vec<(Tensor, Tensor)>> =
+            vec![Vec::with_capacity(self.layers.len()); spans.len()];
         for (li, layer) in self.layers.iter().enumerate() {
             let sliding = self.cfg.sliding_layers[li];
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
@@ -292,7 +370,7 @@ impl Decoder {
                 v = v.broadcast_add(bv)?;
             }
             let heads =
-                |x: Tensor, n: usize| x.reshape((1, t, n, hd))?.transpose(1, 2)?.contiguous();
+                |x: Tensor, n: usize| x.reshape((1, rows, n, hd))?.transpose(1, 2)?.contiguous();
             let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
             if let Some((qn, kn)) = &layer.qk_norm {
                 q = candle_nn::ops::rms_norm(&q, qn, eps)?;
@@ -304,17 +382,48 @@ impl Decoder {
             };
             let q = rope(&q, c, s)?;
             let k = rope(&k, c, s)?;
-            let (k, v) = match cache.layers.get(li) {
-                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-                None => (k, v),
-            };
-            new_layers.push((k.clone(), v.clone()));
-            let m = match (&sliding_mask, sliding) {
+            let masks = match (&sliding_mask, sliding) {
                 (Some(m), true) => m,
                 _ => &mask,
             };
-            let attn = self.attention(&q, &k, &v, m)?; // [1, nh, t, hd]
-            let attn = attn.transpose(1, 2)?.reshape((1, t, nh * hd))?;
+            let mut outs = Vec::with_capacity(spans.len());
+            for (si, &(off, t, _)) in spans.iter().enumerate() {
+                let part = |x: &Tensor| -> Result<Tensor> {
+                    Ok(if spans.len() == 1 {
+                        x.clone()
+                    } else {
+                        x.narrow(2, off, t)?.contiguous()?
+                    })
+                };
+                let (q, k_own, v_own) = (part(&q)?, part(&k)?, part(&v)?);
+                let mut ks: Vec<&Tensor> = Vec::new();
+                let mut vs: Vec<&Tensor> = Vec::new();
+                for c in &segments[si].past {
+                    if let Some((pk, pv)) = c.layers.get(li) {
+                        ks.push(pk);
+                        vs.push(pv);
+                    }
+                }
+                let (k_all, v_all) = if ks.is_empty() {
+                    (k_own.clone(), v_own.clone())
+                } else {
+                    ks.push(&k_own);
+                    vs.push(&v_own);
+                    (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?)
+                };
+                let window = self.cfg.sliding_window.filter(|_| sliding);
+                outs.push(self.attention(&q, &k_all, &v_all, &masks[si], window)?); // [1, nh, t, hd]
+                match keep {
+                    CacheOut::Full => kept[si].push((k_all, v_all)),
+                    CacheOut::Own => kept[si].push((k_own, v_own)),
+                }
+            }
+            let attn = if outs.len() == 1 {
+                outs.pop().expect("one segment")
+            } else {
+                Tensor::cat(&outs, 2)?
+            };
+            let attn = attn.transpose(1, 2)?.reshape((1, rows, nh * hd))?;
             let mut attn = layer.o.forward(&attn)?;
             if let Some(n) = &layer.post_attn_norm {
                 attn = candle_nn::ops::rms_norm(&attn, n, eps)?;
@@ -322,24 +431,28 @@ impl Decoder {
             x = (x + attn)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let gate = layer.gate.forward(&h)?;
-            let gate = match self.cfg.activation {
-                Activation::Silu => candle_nn::ops::silu(&gate)?,
-                Activation::GeluTanh => gate.gelu()?,
-            };
+            let gate = super::activation::apply(self.cfg.activation, &gate)?;
             let mut ff = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
             if let Some(n) = &layer.post_ffn_norm {
                 ff = candle_nn::ops::rms_norm(&ff, n, eps)?;
             }
             x = (x + ff)?;
         }
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        Ok((
-            x.squeeze(0)?,
-            KvCache {
-                layers: new_layers,
-                len: past + t,
-            },
-        ))
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?.squeeze(0)?;
+        let mut out = Vec::with_capacity(spans.len());
+        for (&(off, t, past), layers) in spans.iter().zip(kept) {
+            let hidden = if spans.len() == 1 {
+                x.clone()
+            } else {
+                x.narrow(0, off, t)?
+            };
+            let len = match keep {
+                CacheOut::Full => past + t,
+                CacheOut::Own => t,
+            };
+            out.push((hidden, KvCache { layers, len }));
+        }
+        Ok(out)
     }
 
     /// Log-probabilities over the vocabulary at the given rows of `hidden`: `[rows.len(), vocab]`.
@@ -349,27 +462,81 @@ impl Decoder {
             rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
             &self.device,
         )?;
-        let h = hidden.index_select(&idx, 0)?;
-        let mut logits = self.output.forward(&h)?;
+        self.log_probs_all(&hidden.index_select(&idx, 0)?)
+    }
+
+    /// Log-probabilities over the vocabulary at every row of `hidden`. A lone row is projected
+    /// beside a copy of itself, so each row's bits never depend on the other rows (see
+    /// [`Decoder::forward_packed`]).
+    pub fn log_probs_all(&self, hidden: &Tensor) -> Result<Tensor> {
+        if hidden.dim(0)? == 1 {
+            let twice = Tensor::cat(&[hidden, hidden], 0)?;
+            return Ok(self.log_probs_all(&twice)?.narrow(0, 0, 1)?);
+        }
+        let mut logits = self.output.forward(hidden)?;
         if let Some(cap) = self.cfg.final_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;
         }
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
     }
 
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let groups = self.cfg.n_heads / self.cfg.n_kv_heads;
-        let k = repeat_kv(k, groups)?;
-        let v = repeat_kv(v, groups)?;
-        let mut scores = (q.matmul(&k.t()?)? * self.cfg.attn_scale)?;
-        if let Some(cap) = self.cfg.attn_softcap {
-            scores = ((scores / cap)?.tanh()? * cap)?;
+    /// Attention of queries `[1, nh, t, hd]` (the last t of the s positions) over keys and values
+    /// `[1, nkv, s, hd]`, masked by `[t, s]`. Each key/value head's query heads are stacked into
+    /// one product (no copies of the keys per head), and queries go in blocks that read only the
+    /// keys a block can see (the causal triangle's far side and, with a sliding window, what
+    /// fell out of it are never computed). The blocks depend only on t and s, never on what else
+    /// runs, so results stay those of the same chunk anywhere.
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let (_, nh, t, hd) = q.dims4()?;
+        let (nkv, s) = (k.dim(1)?, k.dim(2)?);
+        let groups = nh / nkv;
+        let past = s - t;
+        let q = q.reshape((nkv, groups, t, hd))?;
+        let (k, v) = (k.squeeze(0)?, v.squeeze(0)?);
+        let mut blocks = Vec::with_capacity(t.div_ceil(QUERY_BLOCK));
+        for b0 in (0..t).step_by(QUERY_BLOCK) {
+            let len = QUERY_BLOCK.min(t - b0);
+            // Keys [from, to): the newest this block's last query sees, back to the oldest its
+            // first query sees.
+            let to = past + b0 + len;
+            let from = window.map_or(0, |w| (past + b0 + 1).saturating_sub(w));
+            let keys = to - from;
+            let qb = q
+                .narrow(2, b0, len)?
+                .contiguous()?
+                .reshape((nkv, groups * len, hd))?;
+            let kb = k.narrow(1, from, keys)?.contiguous()?;
+            let vb = v.narrow(1, from, keys)?.contiguous()?;
+            let mut scores = (qb.matmul(&kb.t()?)? * self.cfg.attn_scale)?;
+            if let Some(cap) = self.cfg.attn_softcap {
+                scores = ((scores / cap)?.tanh()? * cap)?;
+            }
+            let mb = mask.narrow(0, b0, len)?.narrow(1, from, keys)?;
+            let scores = scores
+                .reshape((nkv, groups, len, keys))?
+                .broadcast_add(&mb)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let out = probs.reshape((nkv, groups * len, keys))?.matmul(&vb)?;
+            blocks.push(out.reshape((nkv, groups, len, hd))?);
         }
-        let scores = scores.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        Ok(probs.matmul(&v)?)
+        let out = if blocks.len() == 1 {
+            blocks.pop().expect("one block")
+        } else {
+            Tensor::cat(&blocks, 2)?
+        };
+        Ok(out.reshape((1, nh, t, hd))?)
     }
 }
+
+/// Queries per attention block.
+const QUERY_BLOCK: usize = 128;
 
 fn inverse_frequencies(head_dim: usize, rope: Rope, device: &Device) -> Result<Tensor> {
     let half = head_dim / 2;
@@ -407,16 +574,6 @@ fn attention_mask(t: usize, past: usize, window: Option<usize>, device: &Device)
         })
         .collect();
     Ok(Tensor::from_vec(mask, (t, total), device)?)
-}
-
-fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
-    if groups == 1 {
-        return Ok(x.clone());
-    }
-    let (b, nkv, s, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, nkv, groups, s, hd))?
-        .reshape((b, nkv * groups, s, hd))?)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use candle_core::Device;
 use serde::Deserialize;
 
 use super::decoder::{Decoder, DecoderConfig, Rope};
@@ -289,7 +290,7 @@ pub fn inspect(dir: &Path) -> Result<ModelSummary> {
 }
 
 /// Loads a checkpoint folder with float32 weights.
-pub fn load(dir: &Path, expected_sha256: Option<&str>) -> Result<Loaded> {
+pub fn load(dir: &Path, expected_sha256: Option<&str>, device: &Device) -> Result<Loaded> {
     let shown = dir.display();
     let c = read_config(dir)?;
     let (cfg, rename, norm_offset) =
@@ -317,7 +318,8 @@ pub fn load(dir: &Path, expected_sha256: Option<&str>) -> Result<Loaded> {
     super::check_sha256(dir, expected_sha256, &sha256)?;
     let tokenizer = load_tokenizer(dir, &c)?;
     let mut src = SafetensorsSource::open(&files, rename, norm_offset)
-        .with_context(|| format!("{shown}: loading weights"))?;
+        .with_context(|| format!("{shown}: loading weights"))?
+        .on(device);
     let parameters = count_parameters(&c, &src.element_counts());
     let model =
         Decoder::load(cfg, &mut src).with_context(|| format!("{shown}: loading weights"))?;

@@ -1,5 +1,6 @@
 //! The embedded backend: candle running GGUF files or Hugging Face checkpoint folders in-process.
 
+mod activation;
 pub mod decoder;
 pub mod gemma3;
 mod gguf_meta;
@@ -18,8 +19,10 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
-use super::{Backend, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace};
-use decoder::{Decoder, DecoderConfig, KvCache};
+use super::{
+    Backend, ChoiceRequest, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace,
+};
+use decoder::{Decoder, DecoderConfig, KvCache, Segment};
 use prefix::PrefixCache;
 use tokenizer::TextTokenizer;
 use weights::GgufSource;
@@ -37,12 +40,66 @@ pub enum WeightsChoice {
     Quantized,
 }
 
+/// `--device`: where the forward pass runs (`cpu`, `cuda` or `cuda:N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal; needs a build with `--features cuda`.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("`{s}` is not a device: use cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The candle device; a clear error when this build or machine has no CUDA.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(n) if !candle_core::utils::cuda_is_available() => bail!(
+                "--device cuda:{n}: this icl-eval was built without CUDA; rebuild with \
+                 `cargo build --release --features cuda` (needs the CUDA toolkit's nvcc)"
+            ),
+            Self::Cuda(n) => Device::new_cuda(n).map_err(|e| {
+                anyhow::anyhow!("--device cuda:{n}: cannot open the GPU: {}", first_line(&e))
+            }),
+        }
+    }
+}
+
+/// Added to [`NUMERICS`] for answers computed on a GPU, whose kernels round differently: the
+/// request cache never serves a CPU answer for a GPU run or the reverse.
+const GPU_NUMERICS: u32 = 1 << 16;
+
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 
 /// Revision of this backend's numerics, part of every request-cache key: bump it with any change
 /// to tokenization, the forward pass or scoring that changes a returned number, so no cached
 /// answer of the old code is served.
-pub const NUMERICS: u32 = 2;
+pub const NUMERICS: u32 = 3;
 
 /// GGUF architectures the decoder runs.
 pub fn supported_architectures() -> Vec<&'static str> {
@@ -97,6 +154,8 @@ pub struct CandleBackend {
     tokenizer: TextTokenizer,
     prefix: PrefixCache,
     chat_template: Option<String>,
+    /// Docs the run plans at once: their requests are answered in one batch.
+    batch_docs: usize,
 }
 
 impl CandleBackend {
@@ -113,10 +172,21 @@ impl CandleBackend {
         weights: WeightsChoice,
         expected: Option<&str>,
     ) -> Result<Self> {
+        Self::load_on(path, weights, expected, DeviceChoice::Cpu)
+    }
+
+    /// Like [`CandleBackend::load_verified`], with the weights and the forward pass on `device`.
+    pub fn load_on(
+        path: &Path,
+        weights: WeightsChoice,
+        expected: Option<&str>,
+        device: DeviceChoice,
+    ) -> Result<Self> {
+        let device = device.device()?;
         let loaded = if path.is_dir() {
-            hf::load(path, expected)?
+            hf::load(path, expected, &device)?
         } else {
-            load_gguf(path, weights, expected)?
+            load_gguf(path, weights, expected, &device)?
         };
         let name = if path.is_dir() {
             path.file_name()
@@ -143,12 +213,19 @@ impl CandleBackend {
             tokenizer: loaded.tokenizer,
             prefix: PrefixCache::new(DEFAULT_KV_CACHE_MB << 20),
             chat_template: loaded.chat_template,
+            batch_docs: DEFAULT_BATCH_DOCS,
         })
     }
 
     /// Sets the prompt-prefix cache budget in MiB (0 turns reuse off; results are the same).
     pub fn with_kv_cache_mb(mut self, mb: usize) -> Self {
         self.prefix.set_budget(mb << 20);
+        self
+    }
+
+    /// Sets how many docs are scored together (at least 1; answers are the same for any number).
+    pub fn with_batch_docs(mut self, docs: usize) -> Self {
+        self.batch_docs = docs.max(1);
         self
     }
 
@@ -349,7 +426,12 @@ fn check_sha256(path: &Path, expected: Option<&str>, actual: &str) -> Result<()>
     }
 }
 
-fn load_gguf(path: &Path, weights: WeightsChoice, expected: Option<&str>) -> Result<Loaded> {
+fn load_gguf(
+    path: &Path,
+    weights: WeightsChoice,
+    expected: Option<&str>,
+    device: &Device,
+) -> Result<Loaded> {
     let shown = path.display();
     let sha256 = sha256_file(path)?;
     check_sha256(path, expected, &sha256)?;
@@ -369,7 +451,7 @@ fn load_gguf(path: &Path, weights: WeightsChoice, expected: Option<&str>) -> Res
         content: &content,
         reader: &mut reader,
         format,
-        device: Device::Cpu,
+        device: device.clone(),
     };
     let model =
         Decoder::load(cfg, &mut src).with_context(|| format!("{shown}: loading weights"))?;
@@ -510,6 +592,229 @@ fn score_row(row: &[f32], target: u32) -> (f32, bool) {
     (lp, first_max.0 == target as usize)
 }
 
+/// Default docs per batch (`--batch-size`).
+pub const DEFAULT_BATCH_DOCS: usize = 8;
+
+/// Bytes of distinct base caches a batch holds before it is scored (bounds memory when
+/// per-doc demonstrations give every request its own).
+const BATCH_BASE_BYTES: usize = 256 << 20;
+
+/// Rows of one packed forward pass.
+const PACK_ROWS: usize = 1024;
+
+/// Bytes of log-probabilities one vocabulary projection produces at most.
+const PROJECTION_BYTES: usize = 32 << 20;
+
+/// One scoring request, tokenized, with its shared prefix computed up to its last chunk.
+struct Prepared {
+    /// Context tokens.
+    n: usize,
+    /// Context + continuation tokens, one per continuation.
+    wholes: Vec<Vec<u32>>,
+    /// Tokens every continuation shares with the context (0: none).
+    p: usize,
+    /// Where the prefix's last chunk starts.
+    start: usize,
+    /// The cache before that chunk.
+    base: KvCache,
+}
+
+/// Packs `segments` into forward passes of at most [`PACK_ROWS`] rows (a longer segment alone);
+/// the outputs in segment order.
+fn run_packed(model: &Decoder, segments: &[Segment<'_>]) -> Result<Vec<(Tensor, KvCache)>> {
+    let mut out = Vec::with_capacity(segments.len());
+    let mut from = 0;
+    while from < segments.len() {
+        let mut to = from + 1;
+        let mut rows = segments[from].ids.len();
+        while to < segments.len() && rows + segments[to].ids.len() <= PACK_ROWS {
+            rows += segments[to].ids.len();
+            to += 1;
+        }
+        out.extend(model.forward_packed(&segments[from..to])?);
+        from = to;
+    }
+    Ok(out)
+}
+
+impl CandleBackend {
+    /// Tokenizes a request (context and continuation encoded whole, split at the context's
+    /// length, so boundary merges are those the model sees in one pass) and runs every chunk of
+    /// the shared prefix but the last.
+    fn prepare(&mut self, r: &ChoiceRequest) -> Result<Prepared> {
+        let ctx_text = r.context.trim_end();
+        let encoded = self.tokenizer.encode(ctx_text)?;
+        let empty_context = encoded.is_empty();
+        let ctx_ids = if empty_context {
+            self.context_ids(ctx_text)?
+        } else {
+            encoded
+        };
+        let n = ctx_ids.len();
+        let mut wholes = Vec::with_capacity(r.continuations.len());
+        for c in &r.continuations {
+            let (_, cont) = split_trailing_whitespace(&r.context, c);
+            let whole = if empty_context {
+                // No text to merge with: the start token, then the continuation on its own.
+                let mut w = ctx_ids.clone();
+                w.extend(self.tokenizer.encode(&cont)?);
+                w
+            } else {
+                self.tokenizer.encode(&format!("{ctx_text}{cont}"))?
+            };
+            if whole.len() <= n {
+                bail!("continuation {c:?} adds no token after the context");
+            }
+            self.check_fits(whole.len())?;
+            wholes.push(whole);
+        }
+        let p = wholes
+            .iter()
+            .map(|w| {
+                w[..n]
+                    .iter()
+                    .zip(&ctx_ids)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+            })
+            .min()
+            .unwrap_or(0);
+        let (start, base) = if p > 0 {
+            let cuts = if empty_context {
+                Vec::new()
+            } else {
+                self.token_cuts(ctx_text, &ctx_ids, &r.breaks)?
+            };
+            self.prefix.prepare(&self.model, &wholes[0], &cuts, p)?
+        } else {
+            (0, self.model.empty_cache())
+        };
+        Ok(Prepared {
+            n,
+            wholes,
+            p,
+            start,
+            base,
+        })
+    }
+
+    /// Scores prepared requests: their last prefix chunks packed, then their continuations
+    /// packed, then the scored positions projected in groups.
+    fn score_prepared(&mut self, batch: &[Prepared]) -> Result<Vec<Vec<LogLikelihood>>> {
+        // The shared prefixes' last chunks.
+        let with_prefix: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].p > 0).collect();
+        let segments: Vec<Segment<'_>> = with_prefix
+            .iter()
+            .map(|&i| {
+                let b = &batch[i];
+                Segment {
+                    ids: &b.wholes[0][b.start..b.p],
+                    past: vec![&b.base],
+                }
+            })
+            .collect();
+        let mut prefixes: Vec<Option<(Tensor, KvCache)>> = vec![None; batch.len()];
+        for (&i, done) in with_prefix.iter().zip(run_packed(&self.model, &segments)?) {
+            self.prefix.computed_tokens += (batch[i].p - batch[i].start) as u64;
+            prefixes[i] = Some(done);
+        }
+        // Every continuation from its prefix: targets whole[n..len] are predicted at positions
+        // n-1..len-1; positions ≥ p come from a pass over whole[p..len-1].
+        let mut branches = Vec::new();
+        let mut segments = Vec::new();
+        for (i, b) in batch.iter().enumerate() {
+            for (j, whole) in b.wholes.iter().enumerate() {
+                if whole.len() - 1 > b.p {
+                    let past = match &prefixes[i] {
+                        Some((_, own)) => vec![&b.base, own],
+                        None => Vec::new(),
+                    };
+                    branches.push((i, j));
+                    segments.push(Segment {
+                        ids: &whole[b.p..whole.len() - 1],
+                        past,
+                    });
+                }
+            }
+        }
+        let mut hidden: std::collections::HashMap<(usize, usize), Tensor> =
+            std::collections::HashMap::new();
+        for (&(i, j), (h, _)) in branches.iter().zip(run_packed(&self.model, &segments)?) {
+            let b = &batch[i];
+            self.prefix.computed_tokens += (b.wholes[j].len() - 1 - b.p) as u64;
+            hidden.insert((i, j), h);
+        }
+        // The rows to project, each with the targets scored there.
+        let mut rows: Vec<Tensor> = Vec::new();
+        let mut targets: Vec<Vec<u32>> = Vec::new();
+        let mut plan: Vec<Vec<Vec<(usize, usize)>>> = Vec::with_capacity(batch.len());
+        for (i, b) in batch.iter().enumerate() {
+            let prefix_row = match (&prefixes[i], b.p == b.n) {
+                (Some((h, _)), true) => {
+                    rows.push(h.narrow(0, h.dim(0)? - 1, 1)?);
+                    targets.push(Vec::new());
+                    Some(rows.len() - 1)
+                }
+                _ => None,
+            };
+            let mut per_cont = Vec::with_capacity(b.wholes.len());
+            for (j, whole) in b.wholes.iter().enumerate() {
+                let mut picks = Vec::with_capacity(whole.len() - b.n);
+                if let Some(r) = prefix_row {
+                    picks.push((r, targets[r].len()));
+                    targets[r].push(whole[b.n]);
+                }
+                if let Some(h) = hidden.get(&(i, j)) {
+                    for pos in (b.n - 1).max(b.p)..whole.len() - 1 {
+                        rows.push(h.narrow(0, pos - b.p, 1)?);
+                        targets.push(vec![whole[pos + 1]]);
+                        picks.push((rows.len() - 1, 0));
+                    }
+                }
+                per_cont.push(picks);
+            }
+            plan.push(per_cont);
+        }
+        // (log-probability, is the first argmax) of each row's targets.
+        let group = (PROJECTION_BYTES / (4 * self.model.vocab_size().max(1))).max(2);
+        let mut scored: Vec<Vec<(f32, bool)>> = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(group) {
+            let lp = self
+                .model
+                .log_probs_all(&Tensor::cat(chunk, 0)?)?
+                .to_vec2::<f32>()?;
+            for row in &lp {
+                let r = scored.len();
+                scored.push(targets[r].iter().map(|&t| score_row(row, t)).collect());
+            }
+        }
+        Ok(batch
+            .iter()
+            .zip(plan)
+            .map(|(b, per_cont)| {
+                b.wholes
+                    .iter()
+                    .zip(per_cont)
+                    .map(|(whole, picks)| {
+                        let mut logprob = 0.0f64;
+                        let mut is_greedy = true;
+                        for (row, k) in picks {
+                            let (lp, greedy) = scored[row][k];
+                            logprob += lp as f64;
+                            is_greedy &= greedy;
+                        }
+                        LogLikelihood {
+                            logprob,
+                            is_greedy,
+                            n_tokens: whole.len() - b.n,
+                        }
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
 impl Backend for CandleBackend {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -524,7 +829,11 @@ impl Backend for CandleBackend {
     }
 
     fn numerics(&self) -> u32 {
-        NUMERICS
+        if self.model.device().is_cpu() {
+            NUMERICS
+        } else {
+            NUMERICS + GPU_NUMERICS
+        }
     }
 
     fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {
@@ -541,111 +850,55 @@ impl Backend for CandleBackend {
             })
     }
 
+    fn concurrency(&self) -> usize {
+        // Docs planned together share their matrix products (see `loglikelihood_batch`).
+        self.batch_docs
+    }
+
     fn loglikelihood(
         &mut self,
         context: &str,
         breaks: &[usize],
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>> {
-        if continuations.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ctx_text = context.trim_end();
-        let encoded = self.tokenizer.encode(ctx_text)?;
-        let empty_context = encoded.is_empty();
-        let ctx_ids = if empty_context {
-            self.context_ids(ctx_text)?
-        } else {
-            encoded
-        };
-        let n = ctx_ids.len();
-        // Encode context + continuation whole and split at the context's length, so boundary merges
-        // are those the model would see in one pass.
-        let mut wholes = Vec::with_capacity(continuations.len());
-        for c in continuations {
-            let (_, cont) = split_trailing_whitespace(context, c);
-            let whole = if empty_context {
-                // No text to merge with: the start token, then the continuation on its own.
-                let mut w = ctx_ids.clone();
-                w.extend(self.tokenizer.encode(&cont)?);
-                w
-            } else {
-                self.tokenizer.encode(&format!("{ctx_text}{cont}"))?
-            };
-            if whole.len() <= n {
-                bail!("continuation {c:?} adds no token after the context");
+        super::one(self.loglikelihood_batch(&[ChoiceRequest::new(
+            context,
+            breaks,
+            continuations,
+        )])?)
+    }
+
+    /// Each request's prefix chunks run in order (so later requests reuse earlier ones' from the
+    /// prefix cache); then the last prefix chunks of all requests run packed in one pass, then all
+    /// their continuations, then every scored position's vocabulary projection in groups. Packing
+    /// changes no bit (see [`Decoder::forward_packed`]), so answers do not depend on the batch.
+    fn loglikelihood_batch(
+        &mut self,
+        requests: &[ChoiceRequest],
+    ) -> Result<Vec<Vec<LogLikelihood>>> {
+        let mut out = Vec::with_capacity(requests.len());
+        let mut batch: Vec<Prepared> = Vec::new();
+        let mut bases = std::collections::HashSet::new();
+        let mut base_bytes = 0usize;
+        for r in requests {
+            let prepared = self.prepare(r)?;
+            // Requests sharing demonstrations share one base cache: count its bytes once.
+            let key = &prepared
+                .wholes
+                .first()
+                .map_or(&[][..], |w| &w[..prepared.start]);
+            if bases.insert(key.to_vec()) {
+                base_bytes += prepared.base.bytes();
             }
-            self.check_fits(whole.len())?;
-            wholes.push(whole);
-        }
-        // The shared prefix runs once; every continuation branches off its KV cache.
-        let p = wholes
-            .iter()
-            .map(|w| {
-                w[..n]
-                    .iter()
-                    .zip(&ctx_ids)
-                    .take_while(|(a, b)| a == b)
-                    .count()
-            })
-            .min()
-            .unwrap_or(0);
-        let (prefix_hidden, prefix_cache): (Option<Tensor>, KvCache) = if p > 0 {
-            let cuts = if empty_context {
-                Vec::new()
-            } else {
-                self.token_cuts(ctx_text, &ctx_ids, breaks)?
-            };
-            let (h, c) = self.prefix.run(&self.model, &wholes[0], &cuts, p)?;
-            (Some(h), c)
-        } else {
-            (None, self.model.empty_cache())
-        };
-        let prefix_last = match (&prefix_hidden, p == n) {
-            (Some(h), true) => Some(
-                self.model
-                    .log_probs(h, &[h.dim(0)? - 1])?
-                    .to_vec2::<f32>()?
-                    .remove(0),
-            ),
-            _ => None,
-        };
-        let mut out = Vec::with_capacity(wholes.len());
-        for whole in &wholes {
-            let len = whole.len();
-            // Targets whole[n..len] are predicted at positions n-1..len-1; positions ≥ p come from a
-            // forward pass over whole[p..len-1] on top of the prefix cache.
-            let rows: Vec<Vec<f32>> = if len - 1 > p {
-                let (h, _) = self.model.forward(&whole[p..len - 1], &prefix_cache)?;
-                self.prefix.computed_tokens += (len - 1 - p) as u64;
-                let first = (n - 1).max(p);
-                let wanted: Vec<usize> = (first..len - 1).map(|pos| pos - p).collect();
-                self.model.log_probs(&h, &wanted)?.to_vec2::<f32>()?
-            } else {
-                Vec::new()
-            };
-            let mut all_rows: Vec<&[f32]> = Vec::with_capacity(len - n);
-            if p == n {
-                all_rows.push(
-                    prefix_last
-                        .as_deref()
-                        .context("prefix log-probabilities missing")?,
-                );
+            batch.push(prepared);
+            if base_bytes > BATCH_BASE_BYTES {
+                out.extend(self.score_prepared(&batch)?);
+                batch.clear();
+                bases.clear();
+                base_bytes = 0;
             }
-            all_rows.extend(rows.iter().map(|r| r.as_slice()));
-            let mut logprob = 0.0f64;
-            let mut is_greedy = true;
-            for (row, &target) in all_rows.iter().zip(&whole[n..]) {
-                let (lp, greedy) = score_row(row, target);
-                logprob += lp as f64;
-                is_greedy &= greedy;
-            }
-            out.push(LogLikelihood {
-                logprob,
-                is_greedy,
-                n_tokens: len - n,
-            });
         }
+        out.extend(self.score_prepared(&batch)?);
         Ok(out)
     }
 

@@ -89,6 +89,21 @@ impl PrefixCache {
         cuts: &[usize],
         end: usize,
     ) -> Result<(Tensor, KvCache)> {
+        let (start, cache) = self.prepare(model, ids, cuts, end)?;
+        self.computed_tokens += (end - start) as u64;
+        model.forward(&ids[start..end], &cache)
+    }
+
+    /// Every chunk of `ids[..end]` but the last, as [`PrefixCache::run`] computes them: returns
+    /// where the last chunk starts and the cache before it. The caller runs (and counts) the
+    /// last chunk, alone or packed with others.
+    pub fn prepare(
+        &mut self,
+        model: &Decoder,
+        ids: &[u32],
+        cuts: &[usize],
+        end: usize,
+    ) -> Result<(usize, KvCache)> {
         let cuts: Vec<usize> = cuts.iter().copied().filter(|&c| c > 0 && c < end).collect();
         // The longest cached prefix among the cut points.
         let mut start = 0;
@@ -111,7 +126,6 @@ impl PrefixCache {
             cache = next;
             start = c;
         }
-        self.computed_tokens += (end - start) as u64;
-        model.forward(&ids[start..end], &cache)
+        Ok((start, cache))
     }
 }

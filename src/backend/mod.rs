@@ -154,8 +154,9 @@ pub trait Backend {
         max_tokens: usize,
     ) -> Result<String>;
 
-    /// How many requests the backend can work on at once; the run plans enough docs ahead to
-    /// hand it that many. 1 for a backend that computes one request at a time.
+    /// How many docs the run plans at once, answering all their requests in one batch: requests
+    /// in flight for a server, docs whose forward passes are packed together in process. 1 for a
+    /// backend that computes one request at a time.
     fn concurrency(&self) -> usize {
         1
     }

@@ -147,7 +147,9 @@ impl KvCache {
 /// Tokens to run after a past: the concatenation of `past`'s caches, in order.
 #[derive(Clone)]
 pub struct Segment<'a> {
+    /// The tokens to run.
     pub ids: &'a [u32],
+    /// Caches of the tokens before them, oldest first (empty: the sequence starts here).
     pub past: Vec<&'a KvCache>,
 }
 

@@ -43,6 +43,7 @@ pub enum WeightsChoice {
 /// `--device`: where the forward pass runs (`cpu`, `cuda` or `cuda:N`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
+    /// The host's CPU cores (`--threads`).
     #[default]
     Cpu,
     /// A CUDA GPU by ordinal; needs a build with `--features cuda`.

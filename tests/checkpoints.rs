@@ -139,9 +139,7 @@ fn branching_equals_full_passes(mut b: CandleBackend) -> CandleBackend {
     let n_ctx = b.encode(ctx).unwrap().len();
     assert!(n_ctx > 16);
     for (c, g) in conts.iter().zip(&got) {
-        let whole = b.encode(&format!("{ctx}{c}")).unwrap();
-        let (lp, _) = b.next_token_logprobs(&whole).unwrap();
-        let want: f64 = lp[n_ctx - 1..].iter().map(|&x| x as f64).sum();
+        let (want, _, _) = common::one_pass_score(&b, ctx, c);
         assert!(
             (g.logprob - want).abs() < 1e-4,
             "{c:?}: {} vs {want}",

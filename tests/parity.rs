@@ -117,18 +117,14 @@ fn loglikelihood_from_kv_cache_equals_one_full_pass() {
         " utterly forgettable".to_string(),
     ];
     let got = b.loglikelihood(ctx, &[], &conts).unwrap();
-    let n_ctx = b.encode(ctx).unwrap().len();
     for (c, g) in conts.iter().zip(&got) {
-        let whole = b.encode(&format!("{ctx}{c}")).unwrap();
-        let (lp, argmax) = b.next_token_logprobs(&whole).unwrap();
-        let want: f64 = lp[n_ctx - 1..].iter().map(|&x| x as f64).sum();
+        let (want, greedy, n_tokens) = common::one_pass_score(&b, ctx, c);
         assert!(
             (g.logprob - want).abs() < 1e-3,
             "{c:?}: {} vs {want}",
             g.logprob
         );
-        assert_eq!(g.n_tokens, whole.len() - n_ctx);
-        let greedy = (n_ctx..whole.len()).all(|i| argmax[i - 1] == whole[i]);
+        assert_eq!(g.n_tokens, n_tokens);
         assert_eq!(g.is_greedy, greedy, "{c:?}");
     }
 }
@@ -195,10 +191,7 @@ fn check_batch_invariance(model: &std::path::Path, weights: WeightsChoice) {
         }
         for (c, g) in r.continuations.iter().zip(got) {
             let moved = &r.context[ctx.len()..];
-            let n_ctx = b.encode(ctx).unwrap().len();
-            let whole = b.encode(&format!("{ctx}{moved}{c}")).unwrap();
-            let (lp, _) = b.next_token_logprobs(&whole).unwrap();
-            let want: f64 = lp[n_ctx - 1..].iter().map(|&x| x as f64).sum();
+            let (want, _, _) = common::one_pass_score(&b, ctx, &format!("{moved}{c}"));
             assert!(
                 (g.logprob - want).abs() < 1e-3,
                 "{c:?}: {} vs {want}",

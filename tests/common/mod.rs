@@ -188,3 +188,18 @@ pub fn fake_server(
     });
     (addr, log)
 }
+
+/// Score of `cont` after `ctx` from one plain forward pass over both, with no cache and no
+/// chunks: (sum of `cont`'s token log-probabilities, whether each was the argmax, its tokens).
+pub fn one_pass_score(
+    b: &icl_eval::backend::candle::CandleBackend,
+    ctx: &str,
+    cont: &str,
+) -> (f64, bool, usize) {
+    let n_ctx = b.encode(ctx).unwrap().len();
+    let whole = b.encode(&format!("{ctx}{cont}")).unwrap();
+    let (lp, argmax) = b.next_token_logprobs(&whole).unwrap();
+    let sum = lp[n_ctx - 1..].iter().map(|&x| x as f64).sum();
+    let greedy = (n_ctx..whole.len()).all(|i| argmax[i - 1] == whole[i]);
+    (sum, greedy, whole.len() - n_ctx)
+}

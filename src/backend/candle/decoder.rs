@@ -388,6 +388,7 @@ impl Decoder {
                 (Some(m), true) => m,
                 _ => &mask,
             };
+            let window = self.cfg.sliding_window.filter(|_| sliding);
             let mut outs = Vec::with_capacity(spans.len());
             for (si, &(off, t, _)) in spans.iter().enumerate() {
                 let part = |x: &Tensor| -> Result<Tensor> {
@@ -413,7 +414,6 @@ impl Decoder {
                     vs.push(&v_own);
                     (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?)
                 };
-                let window = self.cfg.sliding_window.filter(|_| sliding);
                 outs.push(self.attention(&q, &k_all, &v_all, &masks[si], window)?); // [1, nh, t, hd]
                 match keep {
                     CacheOut::Full => kept[si].push((k_all, v_all)),

@@ -581,16 +581,14 @@ pub fn sha256_str(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-/// Log-probability of `target` in `row` and whether it is the (first) argmax.
-fn score_row(row: &[f32], target: u32) -> (f32, bool) {
-    let lp = row[target as usize];
-    let first_max = row
-        .iter()
+/// Index of the first largest entry of `row`.
+fn first_argmax(row: &[f32]) -> usize {
+    row.iter()
         .enumerate()
         .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
             if v > best.1 { (i, v) } else { best }
-        });
-    (lp, first_max.0 == target as usize)
+        })
+        .0
 }
 
 /// Default docs per batch (`--batch-size`).
@@ -738,12 +736,12 @@ impl CandleBackend {
                 }
             }
         }
-        let mut hidden: std::collections::HashMap<(usize, usize), Tensor> =
-            std::collections::HashMap::new();
+        let mut hidden: Vec<Vec<Option<Tensor>>> =
+            batch.iter().map(|b| vec![None; b.wholes.len()]).collect();
         for (&(i, j), (h, _)) in branches.iter().zip(run_packed(&self.model, &segments)?) {
             let b = &batch[i];
             self.prefix.computed_tokens += (b.wholes[j].len() - 1 - b.p) as u64;
-            hidden.insert((i, j), h);
+            hidden[i][j] = Some(h);
         }
         // The rows to project, each with the targets scored there.
         let mut rows: Vec<Tensor> = Vec::new();
@@ -765,7 +763,7 @@ impl CandleBackend {
                     picks.push((r, targets[r].len()));
                     targets[r].push(whole[b.n]);
                 }
-                if let Some(h) = hidden.get(&(i, j)) {
+                if let Some(h) = &hidden[i][j] {
                     for pos in (b.n - 1).max(b.p)..whole.len() - 1 {
                         rows.push(h.narrow(0, pos - b.p, 1)?);
                         targets.push(vec![whole[pos + 1]]);
@@ -785,8 +783,15 @@ impl CandleBackend {
                 .log_probs_all(&Tensor::cat(chunk, 0)?)?
                 .to_vec2::<f32>()?;
             for row in &lp {
+                // A context's last row serves every continuation: one argmax scan for all.
+                let best = first_argmax(row);
                 let r = scored.len();
-                scored.push(targets[r].iter().map(|&t| score_row(row, t)).collect());
+                scored.push(
+                    targets[r]
+                        .iter()
+                        .map(|&t| (row[t as usize], best == t as usize))
+                        .collect(),
+                );
             }
         }
         Ok(batch
@@ -862,11 +867,8 @@ impl Backend for CandleBackend {
         breaks: &[usize],
         continuations: &[String],
     ) -> Result<Vec<LogLikelihood>> {
-        super::one(self.loglikelihood_batch(&[ChoiceRequest::new(
-            context,
-            breaks,
-            continuations,
-        )])?)
+        let r = ChoiceRequest::new(context, breaks, continuations);
+        super::one(self.loglikelihood_batch(std::slice::from_ref(&r))?)
     }
 
     /// Each request's prefix chunks run in order (so later requests reuse earlier ones' from the

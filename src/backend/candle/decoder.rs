@@ -165,7 +165,8 @@ enum CacheOut {
 /// A loaded decoder.
 pub struct Decoder {
     cfg: DecoderConfig,
-    embed: Tensor,
+    /// Token embeddings `[vocab, d]`; `None` when tied to the output projection, whose rows they are.
+    embed: Option<Tensor>,
     layers: Vec<Layer>,
     norm: Tensor,
     output: Linear,
@@ -225,11 +226,12 @@ impl Decoder {
             });
         }
         let norm = src.norm("output_norm.weight")?;
-        // Tied embeddings: models without `output.weight` project with the token embeddings.
-        let output = if src.has("output.weight") {
-            src.matrix("output.weight")?
+        // Tied embeddings: models without `output.weight` project with the token embeddings,
+        // held once, in the projection's layout.
+        let (embed, output) = if src.has("output.weight") {
+            (Some(embed), src.matrix("output.weight")?)
         } else {
-            Linear::dense(embed.clone())
+            (None, Linear::dense(&embed)?)
         };
         let inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope, &device)?;
         let inv_freq_local = inverse_frequencies(cfg.head_dim, cfg.rope_local, &device)?;
@@ -321,7 +323,11 @@ impl Decoder {
         }
         let rows = ids.len();
         let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
-        let mut x = self.embed.index_select(&ids_t, 0)?.unsqueeze(0)?; // [1, rows, d]
+        let x = match &self.embed {
+            Some(e) => e.index_select(&ids_t, 0)?,
+            None => self.output.rows(&ids_t)?,
+        };
+        let mut x = x.unsqueeze(0)?; // [1, rows, d]
         if let Some(s) = self.cfg.embed_scale {
             x = (x * s)?;
         }

@@ -89,7 +89,7 @@ fn run_portable(act: Activation, input: &[f32], out: &mut [f32]) {
 /// e^x for float32, within a few ulp (Cephes' polynomial after a Cody–Waite reduction); the
 /// argument is clamped so that no step overflows (e^89 is already above f32::MAX: +∞ divides to 0).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

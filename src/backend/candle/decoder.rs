@@ -10,6 +10,7 @@
 use anyhow::{Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 
+use super::softmax::{Visibility, masked_softmax};
 use super::weights::{Linear, TensorSource};
 
 /// How rotary embeddings pair up dimensions.
@@ -345,17 +346,6 @@ impl Decoder {
         } else {
             None
         };
-        let masks = |window: Option<usize>| -> Result<Vec<Tensor>> {
-            spans
-                .iter()
-                .map(|&(_, t, past)| attention_mask(t, past, window, &self.device))
-                .collect()
-        };
-        let mask = masks(None)?;
-        let sliding_mask = match self.cfg.sliding_window {
-            Some(w) => Some(masks(Some(w))?),
-            None => None,
-        };
         let (nh, nkv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let eps = self.cfg.rms_eps as f32;
         let rope = match self.cfg.rope_style {
@@ -390,10 +380,6 @@ impl Decoder {
             };
             let q = rope(&q, c, s)?;
             let k = rope(&k, c, s)?;
-            let masks = match (&sliding_mask, sliding) {
-                (Some(m), true) => m,
-                _ => &mask,
-            };
             let window = self.cfg.sliding_window.filter(|_| sliding);
             let mut outs = Vec::with_capacity(spans.len());
             for (si, &(off, t, _)) in spans.iter().enumerate() {
@@ -420,7 +406,7 @@ impl Decoder {
                     vs.push(&v_own);
                     (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?)
                 };
-                outs.push(self.attention(&q, &k_all, &v_all, &masks[si], window)?); // [1, nh, t, hd]
+                outs.push(self.attention(&q, &k_all, &v_all, window)?); // [1, nh, t, hd]
                 match keep {
                     CacheOut::Full => kept[si].push((k_all, v_all)),
                     CacheOut::Own => kept[si].push((k_own, v_own)),
@@ -489,7 +475,7 @@ impl Decoder {
     }
 
     /// Attention of queries `[1, nh, t, hd]` (the last t of the s positions) over keys and values
-    /// `[1, nkv, s, hd]`, masked by `[t, s]`. Each key/value head's query heads are stacked into
+    /// `[1, nkv, s, hd]`, causal (and within `window`). Each key/value head's query heads are stacked into
     /// one product (no copies of the keys per head), and queries go in blocks that read only the
     /// keys a block can see (the causal triangle's far side and, with a sliding window, what
     /// fell out of it are never computed). The blocks depend only on t and s, never on what else
@@ -499,7 +485,6 @@ impl Decoder {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        mask: &Tensor,
         window: Option<usize>,
     ) -> Result<Tensor> {
         let (_, nh, t, hd) = q.dims4()?;
@@ -522,15 +507,26 @@ impl Decoder {
                 .reshape((nkv, groups * len, hd))?;
             let kb = k.narrow(1, from, keys)?.contiguous()?;
             let vb = v.narrow(1, from, keys)?.contiguous()?;
-            let mut scores = (qb.matmul(&kb.t()?)? * self.cfg.attn_scale)?;
-            if let Some(cap) = self.cfg.attn_softcap {
-                scores = ((scores / cap)?.tanh()? * cap)?;
-            }
-            let mb = mask.narrow(0, b0, len)?.narrow(1, from, keys)?;
-            let scores = scores
-                .reshape((nkv, groups, len, keys))?
-                .broadcast_add(&mb)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let scores = qb.matmul(&kb.t()?)?;
+            let vis = Visibility {
+                queries: len,
+                first_query: past + b0,
+                first_key: from,
+                window,
+            };
+            let probs = if self.device.is_cpu() && self.cfg.attn_softcap.is_none() {
+                masked_softmax(&scores, self.cfg.attn_scale as f32, vis)?
+            } else {
+                let mut scores = (scores * self.cfg.attn_scale)?;
+                if let Some(cap) = self.cfg.attn_softcap {
+                    scores = ((scores / cap)?.tanh()? * cap)?;
+                }
+                let mb = attention_mask(vis, keys, &self.device)?;
+                let scores = scores
+                    .reshape((nkv, groups, len, keys))?
+                    .broadcast_add(&mb)?;
+                candle_nn::ops::softmax_last_dim(&scores)?
+            };
             let out = probs.reshape((nkv, groups * len, keys))?.matmul(&vb)?;
             blocks.push(out.reshape((nkv, groups, len, hd))?);
         }
@@ -568,20 +564,21 @@ fn rope_angles(
     Ok((freqs.cos()?, freqs.sin()?))
 }
 
-/// Additive mask `[t, past + t]`: query i (at absolute position p = past + i) sees key j iff j ≤ p
-/// and, with a sliding window w, p - j < w (w keys counting itself, as transformers does).
-fn attention_mask(t: usize, past: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
-    let total = past + t;
-    let mask: Vec<f32> = (0..t)
+/// Additive mask `[queries, keys]` of the keys each query of a block sees (see [`Visibility`]).
+fn attention_mask(vis: Visibility, keys: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..vis.queries)
         .flat_map(|i| {
-            let p = past + i;
-            (0..total).map(move |j| {
-                let visible = j <= p && window.is_none_or(|w| p - j < w);
-                if visible { 0.0 } else { f32::NEG_INFINITY }
+            let (lo, hi) = vis.keys(i, keys);
+            (0..keys).map(move |j| {
+                if (lo..hi).contains(&j) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
             })
         })
         .collect();
-    Ok(Tensor::from_vec(mask, (t, total), device)?)
+    Ok(Tensor::from_vec(mask, (vis.queries, keys), device)?)
 }
 
 #[cfg(test)]
@@ -591,7 +588,13 @@ mod tests {
     #[test]
     fn sliding_window_counts_the_query_itself() {
         // Window 2 at positions 3..5 after 3 cached tokens: each query sees itself and one before.
-        let m = attention_mask(2, 3, Some(2), &Device::Cpu)
+        let block = |first_query, window| Visibility {
+            queries: 2,
+            first_query,
+            first_key: 0,
+            window,
+        };
+        let m = attention_mask(block(3, Some(2)), 5, &Device::Cpu)
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
@@ -600,7 +603,7 @@ mod tests {
             .map(|r| (0..r.len()).filter(|&j| r[j] == 0.0).collect())
             .collect();
         assert_eq!(visible, vec![vec![2, 3], vec![3, 4]]);
-        let causal = attention_mask(2, 1, None, &Device::Cpu)
+        let causal = attention_mask(block(1, None), 3, &Device::Cpu)
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();

@@ -7,6 +7,7 @@ mod gguf_meta;
 pub mod hf;
 pub mod llama;
 pub mod prefix;
+mod softmax;
 pub mod tokenizer;
 pub mod weights;
 
@@ -100,7 +101,7 @@ const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 /// Revision of this backend's numerics, part of every request-cache key: bump it with any change
 /// to tokenization, the forward pass or scoring that changes a returned number, so no cached
 /// answer of the old code is served.
-pub const NUMERICS: u32 = 3;
+pub const NUMERICS: u32 = 4;
 
 /// GGUF architectures the decoder runs.
 pub fn supported_architectures() -> Vec<&'static str> {

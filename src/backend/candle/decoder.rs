@@ -156,7 +156,7 @@ pub struct Segment<'a> {
 
 /// Which keys and values a forward pass returns per segment.
 #[derive(Clone, Copy)]
-enum CacheOut {
+pub enum CacheOut {
     /// The past's and the segment's: a cache to continue from.
     Full,
     /// The segment's own only, to be used after the same past.
@@ -287,16 +287,47 @@ impl Decoder {
     /// bit those of running it alone with at least two rows, whatever else is in the pass:
     /// candle's products give every row the same bits for any number of rows ≥ 2 (one row takes
     /// a matrix-vector path that rounds differently), so a lone row is run beside a copy of
-    /// itself. Returns each segment's hidden states and the keys and values of its own tokens.
-    pub fn forward_packed(&self, segments: &[Segment<'_>]) -> Result<Vec<(Tensor, KvCache)>> {
+    /// itself. Returns each segment's hidden states and, per `keep`, its keys and values.
+    pub fn forward_packed(
+        &self,
+        segments: &[Segment<'_>],
+        keep: CacheOut,
+    ) -> Result<Vec<(Tensor, KvCache)>> {
         let rows: usize = segments.iter().map(|s| s.ids.len()).sum();
         if rows == 1 {
             let twice = [segments[0].clone(), segments[0].clone()];
-            let mut two = self.forward_segments(&twice, CacheOut::Own)?;
+            let mut two = self.forward_segments(&twice, keep)?;
             two.truncate(1);
             return Ok(two);
         }
-        self.forward_segments(segments, CacheOut::Own)
+        self.forward_segments(segments, keep)
+    }
+
+    /// [`Decoder::forward_packed`] over passes of at most [`PACK_ROWS`] rows (a longer segment
+    /// alone), which bounds the activations' memory; the outputs in segment order.
+    pub fn forward_in_passes(
+        &self,
+        segments: &[Segment<'_>],
+        keep: CacheOut,
+    ) -> Result<Vec<(Tensor, KvCache)>> {
+        let mut out = Vec::with_capacity(segments.len());
+        let mut from = 0;
+        while from < segments.len() {
+            let mut to = from + 1;
+            let mut rows = segments[from].ids.len();
+            while to < segments.len() && rows + segments[to].ids.len() <= PACK_ROWS {
+                rows += segments[to].ids.len();
+                to += 1;
+            }
+            out.extend(self.forward_packed(&segments[from..to], keep)?);
+            from = to;
+        }
+        Ok(out)
+    }
+
+    /// Bytes of keys and values one token adds to a cache.
+    pub fn cache_bytes_per_token(&self) -> usize {
+        self.layers.len() * 2 * self.cfg.n_kv_heads * self.cfg.head_dim * 4
     }
 
     fn forward_segments(
@@ -541,6 +572,9 @@ impl Decoder {
 
 /// Queries per attention block.
 const QUERY_BLOCK: usize = 128;
+
+/// Rows of one packed forward pass.
+const PACK_ROWS: usize = 1024;
 
 fn inverse_frequencies(head_dim: usize, rope: Rope, device: &Device) -> Result<Tensor> {
     let half = head_dim / 2;

@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 use super::{
     Backend, ChoiceRequest, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace,
 };
-use decoder::{Decoder, DecoderConfig, KvCache, Segment};
-use prefix::PrefixCache;
+use decoder::{CacheOut, Decoder, DecoderConfig, KvCache, Segment};
+use prefix::{Job, PrefixCache};
 use tokenizer::TextTokenizer;
 use weights::GgufSource;
 pub use weights::WeightFormat;
@@ -599,11 +599,32 @@ pub const DEFAULT_BATCH_DOCS: usize = 8;
 /// per-doc demonstrations give every request its own).
 const BATCH_BASE_BYTES: usize = 256 << 20;
 
-/// Rows of one packed forward pass.
-const PACK_ROWS: usize = 1024;
-
 /// Bytes of log-probabilities one vocabulary projection produces at most.
 const PROJECTION_BYTES: usize = 32 << 20;
+
+/// One scoring request, tokenized.
+struct Tokenized {
+    /// Context tokens.
+    n: usize,
+    /// Context + continuation tokens, one per continuation.
+    wholes: Vec<Vec<u32>>,
+    /// Tokens every continuation shares with the context (0: none).
+    p: usize,
+    /// Token positions of the context's demonstration boundaries.
+    cuts: Vec<usize>,
+}
+
+impl Tokenized {
+    /// Tokens of the shared prefix before its last chunk: what the request's base cache holds.
+    fn base_len(&self) -> usize {
+        self.cuts
+            .iter()
+            .copied()
+            .filter(|&c| c < self.p)
+            .max()
+            .unwrap_or(0)
+    }
+}
 
 /// One scoring request, tokenized, with its shared prefix computed up to its last chunk.
 struct Prepared {
@@ -619,29 +640,10 @@ struct Prepared {
     base: KvCache,
 }
 
-/// Packs `segments` into forward passes of at most [`PACK_ROWS`] rows (a longer segment alone);
-/// the outputs in segment order.
-fn run_packed(model: &Decoder, segments: &[Segment<'_>]) -> Result<Vec<(Tensor, KvCache)>> {
-    let mut out = Vec::with_capacity(segments.len());
-    let mut from = 0;
-    while from < segments.len() {
-        let mut to = from + 1;
-        let mut rows = segments[from].ids.len();
-        while to < segments.len() && rows + segments[to].ids.len() <= PACK_ROWS {
-            rows += segments[to].ids.len();
-            to += 1;
-        }
-        out.extend(model.forward_packed(&segments[from..to])?);
-        from = to;
-    }
-    Ok(out)
-}
-
 impl CandleBackend {
-    /// Tokenizes a request (context and continuation encoded whole, split at the context's
-    /// length, so boundary merges are those the model sees in one pass) and runs every chunk of
-    /// the shared prefix but the last.
-    fn prepare(&mut self, r: &ChoiceRequest) -> Result<Prepared> {
+    /// Tokenizes a request: context and continuation encoded whole, split at the context's
+    /// length, so boundary merges are those the model sees in one pass.
+    fn tokenize(&self, r: &ChoiceRequest) -> Result<Tokenized> {
         let ctx_text = r.context.trim_end();
         let encoded = self.tokenizer.encode(ctx_text)?;
         let empty_context = encoded.is_empty();
@@ -679,23 +681,44 @@ impl CandleBackend {
             })
             .min()
             .unwrap_or(0);
-        let (start, base) = if p > 0 {
-            let cuts = if empty_context {
-                Vec::new()
-            } else {
-                self.token_cuts(ctx_text, &ctx_ids, &r.breaks)?
-            };
-            self.prefix.prepare(&self.model, &wholes[0], &cuts, p)?
+        let cuts = if p > 0 && !empty_context {
+            self.token_cuts(ctx_text, &ctx_ids, &r.breaks)?
         } else {
-            (0, self.model.empty_cache())
+            Vec::new()
         };
-        Ok(Prepared {
-            n,
-            wholes,
-            p,
-            start,
-            base,
-        })
+        Ok(Tokenized { n, wholes, p, cuts })
+    }
+
+    /// Runs every chunk of the requests' shared prefixes but the last (all requests together,
+    /// see [`PrefixCache::prepare`]).
+    fn prepare(&mut self, batch: Vec<Tokenized>) -> Result<Vec<Prepared>> {
+        let with_prefix: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].p > 0).collect();
+        let jobs: Vec<Job<'_>> = with_prefix
+            .iter()
+            .map(|&i| Job {
+                ids: &batch[i].wholes[0],
+                cuts: &batch[i].cuts,
+                end: batch[i].p,
+            })
+            .collect();
+        let mut done = self.prefix.prepare(&self.model, &jobs)?.into_iter();
+        drop(jobs);
+        let mut out = Vec::with_capacity(batch.len());
+        for t in batch {
+            let (start, base) = if t.p > 0 {
+                done.next().expect("one result per job")
+            } else {
+                (0, self.model.empty_cache())
+            };
+            out.push(Prepared {
+                n: t.n,
+                wholes: t.wholes,
+                p: t.p,
+                start,
+                base,
+            });
+        }
+        Ok(out)
     }
 
     /// Scores prepared requests: their last prefix chunks packed, then their continuations
@@ -714,7 +737,10 @@ impl CandleBackend {
             })
             .collect();
         let mut prefixes: Vec<Option<(Tensor, KvCache)>> = vec![None; batch.len()];
-        for (&i, done) in with_prefix.iter().zip(run_packed(&self.model, &segments)?) {
+        for (&i, done) in with_prefix
+            .iter()
+            .zip(self.model.forward_in_passes(&segments, CacheOut::Own)?)
+        {
             self.prefix.computed_tokens += (batch[i].p - batch[i].start) as u64;
             prefixes[i] = Some(done);
         }
@@ -739,7 +765,10 @@ impl CandleBackend {
         }
         let mut hidden: Vec<Vec<Option<Tensor>>> =
             batch.iter().map(|b| vec![None; b.wholes.len()]).collect();
-        for (&(i, j), (h, _)) in branches.iter().zip(run_packed(&self.model, &segments)?) {
+        for (&(i, j), (h, _)) in branches
+            .iter()
+            .zip(self.model.forward_in_passes(&segments, CacheOut::Own)?)
+        {
             let b = &batch[i];
             self.prefix.computed_tokens += (b.wholes[j].len() - 1 - b.p) as u64;
             hidden[i][j] = Some(h);
@@ -872,37 +901,39 @@ impl Backend for CandleBackend {
         super::one(self.loglikelihood_batch(std::slice::from_ref(&r))?)
     }
 
-    /// Each request's prefix chunks run in order (so later requests reuse earlier ones' from the
-    /// prefix cache); then the last prefix chunks of all requests run packed in one pass, then all
-    /// their continuations, then every scored position's vocabulary projection in groups. Packing
-    /// changes no bit (see [`Decoder::forward_packed`]), so answers do not depend on the batch.
+    /// Requests go in groups whose base caches (their prefixes before the last chunk) hold at
+    /// most [`BATCH_BASE_BYTES`]. In a group, every request's prefix chunks but the last run
+    /// together, a chunk per request per pass; then the last prefix chunks of all requests run
+    /// packed, then all their continuations, then every scored position's vocabulary
+    /// projection in groups. Packing changes no bit (see [`Decoder::forward_packed`]), so answers
+    /// do not depend on the batch.
     fn loglikelihood_batch(
         &mut self,
         requests: &[ChoiceRequest],
     ) -> Result<Vec<Vec<LogLikelihood>>> {
+        let mut pending = requests
+            .iter()
+            .map(|r| self.tokenize(r))
+            .collect::<Result<Vec<_>>>()?;
+        let per_token = self.model.cache_bytes_per_token();
         let mut out = Vec::with_capacity(requests.len());
-        let mut batch: Vec<Prepared> = Vec::new();
-        let mut bases = std::collections::HashSet::new();
-        let mut base_bytes = 0usize;
-        for r in requests {
-            let prepared = self.prepare(r)?;
+        while !pending.is_empty() {
             // Requests sharing demonstrations share one base cache: count its bytes once.
-            let key = &prepared
-                .wholes
-                .first()
-                .map_or(&[][..], |w| &w[..prepared.start]);
-            if bases.insert(key.to_vec()) {
-                base_bytes += prepared.base.bytes();
+            let mut bases = std::collections::HashSet::new();
+            let mut base_bytes = 0usize;
+            let mut take = 0;
+            while take < pending.len() && base_bytes <= BATCH_BASE_BYTES {
+                let t = &pending[take];
+                let len = t.base_len();
+                if len > 0 && bases.insert(&t.wholes[0][..len]) {
+                    base_bytes += len * per_token;
+                }
+                take += 1;
             }
-            batch.push(prepared);
-            if base_bytes > BATCH_BASE_BYTES {
-                out.extend(self.score_prepared(&batch)?);
-                batch.clear();
-                bases.clear();
-                base_bytes = 0;
-            }
+            let group: Vec<Tokenized> = pending.drain(..take).collect();
+            let prepared = self.prepare(group)?;
+            out.extend(self.score_prepared(&prepared)?);
         }
-        out.extend(self.score_prepared(&batch)?);
         Ok(out)
     }
 

@@ -10,7 +10,7 @@
 use anyhow::{Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 
-use super::softmax::{Visibility, masked_softmax};
+use super::attention::{Visibility, masked_softmax, transposed_keys};
 use super::weights::{Linear, TensorSource};
 
 /// How rotary embeddings pair up dimensions.
@@ -536,9 +536,9 @@ impl Decoder {
                 .narrow(2, b0, len)?
                 .contiguous()?
                 .reshape((nkv, groups * len, hd))?;
-            let kb = k.narrow(1, from, keys)?.contiguous()?;
+            let kbt = transposed_keys(&k.narrow(1, from, keys)?)?;
             let vb = v.narrow(1, from, keys)?.contiguous()?;
-            let scores = qb.matmul(&kb.t()?)?;
+            let scores = qb.matmul(&kbt)?;
             let vis = Visibility {
                 queries: len,
                 first_query: past + b0,

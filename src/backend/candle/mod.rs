@@ -1,13 +1,13 @@
 //! The embedded backend: candle running GGUF files or Hugging Face checkpoint folders in-process.
 
 mod activation;
+mod attention;
 pub mod decoder;
 pub mod gemma3;
 mod gguf_meta;
 pub mod hf;
 pub mod llama;
 pub mod prefix;
-mod softmax;
 pub mod tokenizer;
 pub mod weights;
 

@@ -181,7 +181,6 @@ impl Decoder {
     pub fn load(cfg: DecoderConfig, src: &mut dyn TensorSource) -> Result<Self> {
         cfg.validate()?;
         let device = src.device().clone();
-        let embed = src.tensor("token_embd.weight")?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
@@ -228,11 +227,15 @@ impl Decoder {
         }
         let norm = src.norm("output_norm.weight")?;
         // Tied embeddings: models without `output.weight` project with the token embeddings,
-        // held once, in the projection's layout.
+        // held once, in the projection's layout. Loaded last, so the transposition's working
+        // copy never sits beside a half-loaded model.
         let (embed, output) = if src.has("output.weight") {
-            (Some(embed), src.matrix("output.weight")?)
+            (
+                Some(src.tensor("token_embd.weight")?),
+                src.matrix("output.weight")?,
+            )
         } else {
-            (None, Linear::dense(&embed)?)
+            (None, src.dense("token_embd.weight")?)
         };
         let inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope, &device)?;
         let inv_freq_local = inverse_frequencies(cfg.head_dim, cfg.rope_local, &device)?;

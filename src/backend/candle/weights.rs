@@ -246,6 +246,10 @@ pub trait TensorSource {
     fn device(&self) -> &Device;
     /// A weight matrix.
     fn matrix(&mut self, name: &str) -> Result<Linear>;
+    /// A weight matrix as float32, whatever the weight format (tied embeddings).
+    fn dense(&mut self, name: &str) -> Result<Linear> {
+        Linear::dense(&self.tensor(name)?)
+    }
     /// Any tensor as float32.
     fn tensor(&mut self, name: &str) -> Result<Tensor>;
     /// An RMSNorm weight in the `x * w` convention.
@@ -282,12 +286,17 @@ impl<R: Read + Seek> TensorSource for GgufSource<'_, R> {
     fn matrix(&mut self, name: &str) -> Result<Linear> {
         let q = self.qtensor(name)?;
         Ok(match self.format {
-            WeightFormat::F32 => Linear::dense(&dequantize(&q)?)?,
+            WeightFormat::F32 => Linear::Dense(dequantize_transposed(&q)?),
             WeightFormat::Quantized => {
                 let q = Arc::new(q);
                 Linear::Quantized(q.clone(), QMatMul::from_arc(q)?)
             }
         })
+    }
+
+    fn dense(&mut self, name: &str) -> Result<Linear> {
+        // Straight into the transposed layout: no row-major float32 copy of the largest matrix.
+        Ok(Linear::Dense(dequantize_transposed(&self.qtensor(name)?)?))
     }
 
     fn tensor(&mut self, name: &str) -> Result<Tensor> {

@@ -105,7 +105,18 @@ pub(super) fn exp(x: f32) -> f32 {
     let p = p * r + 0.166_666_65;
     let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    e * pow2(n)
+}
+
+/// 2ⁿ for an integer-valued n in -126..=127, from the bits of n + 127 + 1.5 × 2²³, whose low
+/// mantissa bits hold n + 127: a float-to-int `as` saturates, which keeps loops from vectorizing.
+#[inline(always)]
+fn pow2(n: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
+    let biased = (n + (ROUND + 127.0))
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits());
+    f32::from_bits(biased << 23)
 }
 
 #[cfg(test)]
@@ -122,6 +133,13 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 4.0 * f32::EPSILON as f64, "relative error {worst}");
+    }
+
+    #[test]
+    fn powers_of_two_are_exact() {
+        for n in -126..=127 {
+            assert_eq!(pow2(n as f32), 2f32.powi(n), "2^{n}");
+        }
     }
 
     #[test]

@@ -33,13 +33,7 @@ impl CustomOp1 for Op {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("activation: float32 only");
-        };
-        let Some((from, to)) = l.contiguous_offsets() else {
-            candle_core::bail!("activation: contiguous input only");
-        };
-        let input = &v[from..to];
+        let input = contiguous_f32(s, l, "activation")?;
         let mut out = vec![0f32; input.len()];
         let act = self.0;
         out.par_chunks_mut(CHUNK)
@@ -47,6 +41,21 @@ impl CustomOp1 for Op {
             .for_each(|(o, i)| run(act, i, o));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
+}
+
+/// The elements of a contiguous float32 input of the custom op `op`.
+pub(super) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: float32 only");
+    };
+    let Some((from, to)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous input only");
+    };
+    Ok(&v[from..to])
 }
 
 fn run(act: Activation, input: &[f32], out: &mut [f32]) {

@@ -6,10 +6,10 @@
 //! it sees, and `exp` is the activations' polynomial, in plain multiplies and adds, so every CPU
 //! path rounds alike. A row's result depends only on its own scores, never on the other rows.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::activation::exp;
+use super::activation::{contiguous_f32, exp};
 
 /// Which keys the query rows of a block see.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +33,24 @@ impl Visibility {
         let lo = oldest.saturating_sub(self.first_key).min(hi);
         (lo, hi)
     }
+
+    /// Additive mask `[queries, keys]`: 0 where a query sees the key, -∞ elsewhere (for
+    /// candle's own softmax, off the CPU).
+    pub fn mask(&self, keys: usize, device: &Device) -> candle_core::Result<Tensor> {
+        let mask: Vec<f32> = (0..self.queries)
+            .flat_map(|i| {
+                let (lo, hi) = self.keys(i, keys);
+                (0..keys).map(move |j| {
+                    if (lo..hi).contains(&j) {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        Tensor::from_vec(mask, (self.queries, keys), device)
+    }
 }
 
 /// `softmax(scale · scores)` over the last dimension of `scores` (`[.., queries, keys]`, float32
@@ -55,15 +73,9 @@ impl CustomOp1 for Op {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("masked softmax: float32 only");
-        };
-        let Some((from, to)) = l.contiguous_offsets() else {
-            candle_core::bail!("masked softmax: contiguous input only");
-        };
+        let input = contiguous_f32(s, l, "masked softmax")?;
         let keys = l.dims().last().copied().unwrap_or(0);
         let queries = self.vis.queries.max(1);
-        let input = &v[from..to];
         if keys == 0 || !input.len().is_multiple_of(keys * queries) {
             candle_core::bail!("masked softmax: scores are not [heads, queries, keys]");
         }
@@ -183,24 +195,11 @@ impl CustomOp1 for TransposeKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     /// The softmax with candle's kernels over an explicit additive mask.
     fn reference(scores: &Tensor, scale: f32, vis: Visibility) -> Vec<Vec<f32>> {
         let keys = scores.dim(1).unwrap();
-        let mask: Vec<f32> = (0..vis.queries)
-            .flat_map(|i| {
-                let (lo, hi) = vis.keys(i, keys);
-                (0..keys).map(move |j| {
-                    if (lo..hi).contains(&j) {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (vis.queries, keys), &Device::Cpu).unwrap();
+        let mask = vis.mask(keys, &Device::Cpu).unwrap();
         let s = (scores * scale as f64)
             .unwrap()
             .broadcast_add(&mask)

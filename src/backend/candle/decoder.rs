@@ -555,7 +555,7 @@ impl Decoder {
                 if let Some(cap) = self.cfg.attn_softcap {
                     scores = ((scores / cap)?.tanh()? * cap)?;
                 }
-                let mb = attention_mask(vis, keys, &self.device)?;
+                let mb = vis.mask(keys, &self.device)?;
                 let scores = scores
                     .reshape((nkv, groups, len, keys))?
                     .broadcast_add(&mb)?;
@@ -601,23 +601,6 @@ fn rope_angles(
     Ok((freqs.cos()?, freqs.sin()?))
 }
 
-/// Additive mask `[queries, keys]` of the keys each query of a block sees (see [`Visibility`]).
-fn attention_mask(vis: Visibility, keys: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..vis.queries)
-        .flat_map(|i| {
-            let (lo, hi) = vis.keys(i, keys);
-            (0..keys).map(move |j| {
-                if (lo..hi).contains(&j) {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (vis.queries, keys), device)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,7 +614,8 @@ mod tests {
             first_key: 0,
             window,
         };
-        let m = attention_mask(block(3, Some(2)), 5, &Device::Cpu)
+        let m = block(3, Some(2))
+            .mask(5, &Device::Cpu)
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
@@ -640,7 +624,8 @@ mod tests {
             .map(|r| (0..r.len()).filter(|&j| r[j] == 0.0).collect())
             .collect();
         assert_eq!(visible, vec![vec![2, 3], vec![3, 4]]);
-        let causal = attention_mask(block(1, None), 3, &Device::Cpu)
+        let causal = block(1, None)
+            .mask(3, &Device::Cpu)
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();

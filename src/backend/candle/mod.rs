@@ -692,13 +692,13 @@ impl CandleBackend {
     /// Runs every chunk of the requests' shared prefixes but the last (all requests together,
     /// see [`PrefixCache::prepare`]).
     fn prepare(&mut self, batch: Vec<Tokenized>) -> Result<Vec<Prepared>> {
-        let with_prefix: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].p > 0).collect();
-        let jobs: Vec<Job<'_>> = with_prefix
+        let jobs: Vec<Job<'_>> = batch
             .iter()
-            .map(|&i| Job {
-                ids: &batch[i].wholes[0],
-                cuts: &batch[i].cuts,
-                end: batch[i].p,
+            .filter(|t| t.p > 0)
+            .map(|t| Job {
+                ids: &t.wholes[0],
+                cuts: &t.cuts,
+                end: t.p,
             })
             .collect();
         let mut done = self.prefix.prepare(&self.model, &jobs)?.into_iter();

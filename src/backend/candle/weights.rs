@@ -123,57 +123,52 @@ fn transposed(src: &[f32], r: usize, c: usize) -> Vec<f32> {
     out
 }
 
+/// `$f::<Block>($args)` for the block type of `$dtype`, `None` for a type without one here
+/// (candle's own path then runs): the one list of the block types dequantized on every thread.
+macro_rules! per_block_type {
+    ($dtype:expr, $f:ident($($arg:expr),*)) => {{
+        use candle_core::quantized::{GgmlDType as G, k_quants as k};
+        match $dtype {
+            G::Q4_0 => $f::<k::BlockQ4_0>($($arg),*),
+            G::Q4_1 => $f::<k::BlockQ4_1>($($arg),*),
+            G::Q5_0 => $f::<k::BlockQ5_0>($($arg),*),
+            G::Q5_1 => $f::<k::BlockQ5_1>($($arg),*),
+            G::Q8_0 => $f::<k::BlockQ8_0>($($arg),*),
+            G::Q2K => $f::<k::BlockQ2K>($($arg),*),
+            G::Q3K => $f::<k::BlockQ3K>($($arg),*),
+            G::Q4K => $f::<k::BlockQ4K>($($arg),*),
+            G::Q5K => $f::<k::BlockQ5K>($($arg),*),
+            G::Q6K => $f::<k::BlockQ6K>($($arg),*),
+            _ => None,
+        }
+    }};
+}
+
 /// A quantized tensor as float32 on its device. On the CPU every thread takes a share of the
 /// blocks (candle's own `dequantize` runs on one); each block dequantizes alone, so the result is
 /// candle's, bit for bit.
 pub fn dequantize(q: &QTensor) -> Result<Tensor> {
-    use candle_core::quantized::{GgmlDType as G, k_quants as k};
     if !q.device().is_cpu() {
         return Ok(q.dequantize(&q.device())?);
     }
     let data = q.data()?;
     let n = q.shape().elem_count();
-    let out = match q.dtype() {
-        G::Q4_0 => dequantize_blocks::<k::BlockQ4_0>(&data, n),
-        G::Q4_1 => dequantize_blocks::<k::BlockQ4_1>(&data, n),
-        G::Q5_0 => dequantize_blocks::<k::BlockQ5_0>(&data, n),
-        G::Q5_1 => dequantize_blocks::<k::BlockQ5_1>(&data, n),
-        G::Q8_0 => dequantize_blocks::<k::BlockQ8_0>(&data, n),
-        G::Q2K => dequantize_blocks::<k::BlockQ2K>(&data, n),
-        G::Q3K => dequantize_blocks::<k::BlockQ3K>(&data, n),
-        G::Q4K => dequantize_blocks::<k::BlockQ4K>(&data, n),
-        G::Q5K => dequantize_blocks::<k::BlockQ5K>(&data, n),
-        G::Q6K => dequantize_blocks::<k::BlockQ6K>(&data, n),
-        _ => None,
-    };
-    Ok(match out {
-        Some(v) => Tensor::from_vec(v, q.shape().clone(), &Device::Cpu)?,
-        None => q.dequantize(&Device::Cpu)?,
-    })
+    Ok(
+        match per_block_type!(q.dtype(), dequantize_blocks(&data, n)) {
+            Some(v) => Tensor::from_vec(v, q.shape().clone(), &Device::Cpu)?,
+            None => q.dequantize(&Device::Cpu)?,
+        },
+    )
 }
 
 /// A quantized matrix `W` as float32 `Wᵀ` on its device: [`dequantize`], transposed.
 pub fn dequantize_transposed(q: &QTensor) -> Result<Tensor> {
-    use candle_core::quantized::{GgmlDType as G, k_quants as k};
     let (rows, cols) = q.shape().dims2()?;
     if !q.device().is_cpu() {
         return transpose(&q.dequantize(&q.device())?);
     }
     let data = q.data()?;
-    let out = match q.dtype() {
-        G::Q4_0 => dequantize_blocks_transposed::<k::BlockQ4_0>(&data, rows, cols),
-        G::Q4_1 => dequantize_blocks_transposed::<k::BlockQ4_1>(&data, rows, cols),
-        G::Q5_0 => dequantize_blocks_transposed::<k::BlockQ5_0>(&data, rows, cols),
-        G::Q5_1 => dequantize_blocks_transposed::<k::BlockQ5_1>(&data, rows, cols),
-        G::Q8_0 => dequantize_blocks_transposed::<k::BlockQ8_0>(&data, rows, cols),
-        G::Q2K => dequantize_blocks_transposed::<k::BlockQ2K>(&data, rows, cols),
-        G::Q3K => dequantize_blocks_transposed::<k::BlockQ3K>(&data, rows, cols),
-        G::Q4K => dequantize_blocks_transposed::<k::BlockQ4K>(&data, rows, cols),
-        G::Q5K => dequantize_blocks_transposed::<k::BlockQ5K>(&data, rows, cols),
-        G::Q6K => dequantize_blocks_transposed::<k::BlockQ6K>(&data, rows, cols),
-        _ => None,
-    };
-    match out {
+    match per_block_type!(q.dtype(), dequantize_blocks_transposed(&data, rows, cols)) {
         Some(v) => Ok(Tensor::from_vec(v, (cols, rows), &Device::Cpu)?),
         None => transpose(&dequantize(q)?),
     }
@@ -386,23 +381,26 @@ mod tests {
     use super::*;
     use candle_core::quantized::GgmlDType;
 
+    /// Every block type dequantized on all threads, and one (F16) that takes candle's path.
+    const TYPES: [GgmlDType; 11] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+        GgmlDType::F16,
+    ];
+
     #[test]
     fn parallel_dequantization_is_candles_bit_for_bit() {
         // 64 rows of 2048: several parallel tasks for every block size.
         let t = Tensor::randn(0f32, 1.0, (64, 2048), &Device::Cpu).unwrap();
-        for dtype in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-            GgmlDType::Q2K,
-            GgmlDType::Q3K,
-            GgmlDType::Q4K,
-            GgmlDType::Q5K,
-            GgmlDType::Q6K,
-            GgmlDType::F16,
-        ] {
+        for dtype in TYPES {
             let q = QTensor::quantize(&t, dtype).unwrap();
             let ours = dequantize(&q).unwrap().to_vec2::<f32>().unwrap();
             let theirs = q
@@ -451,19 +449,7 @@ mod tests {
     #[test]
     fn dequantized_transposed_is_the_transposed_dequantization() {
         let t = Tensor::randn(0f32, 1.0, (48, 1024), &Device::Cpu).unwrap();
-        for dtype in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q5_1,
-            GgmlDType::Q8_0,
-            GgmlDType::Q2K,
-            GgmlDType::Q3K,
-            GgmlDType::Q4K,
-            GgmlDType::Q5K,
-            GgmlDType::Q6K,
-            GgmlDType::F16,
-        ] {
+        for dtype in TYPES {
             let q = QTensor::quantize(&t, dtype).unwrap();
             let ours = dequantize_transposed(&q).unwrap().to_vec2::<f32>().unwrap();
             let theirs = dequantize(&q)

@@ -357,7 +357,7 @@ pub struct K32Agreement {
 }
 
 fn compare_k32(a: &Path, b: &Path) -> Result<K32Agreement> {
-    let pick = |d: &Path| -> Result<Vec<crate::run::Sample>> {
+    let pick = |d: &Path| -> Result<Vec<crate::record::Sample>> {
         let mut v: Vec<_> = crate::record::read_run(d)?
             .samples
             .into_iter()

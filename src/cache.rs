@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -220,6 +220,14 @@ impl<'a> Cached<'a> {
         if !missing.is_empty() {
             let todo: Vec<R> = missing.iter().map(|&i| requests[i].clone()).collect();
             let computed = compute(&mut *self.inner, &todo)?;
+            if computed.len() != todo.len() {
+                bail!(
+                    "model `{}`: the backend returned {} answers to a batch of {} requests",
+                    self.inner.info().name,
+                    computed.len(),
+                    todo.len()
+                );
+            }
             self.counts.computed += computed.len() as u64;
             for (&i, v) in missing.iter().zip(computed) {
                 if let Some(cache) = self.cache {
@@ -289,9 +297,12 @@ impl Backend for Cached<'_> {
         &mut self,
         requests: &[ChoiceRequest],
     ) -> Result<Vec<Vec<LogLikelihood>>> {
-        self.through(requests, Self::choice_key, |b, todo| {
+        let answers = self.through(requests, Self::choice_key, |b, todo| {
             b.loglikelihood_batch(todo)
-        })
+        })?;
+        // A stored answer of another length (a damaged cache) is caught here too.
+        crate::backend::check_answers(&self.inner.info().name, requests, &answers)?;
+        Ok(answers)
     }
 
     fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
@@ -309,13 +320,19 @@ mod tests {
     struct Fake {
         info: ModelInfo,
         calls: usize,
+        /// Log-likelihoods returned beyond one per continuation (a faulty server).
+        extra: usize,
     }
 
     impl Fake {
         fn new(name: &str, sha: &str) -> Self {
             let mut info = ModelInfo::for_tests(name, 1);
             info.sha256 = sha.into();
-            Self { info, calls: 0 }
+            Self {
+                info,
+                calls: 0,
+                extra: 0,
+            }
         }
     }
 
@@ -336,6 +353,7 @@ mod tests {
             let salt = self.info.sha256.len() as f64 + 0.1;
             Ok(continuations
                 .iter()
+                .chain(continuations.iter().take(self.extra))
                 .map(|c| LogLikelihood {
                     logprob: -((context.len() + c.len()) as f64) / salt,
                     is_greedy: c.len() % 2 == 0,
@@ -442,6 +460,23 @@ mod tests {
                 computed: 2,
                 cached: 0
             }
+        );
+    }
+
+    #[test]
+    fn a_backend_answering_more_or_fewer_choices_is_an_error_naming_it() {
+        let mut fake = Fake::new("faulty", "s");
+        fake.extra = 1;
+        let mut b = Cached::new(&mut fake, None);
+        let e = b
+            .loglikelihood("Q:", &[], &[" a".into(), " b".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model `faulty`")
+                && e.contains("3 log-likelihoods")
+                && e.contains("2 continuations"),
+            "{e}"
         );
     }
 }

@@ -8,11 +8,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use icl_eval::backend::candle::{DeviceChoice, WeightsChoice, load_tokenizer};
+use icl_eval::merge;
 use icl_eval::models::{self, HubOptions, ModelsFile};
-use icl_eval::run::{ChatMode, Protocol, RunConfig, run};
+use icl_eval::record::ChatMode;
+use icl_eval::run::{Protocol, RunConfig, run};
 use icl_eval::sampler::{DemoLabels, DemoOrder, Sampler};
-use icl_eval::shard::{self, Shard};
-use icl_eval::task::{self, discover, load_task, validate_task};
+use icl_eval::shard::Shard;
+use icl_eval::task::{self, discover, load_task};
+use icl_eval::validate::validate_task;
 use icl_eval::{cache, prompt, record, report};
 
 /// Evaluate how language models learn from K demonstrations in their prompt.
@@ -391,7 +394,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         }
         use_threads(n);
     }
-    let selection = task::load::select(&a.tasks, &a.dirs.dirs())?;
+    let selection = task::discover::select(&a.tasks, &a.dirs.dirs())?;
     let cfg = RunConfig {
         tasks: selection.paths,
         groups: selection.groups,
@@ -501,7 +504,7 @@ fn cmd_cache(a: &CacheArgs) -> Result<()> {
 }
 
 fn cmd_merge(a: &MergeArgs) -> Result<()> {
-    let merged = shard::merge(&a.shards, &a.output)?;
+    let merged = merge::merge(&a.shards, &a.output)?;
     println!(
         "Merged {} shards ({} samples) into {}/: report.html, summary.md/.csv/.tex, samples.jsonl",
         a.shards.len(),
@@ -537,7 +540,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/icl-eval")))
         .map(|c| c.join("llama-venv/bin/python"));
     let llama_python = a.llama_python.or(default_python.filter(|p| p.is_file()));
-    let task = task::load::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
+    let task = task::discover::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
     let work_dir = a.work_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("icl-eval-bench-{}", std::process::id()))
     });
@@ -642,7 +645,7 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
 }
 
 fn cmd_prompt(a: PromptArgs) -> Result<()> {
-    let path = task::load::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
+    let path = task::discover::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
     let tasks = [load_task(&path, a.dirs.data_dir.as_deref())?];
     let t = &tasks[0];
     let Some(item) = t.test.get(a.doc) else {

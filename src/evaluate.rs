@@ -7,12 +7,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood};
 use crate::cache::request_key;
+use crate::hash::short_hash;
+use crate::record::{ChatMode, Sample};
 use crate::resume::Done;
-use crate::run::{ChatMode, Sample, short_hash};
 use crate::sampler::{self, DemoLabels, Selector};
 use crate::shard::Shard;
 use crate::task::{Answer, Item, Metric, PMI_CONTEXT, Task};
@@ -116,12 +117,21 @@ impl Memo {
         let (keys, requests): (Vec<Key>, Vec<ChoiceRequest>) = pending.choices.into_iter().unzip();
         if !requests.is_empty() {
             let answers = backend.loglikelihood_batch(&requests)?;
+            crate::backend::check_answers(&backend.info().name, &requests, &answers)?;
             self.choices.extend(keys.into_iter().zip(answers));
         }
         let (keys, requests): (Vec<Key>, Vec<GenerateRequest>) =
             pending.generate.into_iter().unzip();
         if !requests.is_empty() {
             let answers = backend.generate_batch(&requests)?;
+            if answers.len() != requests.len() {
+                bail!(
+                    "model `{}`: the backend returned {} generations for {} requests",
+                    backend.info().name,
+                    answers.len(),
+                    requests.len()
+                );
+            }
             self.generated.extend(keys.into_iter().zip(answers));
         }
         Ok(())
@@ -293,14 +303,24 @@ fn plan_doc<'t>(
                             ));
                             Need::Nothing
                         }
+                        Some(f) if f.prompt.is_empty() => bail!(
+                            "task `{}`, doc {}: the {k}-shot prompt is empty (no description, \
+                             and `doc_to_text` rendered nothing); check the task's template",
+                            task.name,
+                            item.id
+                        ),
                         Some(f) => {
                             s.k_effective = Some(f.k);
                             s.prompt_hash = Some(short_hash(&f.prompt));
                             s.tokens = Some(f.tokens);
+                            let kept: Vec<_> = f.kept.iter().map(|&i| demos[i].clone()).collect();
+                            if f.k < demos.len() {
+                                s.kept_demos = Some(kept.iter().map(|d| d.item.id).collect());
+                            }
                             let requests = Requests {
                                 task,
                                 item,
-                                demos: &demos[..f.k],
+                                demos: &kept,
                                 format,
                                 shots: plan.shots,
                             };
@@ -488,4 +508,84 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
         _ => anyhow::bail!("internal: a cell's requests do not match its answer type"),
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{LogLikelihood, ModelInfo};
+    use crate::task::{Item, OutputType};
+
+    /// Answers everything; its context length is large.
+    struct Echo(ModelInfo);
+
+    impl Backend for Echo {
+        fn info(&self) -> &ModelInfo {
+            &self.0
+        }
+        fn count_tokens(&self, text: &str) -> Result<usize> {
+            Ok(text.len())
+        }
+        fn loglikelihood(
+            &mut self,
+            _context: &str,
+            _breaks: &[usize],
+            continuations: &[String],
+        ) -> Result<Vec<LogLikelihood>> {
+            Ok(continuations
+                .iter()
+                .map(|_| LogLikelihood {
+                    logprob: -1.0,
+                    is_greedy: true,
+                    n_tokens: 1,
+                })
+                .collect())
+        }
+        fn generate_until(
+            &mut self,
+            _context: &str,
+            _breaks: &[usize],
+            _until: &[String],
+            _max_tokens: usize,
+        ) -> Result<String> {
+            Ok("4".into())
+        }
+    }
+
+    #[test]
+    fn an_empty_prompt_is_an_error_naming_task_and_doc() {
+        let docs = vec![
+            Item {
+                id: 0,
+                text: "2 + 2 =".into(),
+                answer: Answer::Text("4".into()),
+                description: String::new(),
+            },
+            Item {
+                id: 1,
+                text: String::new(),
+                answer: Answer::Text("4".into()),
+                description: String::new(),
+            },
+        ];
+        let t = Task::for_tests(OutputType::GenerateUntil, vec![Metric::ExactMatch], docs);
+        let selector = Selector::new(&t, t.sampler, t.demo_order, None).unwrap();
+        let mut backend = Echo(ModelInfo::for_tests("m", 1 << 20));
+        let mut emitted = Vec::new();
+        let e = evaluate_task(
+            &mut backend,
+            &selector,
+            &Plan::simple(&[0], 1, None),
+            &mut |s| {
+                emitted.push(s);
+                Ok(())
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("task `t`, doc 1") && e.contains("prompt is empty"),
+            "{e}"
+        );
+    }
 }

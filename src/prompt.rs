@@ -134,7 +134,7 @@ pub fn kept_breaks(breaks: &[usize], shots: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// A prompt that fits the model's context, and how many demonstrations it kept.
+/// A prompt that fits the model's context, and which demonstrations it kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fitted {
     pub prompt: String,
@@ -142,12 +142,17 @@ pub struct Fitted {
     pub breaks: Vec<usize>,
     /// Demonstrations actually used (≤ requested when the context was too short).
     pub k: usize,
+    /// Positions (in the demonstrations given to `fit`) of those kept, in prompt order.
+    pub kept: Vec<usize>,
     /// Tokens of the prompt plus the longest continuation or the generation budget.
     pub tokens: usize,
 }
 
-/// Drops demonstrations from the end of the draw until the prompt, plus what will be scored or
-/// generated after it, fits `context_length`. `None` when even the 0-shot prompt does not fit.
+/// Drops demonstrations until the prompt, plus what will be scored or generated after it, fits
+/// `context_length`: always the one the sampler ranked lowest (highest `Demo::rank`; of equal
+/// ranks the later one), so a similarity sampler loses its farthest demonstrations first and a
+/// cut K-shot prompt shows the (K−1)-shot set. The kept ones stay in the order given. `None`
+/// when even the 0-shot prompt does not fit.
 pub fn fit(
     task: &Task,
     item: &Item,
@@ -156,35 +161,56 @@ pub fn fit(
     count_tokens: &dyn Fn(&str) -> Result<usize>,
     format: Format,
 ) -> Result<Option<Fitted>> {
-    for k in (0..=demos.len()).rev() {
-        let (prompt, breaks) = render(task, &item.description, &demos[..k], &item.text, format)?;
-        let tokens = match task.output_type {
-            OutputType::GenerateUntil => count_tokens(&prompt)? + task.max_tokens,
-            _ => {
-                let mut longest = 0;
-                for query in queries(item) {
-                    let p = if *query == item.text {
-                        prompt.clone()
-                    } else {
-                        render(task, &item.description, &demos[..k], query, format)?.0
-                    };
-                    for c in continuations(task, item, format) {
-                        longest = longest.max(count_tokens(&format!("{p}{c}"))?);
-                    }
-                }
-                longest
-            }
-        };
-        if tokens <= context_length {
+    // Positions in the order they are dropped: the lowest-ranked first.
+    let mut drop_order: Vec<usize> = (0..demos.len()).collect();
+    drop_order.sort_by_key(|&i| (std::cmp::Reverse(demos[i].rank), std::cmp::Reverse(i)));
+    for dropped in 0..=demos.len() {
+        let mut kept: Vec<usize> = drop_order[dropped..].to_vec();
+        kept.sort_unstable();
+        let shown: Vec<Demo> = kept.iter().map(|&i| demos[i].clone()).collect();
+        let tokens = prompt_tokens(task, item, &shown, count_tokens, format)?;
+        if tokens.1 <= context_length {
+            let (prompt, breaks) = tokens.0;
             return Ok(Some(Fitted {
                 prompt,
                 breaks,
-                k,
-                tokens,
+                k: kept.len(),
+                kept,
+                tokens: tokens.1,
             }));
         }
     }
     Ok(None)
+}
+
+/// The rendered prompt with its breaks, and its tokens plus the longest continuation (or the
+/// generation budget).
+fn prompt_tokens(
+    task: &Task,
+    item: &Item,
+    demos: &[Demo],
+    count_tokens: &dyn Fn(&str) -> Result<usize>,
+    format: Format,
+) -> Result<((String, Vec<usize>), usize)> {
+    let (prompt, breaks) = render(task, &item.description, demos, &item.text, format)?;
+    let tokens = match task.output_type {
+        OutputType::GenerateUntil => count_tokens(&prompt)? + task.max_tokens,
+        _ => {
+            let mut longest = 0;
+            for query in queries(item) {
+                let p = if *query == item.text {
+                    prompt.clone()
+                } else {
+                    render(task, &item.description, demos, query, format)?.0
+                };
+                for c in continuations(task, item, format) {
+                    longest = longest.max(count_tokens(&format!("{p}{c}"))?);
+                }
+            }
+            longest
+        }
+    };
+    Ok(((prompt, breaks), tokens))
 }
 
 #[cfg(test)]
@@ -227,6 +253,7 @@ mod tests {
         let hidden = Demo {
             item: &d[0],
             answer: None,
+            rank: 0,
         };
         let (p, breaks) = build_with_query(&t, "D\n", &[hidden, Demo::gold(&d[1])], "Q");
         assert_eq!(
@@ -263,5 +290,54 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn fit_drops_the_lowest_ranked_demonstration_and_keeps_the_order() {
+        let (t, d) = mc_task();
+        let count = |s: &str| Ok(s.len());
+        // A similarity sampler's nearest-last order: the farthest (rank 1) is shown first.
+        let mut far = Demo::gold(&d[0]);
+        far.rank = 1;
+        let mut near = Demo::gold(&d[1]);
+        near.rank = 0;
+        let shown = [far, near.clone()];
+        let two = build(&t, &d[2], &shown).len() + " positive".len();
+        let f = fit(&t, &d[2], &shown, two - 1, &count, Format::Plain)
+            .unwrap()
+            .unwrap();
+        assert_eq!((f.k, f.kept.clone()), (1, vec![1]));
+        assert_eq!(f.prompt, build(&t, &d[2], &[near]));
+        // Nothing to cut: everything kept, in the order given.
+        let f = fit(&t, &d[2], &shown, two, &count, Format::Plain)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.kept, vec![0, 1]);
+        assert_eq!(f.prompt, build(&t, &d[2], &shown));
+    }
+
+    #[test]
+    fn an_overflowing_knn_prompt_keeps_its_nearest_demonstrations() {
+        use crate::sampler::{DemoLabels, DemoOrder, Embeddings, Sampler, Selector};
+        let (mut t, d) = mc_task();
+        t.fewshot = d.clone();
+        let e = Embeddings {
+            test: vec![vec![1.0, 0.0]; 3],
+            fewshot: vec![vec![0.0, 1.0], vec![1.0, 0.1], vec![1.0, 1.0]],
+        };
+        let s = Selector::new(&t, Sampler::Knn, DemoOrder::NearestLast, Some(e)).unwrap();
+        let query = &d[2];
+        let ranking = s.ranking(query, 0, 2);
+        let demos = s.demos(&ranking, 2, query, 0, 0, DemoLabels::Gold);
+        let ids = |ds: &[Demo]| ds.iter().map(|d| d.item.id).collect::<Vec<_>>();
+        // Doc 1 is the nearest (cosine), doc 0 the other one allowed (doc 2 is the query).
+        assert_eq!(ids(&demos), vec![0, 1], "nearest last");
+        let count = |s: &str| Ok(s.len());
+        let full = build(&t, query, &demos).len() + " positive".len();
+        let f = fit(&t, query, &demos, full - 1, &count, Format::Plain)
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.kept, vec![1], "the nearest one stays");
+        assert_eq!(f.prompt, build(&t, query, &demos[1..]));
     }
 }

@@ -1,6 +1,7 @@
 //! The files of a run folder — `config.json`, `samples.jsonl`, `examples.json` — as types, written and
 //! read only here, so `run` and `report` agree on them.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -8,9 +9,115 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::ModelInfo;
-use crate::run::Sample;
 use crate::sampler::{DemoLabels, Sampler};
 use crate::task::{Answer, Metric, OutputType, Task};
+
+/// How demonstrations enter a chat template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatMode {
+    /// Description, demonstrations and query in one user turn.
+    Folded,
+    /// Each demonstration a user turn and an assistant turn (`--fewshot-as-multiturn`).
+    Multiturn,
+}
+
+/// One scored (doc, K, model) — a row of `samples.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    pub model: String,
+    pub task: String,
+    pub doc_id: usize,
+    /// Demonstrations requested.
+    pub k: usize,
+    /// How the demonstrations were chosen.
+    #[serde(default)]
+    pub sampler: Sampler,
+    /// Seed of the demonstration draw.
+    #[serde(default)]
+    pub seed: u64,
+    /// Ordering of the demonstration set (0 = the sampler's own order).
+    #[serde(default)]
+    pub permutation: usize,
+    /// What answers the demonstrations showed.
+    #[serde(default)]
+    pub demo_labels: DemoLabels,
+    /// Demonstrations used after fitting the context (absent when the doc was skipped).
+    pub k_effective: Option<usize>,
+    /// When the context cut demonstrations: the few-shot doc ids of those kept, in prompt order.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kept_demos: Option<Vec<usize>>,
+    /// First 16 hex digits of the prompt's sha256.
+    pub prompt_hash: Option<String>,
+    /// Prompt tokens plus the longest continuation or the generation budget.
+    pub tokens: Option<usize>,
+    /// Multiple choice: each choice's summed log-likelihood (nats), in choice order.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub logprobs: Option<Vec<f64>>,
+    /// `acc_calibrated`: log p_cf of each choice, the content-free prior (Zhao et al. 2021).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub calibration: Option<Vec<f64>>,
+    /// `acc_pmi`: each choice's log-likelihood after the neutral prefix alone.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unconditional: Option<Vec<f64>>,
+    /// Generation: the text generated (cut at the stop sequence).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub generated: Option<String>,
+    /// The answer picked by the headline metric (choice text or generated text, trimmed).
+    pub prediction: Option<String>,
+    pub gold: String,
+    /// Whether the headline metric counts the doc as correct.
+    pub correct: Option<bool>,
+    /// Metric name → 1.0 / 0.0.
+    pub metrics: BTreeMap<String, f64>,
+    /// Why the doc was not scored (e.g. even its 0-shot prompt exceeds the context).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub skipped: Option<String>,
+}
+
+#[cfg(test)]
+impl Sample {
+    /// A sample of task `t` scored with `acc` (or skipped when `acc` is `None`), for unit tests.
+    pub(crate) fn for_tests(model: &str, doc_id: usize, k: usize, acc: Option<f64>) -> Sample {
+        let mut s = Sample::unscored(model, "t", doc_id, k, "x");
+        s.k_effective = acc.map(|_| k);
+        s.correct = acc.map(|a| a > 0.5);
+        s.metrics = acc
+            .map(|a| BTreeMap::from([("acc".to_string(), a)]))
+            .unwrap_or_default();
+        s.skipped = acc.is_none().then(|| "too long".into());
+        s
+    }
+}
+
+impl Sample {
+    /// A sample of the default protocol (random sampler, gold labels) with nothing scored yet.
+    pub fn unscored(model: &str, task: &str, doc_id: usize, k: usize, gold: &str) -> Sample {
+        Sample {
+            model: model.into(),
+            task: task.into(),
+            doc_id,
+            k,
+            sampler: Sampler::Random,
+            seed: 0,
+            permutation: 0,
+            demo_labels: DemoLabels::Gold,
+            k_effective: None,
+            kept_demos: None,
+            prompt_hash: None,
+            tokens: None,
+            logprobs: None,
+            calibration: None,
+            unconditional: None,
+            generated: None,
+            prediction: None,
+            gold: gold.into(),
+            correct: None,
+            metrics: BTreeMap::new(),
+            skipped: None,
+        }
+    }
+}
 
 /// A task as `config.json` records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,7 +255,7 @@ pub struct RunRecord {
     pub resumed: Vec<ResumePoint>,
     /// Tags named on `--tasks` (e.g. `mmlu`), reported as group means besides their tasks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<crate::task::load::Group>,
+    pub groups: Vec<crate::task::discover::Group>,
     pub tasks: Vec<TaskRecord>,
     pub models: Vec<ModelInfo>,
     pub shots: Vec<usize>,
@@ -165,7 +272,7 @@ pub struct RunRecord {
     pub demo_labels: Vec<DemoLabels>,
     /// Prompts went through each model's chat template (`--chat-template`), and how.
     #[serde(default)]
-    pub chat: Option<crate::run::ChatMode>,
+    pub chat: Option<ChatMode>,
     /// Per model: prompt tokens run through the model, and tokens taken from the prefix cache.
     #[serde(default)]
     pub prompt_tokens: Vec<PromptTokens>,

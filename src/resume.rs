@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::record::Sample;
 use crate::record::{RunRecord, write_atomic};
-use crate::run::Sample;
 use crate::sampler::DemoLabels;
 use crate::shard::Shard;
 

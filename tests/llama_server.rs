@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use icl_eval::run::Sample;
+use icl_eval::record::Sample;
 
 /// One server at a time: each takes both cores.
 static SERIAL: Mutex<()> = Mutex::new(());

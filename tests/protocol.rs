@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::{icl_eval, read_samples, root, smollm2, tmp};
-use icl_eval::run::Sample;
+use icl_eval::record::Sample;
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -185,16 +185,43 @@ fn every_sampler_gives_a_doc_the_same_result_whatever_limit_threads_batch_or_cac
             assert_eq!(s.sampler.name(), sampler);
         }
         // Shared samplers show every doc the same demonstrations; per-doc ones differ by doc.
-        let hashes: std::collections::BTreeSet<_> = big
-            .iter()
-            .filter(|((_, seed, _, _, k), _)| *seed == 1234 && *k == 4)
-            .map(|(_, s)| s.prompt_hash.clone())
+        // The demonstrations are the prompt before its query (after the last `\n\n`).
+        let demos: std::collections::BTreeSet<String> = (0..5)
+            .map(|doc| {
+                let o = icl_eval(&[
+                    "prompt",
+                    "--task",
+                    task,
+                    "--shots",
+                    "4",
+                    "--seed",
+                    "1234",
+                    "--sampler",
+                    sampler,
+                    "--doc",
+                    &doc.to_string(),
+                ]);
+                assert!(o.status.success(), "{sampler} doc {doc}: {}", stderr(&o));
+                let p = String::from_utf8(o.stdout).unwrap();
+                let (demos, query) = p.rsplit_once("\n\n").expect("a 4-shot prompt");
+                assert!(
+                    query.starts_with("Review: "),
+                    "{sampler} doc {doc}: {query}"
+                );
+                assert_eq!(
+                    demos.matches("\nSentiment: ").count(),
+                    4,
+                    "{sampler}: {demos}"
+                );
+                demos.to_string()
+            })
             .collect();
-        assert_eq!(
-            hashes.len(),
-            5,
-            "{sampler}: prompts end in different queries"
-        );
+        let shared = matches!(sampler, "fixed" | "first_n");
+        if shared {
+            assert_eq!(demos.len(), 1, "{sampler}: one set for every doc");
+        } else {
+            assert!(demos.len() > 1, "{sampler}: a draw per doc");
+        }
     }
 }
 

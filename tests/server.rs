@@ -255,14 +255,13 @@ fn errors_429_500_drops_and_hangs_are_retried() {
 
 #[test]
 fn a_server_that_stays_down_is_a_clear_error_without_the_key() {
-    // SAFETY: set before any thread of this test reads it; no other test reads this variable.
-    unsafe { std::env::set_var("ICL_EVAL_TEST_KEY_SECRET", "sk-very-secret") };
     let (addr, log) = common::fake_server(|_, p, b| match p {
         "/v1/completions" => Act::Reply(503, vec![], "{\"error\":\"loading\"}".into()),
         _ => healthy(p, b),
     });
     let mut opts = fast();
-    opts.api_key_env = "ICL_EVAL_TEST_KEY_SECRET".into();
+    // The key is given directly: setting a variable would race the binary's other threads.
+    opts.api_key = Some("sk-very-secret".into());
     let mut b = connect(&addr, "m", opts).unwrap();
     let e = format!(
         "{:#}",

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use icl_eval::backend::Backend;
 use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
 use icl_eval::task::Answer;
-use icl_eval::task::load::{discover, load_task};
+use icl_eval::task::{discover, load_task};
 
 #[test]
 #[ignore = "needs the shared benchmark data and the bundled SmolLM2 (scripts/fetch-models.sh)"]

@@ -101,6 +101,45 @@ impl GenerateRequest {
     }
 }
 
+/// Checks that a backend answered each request once and each continuation once: a server or a
+/// cache that returns more or fewer would otherwise pick the wrong answer.
+pub fn check_answers(
+    model: &str,
+    requests: &[ChoiceRequest],
+    answers: &[Vec<LogLikelihood>],
+) -> Result<()> {
+    if answers.len() != requests.len() {
+        anyhow::bail!(
+            "model `{model}`: the backend returned {} answers to a batch of {} scoring requests",
+            answers.len(),
+            requests.len()
+        );
+    }
+    for (r, a) in requests.iter().zip(answers) {
+        if a.len() != r.continuations.len() {
+            anyhow::bail!(
+                "model `{model}`: the backend returned {} log-likelihoods for a request with {} \
+                 continuations ({:?}) after the prompt ending {:?}",
+                a.len(),
+                r.continuations.len(),
+                r.continuations,
+                tail(&r.context, 60)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The last `n` characters of `s`, to name a prompt in an error.
+fn tail(s: &str, n: usize) -> &str {
+    let start = s
+        .char_indices()
+        .rev()
+        .nth(n.saturating_sub(1))
+        .map_or(0, |(i, _)| i);
+    &s[start..]
+}
+
 /// The one answer of a batch of one request (for backends whose batch method does the work).
 pub fn one<T>(answers: Vec<T>) -> Result<T> {
     answers
@@ -227,5 +266,31 @@ mod tests {
             (" 124 ".to_string(), true)
         );
         assert_eq!(cut_at_stop(" 124", &until), (" 124".to_string(), false));
+    }
+
+    #[test]
+    fn answers_of_the_wrong_count_are_errors_naming_model_and_request() {
+        let r = ChoiceRequest::new("Q: is it good?\nA:", &[], &[" yes".into(), " no".into()]);
+        let ll = |p| LogLikelihood {
+            logprob: p,
+            is_greedy: false,
+            n_tokens: 1,
+        };
+        assert!(check_answers("m", std::slice::from_ref(&r), &[vec![ll(-1.0), ll(-2.0)]]).is_ok());
+        let e = check_answers("m", std::slice::from_ref(&r), &[vec![ll(-1.0)]])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model `m`") && e.contains("1 log-likelihoods") && e.contains("A:"),
+            "{e}"
+        );
+        let three = vec![ll(-1.0), ll(-2.0), ll(-3.0)];
+        assert!(check_answers("m", std::slice::from_ref(&r), &[three]).is_err());
+        let e = check_answers("m", std::slice::from_ref(&r), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0 answers to a batch of 1"), "{e}");
+        assert_eq!(tail("abcdef", 3), "def");
+        assert_eq!(tail("ab", 3), "ab");
     }
 }

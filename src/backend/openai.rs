@@ -59,7 +59,7 @@ impl Endpoint {
 }
 
 /// How to talk to the server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// Per-request time limit.
     pub timeout: Duration,
@@ -69,6 +69,8 @@ pub struct Options {
     pub backoff: Duration,
     /// Environment variable holding the API key (sent as `Authorization: Bearer`).
     pub api_key_env: String,
+    /// The API key itself, for library callers: when given, `api_key_env` is not read.
+    pub api_key: Option<String>,
     /// The model's context length, when the server does not report it.
     pub context_length: Option<usize>,
     /// Requests in flight at once.
@@ -78,6 +80,22 @@ pub struct Options {
     pub tokenizer: Option<PathBuf>,
 }
 
+// By hand, so that no debug print of a configuration shows the key.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
+            .field("api_key_env", &self.api_key_env)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
+            .field("context_length", &self.context_length)
+            .field("concurrency", &self.concurrency)
+            .field("tokenizer", &self.tokenizer)
+            .finish()
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -85,6 +103,7 @@ impl Default for Options {
             retries: 6,
             backoff: Duration::from_millis(500),
             api_key_env: "OPENAI_API_KEY".into(),
+            api_key: None,
             context_length: None,
             concurrency: 4,
             tokenizer: None,
@@ -132,8 +151,10 @@ impl OpenAiBackend {
             .timeout_global(Some(opts.timeout))
             .http_status_as_error(false)
             .build();
-        let key = std::env::var(&opts.api_key_env)
-            .ok()
+        let key = opts
+            .api_key
+            .clone()
+            .or_else(|| std::env::var(&opts.api_key_env).ok())
             .filter(|k| !k.is_empty());
         let mut b = Self {
             agent: config.into(),
@@ -183,7 +204,7 @@ impl OpenAiBackend {
             })?;
         // The fingerprint the request cache keys on: the address, the id and everything the
         // server says about the model (a different file behind the same id changes it).
-        b.info.sha256 = crate::backend::candle::sha256_str(&format!(
+        b.info.sha256 = crate::hash::sha256_str(&format!(
             "{}\n{}\n{}",
             b.endpoint.base, b.endpoint.model, entry
         ));

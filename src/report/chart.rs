@@ -631,8 +631,8 @@ where
 mod tests {
     use super::*;
     use crate::backend::ModelInfo;
+    use crate::record::Sample;
     use crate::report::table::summarize;
-    use crate::run::Sample;
     use crate::task::{Item, Metric, OutputType, Task};
 
     fn model(name: &str, parameters: u64) -> ModelInfo {

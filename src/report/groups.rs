@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use polars::prelude::*;
 
 use super::table::SummaryColumns;
-use crate::task::load::Group;
+use crate::task::discover::Group;
 
 /// One group cell: a group × model × sampler × label study × K × metric.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,8 +199,8 @@ pub fn write_csv(path: &Path, rows: &[GroupRow]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Sample;
     use crate::report::TaskMeta;
-    use crate::run::Sample;
     use crate::task::{Item, Metric, OutputType, Task};
 
     fn meta(name: &str) -> TaskMeta {

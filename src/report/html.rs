@@ -235,7 +235,7 @@ pub fn render(
                 })
                 .collect();
             examples.sort_by_key(|e| e.k);
-            let mut mine: Vec<&crate::run::Sample> =
+            let mut mine: Vec<&crate::record::Sample> =
                 input.samples.iter().filter(|s| s.task == t.name).collect();
             // Model order as in the run, then K, then doc: the cell's first docs are its first 200.
             let model_rank = |m: &str| input.models.iter().position(|x| x.name == m);

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::TaskMeta;
-use crate::run::Sample;
+use crate::record::Sample;
 use crate::score;
 use crate::task::Metric;
 

@@ -10,15 +10,17 @@ pub mod labels;
 pub mod latex;
 pub mod table;
 
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use polars::prelude::{CsvWriter, DataFrame, SerWriter};
 
 use crate::backend::ModelInfo;
-use crate::record::{Example, RunData, RunRecord, TaskRecord};
-use crate::run::Sample;
-use crate::task::load::Group;
+use crate::record::{Example, RunData, RunRecord, Sample, TaskRecord};
+use crate::task::discover::Group;
 use crate::task::{Metric, OutputType, Task};
+use labels::LabelShares;
 
 /// What reports need to know about a task.
 #[derive(Debug, Clone)]
@@ -231,7 +233,7 @@ pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
     let summary = table::summarize(&input.samples, &input.tasks, &input.models)?;
     let shares = labels::shares(&input.samples, &input.tasks);
     let group_rows = groups::summarize(&summary, &input.groups)?;
-    let markdown = table::write_all(dir, &summary, &shares, &group_rows)?;
+    let markdown = write_tables(dir, &summary, &shares, &group_rows)?;
     latex::write(dir, &summary)?;
     let colors = chart::model_colors(&input.models);
     let mut charts: Vec<(&'static str, &'static str)> = Vec::new();
@@ -262,6 +264,32 @@ pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
         markdown,
         charts: charts.into_iter().map(|(stem, _)| stem).collect(),
     })
+}
+
+/// Writes `summary.csv`, `summary.md` (with the predicted-label shares after the table) and
+/// `labels.csv`; returns the Markdown.
+fn write_tables(
+    dir: &Path,
+    summary: &DataFrame,
+    shares: &[LabelShares],
+    group_rows: &[groups::GroupRow],
+) -> Result<String> {
+    let csv = dir.join("summary.csv");
+    let mut f = File::create(&csv).with_context(|| format!("cannot write {}", csv.display()))?;
+    CsvWriter::new(&mut f)
+        .include_header(true)
+        .finish(&mut summary.clone())?;
+    let mut md = table::markdown(summary)?;
+    if !group_rows.is_empty() {
+        md.push_str(&groups::markdown(group_rows));
+        groups::write_csv(&dir.join("groups.csv"), group_rows)?;
+    }
+    if !shares.is_empty() {
+        md.push_str(&labels::markdown(shares));
+        labels::write_csv(&dir.join("labels.csv"), shares)?;
+    }
+    fs::write(dir.join("summary.md"), &md)?;
+    Ok(md)
 }
 
 #[cfg(test)]

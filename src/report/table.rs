@@ -1,15 +1,11 @@
 //! Samples → summary table (polars): one row per task × model × K × metric.
 
-use std::fs::{self, File};
-use std::path::Path;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use polars::prelude::*;
 
 use super::TaskMeta;
-use super::labels::LabelShares;
 use crate::backend::ModelInfo;
-use crate::run::Sample;
+use crate::record::Sample;
 
 /// Aggregates samples into one row per task × model × sampler × label study × K × metric.
 ///
@@ -248,32 +244,6 @@ impl<'a> SummaryColumns<'a> {
             self.stderr.get(i)
         }
     }
-}
-
-/// Writes `summary.csv`, `summary.md` (with the predicted-label shares after the table) and
-/// `labels.csv`; returns the Markdown.
-pub fn write_all(
-    dir: &Path,
-    summary: &DataFrame,
-    shares: &[LabelShares],
-    groups: &[super::groups::GroupRow],
-) -> Result<String> {
-    let csv = dir.join("summary.csv");
-    let mut f = File::create(&csv).with_context(|| format!("cannot write {}", csv.display()))?;
-    CsvWriter::new(&mut f)
-        .include_header(true)
-        .finish(&mut summary.clone())?;
-    let mut md = markdown(summary)?;
-    if !groups.is_empty() {
-        md.push_str(&super::groups::markdown(groups));
-        super::groups::write_csv(&dir.join("groups.csv"), groups)?;
-    }
-    if !shares.is_empty() {
-        md.push_str(&super::labels::markdown(shares));
-        super::labels::write_csv(&dir.join("labels.csv"), shares)?;
-    }
-    fs::write(dir.join("summary.md"), &md)?;
-    Ok(md)
 }
 
 /// The summary as a Markdown table: value ± stderr with n, one row per cell; columns for the

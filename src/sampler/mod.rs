@@ -8,60 +8,8 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::seed::{combine, hash_str};
+pub use crate::task::fewshot::{DemoOrder, Sampler};
 use crate::task::{Answer, Item, OutputType, Task};
-
-/// How demonstrations are chosen (`fewshot.sampler` in the task YAML, `--sampler` on the CLI).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum Sampler {
-    /// A fresh draw per test doc (GPT-3, lm-eval).
-    #[default]
-    Random,
-    /// One draw per seed, shared by every test doc (HELM; Zhao et al. 2021).
-    Fixed,
-    /// A per-doc draw cycling through the labels, so each label appears equally often.
-    Balanced,
-    /// The first K docs of the few-shot split, in order.
-    FirstN,
-    /// The K few-shot docs most similar to the test doc by BM25 over the rendered inputs.
-    Bm25,
-    /// The K nearest few-shot docs by cosine similarity of sentence embeddings (KATE).
-    Knn,
-}
-
-impl Sampler {
-    /// The YAML / CLI spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Sampler::Random => "random",
-            Sampler::Fixed => "fixed",
-            Sampler::Balanced => "balanced",
-            Sampler::FirstN => "first_n",
-            Sampler::Bm25 => "bm25",
-            Sampler::Knn => "knn",
-        }
-    }
-
-    /// Whether every test doc sees the same demonstrations (then prompts share their prefix).
-    pub fn shared(self) -> bool {
-        matches!(self, Sampler::Fixed | Sampler::FirstN)
-    }
-}
-
-/// Where the most similar demonstration goes, for `bm25` and `knn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
-pub enum DemoOrder {
-    /// Most similar right before the query (KATE's default).
-    #[default]
-    NearestLast,
-    /// Most similar first.
-    NearestFirst,
-}
 
 /// What answer each demonstration shows (Min et al. 2022).
 #[derive(
@@ -109,6 +57,8 @@ pub struct Demo<'t> {
     pub item: &'t Item,
     /// The answer shown after the target delimiter; `None` shows the input alone.
     pub answer: Option<&'t str>,
+    /// Its place in the sampler's ranking (0 = preferred): the context cuts the highest first.
+    pub rank: usize,
 }
 
 impl PartialEq for Demo<'_> {
@@ -118,11 +68,12 @@ impl PartialEq for Demo<'_> {
 }
 
 impl<'t> Demo<'t> {
-    /// A demonstration with its gold answer.
+    /// A demonstration with its gold answer, unranked (rank 0).
     pub fn gold(item: &'t Item) -> Self {
         Self {
             answer: Some(item.target_text()),
             item,
+            rank: 0,
         }
     }
 }
@@ -277,7 +228,11 @@ impl<'t> Selector<'t> {
         permutation: usize,
         labels: DemoLabels,
     ) -> Vec<Demo<'t>> {
-        let mut set: Vec<&'t Item> = ranking[..k.min(ranking.len())].to_vec();
+        let mut set: Vec<(usize, &'t Item)> = ranking[..k.min(ranking.len())]
+            .iter()
+            .copied()
+            .enumerate()
+            .collect();
         if matches!(self.sampler, Sampler::Bm25 | Sampler::Knn)
             && self.order == DemoOrder::NearestLast
         {
@@ -296,12 +251,13 @@ impl<'t> Selector<'t> {
                 permutation as u64,
                 hash_str("permutation"),
             ]);
-            set.sort_by_key(|c| (combine(&[base, c.id as u64]), c.id));
+            set.sort_by_key(|(_, c)| (combine(&[base, c.id as u64]), c.id));
         }
         set.into_iter()
-            .map(|d| Demo {
+            .map(|(rank, d)| Demo {
                 item: d,
                 answer: shown_answer(&self.task.name, d, seed, labels),
+                rank,
             })
             .collect()
     }

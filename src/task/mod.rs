@@ -1,18 +1,24 @@
 //! Tasks: validated, typed, rendered once at load so bad templates and targets fail before any model runs.
 
 pub mod dataset;
+pub mod discover;
+pub mod fewshot;
 pub mod generators;
 pub mod import;
 pub mod include;
 pub mod load;
+mod problems;
 pub mod process;
+mod render;
 pub mod spec;
+mod splits;
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use load::{TaskSource, discover, load_task, validate_task};
+pub use discover::{TaskSource, discover};
+pub use load::{load_task, load_with_problems};
 pub use spec::OutputType;
 
 /// A metric a task reports.
@@ -171,9 +177,9 @@ pub struct Task {
     /// Demonstrations come from the test split itself, so each test doc is excluded from its own draw.
     pub fewshot_is_test: bool,
     /// The task's demonstration sampler (`fewshot.sampler`).
-    pub sampler: crate::sampler::Sampler,
+    pub sampler: crate::task::fewshot::Sampler,
     /// Order of similarity-ranked demonstrations (`fewshot.order`).
-    pub demo_order: crate::sampler::DemoOrder,
+    pub demo_order: crate::task::fewshot::DemoOrder,
     /// `doc_to_text` of the first test doc with every string field replaced by each of
     /// [`CONTENT_FREE`], for `acc_calibrated`.
     pub content_free: Vec<String>,

@@ -69,10 +69,10 @@ impl Tags {
 pub struct FewshotSpec {
     /// `random` (default), `fixed`, `balanced`, `first_n`, `bm25` or `knn`.
     #[serde(default)]
-    pub sampler: crate::sampler::Sampler,
+    pub sampler: crate::task::fewshot::Sampler,
     /// For `bm25` and `knn`: `nearest_last` (default) or `nearest_first`.
     #[serde(default)]
-    pub order: crate::sampler::DemoOrder,
+    pub order: crate::task::fewshot::DemoOrder,
 }
 
 /// Where docs come from: one file, one file per split, or a built-in generator.

@@ -77,7 +77,7 @@ pub fn icl_eval_in(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// The samples of a finished run folder.
-pub fn read_samples(dir: &Path) -> Vec<icl_eval::run::Sample> {
+pub fn read_samples(dir: &Path) -> Vec<icl_eval::record::Sample> {
     std::fs::read_to_string(dir.join("samples.jsonl"))
         .unwrap()
         .lines()

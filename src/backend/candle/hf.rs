@@ -217,11 +217,26 @@ pub fn decoder_config(c: &HfConfig) -> Result<(DecoderConfig, Rename, f64)> {
 }
 
 /// The tokenizer of a checkpoint folder.
-/// `chat_template` from `tokenizer_config.json`, when it is a single template string.
-fn chat_template(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("chat_template")?.as_str().map(str::to_string)
+/// `chat_template` from `tokenizer_config.json`, when it is a single template string; a file
+/// that is there but unreadable or not JSON is an error naming it and where it breaks.
+fn chat_template(dir: &Path) -> Result<Option<String>> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read it", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: malformed JSON at line {}, column {}: {e}; fix or remove the file",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    Ok(v.get("chat_template")
+        .and_then(|t| t.as_str())
+        .map(str::to_string))
 }
 
 /// The tokenizer of a checkpoint folder.
@@ -317,6 +332,7 @@ pub fn load(dir: &Path, expected_sha256: Option<&str>, device: &Device) -> Resul
     let sha256 = super::sha256_str(&parts.join("\n"));
     super::check_sha256(dir, expected_sha256, &sha256)?;
     let tokenizer = load_tokenizer(dir, &c)?;
+    let chat_template = chat_template(dir)?;
     let mut src = SafetensorsSource::open(&files, rename, norm_offset)
         .with_context(|| format!("{shown}: loading weights"))?
         .on(device);
@@ -331,7 +347,7 @@ pub fn load(dir: &Path, expected_sha256: Option<&str>, device: &Device) -> Resul
         quantization: dtype(&c),
         sha256,
         weights: "f32".into(),
-        chat_template: chat_template(dir),
+        chat_template,
     })
 }
 
@@ -380,5 +396,29 @@ mod tests {
         }))
         .unwrap();
         assert!(yarn.rope(None).is_err());
+    }
+
+    #[test]
+    fn a_malformed_tokenizer_config_is_named_not_ignored() {
+        let d = std::env::temp_dir().join(format!("icl-eval-tokcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        assert_eq!(chat_template(&d).unwrap(), None, "no file: no template");
+        std::fs::write(
+            d.join("tokenizer_config.json"),
+            "{\"chat_template\": \"{{ x }}\"}",
+        )
+        .unwrap();
+        assert_eq!(chat_template(&d).unwrap().as_deref(), Some("{{ x }}"));
+        std::fs::write(
+            d.join("tokenizer_config.json"),
+            "{\n  \"chat_template\": \"a\",,\n}",
+        )
+        .unwrap();
+        let e = chat_template(&d).unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer_config.json") && e.contains("line 2") && e.contains("malformed"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

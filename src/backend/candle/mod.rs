@@ -18,7 +18,6 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use sha2::{Digest, Sha256};
 
 use super::{
     Backend, ChoiceRequest, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace,
@@ -27,6 +26,8 @@ use decoder::{CacheOut, Decoder, DecoderConfig, KvCache, Segment};
 use prefix::{Job, PrefixCache};
 use tokenizer::TextTokenizer;
 use weights::GgufSource;
+// Checkpoint folders (hf.rs) hash their files with the same helper.
+use crate::hash::{sha256_file, sha256_str};
 pub use weights::WeightFormat;
 
 /// `--weights`: how to hold the weights in memory.
@@ -276,6 +277,9 @@ impl CandleBackend {
 
     /// `out[t] = log p(ids[t + 1] | ids[..=t])` and the argmax at every position, in one forward pass.
     pub fn next_token_logprobs(&self, ids: &[u32]) -> Result<(Vec<f32>, Vec<u32>)> {
+        if ids.is_empty() {
+            bail!("next_token_logprobs: no tokens to score (an empty prompt without <bos>)");
+        }
         let (hidden, _) = self.model.forward(ids, &self.model.empty_cache())?;
         let rows: Vec<usize> = (0..ids.len()).collect();
         let lp = self.model.log_probs(&hidden, &rows)?;
@@ -560,26 +564,6 @@ fn available_memory_bytes() -> u64 {
 /// candle errors carry a backtrace when `RUST_BACKTRACE` is set; users need only the message.
 fn first_line(e: &candle_core::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
-}
-
-/// Streaming sha256 of a file, lower-case hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-/// sha256 of a string, lower-case hex.
-pub fn sha256_str(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 /// Index of the first largest entry of `row`.

@@ -1,0 +1,215 @@
+//! A run: tasks × models × shot counts → samples, summary, charts in a run folder.
+//!
+//! Samples stream to `samples.jsonl.partial` as they finish and are renamed only when the run is
+//! complete, so an interrupted run never leaves a result that looks whole, and the same command
+//! started again resumes it (`resume.rs`).
+
+mod folder;
+mod key;
+mod score;
+mod setup;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Result, bail};
+
+use crate::backend::candle::{DeviceChoice, WeightsChoice};
+use crate::backend::openai;
+use crate::models::{HubOptions, ModelsFile};
+use crate::record::ChatMode;
+use crate::sampler::{DemoLabels, DemoOrder, Sampler};
+use crate::shard::Shard;
+
+pub use setup::selectors;
+
+/// Everything a run needs, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub tasks: Vec<PathBuf>,
+    /// Tags named on `--tasks`, reported as group means besides their tasks.
+    pub groups: Vec<crate::task::discover::Group>,
+    /// Model references (`.gguf` path, checkpoint folder, models-file name, `hf:ORG/REPO[/FILE]`).
+    pub models: Vec<String>,
+    /// The models file names resolve through.
+    pub models_file: Option<ModelsFile>,
+    pub hub: HubOptions,
+    pub shots: Vec<usize>,
+    pub limit: Option<usize>,
+    /// The first seed; `--seeds N` runs seeds `seed .. seed + N`.
+    pub seed: u64,
+    /// The demonstration protocol besides the first seed.
+    pub protocol: Protocol,
+    /// Budget of the prompt-prefix KV cache in MiB.
+    pub kv_cache_mb: usize,
+    /// Docs scored together by in-process models.
+    pub batch_docs: usize,
+    /// Sentence-encoder folder for `knn` (default `models/all-minilm-l6-v2`).
+    pub encoder: Option<PathBuf>,
+    pub threads: Option<usize>,
+    pub output: Option<PathBuf>,
+    pub results_root: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    pub weights: WeightsChoice,
+    /// Where in-process models run.
+    pub device: DeviceChoice,
+    /// `--shard I/N`: evaluate only that share of each task's docs.
+    pub shard: Option<Shard>,
+    /// The persistent request cache (`None`: `--no-cache`).
+    pub cache: Option<PathBuf>,
+    /// How to talk to `openai:` servers.
+    pub server: openai::Options,
+    /// Set (by Ctrl-C) to stop after the sample being scored, keeping everything finished.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// The run stopped on request; its finished samples are kept for a resume.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub dir: PathBuf,
+    pub samples: usize,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted: {} finished samples are kept in {}; run the same command again to \
+             resume",
+            self.samples,
+            self.dir.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// How demonstrations vary within a run: seeds, orderings, label studies, sampler overrides.
+#[derive(Debug, Clone)]
+pub struct Protocol {
+    /// Independent demonstration draws (`--seeds N`), at least 1.
+    pub seeds: usize,
+    /// Orderings of each demonstration set (`--permutations N`), at least 1; the first is the
+    /// sampler's own order.
+    pub permutations: usize,
+    /// Label studies (`--demo-labels`), at least one.
+    pub demo_labels: Vec<DemoLabels>,
+    /// `--sampler`, overriding each task's `fewshot.sampler`.
+    pub sampler: Option<Sampler>,
+    /// `--demo-order`, overriding each task's `fewshot.order`.
+    pub demo_order: Option<DemoOrder>,
+    /// `--chat-template`: render prompts through each model's chat template.
+    pub chat: Option<ChatMode>,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Self {
+            seeds: 1,
+            permutations: 1,
+            demo_labels: vec![DemoLabels::Gold],
+            sampler: None,
+            demo_order: None,
+            chat: None,
+        }
+    }
+}
+
+impl Protocol {
+    /// The seeds of a run starting at `first`.
+    pub fn seed_list(&self, first: u64) -> Vec<u64> {
+        (0..self.seeds as u64)
+            .map(|i| first.wrapping_add(i))
+            .collect()
+    }
+
+    /// Rejects settings that cannot run.
+    pub fn check(&self) -> Result<()> {
+        if self.seeds == 0 {
+            bail!("--seeds: must be at least 1 (the number of independent demonstration draws)");
+        }
+        if self.permutations == 0 {
+            bail!("--permutations: must be at least 1 (1 keeps the sampler's order)");
+        }
+        if self.demo_labels.is_empty() {
+            bail!("--demo-labels: give at least one of gold, random, flipped, none");
+        }
+        Ok(())
+    }
+}
+
+/// What a finished run leaves behind.
+pub struct RunOutcome {
+    pub dir: PathBuf,
+    pub summary: polars::prelude::DataFrame,
+    pub summary_markdown: String,
+    /// File stems of the charts written (`accuracy_vs_shots`, ...).
+    pub charts: Vec<&'static str>,
+}
+
+/// Loads every task first (so a bad task fails before any model loads), then runs each model.
+pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
+    let shots = setup::check_command(cfg)?;
+    let tasks = setup::load_tasks(cfg)?;
+    let selectors = selectors(&tasks, &cfg.protocol, cfg.encoder.as_deref(), cfg.limit)?;
+    setup::check_task_names(&tasks)?;
+    // Every reference resolves (and downloads) before any work starts.
+    let sources = setup::resolve_models(cfg)?;
+    let run_id = key::run_id(cfg, &tasks, &shots);
+    let (mut folder, done) =
+        folder::RunFolder::open(cfg, &tasks, &selectors, &shots, run_id, sources.len())?;
+    let cache = cfg
+        .cache
+        .as_deref()
+        .map(crate::cache::RequestCache::open)
+        .transpose()?;
+    for source in &sources {
+        score::score_model(
+            cfg,
+            source,
+            &selectors,
+            &shots,
+            &done,
+            cache.as_ref(),
+            &mut folder,
+        )?;
+    }
+    folder.finish(cfg, &tasks)
+}
+
+#[cfg(test)]
+impl RunConfig {
+    /// A command with every setting at its default, for unit tests.
+    pub(crate) fn for_tests() -> Self {
+        RunConfig {
+            tasks: Vec::new(),
+            groups: Vec::new(),
+            models: Vec::new(),
+            models_file: None,
+            hub: HubOptions {
+                endpoint: String::new(),
+                cache_dir: PathBuf::new(),
+                offline: true,
+                token: None,
+            },
+            shots: vec![0],
+            limit: None,
+            seed: 1234,
+            protocol: Protocol::default(),
+            kv_cache_mb: 256,
+            batch_docs: 8,
+            encoder: None,
+            threads: None,
+            output: None,
+            results_root: PathBuf::from("results"),
+            data_dir: None,
+            weights: WeightsChoice::Auto,
+            device: DeviceChoice::Cpu,
+            shard: None,
+            cache: None,
+            server: openai::Options::default(),
+            stop: None,
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Resolving the command before any model loads: shot counts, tasks, their selectors, model
+//! references — each problem a one-line error, none after work has started.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::{Protocol, RunConfig};
+use crate::backend::openai::Endpoint;
+use crate::models::ResolvedModel;
+use crate::prompt;
+use crate::record::Example;
+use crate::sampler::{self, DemoLabels, Sampler, Selector};
+use crate::task::Task;
+
+/// Where a model runs: in process, or behind an OpenAI-compatible server.
+pub(super) enum Source {
+    Local(ResolvedModel),
+    Server(Endpoint),
+}
+
+impl Source {
+    /// The name tables and charts use.
+    pub(super) fn name(&self) -> String {
+        match self {
+            Source::Local(m) => m.name(),
+            Source::Server(e) => e.model.clone(),
+        }
+    }
+}
+
+/// Checks the command's own settings; returns its shot counts sorted and deduplicated.
+pub(super) fn check_command(cfg: &RunConfig) -> Result<Vec<usize>> {
+    if cfg.shots.is_empty() {
+        bail!("--shots: give at least one shot count, e.g. --shots 0,1,32");
+    }
+    if cfg.models.is_empty() {
+        bail!(
+            "--models: give at least one model (a .gguf file, checkpoint folder, name or hf:ORG/REPO)"
+        );
+    }
+    cfg.protocol.check()?;
+    let mut shots = cfg.shots.clone();
+    shots.sort_unstable();
+    shots.dedup();
+    Ok(shots)
+}
+
+/// Loads and validates every task of the command.
+pub(super) fn load_tasks(cfg: &RunConfig) -> Result<Vec<Task>> {
+    cfg.tasks
+        .iter()
+        .map(|p| crate::task::load_task(p, cfg.data_dir.as_deref()))
+        .collect()
+}
+
+/// Results are keyed by task name, so two tasks may not share one.
+pub(super) fn check_task_names(tasks: &[Task]) -> Result<()> {
+    for (i, t) in tasks.iter().enumerate() {
+        if let Some(other) = tasks[..i].iter().find(|o| o.name == t.name) {
+            bail!(
+                "--tasks: {} and {} are both named `{}`; results are keyed by task name",
+                other.source.display(),
+                t.source.display(),
+                t.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Resolves (and downloads) every model reference; refuses two models with one name.
+pub(super) fn resolve_models(cfg: &RunConfig) -> Result<Vec<Source>> {
+    let resolved: Vec<Source> = cfg
+        .models
+        .iter()
+        .map(|m| match m.starts_with("openai:") {
+            true => Endpoint::parse(m).map(Source::Server),
+            false => {
+                crate::models::resolve(m, cfg.models_file.as_ref(), &cfg.hub).map(Source::Local)
+            }
+        })
+        .collect::<Result<_>>()
+        .context("--models")?;
+    for (i, m) in cfg.models.iter().enumerate() {
+        let name = resolved[i].name();
+        if let Some(j) = (0..i).find(|&j| resolved[j].name() == name) {
+            bail!(
+                "--models: {} and {m} are both named `{name}`; results are keyed by model name, so \
+                 rename one (or give it a display_name in models.yaml)",
+                cfg.models[j],
+            );
+        }
+    }
+    Ok(resolved)
+}
+
+/// One selector per task; loads the sentence encoder first when a task samples by `knn`, and
+/// rejects impossible settings before any model loads.
+pub fn selectors<'t>(
+    tasks: &'t [Task],
+    protocol: &Protocol,
+    encoder: Option<&Path>,
+    limit: Option<usize>,
+) -> Result<Vec<Selector<'t>>> {
+    let sampler_of = |t: &Task| protocol.sampler.unwrap_or(t.sampler);
+    let encoder = if tasks.iter().any(|t| sampler_of(t) == Sampler::Knn) {
+        let dir = encoder.unwrap_or(Path::new(crate::encoder::DEFAULT_DIR));
+        Some(crate::encoder::Encoder::load(dir).context("--sampler knn")?)
+    } else {
+        None
+    };
+    tasks
+        .iter()
+        .map(|t| {
+            sampler::check_labels(t, &protocol.demo_labels)?;
+            let embeddings = match (&encoder, sampler_of(t)) {
+                (Some(e), Sampler::Knn) => {
+                    let n = limit.map_or(t.test.len(), |l| l.min(t.test.len()));
+                    Some(
+                        e.embed_task(t, n)
+                            .with_context(|| format!("task `{}`: embeddings", t.name))?,
+                    )
+                }
+                _ => None,
+            };
+            Selector::new(
+                t,
+                sampler_of(t),
+                protocol.demo_order.unwrap_or(t.demo_order),
+                embeddings,
+            )
+        })
+        .collect()
+}
+
+/// The prompt of each task's first test doc at each K under the first seed, as reports show it
+/// (before fitting to a model's context, which may drop demonstrations).
+pub(super) fn examples(
+    tasks: &[Task],
+    selectors: &[Selector],
+    shots: &[usize],
+    seed: u64,
+) -> Vec<Example> {
+    let k_max = shots.iter().copied().max().unwrap_or(0);
+    let mut out = Vec::new();
+    for (t, sel) in tasks.iter().zip(selectors) {
+        let Some(item) = t.test.first() else { continue };
+        let ranking = sel.ranking(item, seed, k_max);
+        for &k in shots {
+            let demos = sel.demos(&ranking, k, item, seed, 0, DemoLabels::Gold);
+            out.push(Example {
+                task: t.name.clone(),
+                k,
+                doc_id: item.id,
+                prompt: prompt::build(t, item, &demos),
+            });
+        }
+    }
+    out
+}

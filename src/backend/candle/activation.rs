@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::decoder::Activation;
+use super::config::Activation;
 
 /// `act(x)` elementwise.
 pub fn apply(act: Activation, x: &Tensor) -> anyhow::Result<Tensor> {

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file::{self, Value};
 
-use super::decoder::Rope;
+use super::config::Rope;
 
 /// The metadata of one architecture (keys are prefixed by its name).
 pub struct Meta<'a> {

@@ -3,9 +3,8 @@
 use anyhow::{Result, bail};
 use candle_core::quantized::gguf_file;
 
-use super::decoder::{Activation, DecoderConfig, RopeStyle};
+use super::config::{Activation, DecoderConfig, HfConfig, RopeStyle};
 use super::gguf_meta::Meta;
-use super::hf::HfConfig;
 
 /// Architectures this module reads.
 pub const ARCHS: &[&str] = &["llama", "qwen2"];
@@ -90,7 +89,7 @@ pub fn from_hf(c: &HfConfig) -> Result<DecoderConfig> {
 
 /// GGUF tensor name → Hugging Face name.
 pub fn hf_name(gguf: &str) -> String {
-    super::hf::rename(
+    super::config::rename(
         gguf,
         &[
             ("attn_norm", "input_layernorm"),

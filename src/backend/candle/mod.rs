@@ -2,6 +2,7 @@
 
 mod activation;
 mod attention;
+pub mod config;
 pub mod decoder;
 pub mod gemma3;
 mod gguf_meta;
@@ -22,7 +23,8 @@ use candle_core::{Device, Tensor};
 use super::{
     Backend, ChoiceRequest, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace,
 };
-use decoder::{CacheOut, Decoder, DecoderConfig, KvCache, Segment};
+use config::DecoderConfig;
+use decoder::{CacheOut, Decoder, KvCache, Segment};
 use prefix::{Job, PrefixCache};
 use tokenizer::TextTokenizer;
 use weights::GgufSource;

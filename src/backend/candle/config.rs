@@ -248,3 +248,38 @@ pub fn rename(gguf: &str, norms: &[(&str, &str)]) -> String {
         .map_or(part, |(_, h)| *h);
     format!("model.layers.{layer}.{mapped}.{suffix}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_parameters_per_layer_kind() {
+        let c: HfConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "gemma3_text", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "rms_norm_eps": 1e-6, "max_position_embeddings": 256,
+            "rope_parameters": {
+                "full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+                "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}
+            }
+        }))
+        .unwrap();
+        assert_eq!(c.rope(Some("full_attention")).unwrap().base, 1e6);
+        assert_eq!(c.rope(Some("sliding_attention")).unwrap().base, 1e4);
+        let legacy: HfConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 256,
+            "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 4.0}
+        }))
+        .unwrap();
+        let r = legacy.rope(None).unwrap();
+        assert_eq!((r.base, r.linear_factor), (5e5, 4.0));
+        let yarn: HfConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "rms_norm_eps": 1e-5, "max_position_embeddings": 256,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0}
+        }))
+        .unwrap();
+        assert!(yarn.rope(None).is_err());
+    }
+}

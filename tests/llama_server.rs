@@ -238,12 +238,27 @@ fn gemma3_loglikelihoods_through_llama_cpp_match_candle() {
             s.logprobs.as_ref().unwrap(),
             local[k].logprobs.as_ref().unwrap(),
         );
-        eprintln!("doc {}: server {a:?}, candle {b:?}", k.1);
+        eprintln!(
+            "doc {}: server {a:?}, candle {b:?}, margins {} vs {}",
+            k.1,
+            a[1] - a[0],
+            b[1] - b[0]
+        );
+    }
+    for (k, s) in &served {
+        let (a, b) = (
+            s.logprobs.as_ref().unwrap(),
+            local[k].logprobs.as_ref().unwrap(),
+        );
         // Q4_K weights with llama.cpp's 8-bit activations and f16 KV cache against candle's
-        // float32: measured differences 0.13–0.28 nats.
+        // float32. Both choices share the prompt, so most of the gap is common to them: measured
+        // with the portable AVX2 build (which varies from run to run), 0.003–0.53 nats per choice,
+        // 0.11 at most between margins. A token shifted or dropped moves either by whole nats.
         for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() < 0.5, "{x} vs {y}");
+            assert!((x - y).abs() < 0.75, "{x} vs {y}");
         }
+        let (ma, mb) = (a[1] - a[0], b[1] - b[0]);
+        assert!((ma - mb).abs() < 0.2, "margins {ma} vs {mb}");
         assert_eq!(s.prediction, local[k].prediction);
     }
 }

@@ -1,19 +1,20 @@
-//! The shipped task library: every task in `tasks/` loads from the shared data, renders 0-, 1- and
-//! 5-shot prompts for 3 docs and is scored with SmolLM2 through the real binary; gold answers of a
+//! The shipped task library: every task in `tasks/` loads from the shared data, renders 0- and
+//! 2-shot prompts for 2 docs and is scored with SmolLM2 through the real binary; gold answers of a
 //! few docs are checked against the data files by hand.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use icl_eval::backend::Backend;
 use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
 use icl_eval::task::Answer;
 use icl_eval::task::{discover, load_task};
 
-#[test]
-#[ignore = "needs the shared benchmark data and the bundled SmolLM2 (scripts/fetch-models.sh)"]
-fn every_task_loads_renders_and_scores_with_smollm2() {
+/// Every shipped task's name, after asserting that each one loads.
+fn task_names() -> Vec<String> {
     let found = discover(&[common::root().join("tasks")]).unwrap();
     let broken: Vec<String> = found
         .iter()
@@ -24,28 +25,50 @@ fn every_task_loads_renders_and_scores_with_smollm2() {
         })
         .collect();
     assert!(broken.is_empty(), "{broken:#?}");
-    let names: Vec<&str> = found.iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<String> = found.iter().map(|t| t.name.clone()).collect();
     assert!(names.len() >= 90, "{} tasks", names.len());
-    let d = common::tmp("tasks");
-    let model = common::smollm2();
-    let o = common::icl_eval(&[
-        "run",
-        "--tasks",
-        &names.join(","),
-        "--models",
-        model.to_str().unwrap(),
-        "--shots",
-        "0,1,5",
-        "--limit",
-        "3",
-        "--data-dir",
-        common::data_dir().to_str().unwrap(),
-        "--output",
-        d.join("run").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let samples = common::read_samples(&d.join("run"));
-    assert_eq!(samples.len(), names.len() * 3 * 3);
+    names
+}
+
+/// One run of every shipped task at K = 0 and 2 on 2 docs with SmolLM2, shared by the tests of
+/// this file (one model load, one pass over the library). MMLU is named by its tag, so the run also
+/// reports it as a group.
+fn library_run() -> &'static PathBuf {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let mut tasks = vec!["mmlu".to_string()];
+        tasks.extend(task_names().into_iter().filter(|n| !n.starts_with("mmlu_")));
+        let out = common::tmp("tasks").join("run");
+        let model = common::smollm2();
+        let o = common::icl_eval(&[
+            "run",
+            "--tasks",
+            &tasks.join(","),
+            "--models",
+            model.to_str().unwrap(),
+            // K = 2 shows both delimiters (between demonstrations and before the query).
+            "--shots",
+            "0,2",
+            "--limit",
+            "2",
+            "--data-dir",
+            common::data_dir().to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    })
+}
+
+#[test]
+#[ignore = "needs the shared benchmark data and the bundled SmolLM2 (scripts/fetch-models.sh)"]
+fn every_task_loads_renders_and_scores_with_smollm2() {
+    let names = task_names();
+    let samples = common::read_samples(library_run());
+    assert_eq!(samples.len(), names.len() * 2 * 2);
+    let ran: std::collections::BTreeSet<&str> = samples.iter().map(|s| s.task.as_str()).collect();
+    assert_eq!(ran.len(), names.len(), "every task, each once");
     for s in &samples {
         assert!(
             s.skipped.is_none() && s.k_effective == Some(s.k) && !s.metrics.is_empty(),
@@ -197,25 +220,11 @@ fn partial_scoring_and_greedy_match_are_the_backends_own_numbers() {
 #[test]
 #[ignore = "needs the shared benchmark data and the bundled SmolLM2 (scripts/fetch-models.sh)"]
 fn a_tag_on_the_command_line_is_reported_as_group_means() {
-    let d = common::tmp("groups");
-    let model = common::smollm2();
-    let o = common::icl_eval(&[
-        "run",
-        "--tasks",
-        "mmlu",
-        "--models",
-        model.to_str().unwrap(),
-        "--shots",
-        "0",
-        "--limit",
-        "2",
-        "--data-dir",
-        common::data_dir().to_str().unwrap(),
-        "--output",
-        d.join("run").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let samples = common::read_samples(&d.join("run"));
+    let run = library_run();
+    let samples: Vec<_> = common::read_samples(run)
+        .into_iter()
+        .filter(|s| s.task.starts_with("mmlu_") && s.k == 0)
+        .collect();
     assert_eq!(samples.len(), 57 * 2);
     let mut per_task: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for s in &samples {
@@ -228,17 +237,17 @@ fn a_tag_on_the_command_line_is_reported_as_group_means() {
         .map(|v| v.iter().sum::<f64>() / v.len() as f64)
         .sum::<f64>()
         / per_task.len() as f64;
-    let csv = std::fs::read_to_string(d.join("run/groups.csv")).unwrap();
+    let csv = std::fs::read_to_string(run.join("groups.csv")).unwrap();
     let row = csv
         .lines()
-        .find(|l| l.starts_with("mmlu,") && l.contains(",acc,"))
+        .find(|l| l.starts_with("mmlu,") && l.contains(",0,acc,"))
         .unwrap_or_else(|| panic!("no mmlu acc row in\n{csv}"));
     let f: Vec<&str> = row.split(',').collect();
     let parse = |i: usize| f[i].parse::<f64>().unwrap();
     assert!((parse(6) - micro).abs() < 1e-9, "{row} vs micro {micro}");
     assert!((parse(8) - macro_).abs() < 1e-9, "{row} vs macro {macro_}");
     assert_eq!((f[10], f[11]), ("57", "114"), "{row}");
-    let md = std::fs::read_to_string(d.join("run/summary.md")).unwrap();
+    let md = std::fs::read_to_string(run.join("summary.md")).unwrap();
     assert!(md.contains("Group means"), "{md}");
 }
 

@@ -203,7 +203,7 @@ fn full_run_on_smollm2_writes_consistent_outputs_and_is_deterministic() {
         "--shots",
         "0,1,4",
         "--limit",
-        "20",
+        "10",
         "--threads",
         "2",
         "--output",
@@ -242,7 +242,7 @@ fn full_run_on_smollm2_writes_consistent_outputs_and_is_deterministic() {
     assert_eq!(config["tasks"][0]["hash"].as_str().unwrap().len(), 64);
 
     let samples = read_samples(&a);
-    assert_eq!(samples.len(), 2 * 20 * 3);
+    assert_eq!(samples.len(), 2 * 10 * 3);
     // The summary must agree with the samples: recompute every cell's mean and n.
     let mut cells: BTreeMap<(String, usize, String), Vec<f64>> = BTreeMap::new();
     for s in &samples {
@@ -292,7 +292,7 @@ fn full_run_on_smollm2_writes_consistent_outputs_and_is_deterministic() {
         "--shots",
         "4,0,1",
         "--limit",
-        "7",
+        "4",
         "--threads",
         "1",
         "--output",
@@ -300,7 +300,7 @@ fn full_run_on_smollm2_writes_consistent_outputs_and_is_deterministic() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let small = read_samples(&b);
-    assert_eq!(small.len(), 2 * 7 * 3);
+    assert_eq!(small.len(), 2 * 4 * 3);
     for s in &small {
         let twin = samples
             .iter()
@@ -556,9 +556,9 @@ fn three_models_by_name_give_the_model_size_chart() {
         "--models",
         "smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b",
         "--shots",
-        "0,1,8",
+        "0,1,2",
         "--limit",
-        "4",
+        "2",
         "--output",
         &d.display().to_string(),
     ]);
@@ -587,7 +587,7 @@ fn three_models_by_name_give_the_model_size_chart() {
         .filter(|l| l.contains("<circle") && l.contains("fill=\"#"))
         .count();
     assert_eq!(markers, 3 * 3 * 3, "3 panels × 3 K × 3 models");
-    for k in ["K = 0", "K = 1", "K = 8"] {
+    for k in ["K = 0", "K = 1", "K = 2"] {
         assert!(svg.contains(k), "{k} missing from the legend");
     }
 }

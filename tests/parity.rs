@@ -168,12 +168,13 @@ fn check_batch_invariance(model: &std::path::Path, weights: WeightsChoice) {
     let requests = mixed_requests();
     let mut b = CandleBackend::load(model, weights).unwrap();
     let together = b.loglikelihood_batch(&requests).unwrap();
-    // Alone, each from a fresh prefix cache, in reverse order: the same bits.
+    // Alone, in reverse order, on another load with prefix reuse off (so no request sees
+    // another's cached prefix): the same bits.
+    let mut fresh = CandleBackend::load(model, weights)
+        .unwrap()
+        .with_kv_cache_mb(0);
     let mut alone = Vec::new();
     for r in requests.iter().rev() {
-        let mut fresh = CandleBackend::load(model, weights)
-            .unwrap()
-            .with_kv_cache_mb(0);
         alone.push(
             fresh
                 .loglikelihood(&r.context, &r.breaks, &r.continuations)

@@ -139,8 +139,9 @@ fn every_sampler_gives_a_doc_the_same_result_whatever_limit_threads_batch_or_cac
             task,
             "--models",
             model,
+            // K = 0 prompts do not depend on the sampler.
             "--shots",
-            "0,1,4",
+            "1,4",
             "--seeds",
             "2",
             "--sampler",
@@ -149,7 +150,7 @@ fn every_sampler_gives_a_doc_the_same_result_whatever_limit_threads_batch_or_cac
         let mut a = common.to_vec();
         a.extend([
             "--limit",
-            "3",
+            "2",
             "--threads",
             "1",
             "--kv-cache-mb",
@@ -163,7 +164,7 @@ fn every_sampler_gives_a_doc_the_same_result_whatever_limit_threads_batch_or_cac
         let mut b = common.to_vec();
         b.extend([
             "--limit",
-            "5",
+            "3",
             "--threads",
             "2",
             "--batch-size",
@@ -174,7 +175,7 @@ fn every_sampler_gives_a_doc_the_same_result_whatever_limit_threads_batch_or_cac
         run_ok(&b);
         let small = by_key(read_samples(&small));
         let big = by_key(read_samples(&big));
-        assert_eq!(small.len(), 3 * 2 * 3);
+        assert_eq!(small.len(), 2 * 2 * 2);
         for (key, s) in &small {
             let other = &big[key];
             assert_eq!(s.prompt_hash, other.prompt_hash, "{sampler} {key:?}");

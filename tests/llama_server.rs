@@ -273,7 +273,7 @@ fn qwen_through_llama_cpp_gives_candles_greedy_answers() {
     let model = server.model("qwen");
     // Unlike the 135M and 270M models, Qwen2.5-Coder-0.5B answers arithmetic with margins, so the
     // two backends' numerics rarely flip an answer (docs/servers.md has the 30-doc grid). This is
-    // its first 6 docs: 35 of 36 the same here. A broken backend gets most answers wrong; the
+    // its first 6 docs: 36 of 36 the same here. A broken backend gets most answers wrong; the
     // bound leaves room for the other near-ties another CPU's kernels may flip.
     let data = common::data_dir();
     let args = [

@@ -1,7 +1,9 @@
-//! Hugging Face checkpoint folders against transformers: the tiny random llama, qwen2 and gemma3
-//! checkpoints of `../shared/reference/tiny-hf` (reference vectors copied to
-//! `tests/fixtures/tiny-hf/`). Token ids exact, float32 log-probs within 1e-4 nats at every position,
-//! greedy generations identical token for token.
+//! Hugging Face checkpoint folders against transformers: the tiny random checkpoints of all eleven
+//! families in `../shared/reference/tiny-hf` (reference vectors copied to `tests/fixtures/tiny-hf/`).
+//! Token ids exact, float32 log-probs within 1e-4 nats at every position, greedy generations
+//! identical token for token, choices off a shared KV cache equal to full passes (the sliding
+//! windows of mistral, gemma2 and gemma3 cross the cache boundary), prefix reuse and batch
+//! packing bit for bit.
 
 mod common;
 
@@ -82,6 +84,7 @@ fn check(arch: &str, parameters: u64) {
     eprintln!("tiny-hf/{arch}: max |Δ logprob| = {worst:.2e} nats");
     let b = branching_equals_full_passes(b);
     prefix_reuse_is_exact(b);
+    common::check_batch_invariance(&checkpoint(arch), WeightsChoice::Auto);
 }
 
 /// Prompts sharing demonstrations reuse their prefix's KV cache, and the numbers are bit for bit
@@ -126,7 +129,7 @@ fn prefix_reuse_is_exact(b: CandleBackend) {
 }
 
 /// Scoring choices off a shared context's KV cache equals scoring context + choice in one pass;
-/// with gemma3's 8-token window, the context is long enough for the window to slide across the
+/// with the 8-token windows, the context is long enough for the window to slide across the
 /// cache boundary.
 fn branching_equals_full_passes(mut b: CandleBackend) -> CandleBackend {
     let ctx = "The quick brown fox jumps over the lazy dog, and then it sat down in the shade:";
@@ -168,6 +171,54 @@ fn tiny_gemma3_checkpoint_matches_transformers() {
 }
 
 #[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_gpt2_checkpoint_matches_transformers() {
+    check("gpt2", 149_248);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_gpt_neox_checkpoint_matches_transformers() {
+    check("gpt_neox", 165_632);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_opt_checkpoint_matches_transformers() {
+    check("opt", 149_376);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_qwen3_checkpoint_matches_transformers() {
+    check("qwen3", 131_520);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_mistral_checkpoint_matches_transformers() {
+    check("mistral", 139_584);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_phi3_checkpoint_matches_transformers() {
+    check("phi3", 139_584);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_gemma2_checkpoint_matches_transformers() {
+    check("gemma2", 181_056);
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn tiny_olmo2_checkpoint_matches_transformers() {
+    check("olmo2", 139_776);
+}
+
+#[test]
 fn folder_without_config_is_a_clear_error() {
     let dir = common::tmp("no-config");
     std::fs::write(dir.join("model.safetensors"), b"").unwrap();
@@ -176,4 +227,129 @@ fn folder_without_config_is_a_clear_error() {
         .expect("a folder without config.json must not load")
         .to_string();
     assert!(err.contains("no config.json"), "{err}");
+}
+
+/// A copy of a tiny checkpoint folder in a fresh temporary folder, to break.
+fn copy_checkpoint(arch: &str, name: &str) -> PathBuf {
+    let to = common::tmp(name);
+    for e in std::fs::read_dir(checkpoint(arch)).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap() != "ref.json" {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    to
+}
+
+/// Edits `config.json` of a checkpoint folder.
+fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let p = dir.join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(v.as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+fn load_error(dir: &std::path::Path) -> String {
+    let e = CandleBackend::load(dir, WeightsChoice::Auto)
+        .err()
+        .expect("the broken checkpoint must not load");
+    format!("{e:#}")
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn a_sharded_checkpoint_loads_as_one_file_and_a_missing_shard_is_named() {
+    let dir = copy_checkpoint("mistral", "sharded");
+    let whole = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&whole, &candle_core::Device::Cpu).unwrap();
+    std::fs::remove_file(&whole).unwrap();
+    let (first, second): (Vec<_>, Vec<_>) = tensors
+        .into_iter()
+        .partition(|(n, _)| n.starts_with("model.layers.0."));
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        for (n, _) in &part {
+            weight_map.insert(n.clone(), Value::from(file));
+        }
+        let part: std::collections::HashMap<_, _> = part.into_iter().collect();
+        candle_core::safetensors::save(&part, dir.join(file)).unwrap();
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    let sharded = CandleBackend::load(&dir, WeightsChoice::Auto).unwrap();
+    let single = CandleBackend::load(&checkpoint("mistral"), WeightsChoice::Auto).unwrap();
+    let ids = single
+        .encode("The quick brown fox jumps over the lazy dog.")
+        .unwrap();
+    assert_eq!(
+        sharded.next_token_logprobs(&ids).unwrap(),
+        single.next_token_logprobs(&ids).unwrap()
+    );
+    assert_eq!(sharded.info().parameters, single.info().parameters);
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = load_error(&dir);
+    assert!(
+        e.contains("model-00002-of-00002.safetensors") && e.contains("missing"),
+        "{e}"
+    );
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn a_bad_checkpoint_gets_one_line_naming_the_field_or_tensor() {
+    let dir = copy_checkpoint("gemma2", "bad-config");
+    edit_config(&dir, |c| {
+        c.insert("model_type".into(), "mamba".into());
+    });
+    let e = load_error(&dir);
+    assert!(
+        e.contains("`mamba`") && e.contains("gpt_neox") && e.contains("olmo2"),
+        "an unknown model_type lists the supported ones: {e}"
+    );
+    edit_config(&dir, |c| {
+        c.insert("model_type".into(), "gemma2".into());
+        c.remove("query_pre_attn_scalar");
+    });
+    let e = load_error(&dir);
+    assert!(e.contains("query_pre_attn_scalar"), "{e}");
+    edit_config(&dir, |c| {
+        c.insert("query_pre_attn_scalar".into(), 16.into());
+        c.insert("num_key_value_heads".into(), 1.into());
+    });
+    let e = load_error(&dir);
+    assert!(
+        e.contains("model.layers.0.self_attn.k_proj.weight") && e.contains("[64, 64]"),
+        "a shape the config does not imply names the tensor: {e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn add_bos_token_prepends_what_the_post_processor_does_not() {
+    // gpt2's tokenizer.json adds nothing; opt's adds <bos> itself: neither gets two.
+    let dir = copy_checkpoint("gpt2", "add-bos");
+    let cfg = dir.join("tokenizer_config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("\"add_bos_token\": false", "\"add_bos_token\": true"),
+    )
+    .unwrap();
+    let plain = CandleBackend::load(&checkpoint("gpt2"), WeightsChoice::Auto).unwrap();
+    let with_bos = CandleBackend::load(&dir, WeightsChoice::Auto).unwrap();
+    let ids = plain.encode("Hello").unwrap();
+    assert_ne!(ids[0], 0);
+    let mut want = vec![0];
+    want.extend(&ids);
+    assert_eq!(with_bos.encode("Hello").unwrap(), want);
+    let opt = CandleBackend::load(&checkpoint("opt"), WeightsChoice::Auto).unwrap();
+    let ids = opt.encode("Hello").unwrap();
+    assert_eq!((ids[0], ids[1] != 0), (0, true), "{ids:?}");
 }

@@ -129,88 +129,15 @@ fn loglikelihood_from_kv_cache_equals_one_full_pass() {
     }
 }
 
-/// Requests of every shape scoring meets: demonstrations shared across docs (with their break
-/// offsets), multi-token continuations, a context ending in whitespace, an empty context.
-fn mixed_requests() -> Vec<icl_eval::backend::ChoiceRequest> {
-    use icl_eval::backend::ChoiceRequest;
-    let demos = "Label each review.\n\nReview: A joy from start to end.\nSentiment: positive\n\n\
-                 Review: Dull and far too long.\nSentiment: negative\n\n";
-    let breaks = [
-        "Label each review.\n\n".len(),
-        "Label each review.\n\nReview: A joy from start to end.\nSentiment: positive\n\n".len(),
-        demos.len(),
-    ];
-    let labels = [" positive".to_string(), " negative".to_string()];
-    let mut out: Vec<ChoiceRequest> = ["Sharp, funny and kind.", "I walked out.", "Fine."]
-        .iter()
-        .map(|r| ChoiceRequest::new(&format!("{demos}Review: {r}\nSentiment:"), &breaks, &labels))
-        .collect();
-    out.push(ChoiceRequest::new(
-        "The capital of France is",
-        &[],
-        &[
-            " Paris, a city of light".into(),
-            " Berlin".into(),
-            " a".into(),
-        ],
-    ));
-    out.push(ChoiceRequest::new(
-        "Q: 2 + 2 =\nA: ",
-        &[],
-        &["4".into(), "5 or so".into()],
-    ));
-    out.push(ChoiceRequest::new("", &[], &["Hello world".into()]));
-    out
-}
-
-fn check_batch_invariance(model: &std::path::Path, weights: WeightsChoice) {
-    use icl_eval::backend::Backend;
-    let requests = mixed_requests();
-    let mut b = CandleBackend::load(model, weights).unwrap();
-    let together = b.loglikelihood_batch(&requests).unwrap();
-    // Alone, in reverse order, on another load with prefix reuse off (so no request sees
-    // another's cached prefix): the same bits.
-    let mut fresh = CandleBackend::load(model, weights)
-        .unwrap()
-        .with_kv_cache_mb(0);
-    let mut alone = Vec::new();
-    for r in requests.iter().rev() {
-        alone.push(
-            fresh
-                .loglikelihood(&r.context, &r.breaks, &r.continuations)
-                .unwrap(),
-        );
-    }
-    alone.reverse();
-    assert_eq!(together, alone, "{}", model.display());
-    // And close to one plain pass over each context + continuation (other chunking rounds
-    // differently).
-    for (r, got) in requests.iter().zip(&together) {
-        let ctx = r.context.trim_end();
-        if ctx.is_empty() {
-            continue; // scored after a start token the text does not contain
-        }
-        for (c, g) in r.continuations.iter().zip(got) {
-            let moved = &r.context[ctx.len()..];
-            let (want, _, _) = common::one_pass_score(&b, ctx, &format!("{moved}{c}"));
-            assert!(
-                (g.logprob - want).abs() < 1e-3,
-                "{c:?}: {} vs {want}",
-                g.logprob
-            );
-        }
-    }
-}
-
 #[test]
 #[ignore = "needs models/ (scripts/fetch-models.sh)"]
 fn batched_requests_score_as_each_alone_smollm2() {
-    check_batch_invariance(&common::smollm2(), WeightsChoice::F32);
-    check_batch_invariance(&common::smollm2(), WeightsChoice::Quantized);
+    common::check_batch_invariance(&common::smollm2(), WeightsChoice::F32);
+    common::check_batch_invariance(&common::smollm2(), WeightsChoice::Quantized);
 }
 
 #[test]
 #[ignore = "needs models/ (scripts/fetch-models.sh gemma3-270m)"]
 fn batched_requests_score_as_each_alone_gemma3() {
-    check_batch_invariance(&common::gemma3(), WeightsChoice::F32);
+    common::check_batch_invariance(&common::gemma3(), WeightsChoice::F32);
 }

@@ -206,3 +206,81 @@ pub fn one_pass_score(
     let greedy = (n_ctx..whole.len()).all(|i| argmax[i - 1] == whole[i]);
     (sum, greedy, whole.len() - n_ctx)
 }
+
+/// Requests of every shape scoring meets: demonstrations shared across docs (with their break
+/// offsets), multi-token continuations, a context ending in whitespace, an empty context.
+pub fn mixed_requests() -> Vec<icl_eval::backend::ChoiceRequest> {
+    use icl_eval::backend::ChoiceRequest;
+    let demos = "Label each review.\n\nReview: A joy from start to end.\nSentiment: positive\n\n\
+                 Review: Dull and far too long.\nSentiment: negative\n\n";
+    let breaks = [
+        "Label each review.\n\n".len(),
+        "Label each review.\n\nReview: A joy from start to end.\nSentiment: positive\n\n".len(),
+        demos.len(),
+    ];
+    let labels = [" positive".to_string(), " negative".to_string()];
+    let mut out: Vec<ChoiceRequest> = ["Sharp, funny and kind.", "I walked out.", "Fine."]
+        .iter()
+        .map(|r| ChoiceRequest::new(&format!("{demos}Review: {r}\nSentiment:"), &breaks, &labels))
+        .collect();
+    out.push(ChoiceRequest::new(
+        "The capital of France is",
+        &[],
+        &[
+            " Paris, a city of light".into(),
+            " Berlin".into(),
+            " a".into(),
+        ],
+    ));
+    out.push(ChoiceRequest::new(
+        "Q: 2 + 2 =\nA: ",
+        &[],
+        &["4".into(), "5 or so".into()],
+    ));
+    out.push(ChoiceRequest::new("", &[], &["Hello world".into()]));
+    out
+}
+
+/// A batch of [`mixed_requests`] scores bit for bit as each request alone, and close to one plain
+/// pass over each context + continuation.
+pub fn check_batch_invariance(
+    model: &std::path::Path,
+    weights: icl_eval::backend::candle::WeightsChoice,
+) {
+    use icl_eval::backend::Backend;
+    let requests = mixed_requests();
+    let mut b = icl_eval::backend::candle::CandleBackend::load(model, weights).unwrap();
+    let together = b.loglikelihood_batch(&requests).unwrap();
+    // Alone, in reverse order, on another load with prefix reuse off (so no request sees
+    // another's cached prefix): the same bits.
+    let mut fresh = icl_eval::backend::candle::CandleBackend::load(model, weights)
+        .unwrap()
+        .with_kv_cache_mb(0);
+    let mut alone = Vec::new();
+    for r in requests.iter().rev() {
+        alone.push(
+            fresh
+                .loglikelihood(&r.context, &r.breaks, &r.continuations)
+                .unwrap(),
+        );
+    }
+    alone.reverse();
+    assert_eq!(together, alone, "{}", model.display());
+    // And close to one plain pass over each context + continuation (other chunking rounds
+    // differently).
+    for (r, got) in requests.iter().zip(&together) {
+        let ctx = r.context.trim_end();
+        if ctx.is_empty() {
+            continue; // scored after a start token the text does not contain
+        }
+        for (c, g) in r.continuations.iter().zip(got) {
+            let moved = &r.context[ctx.len()..];
+            let (want, _, _) = one_pass_score(&b, ctx, &format!("{moved}{c}"));
+            assert!(
+                (g.logprob - want).abs() < 1e-3,
+                "{c:?}: {} vs {want}",
+                g.logprob
+            );
+        }
+    }
+}

@@ -13,10 +13,16 @@ use super::config::Activation;
 
 /// `act(x)` elementwise.
 pub fn apply(act: Activation, x: &Tensor) -> anyhow::Result<Tensor> {
+    // ReLU and the erf GELU have no libm hot spot worth replacing: candle's kernels everywhere.
+    match act {
+        Activation::Relu => return Ok(x.relu()?),
+        Activation::Gelu => return Ok(x.gelu_erf()?),
+        _ => {}
+    }
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
         return Ok(match act {
-            Activation::Silu => candle_nn::ops::silu(x)?,
             Activation::GeluTanh => x.gelu()?,
+            _ => candle_nn::ops::silu(x)?,
         });
     }
     Ok(x.contiguous()?.apply_op1_no_bwd(&Op(act))?)
@@ -77,12 +83,8 @@ unsafe fn run_avx2(act: Activation, input: &[f32], out: &mut [f32]) {
 /// baseline paths give the same bits.
 #[inline(always)]
 fn run_portable(act: Activation, input: &[f32], out: &mut [f32]) {
+    // Only SiLU and GELU-tanh reach the custom op (see `apply`).
     match act {
-        Activation::Silu => {
-            for (o, &x) in out.iter_mut().zip(input) {
-                *o = x / (1.0 + exp(-x));
-            }
-        }
         Activation::GeluTanh => {
             // ½x(1 + tanh z) = x·σ(2z), z = √(2/π)(x + 0.044715x³).
             const TWO_SQRT_2_OVER_PI: f32 =
@@ -90,6 +92,11 @@ fn run_portable(act: Activation, input: &[f32], out: &mut [f32]) {
             for (o, &x) in out.iter_mut().zip(input) {
                 let u = TWO_SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
                 *o = x / (1.0 + exp(-u));
+            }
+        }
+        _ => {
+            for (o, &x) in out.iter_mut().zip(input) {
+                *o = x / (1.0 + exp(-x));
             }
         }
     }

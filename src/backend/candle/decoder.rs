@@ -4,34 +4,69 @@
 //! candle-transformers' models return only the last position's logits; scoring needs the
 //! log-probabilities of every continuation token, and multiple-choice scoring needs to branch several
 //! continuations off one context, so the forward pass here takes and returns an explicit KV cache.
-//! Families differ only in [`DecoderConfig`] and in which optional tensors they have (biases,
-//! query/key norms, Gemma's extra post-norms); their own modules read those from each file format.
+//! Families differ only in [`DecoderConfig`] (norm kind, rotary share or learned positions, MLP
+//! shape, residual layout, windows and caps) and in which optional tensors they have (biases,
+//! fused projections); their own modules read those from each file format.
 
 use anyhow::{Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 
 use super::attention::{Visibility, masked_softmax, transposed_keys};
-use super::config::{DecoderConfig, Rope, RopeStyle};
+use super::config::{DecoderConfig, Mlp, NormKind, Rope, RopeStyle};
 use super::weights::{Linear, TensorSource};
 
+/// A norm's weight, and its bias for LayerNorm (zeros where the file has none).
+struct Norm {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+/// A weight matrix and its optional bias.
+struct Proj {
+    w: Linear,
+    b: Option<Tensor>,
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.forward(x)?;
+        Ok(match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// The query, key and value projections.
+enum Qkv {
+    Split(Proj, Proj, Proj),
+    /// One matrix whose outputs are all queries, then all keys, then all values.
+    Fused(Proj),
+}
+
+/// RMSNorm of queries and keys before the rotation.
+enum QkNorm {
+    /// Over each head (gemma3, qwen3).
+    PerHead(Tensor, Tensor),
+    /// Over the whole projection, before the split into heads (olmo2).
+    Whole(Tensor, Tensor),
+}
+
 struct Layer {
-    attn_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    /// Q/K/V biases (qwen2 has them).
-    qkv_bias: Option<(Tensor, Tensor, Tensor)>,
-    /// Per-head RMSNorm of queries and keys before the rotation (gemma3).
-    qk_norm: Option<(Tensor, Tensor)>,
-    o: Linear,
-    /// Norm of the attention output before the residual add (gemma3).
-    post_attn_norm: Option<Tensor>,
-    ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-    /// Norm of the feed-forward output before the residual add (gemma3).
-    post_ffn_norm: Option<Tensor>,
+    /// Norm before attention; `None` for families without pre-norms (olmo2).
+    attn_norm: Option<Norm>,
+    qkv: Qkv,
+    qk_norm: Option<QkNorm>,
+    o: Proj,
+    /// Norm of the attention output before the residual add (gemma, olmo2).
+    post_attn_norm: Option<Norm>,
+    ffn_norm: Option<Norm>,
+    /// `None` in a gated MLP: the gate is the first half of `up` (phi3).
+    gate: Option<Proj>,
+    up: Proj,
+    down: Proj,
+    /// Norm of the feed-forward output before the residual add (gemma, olmo2).
+    post_ffn_norm: Option<Norm>,
 }
 
 /// Keys and values of every layer for the tokens seen so far; cheap to clone (tensors are shared).
@@ -84,8 +119,10 @@ pub struct Decoder {
     cfg: DecoderConfig,
     /// Token embeddings `[vocab, d]`; `None` when tied to the output projection, whose rows they are.
     embed: Option<Tensor>,
+    /// Learned absolute position embeddings `[positions, d]` (gpt2, opt).
+    positions: Option<Tensor>,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Norm,
     output: Linear,
     inv_freq: Tensor,
     inv_freq_local: Tensor,
@@ -99,49 +136,28 @@ impl Decoder {
         let device = src.device().clone();
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            let n = |s: &str| format!("blk.{i}.{s}");
-            let optional_norm = |src: &mut dyn TensorSource, s: &str| -> Result<Option<Tensor>> {
-                let name = n(s);
-                Ok(if src.has(&name) {
-                    Some(src.norm(&name)?)
-                } else {
-                    None
-                })
-            };
-            let qkv_bias = if src.has(&n("attn_q.bias")) {
-                Some((
-                    src.tensor(&n("attn_q.bias"))?,
-                    src.tensor(&n("attn_k.bias"))?,
-                    src.tensor(&n("attn_v.bias"))?,
-                ))
-            } else {
-                None
-            };
-            let qk_norm = match (
-                optional_norm(src, "attn_q_norm.weight")?,
-                optional_norm(src, "attn_k_norm.weight")?,
-            ) {
-                (Some(q), Some(k)) => Some((q, k)),
-                (None, None) => None,
-                _ => bail!("layer {i} has only one of the query and key norms"),
-            };
-            layers.push(Layer {
-                attn_norm: src.norm(&n("attn_norm.weight"))?,
-                q: src.matrix(&n("attn_q.weight"))?,
-                k: src.matrix(&n("attn_k.weight"))?,
-                v: src.matrix(&n("attn_v.weight"))?,
-                qkv_bias,
-                qk_norm,
-                o: src.matrix(&n("attn_output.weight"))?,
-                post_attn_norm: optional_norm(src, "post_attention_norm.weight")?,
-                ffn_norm: src.norm(&n("ffn_norm.weight"))?,
-                gate: src.matrix(&n("ffn_gate.weight"))?,
-                up: src.matrix(&n("ffn_up.weight"))?,
-                down: src.matrix(&n("ffn_down.weight"))?,
-                post_ffn_norm: optional_norm(src, "post_ffw_norm.weight")?,
-            });
+            layers.push(load_layer(&cfg, src, i)?);
         }
-        let norm = src.norm("output_norm.weight")?;
+        let norm = load_norm(&cfg, src, "output_norm")?;
+        let positions = match cfg.learned_positions {
+            Some(offset) => {
+                let p = src.tensor("position_embd.weight")?;
+                let (rows, d) = p.dims2()?;
+                if d != cfg.hidden || rows < cfg.context_length + offset {
+                    bail!(
+                        "tensor `{}` is [{rows}, {d}]: {} positions (offset {offset}) of width {} \
+                         need at least [{}, {}]",
+                        src.display_name("position_embd.weight"),
+                        cfg.context_length,
+                        cfg.hidden,
+                        cfg.context_length + offset,
+                        cfg.hidden
+                    );
+                }
+                Some(p)
+            }
+            None => None,
+        };
         // Tied embeddings: models without `output.weight` project with the token embeddings,
         // held once, in the projection's layout. Loaded last, so the transposition's working
         // copy never sits beside a half-loaded model.
@@ -153,11 +169,20 @@ impl Decoder {
         } else {
             (None, src.dense("token_embd.weight")?)
         };
-        let inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope, &device)?;
-        let inv_freq_local = inverse_frequencies(cfg.head_dim, cfg.rope_local, &device)?;
+        if output.in_features() != cfg.hidden {
+            bail!(
+                "tensor `{}` has rows of {}, but the hidden size is {}",
+                src.display_name("token_embd.weight"),
+                output.in_features(),
+                cfg.hidden
+            );
+        }
+        let inv_freq = inverse_frequencies(cfg.rotary_dims, cfg.rope, &device)?;
+        let inv_freq_local = inverse_frequencies(cfg.rotary_dims, cfg.rope_local, &device)?;
         Ok(Self {
             cfg,
             embed,
+            positions,
             layers,
             norm,
             output,
@@ -282,6 +307,14 @@ impl Decoder {
         if let Some(s) = self.cfg.embed_scale {
             x = (x * s)?;
         }
+        if let (Some(table), Some(offset)) = (&self.positions, self.cfg.learned_positions) {
+            let pos: Vec<u32> = spans
+                .iter()
+                .flat_map(|&(_, t, past)| (past..past + t).map(move |p| (p + offset) as u32))
+                .collect();
+            let pos = table.index_select(&Tensor::new(pos.as_slice(), &self.device)?, 0)?;
+            x = x.broadcast_add(&pos)?;
+        }
         let angles = |inv: &Tensor| -> Result<(Tensor, Tensor)> {
             let parts = spans
                 .iter()
@@ -290,46 +323,54 @@ impl Decoder {
             let (cos, sin): (Vec<Tensor>, Vec<Tensor>) = parts.into_iter().unzip();
             Ok((Tensor::cat(&cos, 0)?, Tensor::cat(&sin, 0)?))
         };
-        let (cos, sin) = angles(&self.inv_freq)?;
-        let local = if self.cfg.rope_local != self.cfg.rope {
+        let rotary = self.cfg.rotary_dims > 0;
+        let (cos, sin) = if rotary {
+            angles(&self.inv_freq)?
+        } else {
+            let none = Tensor::zeros(0, DType::F32, &self.device)?;
+            (none.clone(), none)
+        };
+        let local = if rotary && self.cfg.rope_local != self.cfg.rope {
             Some(angles(&self.inv_freq_local)?)
         } else {
             None
         };
         let (nh, nkv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let eps = self.cfg.rms_eps as f32;
-        let rope = match self.cfg.rope_style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i,
-            RopeStyle::Halves => candle_nn::rotary_emb::rope,
-        };
         let mut kept: Vec<Vec<(Tensor, Tensor)>> =
             vec![Vec::with_capacity(self.layers.len()); spans.len()];
         for (li, layer) in self.layers.iter().enumerate() {
             let sliding = self.cfg.sliding_layers[li];
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let (mut q, mut k, mut v) = (
-                layer.q.forward(&h)?,
-                layer.k.forward(&h)?,
-                layer.v.forward(&h)?,
-            );
-            if let Some((bq, bk, bv)) = &layer.qkv_bias {
-                q = q.broadcast_add(bq)?;
-                k = k.broadcast_add(bk)?;
-                v = v.broadcast_add(bv)?;
+            let h = self.pre_norm(&layer.attn_norm, &x)?;
+            let (mut q, mut k, v) = match &layer.qkv {
+                Qkv::Split(q, k, v) => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
+                Qkv::Fused(p) => {
+                    let y = p.forward(&h)?;
+                    (
+                        y.narrow(2, 0, nh * hd)?,
+                        y.narrow(2, nh * hd, nkv * hd)?,
+                        y.narrow(2, (nh + nkv) * hd, nkv * hd)?,
+                    )
+                }
+            };
+            if let Some(QkNorm::Whole(qn, kn)) = &layer.qk_norm {
+                q = self.rms(&q.contiguous()?, qn)?;
+                k = self.rms(&k.contiguous()?, kn)?;
             }
             let heads =
                 |x: Tensor, n: usize| x.reshape((1, rows, n, hd))?.transpose(1, 2)?.contiguous();
             let (mut q, mut k, v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
-            if let Some((qn, kn)) = &layer.qk_norm {
-                q = candle_nn::ops::rms_norm(&q, qn, eps)?;
-                k = candle_nn::ops::rms_norm(&k, kn, eps)?;
+            if let Some(QkNorm::PerHead(qn, kn)) = &layer.qk_norm {
+                q = self.rms(&q, qn)?;
+                k = self.rms(&k, kn)?;
             }
-            let (c, s) = match (&local, sliding) {
-                (Some((c, s)), true) => (c, s),
-                _ => (&cos, &sin),
-            };
-            let q = rope(&q, c, s)?;
-            let k = rope(&k, c, s)?;
+            if rotary {
+                let (c, s) = match (&local, sliding) {
+                    (Some((c, s)), true) => (c, s),
+                    _ => (&cos, &sin),
+                };
+                q = self.rotate(&q, c, s)?;
+                k = self.rotate(&k, c, s)?;
+            }
             let window = self.cfg.sliding_window.filter(|_| sliding);
             let mut outs = Vec::with_capacity(spans.len());
             for (si, &(off, t, _)) in spans.iter().enumerate() {
@@ -368,21 +409,18 @@ impl Decoder {
                 Tensor::cat(&outs, 2)?
             };
             let attn = attn.transpose(1, 2)?.reshape((1, rows, nh * hd))?;
-            let mut attn = layer.o.forward(&attn)?;
-            if let Some(n) = &layer.post_attn_norm {
-                attn = candle_nn::ops::rms_norm(&attn, n, eps)?;
+            let attn = self.post_norm(&layer.post_attn_norm, layer.o.forward(&attn)?)?;
+            if self.cfg.parallel_residual {
+                // The MLP reads the layer's input, not the attention's output (GPT-NeoX).
+                let ff = self.mlp(layer, &self.pre_norm(&layer.ffn_norm, &x)?)?;
+                x = ((ff + attn)? + x)?;
+            } else {
+                x = (x + attn)?;
+                let ff = self.mlp(layer, &self.pre_norm(&layer.ffn_norm, &x)?)?;
+                x = (x + self.post_norm(&layer.post_ffn_norm, ff)?)?;
             }
-            x = (x + attn)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = layer.gate.forward(&h)?;
-            let gate = super::activation::apply(self.cfg.activation, &gate)?;
-            let mut ff = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
-            if let Some(n) = &layer.post_ffn_norm {
-                ff = candle_nn::ops::rms_norm(&ff, n, eps)?;
-            }
-            x = (x + ff)?;
         }
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?.squeeze(0)?;
+        let x = self.norm(&self.norm, &x)?.squeeze(0)?;
         let mut out = Vec::with_capacity(spans.len());
         for (&(off, t, past), layers) in spans.iter().zip(kept) {
             let hidden = if spans.len() == 1 {
@@ -397,6 +435,65 @@ impl Decoder {
             out.push((hidden, KvCache { layers, len }));
         }
         Ok(out)
+    }
+
+    /// `norm(x)` in the config's kind.
+    fn norm(&self, n: &Norm, x: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.norm_eps as f32;
+        Ok(match (&self.cfg.norm, &n.b) {
+            // Two passes (mean, then the centred variance), as torch computes it: the one-pass
+            // E[x²] - E[x]² of candle's fused kernel cancels badly where a row's mean is large.
+            (NormKind::Layer, Some(b)) => candle_nn::ops::layer_norm_slow(x, &n.w, b, eps)?,
+            _ => self.rms(x, &n.w)?,
+        })
+    }
+
+    fn rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(x, w, self.cfg.norm_eps as f32)?)
+    }
+
+    /// The norm before a block, or its input itself where the family has none.
+    fn pre_norm(&self, n: &Option<Norm>, x: &Tensor) -> Result<Tensor> {
+        match n {
+            Some(n) => self.norm(n, x),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The norm of a block's output, where the family has one.
+    fn post_norm(&self, n: &Option<Norm>, y: Tensor) -> Result<Tensor> {
+        match n {
+            Some(n) => self.norm(n, &y),
+            None => Ok(y),
+        }
+    }
+
+    /// Rotary embedding of the first `rotary_dims` of each head `[1, heads, t, head_dim]`.
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let rope = match self.cfg.rope_style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i,
+            RopeStyle::Halves => candle_nn::rotary_emb::rope,
+        };
+        let (hd, rd) = (self.cfg.head_dim, self.cfg.rotary_dims);
+        if rd == hd {
+            return Ok(rope(x, cos, sin)?);
+        }
+        let turned = rope(&x.narrow(3, 0, rd)?.contiguous()?, cos, sin)?;
+        Ok(Tensor::cat(&[&turned, &x.narrow(3, rd, hd - rd)?], 3)?)
+    }
+
+    fn mlp(&self, layer: &Layer, h: &Tensor) -> Result<Tensor> {
+        let act = |x: &Tensor| super::activation::apply(self.cfg.activation, x);
+        let inner = match (&self.cfg.mlp, &layer.gate) {
+            (Mlp::Gated, Some(gate)) => (act(&gate.forward(h)?)? * layer.up.forward(h)?)?,
+            (Mlp::Gated, None) => {
+                let both = layer.up.forward(h)?;
+                let half = both.dim(D::Minus1)? / 2;
+                (act(&both.narrow(D::Minus1, 0, half)?)? * both.narrow(D::Minus1, half, half)?)?
+            }
+            (Mlp::Plain, _) => act(&layer.up.forward(h)?)?,
+        };
+        layer.down.forward(&inner)
     }
 
     /// Log-probabilities over the vocabulary at the given rows of `hidden`: `[rows.len(), vocab]`.
@@ -489,16 +586,162 @@ impl Decoder {
     }
 }
 
+/// A norm `{base}.weight` (and `.bias`), in the config's kind.
+fn load_norm(cfg: &DecoderConfig, src: &mut dyn TensorSource, base: &str) -> Result<Norm> {
+    let name = format!("{base}.weight");
+    let w = src.norm(&name)?;
+    let width = w.dims1()?;
+    if width != cfg.hidden {
+        bail!(
+            "tensor `{}` has {width} entries, but the hidden size is {}",
+            src.display_name(&name),
+            cfg.hidden
+        );
+    }
+    let bias = format!("{base}.bias");
+    let b = match cfg.norm {
+        NormKind::Rms => None,
+        NormKind::Layer if src.has(&bias) => Some(src.tensor(&bias)?),
+        NormKind::Layer => Some(Tensor::zeros(width, DType::F32, &src.device().clone())?),
+    };
+    Ok(Norm { w, b })
+}
+
+/// A norm the config says a layer has, or `None` when it has none.
+fn layer_norm_if(
+    cfg: &DecoderConfig,
+    src: &mut dyn TensorSource,
+    present: bool,
+    base: &str,
+) -> Result<Option<Norm>> {
+    Ok(if present {
+        Some(load_norm(cfg, src, base)?)
+    } else {
+        None
+    })
+}
+
+/// `{base}.weight` `[out, in]` (and `.bias` when the file has it), checked against the shape the
+/// config implies (`out` `None`: any number of outputs).
+fn load_proj(
+    src: &mut dyn TensorSource,
+    base: &str,
+    out: Option<usize>,
+    inputs: usize,
+) -> Result<Proj> {
+    let name = format!("{base}.weight");
+    let w = src.matrix(&name)?;
+    let (o, i) = (w.out_features(), w.in_features());
+    if i != inputs || out.is_some_and(|out| out != o) {
+        let want = out.map_or("N".to_string(), |o| o.to_string());
+        bail!(
+            "tensor `{}` is [{o}, {i}] (outputs, inputs), but the config implies [{want}, {inputs}]",
+            src.display_name(&name)
+        );
+    }
+    let bias = format!("{base}.bias");
+    let b = if src.has(&bias) {
+        let b = src.tensor(&bias)?;
+        if b.dims1()? != o {
+            bail!(
+                "tensor `{}` has {} entries for {o} outputs",
+                src.display_name(&bias),
+                b.dims1()?
+            );
+        }
+        Some(b)
+    } else {
+        None
+    };
+    Ok(Proj { w, b })
+}
+
+/// Query/key norms, per head or over the whole projection, told apart by their width.
+fn load_qk_norm(cfg: &DecoderConfig, src: &mut dyn TensorSource, i: usize) -> Result<QkNorm> {
+    let (qn, kn) = (
+        format!("blk.{i}.attn_q_norm.weight"),
+        format!("blk.{i}.attn_k_norm.weight"),
+    );
+    let (q, k) = (src.norm(&qn)?, src.norm(&kn)?);
+    let (wq, wk) = (q.dims1()?, k.dims1()?);
+    let hd = cfg.head_dim;
+    if wq == hd && wk == hd {
+        Ok(QkNorm::PerHead(q, k))
+    } else if wq == cfg.n_heads * hd && wk == cfg.n_kv_heads * hd {
+        Ok(QkNorm::Whole(q, k))
+    } else {
+        bail!(
+            "tensors `{}` / `{}` have {wq} / {wk} entries: neither one head ({hd}) nor the \
+             whole projections ({} / {})",
+            src.display_name(&qn),
+            src.display_name(&kn),
+            cfg.n_heads * hd,
+            cfg.n_kv_heads * hd
+        )
+    }
+}
+
+fn load_layer(cfg: &DecoderConfig, src: &mut dyn TensorSource, i: usize) -> Result<Layer> {
+    let n = |s: &str| format!("blk.{i}.{s}");
+    let (d, hd) = (cfg.hidden, cfg.head_dim);
+    let (q_out, kv_out) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+    let qkv = if src.has(&n("attn_qkv.weight")) {
+        Qkv::Fused(load_proj(src, &n("attn_qkv"), Some(q_out + 2 * kv_out), d)?)
+    } else {
+        Qkv::Split(
+            load_proj(src, &n("attn_q"), Some(q_out), d)?,
+            load_proj(src, &n("attn_k"), Some(kv_out), d)?,
+            load_proj(src, &n("attn_v"), Some(kv_out), d)?,
+        )
+    };
+    let qk_norm = if cfg.qk_norm {
+        Some(load_qk_norm(cfg, src, i)?)
+    } else {
+        None
+    };
+    let fused_gate = cfg.mlp == Mlp::Gated && !src.has(&n("ffn_gate.weight"));
+    let up = load_proj(src, &n("ffn_up"), None, d)?;
+    let inter = if fused_gate {
+        let o = up.w.out_features();
+        if !o.is_multiple_of(2) {
+            bail!(
+                "tensor `{}` (gate and up projections in one) has an odd number of outputs, {o}",
+                src.display_name(&n("ffn_up.weight"))
+            );
+        }
+        o / 2
+    } else {
+        up.w.out_features()
+    };
+    let gate = match cfg.mlp {
+        Mlp::Gated if !fused_gate => Some(load_proj(src, &n("ffn_gate"), Some(inter), d)?),
+        _ => None,
+    };
+    Ok(Layer {
+        attn_norm: layer_norm_if(cfg, src, cfg.pre_norms, &n("attn_norm"))?,
+        qkv,
+        qk_norm,
+        o: load_proj(src, &n("attn_output"), Some(d), q_out)?,
+        post_attn_norm: layer_norm_if(cfg, src, cfg.post_norms, &n("post_attention_norm"))?,
+        ffn_norm: layer_norm_if(cfg, src, cfg.pre_norms, &n("ffn_norm"))?,
+        gate,
+        up,
+        down: load_proj(src, &n("ffn_down"), Some(d), inter)?,
+        post_ffn_norm: layer_norm_if(cfg, src, cfg.post_norms, &n("post_ffw_norm"))?,
+    })
+}
+
 /// Queries per attention block.
 const QUERY_BLOCK: usize = 128;
 
 /// Rows of one packed forward pass.
 const PACK_ROWS: usize = 1024;
 
-fn inverse_frequencies(head_dim: usize, rope: Rope, device: &Device) -> Result<Tensor> {
-    let half = head_dim / 2;
+/// `1 / base^(2i / dims)` over the rotating dimensions (not the whole head, for partial rotary).
+fn inverse_frequencies(dims: usize, rope: Rope, device: &Device) -> Result<Tensor> {
+    let half = dims / 2;
     let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / rope.base.powf(2.0 * i as f32 / head_dim as f32) / rope.linear_factor)
+        .map(|i| 1.0 / rope.base.powf(2.0 * i as f32 / dims as f32) / rope.linear_factor)
         .collect();
     Ok(Tensor::new(inv, device)?.reshape((1, half))?)
 }

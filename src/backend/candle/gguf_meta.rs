@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file::{self, Value};
 
-use super::config::Rope;
+use super::config::{DecoderConfig, Rope};
 
 /// The metadata of one architecture (keys are prefixed by its name).
 pub struct Meta<'a> {
@@ -65,6 +65,27 @@ impl<'a> Meta<'a> {
     pub fn f64(&self, key: &str) -> Result<f64> {
         self.opt_f64(key)?
             .with_context(|| format!("missing metadata `{}.{key}`", self.arch))
+    }
+
+    /// The shared decoder's base shape from the keys every architecture has.
+    pub fn base(&self) -> Result<DecoderConfig> {
+        let n_heads = self.usize("attention.head_count")?;
+        let hidden = self.usize("embedding_length")?;
+        let head_dim = match self.opt_usize("attention.key_length")? {
+            Some(d) => d,
+            None if n_heads > 0 && hidden.is_multiple_of(n_heads) => hidden / n_heads,
+            None => bail!("embedding_length {hidden} is not a multiple of head_count {n_heads}"),
+        };
+        Ok(DecoderConfig::base(
+            self.arch,
+            self.usize("block_count")?,
+            n_heads,
+            self.opt_usize("attention.head_count_kv")?
+                .unwrap_or(n_heads),
+            head_dim,
+            hidden,
+            self.usize("context_length")?,
+        ))
     }
 
     /// Rotary base and linear scaling (`rope.freq_base`, `rope.scaling.type`/`factor`).

@@ -1,90 +1,63 @@
-//! The `llama` and `qwen2` families: pre-norm blocks, SiLU-gated MLP; qwen2 adds Q/K/V biases.
+//! The llama layout and its close kin: `llama`, `mistral` (a sliding window on every layer),
+//! `qwen2` (Q/K/V biases) and `qwen3` (per-head query/key norms, a head size of its own):
+//! pre-norm blocks, SiLU-gated MLP, rotary positions.
 
 use anyhow::{Result, bail};
 use candle_core::quantized::gguf_file;
 
-use super::config::{Activation, DecoderConfig, HfConfig, RopeStyle};
+use super::config::{Activation, DecoderConfig, Family, HfConfig, HfTensor, RopeStyle};
 use super::gguf_meta::Meta;
 
-/// Architectures this module reads.
-pub const ARCHS: &[&str] = &["llama", "qwen2"];
+/// The family's registration.
+pub const FAMILY: Family = Family {
+    model_types: &["llama", "mistral", "qwen2", "qwen3"],
+    gguf_archs: &["llama", "qwen2", "qwen3"],
+    from_hf,
+    from_gguf,
+    hf_tensor: |name| HfTensor::plain(hf_name(name)),
+    norm_offset: 0.0,
+};
 
-/// The config of a `llama` or `qwen2` GGUF file.
+/// The config of a `llama`, `qwen2` or `qwen3` GGUF file (Mistral's files are `llama`).
 pub fn from_gguf(content: &gguf_file::Content, arch: &str) -> Result<DecoderConfig> {
     let m = Meta::new(content, arch);
-    let n_heads = m.usize("attention.head_count")?;
-    let hidden = m.usize("embedding_length")?;
-    if n_heads == 0 || !hidden.is_multiple_of(n_heads) {
-        bail!("embedding_length {hidden} is not a multiple of head_count {n_heads}");
+    let mut cfg = m.base()?;
+    cfg.norm_eps = m.f64("attention.layer_norm_rms_epsilon")?;
+    // llama.cpp's converter permutes llama's Q/K rows for the interleaved rotation; qwen keeps
+    // Hugging Face's layout.
+    if arch == "llama" {
+        cfg.rope_style = RopeStyle::Interleaved;
     }
-    let head_dim = m
-        .opt_usize("attention.key_length")?
-        .unwrap_or(hidden / n_heads);
-    let n_layers = m.usize("block_count")?;
-    let rope = m.rope(10_000.0)?;
-    Ok(DecoderConfig {
-        arch: arch.to_string(),
-        n_layers,
-        n_heads,
-        n_kv_heads: m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads),
-        head_dim,
-        hidden,
-        rms_eps: m.f64("attention.layer_norm_rms_epsilon")?,
-        // llama.cpp's converter permutes llama's Q/K rows for the interleaved rotation; qwen2
-        // keeps Hugging Face's layout.
-        rope_style: if arch == "llama" {
-            RopeStyle::Interleaved
-        } else {
-            RopeStyle::Halves
-        },
-        rope,
-        rope_local: rope,
-        sliding_window: None,
-        sliding_layers: vec![false; n_layers],
-        attn_scale: 1.0 / (head_dim as f64).sqrt(),
-        embed_scale: None,
-        activation: Activation::Silu,
-        attn_softcap: None,
-        final_softcap: None,
-        context_length: m.usize("context_length")?,
-    })
+    cfg.rope = m.rope(10_000.0)?;
+    cfg.rope_local = cfg.rope;
+    cfg.qk_norm = arch == "qwen3";
+    Ok(cfg)
 }
 
-/// The config of a `llama` or `qwen2` Hugging Face checkpoint.
+/// The config of a `llama`, `mistral`, `qwen2` or `qwen3` Hugging Face checkpoint.
 pub fn from_hf(c: &HfConfig) -> Result<DecoderConfig> {
     if c.use_sliding_window == Some(true) {
-        bail!("`use_sliding_window: true` (Qwen2 sliding attention) is not supported");
+        bail!("`use_sliding_window: true` (Qwen sliding attention) is not supported");
     }
-    if let Some(act) = c.activation()
-        && act != "silu"
-    {
+    if c.activation_or(Activation::Silu)? != Activation::Silu {
         bail!(
-            "hidden activation `{act}` is not supported for {}",
+            "hidden activation `{}` is not supported for {}",
+            c.activation().unwrap_or_default(),
             c.model_type
         );
     }
-    let head_dim = c.head_dim()?;
-    let rope = c.rope(None)?;
-    Ok(DecoderConfig {
-        arch: c.model_type.clone(),
-        n_layers: c.num_hidden_layers,
-        n_heads: c.num_attention_heads,
-        n_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
-        head_dim,
-        hidden: c.hidden_size,
-        rms_eps: c.rms_norm_eps,
-        rope_style: RopeStyle::Halves,
-        rope,
-        rope_local: rope,
-        sliding_window: None,
-        sliding_layers: vec![false; c.num_hidden_layers],
-        attn_scale: 1.0 / (head_dim as f64).sqrt(),
-        embed_scale: None,
-        activation: Activation::Silu,
-        attn_softcap: None,
-        final_softcap: None,
-        context_length: c.max_position_embeddings,
-    })
+    let mut cfg = c.base()?;
+    cfg.norm_eps = c.rms_eps()?;
+    cfg.rope = c.rope(None)?;
+    cfg.rope_local = cfg.rope;
+    cfg.qk_norm = c.model_type == "qwen3";
+    if c.model_type == "mistral"
+        && let Some(w) = c.sliding_window
+    {
+        cfg.sliding_window = Some(w);
+        cfg.sliding_layers = vec![true; c.num_hidden_layers];
+    }
+    Ok(cfg)
 }
 
 /// GGUF tensor name → Hugging Face name.

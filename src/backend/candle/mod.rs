@@ -4,10 +4,17 @@ mod activation;
 mod attention;
 pub mod config;
 pub mod decoder;
+pub mod families;
+pub mod gemma2;
 pub mod gemma3;
 mod gguf_meta;
+pub mod gpt2;
+pub mod gpt_neox;
 pub mod hf;
 pub mod llama;
+pub mod olmo2;
+pub mod opt;
+pub mod phi3;
 pub mod prefix;
 pub mod tokenizer;
 pub mod weights;
@@ -108,20 +115,17 @@ pub const NUMERICS: u32 = 4;
 
 /// GGUF architectures the decoder runs.
 pub fn supported_architectures() -> Vec<&'static str> {
-    llama::ARCHS.iter().chain(gemma3::ARCHS).copied().collect()
+    families::gguf_archs()
 }
 
 /// The decoder config of a GGUF file, dispatched on its architecture.
 fn gguf_config(content: &gguf_file::Content, arch: &str) -> Result<DecoderConfig> {
-    if llama::ARCHS.contains(&arch) {
-        llama::from_gguf(content, arch)
-    } else if gemma3::ARCHS.contains(&arch) {
-        gemma3::from_gguf(content, arch)
-    } else {
-        bail!(
+    match families::by_gguf_arch(arch) {
+        Some(f) => (f.from_gguf)(content, arch),
+        None => bail!(
             "architecture `{arch}` is not supported (supported: {})",
             supported_architectures().join(", ")
-        )
+        ),
     }
 }
 
@@ -537,7 +541,10 @@ fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>, String
 pub fn load_tokenizer(path: &Path) -> Result<(TextTokenizer, usize)> {
     if path.is_dir() {
         let c = hf::read_config(path)?;
-        return Ok((hf::load_tokenizer(path, &c)?, c.max_position_embeddings));
+        let context = c
+            .context_length()
+            .with_context(|| format!("{}/config.json", path.display()))?;
+        return Ok((hf::load_tokenizer(path, &c)?, context));
     }
     let (content, _, arch) = open_gguf(path)?;
     let cfg = gguf_config(&content, &arch)?;

@@ -7,7 +7,9 @@ use std::io::{Read, Seek};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+
+use super::config::{Family, HfTensor, Stored};
 use candle_core::quantized::{QMatMul, QTensor, gguf_file, k_quants};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{D, DType, Device, Module, Tensor};
@@ -47,6 +49,14 @@ impl Linear {
         match self {
             Linear::Dense(wt) => wt.dims().last().copied().unwrap_or(0),
             Linear::Quantized(q, _) => q.shape().dims().first().copied().unwrap_or(0),
+        }
+    }
+
+    /// Input features (columns of `W`).
+    pub fn in_features(&self) -> usize {
+        match self {
+            Linear::Dense(wt) => wt.dims().first().copied().unwrap_or(0),
+            Linear::Quantized(q, _) => q.shape().dims().get(1).copied().unwrap_or(0),
         }
     }
 
@@ -251,6 +261,10 @@ pub trait TensorSource {
     fn norm(&mut self, name: &str) -> Result<Tensor> {
         self.tensor(name)
     }
+    /// The name the file itself uses for `name`, for errors.
+    fn display_name(&self, name: &str) -> String {
+        name.to_string()
+    }
 }
 
 /// Tensors of a GGUF file.
@@ -302,28 +316,27 @@ impl<R: Read + Seek> TensorSource for GgufSource<'_, R> {
 /// Tensors of a Hugging Face checkpoint (`*.safetensors`, memory-mapped), converted to float32.
 pub struct SafetensorsSource {
     st: MmapedSafetensors,
-    /// GGUF name → checkpoint name, per architecture.
-    rename: fn(&str) -> String,
+    /// GGUF name → where the checkpoint keeps it, per family.
+    naming: fn(&str) -> HfTensor,
     /// Added to every norm weight: Gemma stores `w` and multiplies by `1 + w`.
     norm_offset: f64,
+    /// Attention heads, to reorder head-interleaved fused projections.
+    heads: usize,
     device: Device,
 }
 
 impl SafetensorsSource {
-    /// Maps the given files; `rename` translates GGUF tensor names to the checkpoint's.
-    pub fn open(
-        files: &[impl AsRef<Path>],
-        rename: fn(&str) -> String,
-        norm_offset: f64,
-    ) -> Result<Self> {
+    /// Maps the given files, naming tensors the way `family`'s checkpoints do.
+    pub fn open(files: &[impl AsRef<Path>], family: &Family, heads: usize) -> Result<Self> {
         // SAFETY: the files are memory-mapped read-only; like every mmap user we rely on them not
         // being truncated while the model is loaded (weights are copied to float32 tensors at load).
         let st = unsafe { MmapedSafetensors::multi(files) }
             .map_err(|e| anyhow::anyhow!("cannot read safetensors: {}", super::first_line(&e)))?;
         Ok(Self {
             st,
-            rename,
-            norm_offset,
+            naming: family.hf_tensor,
+            norm_offset: family.norm_offset,
+            heads,
             device: Device::Cpu,
         })
     }
@@ -342,11 +355,56 @@ impl SafetensorsSource {
             .map(|(n, v)| (n, v.shape().iter().product::<usize>() as u64))
             .collect()
     }
+
+    /// The checkpoint's name for `name` and how it is stored: the first candidate present.
+    fn find(&self, name: &str) -> (String, Stored) {
+        let t = (self.naming)(name);
+        let found = t
+            .names
+            .iter()
+            .find(|n| self.st.get(n.as_str()).is_ok())
+            .or(t.names.first())
+            .cloned()
+            .unwrap_or_else(|| name.to_string());
+        (found, t.stored)
+    }
+
+    fn load(&self, name: &str) -> Result<(Tensor, Stored)> {
+        let (hf, stored) = self.find(name);
+        let t = self
+            .st
+            .load(&hf, &self.device)
+            .map_err(|e| anyhow::anyhow!("cannot read tensor `{hf}`: {}", super::first_line(&e)))?;
+        Ok((t.to_dtype(DType::F32)?, stored))
+    }
+
+    /// `[q_h | k_h | v_h]` per head (rows of a weight, entries of a bias) as `[q | k | v]`.
+    fn deinterleave(&self, name: &str, t: Tensor) -> Result<Tensor> {
+        let rows = t.dim(0)?;
+        let h = self.heads;
+        if h == 0 || !rows.is_multiple_of(3 * h) {
+            bail!(
+                "tensor `{}` has {rows} rows, not 3 × {h} heads of equal size",
+                self.display_name(name)
+            );
+        }
+        let hd = rows / (3 * h);
+        let rest: Vec<usize> = t.dims()[1..].to_vec();
+        let mut shape = vec![h, 3, hd];
+        shape.extend(&rest);
+        let t = t.reshape(shape)?.transpose(0, 1)?.contiguous()?;
+        let mut out = vec![rows];
+        out.extend(&rest);
+        Ok(t.reshape(out)?)
+    }
 }
 
 impl TensorSource for SafetensorsSource {
     fn has(&self, name: &str) -> bool {
-        self.st.get((self.rename)(name).as_str()).is_ok()
+        (self.naming)(name)
+            .names
+            .iter()
+            .any(|n| self.st.get(n.as_str()).is_ok())
     }
 
     fn device(&self) -> &Device {
@@ -354,16 +412,20 @@ impl TensorSource for SafetensorsSource {
     }
 
     fn matrix(&mut self, name: &str) -> Result<Linear> {
-        Linear::dense(&self.tensor(name)?)
+        match self.load(name)? {
+            // Already Wᵀ, the layout the products read.
+            (t, Stored::Transposed) => Ok(Linear::Dense(t.contiguous()?)),
+            (t, Stored::HeadInterleavedQkv) => Linear::dense(&self.deinterleave(name, t)?),
+            (t, Stored::Plain) => Linear::dense(&t),
+        }
     }
 
     fn tensor(&mut self, name: &str) -> Result<Tensor> {
-        let hf = (self.rename)(name);
-        let t = self
-            .st
-            .load(&hf, &self.device)
-            .map_err(|e| anyhow::anyhow!("cannot read tensor `{hf}`: {}", super::first_line(&e)))?;
-        Ok(t.to_dtype(DType::F32)?)
+        match self.load(name)? {
+            (t, Stored::Transposed) => Ok(t.t()?.contiguous()?),
+            (t, Stored::HeadInterleavedQkv) => self.deinterleave(name, t),
+            (t, Stored::Plain) => Ok(t),
+        }
     }
 
     fn norm(&mut self, name: &str) -> Result<Tensor> {
@@ -373,6 +435,10 @@ impl TensorSource for SafetensorsSource {
         } else {
             (w + self.norm_offset)?
         })
+    }
+
+    fn display_name(&self, name: &str) -> String {
+        self.find(name).0
     }
 }
 

@@ -26,6 +26,9 @@ pub struct ModelEntry {
     pub display_name: Option<String>,
     /// The command that fetches the weights, shown when they are missing.
     pub fetch: Option<String>,
+    /// The model family the size chart draws one line for (`pythia`, `qwen2.5`); defaults to the
+    /// architecture, which for a GGUF file is often only `llama`.
+    pub family: Option<String>,
 }
 
 /// The models file: named models a run can refer to.
@@ -108,6 +111,8 @@ pub struct ResolvedModel {
     pub display_name: Option<String>,
     /// sha256 the weights must have.
     pub sha256: Option<String>,
+    /// The family the models file names, if it does.
+    pub family: Option<String>,
 }
 
 impl ResolvedModel {
@@ -176,6 +181,7 @@ pub fn resolve(
             path: fetch_from_hub(&r, hub)?,
             display_name: Some(r.display_name()),
             sha256: None,
+            family: None,
         });
     }
     let path = Path::new(reference);
@@ -185,6 +191,7 @@ pub fn resolve(
             path: path.to_path_buf(),
             display_name: None,
             sha256: None,
+            family: None,
         });
     }
     let Some((f, entry)) = file.and_then(|f| f.models.get(reference).map(|e| (f, e))) else {
@@ -213,6 +220,7 @@ pub fn resolve(
             path: fetch_from_hub(&r, hub)?,
             display_name,
             sha256: entry.sha256.clone(),
+            family: entry.family.clone(),
         });
     }
     let path = f.base.join(&entry.source);
@@ -228,6 +236,7 @@ pub fn resolve(
         path,
         display_name,
         sha256: entry.sha256.clone(),
+        family: entry.family.clone(),
     })
 }
 
@@ -317,6 +326,8 @@ fn fetch_from_hub(r: &HubRef, hub: &HubOptions) -> Result<PathBuf> {
 pub struct ModelListing {
     pub name: String,
     pub architecture: Option<String>,
+    /// The models file's `family`, else the architecture's.
+    pub family: Option<String>,
     pub parameters: Option<u64>,
     pub quantization: Option<String>,
     pub context_length: Option<usize>,
@@ -343,6 +354,7 @@ pub fn list(file: &ModelsFile, hub: &HubOptions) -> Vec<ModelListing> {
             let mut row = ModelListing {
                 name: name.clone(),
                 architecture: None,
+                family: entry.family.clone(),
                 parameters: None,
                 quantization: None,
                 context_length: None,
@@ -357,6 +369,9 @@ pub fn list(file: &ModelsFile, hub: &HubOptions) -> Vec<ModelListing> {
             if let Some(p) = local {
                 match inspect(&p) {
                     Ok((arch, params, quant, ctx)) => {
+                        row.family = row
+                            .family
+                            .or_else(|| Some(candle::families::family_name(&arch)));
                         row.architecture = Some(arch);
                         row.parameters = Some(params);
                         row.quantization = Some(quant);
@@ -395,14 +410,15 @@ fn inspect(path: &Path) -> Result<(String, u64, String, usize)> {
 /// `icl-eval models` as a Markdown table.
 pub fn render_listing(rows: &[ModelListing]) -> String {
     let mut out = String::from(
-        "| name | architecture | parameters | quantization | context | present | path |\n|---|---|---:|---|---:|---|---|\n",
+        "| name | architecture | family | parameters | quantization | context | present | path |\n|---|---|---|---:|---|---:|---|---|\n",
     );
     let dash = || "-".to_string();
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
             r.architecture.clone().unwrap_or_else(dash),
+            r.family.clone().unwrap_or_else(dash),
             r.parameters
                 .map_or_else(dash, |p| format!("{:.0}M", p as f64 / 1e6)),
             r.quantization.clone().unwrap_or_else(dash),

@@ -353,3 +353,60 @@ fn add_bos_token_prepends_what_the_post_processor_does_not() {
     let ids = opt.encode("Hello").unwrap();
     assert_eq!((ids[0], ids[1] != 0), (0, true), "{ids:?}");
 }
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn a_run_over_several_families_records_them_and_draws_a_line_per_family() {
+    // Two checkpoints the models file puts in one family, one left to its architecture.
+    let d = common::tmp("families-run");
+    let tiny = common::reference_dir().join("tiny-hf");
+    std::fs::write(
+        d.join("models.yaml"),
+        format!(
+            "models:\n  tiny-llama:\n    source: {0}/llama\n    family: tiny\n  \
+             tiny-gemma2:\n    source: {0}/gemma2\n    family: tiny\n  tiny-gpt2:\n    source: {0}/gpt2\n",
+            tiny.display()
+        ),
+    )
+    .unwrap();
+    let out = d.join("run");
+    let tasks = common::root().join("tasks");
+    let o = common::icl_eval_in(
+        &d,
+        &[
+            "run",
+            "--tasks-dir",
+            tasks.to_str().unwrap(),
+            "--tasks",
+            "two_digit_addition",
+            "--models",
+            "tiny-llama,tiny-gemma2,tiny-gpt2",
+            "--shots",
+            "0,1",
+            "--limit",
+            "3",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let families: Vec<&str> = config["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["family"].as_str().unwrap())
+        .collect();
+    assert_eq!(families, ["tiny", "tiny", "gpt2"]);
+    let svg = std::fs::read_to_string(out.join("accuracy_vs_model_size.svg")).unwrap();
+    for line in ["tiny, K = 0", "tiny, K = 1", "gpt2, K = 0"] {
+        assert!(svg.contains(line), "{line}");
+    }
+    let listing = common::icl_eval_in(&d, &["models"]);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains("| tiny-gpt2 | gpt2 | gpt2 |") && listing.contains("| gemma2 | tiny |"),
+        "{listing}"
+    );
+}

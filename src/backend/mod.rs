@@ -18,6 +18,10 @@ pub struct ModelInfo {
     pub path: String,
     pub sha256: String,
     pub architecture: String,
+    /// The family the size chart draws one line for: the models file's `family`, else the
+    /// architecture (`gemma3_text` as `gemma3`).
+    #[serde(default)]
+    pub family: String,
     /// Parameters counted from the weights (every tensor once, tied embeddings once).
     pub parameters: u64,
     /// Parameters without the token embedding and an untied output projection.
@@ -41,6 +45,7 @@ impl ModelInfo {
             path: String::new(),
             sha256: String::new(),
             architecture: "llama".into(),
+            family: "llama".into(),
             parameters,
             non_embedding_parameters: parameters,
             quantization: "F32".into(),

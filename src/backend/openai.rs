@@ -168,6 +168,7 @@ impl OpenAiBackend {
                 path: endpoint.base.clone(),
                 sha256: String::new(),
                 architecture: "openai-server".into(),
+                family: String::new(),
                 parameters: 0,
                 non_embedding_parameters: 0,
                 quantization: String::new(),

@@ -507,16 +507,24 @@ where
         .map_err(|e| anyhow!("chart: {e}"))
 }
 
-/// A line of the model-size chart: (parameters, value, stderr) per model, for one K.
-type SizeLine = (String, Vec<(f64, f64, f64)>);
+/// A line of the model-size chart: its name, (parameters, value, stderr) per model, and the
+/// label drawn beside each point (empty: none).
+type SizeLine = (String, Vec<(f64, f64, f64)>, Vec<String>);
 
 /// Writes `accuracy_vs_model_size.png` and `.svg` when the run has two or more models: x = parameters
-/// (log axis), one line per K, one panel per task (its headline metric) plus the mean over tasks.
-pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Result<bool> {
+/// (log axis), one panel per task (its headline metric) plus the mean over tasks. When some family
+/// has several sizes, one line per (family, K), as the GPT-3 paper draws each family's scaling;
+/// else one line per K through every model. Points are labelled by model.
+pub fn accuracy_vs_model_size(
+    dir: &Path,
+    summary: &DataFrame,
+    tasks: &[TaskMeta],
+    models: &[crate::backend::ModelInfo],
+) -> Result<bool> {
     let c = SummaryColumns::of(summary)?;
     // One point per model: with several samplers or label studies, the first series of each
-    // model in summary order.
-    let mut sizes: Vec<(String, u64)> = Vec::new();
+    // model in summary order. (series, family, parameters)
+    let mut sizes: Vec<(String, String, u64)> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for i in 0..summary.height() {
         // Models of unknown size (behind a server) have no place on this axis.
@@ -525,28 +533,58 @@ pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta
             && !seen.contains(&m)
         {
             seen.push(m);
-            sizes.push((c.series[i].clone(), p));
+            let family = models
+                .iter()
+                .find(|info| info.name == m)
+                .map_or_else(String::new, |info| info.family.clone());
+            sizes.push((c.series[i].clone(), family, p));
         }
     }
     if sizes.len() < 2 {
         return Ok(false);
     }
-    sizes.sort_by_key(|(m, p)| (*p, m.clone()));
+    sizes.sort_by_key(|(m, _, p)| (*p, m.clone()));
+    let mut families: Vec<(String, Vec<(String, u64)>)> = Vec::new();
+    for (m, f, p) in &sizes {
+        match families.iter_mut().find(|(name, _)| name == f) {
+            Some((_, members)) => members.push((m.clone(), *p)),
+            None => families.push((f.clone(), vec![(m.clone(), *p)])),
+        }
+    }
+    let per_family = families.len() > 1 && families.iter().any(|(_, m)| m.len() > 1);
+    if !per_family {
+        families = vec![(
+            String::new(),
+            sizes.iter().map(|(m, _, p)| (m.clone(), *p)).collect(),
+        )];
+    }
     let mut ks: Vec<u32> = (0..c.k.len()).filter_map(|i| c.k.get(i)).collect();
     ks.sort_unstable();
     ks.dedup();
     let mut panels: Vec<(String, String, Vec<SizeLine>)> = Vec::new();
-    // One line per K through the models' cells, at their parameter counts.
+    // One line per (family, K) through the family's cells, at their parameter counts; the
+    // family's first K carries the model labels.
     let lines = |f: &CellValue| -> Vec<SizeLine> {
-        ks.iter()
-            .map(|&k| {
-                let pts = sizes
-                    .iter()
-                    .filter_map(|(m, p)| f(k, m).map(|(v, s)| (*p as f64, v, s)))
-                    .collect();
-                (format!("K = {k}"), pts)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (family, members) in &families {
+            for (ki, &k) in ks.iter().enumerate() {
+                let mut pts = Vec::new();
+                let mut labels = Vec::new();
+                for (m, p) in members {
+                    if let Some((v, s)) = f(k, m) {
+                        pts.push((*p as f64, v, s));
+                        labels.push(if ki == 0 { m.clone() } else { String::new() });
+                    }
+                }
+                let name = if family.is_empty() {
+                    format!("K = {k}")
+                } else {
+                    format!("{family}, K = {k}")
+                };
+                out.push((name, pts, labels));
+            }
+        }
+        out
     };
     for t in tasks {
         panels.push((
@@ -563,8 +601,8 @@ pub fn accuracy_vs_model_size(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta
         ));
     }
     let ((rows, cols), size) = grid(panels.len());
-    let lo = sizes[0].1 as f64 / 1.6;
-    let hi = sizes[sizes.len() - 1].1 as f64 * 1.6;
+    let lo = sizes[0].2 as f64 / 1.6;
+    let hi = sizes[sizes.len() - 1].2 as f64 * 1.6;
     let png = dir.join("accuracy_vs_model_size.png");
     draw_sizes(
         BitMapBackend::new(&png, size).into_drawing_area(),
@@ -618,8 +656,17 @@ where
             .axis_desc_style(("sans-serif", 18))
             .draw()
             .map_err(err)?;
-        for (li, (name, pts)) in lines.iter().enumerate() {
-            draw_series(&mut chart, name, PALETTE[li % PALETTE.len()], pts, 1.0)?;
+        for (li, (name, pts, labels)) in lines.iter().enumerate() {
+            let color = PALETTE[li % PALETTE.len()];
+            draw_series(&mut chart, name, color, pts, 1.0)?;
+            chart
+                .draw_series(pts.iter().zip(labels).filter(|(_, l)| !l.is_empty()).map(
+                    |((x, y, _), l)| {
+                        EmptyElement::at((*x, *y))
+                            + Text::new(l.clone(), (8, 6), ("sans-serif", 13).into_font())
+                    },
+                ))
+                .map_err(err)?;
         }
         draw_legend(&mut chart)?;
     }
@@ -653,6 +700,60 @@ mod tests {
     }
 
     #[test]
+    fn the_size_chart_draws_a_line_per_family_and_k_and_labels_points_by_model() {
+        let task = Task::for_tests(
+            OutputType::MultipleChoice,
+            vec![Metric::Acc],
+            vec![Item::blank(0)],
+        );
+        let mut models = vec![
+            model("pythia-70m", 70_000_000),
+            model("pythia-410m", 410_000_000),
+            model("gpt2-124m", 124_000_000),
+        ];
+        for (m, f) in models.iter_mut().zip(["pythia", "pythia", "gpt2"]) {
+            m.family = f.into();
+        }
+        let mut samples = Vec::new();
+        for m in &models {
+            for k in [0, 4] {
+                samples.push(Sample::for_tests(&m.name, 0, k, Some(1.0)));
+            }
+        }
+        let meta = [TaskMeta::of(&task)];
+        let summary = summarize(&samples, &meta, &models).unwrap();
+        let dir = std::env::temp_dir().join(format!("icl-eval-families-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(accuracy_vs_model_size(&dir, &summary, &meta, &models).unwrap());
+        let svg = std::fs::read_to_string(dir.join("accuracy_vs_model_size.svg")).unwrap();
+        for line in [
+            "pythia, K = 0",
+            "pythia, K = 4",
+            "gpt2, K = 0",
+            "gpt2, K = 4",
+        ] {
+            assert!(svg.contains(line), "legend entry {line} missing");
+        }
+        for m in &models {
+            assert_eq!(
+                svg.matches(&format!(">\n{}\n</text>", m.name)).count(),
+                1,
+                "one label for {}",
+                m.name
+            );
+        }
+        // One family with several sizes and nothing else: one line per K, as before.
+        for m in &mut models {
+            m.family = "pythia".into();
+        }
+        let summary = summarize(&samples, &meta, &models).unwrap();
+        accuracy_vs_model_size(&dir, &summary, &meta, &models).unwrap();
+        let svg = std::fs::read_to_string(dir.join("accuracy_vs_model_size.svg")).unwrap();
+        assert!(svg.contains("K = 0") && !svg.contains("pythia, K"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn charts_render_a_point_per_cell() {
         let task = Task::for_tests(
             OutputType::MultipleChoice,
@@ -678,7 +779,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("icl-eval-chart-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         accuracy_vs_shots(&dir, &summary, &meta, &model_colors(&models)).unwrap();
-        accuracy_vs_model_size(&dir, &summary, &meta).unwrap();
+        accuracy_vs_model_size(&dir, &summary, &meta, &models).unwrap();
         for name in ["accuracy_vs_shots", "accuracy_vs_model_size"] {
             let png = std::fs::read(dir.join(format!("{name}.png"))).unwrap();
             assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

@@ -249,7 +249,7 @@ pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
             "Accuracy with and without calibration against the number of demonstrations",
         ));
     }
-    if chart::accuracy_vs_model_size(dir, &summary, &input.tasks)? {
+    if chart::accuracy_vs_model_size(dir, &summary, &input.tasks, &input.models)? {
         charts.push(("accuracy_vs_model_size", "Accuracy against model size"));
     }
     if chart::effective_k(dir, &summary, &input.tasks, &colors)? {

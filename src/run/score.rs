@@ -88,6 +88,7 @@ fn load(cfg: &RunConfig, source: &Source) -> Result<Box<dyn Backend>> {
             Box::new(
                 loaded?
                     .named(&m.name(), &m.reference)
+                    .with_family(m.family.as_deref())
                     .with_kv_cache_mb(cfg.kv_cache_mb)
                     .with_batch_docs(cfg.batch_docs),
             )

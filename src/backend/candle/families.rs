@@ -31,6 +31,14 @@ pub fn by_gguf_arch(arch: &str) -> Option<&'static Family> {
         .find(|f| f.gguf_archs.contains(&arch))
 }
 
+/// The family name an architecture or `model_type` stands for (`gemma3_text` is `gemma3`).
+pub fn family_name(arch: &str) -> String {
+    match arch {
+        "gemma3_text" => "gemma3".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Every `model_type` a checkpoint folder may have.
 pub fn model_types() -> Vec<&'static str> {
     FAMILIES

@@ -209,6 +209,7 @@ impl CandleBackend {
             reference: path.display().to_string(),
             path: path.display().to_string(),
             sha256: loaded.sha256,
+            family: families::family_name(&loaded.architecture),
             architecture: loaded.architecture,
             parameters: loaded.parameters.total,
             non_embedding_parameters: loaded.parameters.non_embedding,
@@ -224,6 +225,14 @@ impl CandleBackend {
             chat_template: loaded.chat_template,
             batch_docs: DEFAULT_BATCH_DOCS,
         })
+    }
+
+    /// Sets the family the size chart groups the model under, when the models file names one.
+    pub fn with_family(mut self, family: Option<&str>) -> Self {
+        if let Some(f) = family {
+            self.info.family = f.to_string();
+        }
+        self
     }
 
     /// Sets the prompt-prefix cache budget in MiB (0 turns reuse off; results are the same).

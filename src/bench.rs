@@ -20,12 +20,12 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use crate::backend::Backend;
-use crate::backend::candle::{CandleBackend, DeviceChoice, WeightsChoice, inspect_gguf};
+use crate::backend::candle::{CandleBackend, DeviceChoice, WeightsChoice, hf, inspect_gguf};
 
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
-    /// GGUF files: prompt processing is measured on each; runs use the first.
+    /// GGUF files or checkpoint folders: prompt processing is measured on each; runs use the first.
     pub models: Vec<(String, PathBuf)>,
     pub threads: usize,
     /// Tokens per prompt-processing pass.
@@ -64,7 +64,8 @@ pub struct PromptSpeed {
     pub model: String,
     pub tokens: usize,
     pub f32_tps: f64,
-    pub quantized_tps: f64,
+    /// `None` for a checkpoint folder, which only runs in float32.
+    pub quantized_tps: Option<f64>,
     /// `Err` says why llama.cpp was not measured.
     pub llama_tps: Result<f64, String>,
 }
@@ -93,7 +94,7 @@ pub struct BenchReport {
 /// Measures everything in `cfg`.
 pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
     if cfg.models.is_empty() {
-        bail!("bench: name at least one GGUF model");
+        bail!("bench: name at least one model");
     }
     // Child runs first: a child's peak RSS counts the parent's pages until it execs, so the parent
     // must not have loaded a model yet.
@@ -118,10 +119,16 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
     }
     let mut memory = Vec::new();
     if wants(BenchPart::Memory) {
-        let summary = inspect_gguf(path)?;
-        let gguf_mb = std::fs::metadata(path)?.len() as f64 / 1e6;
-        let f32_mb = summary.parameters.total as f64 * 4.0 / 1e6;
-        for (weights, size) in [("f32", f32_mb), ("quantized", gguf_mb)] {
+        let mut sizes = Vec::new();
+        if path.is_dir() {
+            let params = hf::inspect(path)?.parameters.total;
+            sizes.push(("f32", params as f64 * 4.0 / 1e6));
+        } else {
+            let params = inspect_gguf(path)?.parameters.total;
+            sizes.push(("f32", params as f64 * 4.0 / 1e6));
+            sizes.push(("quantized", std::fs::metadata(path)?.len() as f64 / 1e6));
+        }
+        for (weights, size) in sizes {
             eprintln!("memory: --weights {weights}");
             let run = child_run(
                 cfg,
@@ -168,15 +175,20 @@ fn bench_ids(b: &CandleBackend, n: usize) -> Result<Vec<u32>> {
 
 fn prompt_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<PromptSpeed> {
     let mut ids = Vec::new();
-    let mut tps = [0.0; 2];
-    for (i, weights) in [WeightsChoice::F32, WeightsChoice::Quantized]
-        .into_iter()
-        .enumerate()
-    {
+    let mut tps = Vec::new();
+    // Checkpoint folders hold float32 weights only.
+    let formats: &[WeightsChoice] = if path.is_dir() {
+        &[WeightsChoice::F32]
+    } else {
+        &[WeightsChoice::F32, WeightsChoice::Quantized]
+    };
+    for &weights in formats {
         // No prefix cache: every pass computes every token.
         let mut b = CandleBackend::load_on(path, weights, None, cfg.device)?.with_kv_cache_mb(0);
         if ids.is_empty() {
-            ids = bench_ids(&b, cfg.tokens)?;
+            // A pass fits the context with the one-token continuation (tiny models have 256).
+            let fits = b.info().context_length.saturating_sub(2);
+            ids = bench_ids(&b, cfg.tokens.min(fits))?;
         }
         let text = b.decode(&ids)?;
         b.loglikelihood("Warm up.", &[], &[" x".to_string()])?;
@@ -189,9 +201,10 @@ fn prompt_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<PromptSpee
             let (_, after) = b.token_counts();
             best = best.min(secs / (after - before).max(1) as f64);
         }
-        tps[i] = 1.0 / best;
+        tps.push(1.0 / best);
     }
     let llama_tps = match &cfg.llama_python {
+        _ if path.is_dir() => Err("a checkpoint folder (llama.cpp reads GGUF)".to_string()),
         None => Err("no Python with llama_cpp given (--llama-python)".to_string()),
         Some(py) => llama_cpp_speed(py, path, &ids, cfg),
     };
@@ -199,7 +212,7 @@ fn prompt_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<PromptSpee
         model: name.to_string(),
         tokens: ids.len(),
         f32_tps: tps[0],
-        quantized_tps: tps[1],
+        quantized_tps: tps.get(1).copied(),
         llama_tps,
     })
 }
@@ -415,18 +428,20 @@ impl BenchReport {
             );
         }
         for s in &self.speeds {
+            let quantized = s.quantized_tps.map_or("–".into(), |q| format!("{q:.0}"));
             let (llama, r1, r2) = match &s.llama_tps {
                 Ok(l) => (
                     format!("{l:.0}"),
                     format!("{:.2}×", s.f32_tps / l),
-                    format!("{:.2}×", s.quantized_tps / l),
+                    s.quantized_tps
+                        .map_or("–".into(), |q| format!("{:.2}×", q / l)),
                 ),
                 Err(e) => (format!("skipped: {e}"), "–".into(), "–".into()),
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {llama} | {r1} | {r2} |",
-                s.model, s.tokens, s.f32_tps, s.quantized_tps
+                "| {} | {} | {:.0} | {quantized} | {llama} | {r1} | {r2} |",
+                s.model, s.tokens, s.f32_tps
             );
         }
         if !self.sweeps.is_empty() {

@@ -526,9 +526,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let mut models = Vec::new();
     for m in &a.models {
         let r = models::resolve(m, file.as_ref(), &a.source.hub())?;
-        if r.path.extension().and_then(|e| e.to_str()) != Some("gguf") {
+        if !r.path.is_dir() && r.path.extension().and_then(|e| e.to_str()) != Some("gguf") {
             bail!(
-                "--models: {m} is not a GGUF file ({}); bench compares GGUF files with llama.cpp",
+                "--models: {m} is neither a GGUF file nor a checkpoint folder ({})",
                 r.path.display()
             );
         }

@@ -49,6 +49,17 @@ impl<'a> Meta<'a> {
             .with_context(|| format!("missing metadata `{}.{key}`", self.arch))
     }
 
+    /// A boolean key.
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        let Some((full, v)) = self.get(key) else {
+            return Ok(None);
+        };
+        match v {
+            Value::Bool(b) => Ok(Some(*b)),
+            other => bail!("metadata `{full}` is {other:?}, expected a boolean"),
+        }
+    }
+
     /// A float key (f32 or f64).
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         let Some((full, v)) = self.get(key) else {

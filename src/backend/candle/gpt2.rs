@@ -4,16 +4,17 @@
 
 use anyhow::{Result, bail};
 
-use super::config::{
-    Activation, DecoderConfig, Family, HfConfig, HfTensor, Mlp, NormKind, Stored, no_gguf,
-};
+use candle_core::quantized::gguf_file;
 
-/// The family's registration. No GGUF reader: no GPT-2 GGUF file was available to check one.
+use super::config::{Activation, DecoderConfig, Family, HfConfig, HfTensor, Mlp, NormKind, Stored};
+use super::gguf_meta::Meta;
+
+/// The family's registration.
 pub const FAMILY: Family = Family {
     model_types: &["gpt2"],
-    gguf_archs: &[],
+    gguf_archs: &["gpt2"],
     from_hf,
-    from_gguf: no_gguf,
+    from_gguf,
     hf_tensor,
     norm_offset: 0.0,
 };
@@ -26,14 +27,26 @@ pub fn from_hf(c: &HfConfig) -> Result<DecoderConfig> {
              (scale_attn_weights false / scale_attn_by_inverse_layer_idx true) is not supported"
         );
     }
-    let mut cfg = c.base()?;
+    let mut cfg = shape(c.base()?, c.layer_norm_eps.unwrap_or(1e-5));
+    cfg.activation = c.activation_or(Activation::GeluTanh)?;
+    Ok(cfg)
+}
+
+/// The shape GPT-2 has whatever the file: LayerNorm, learned positions, a GELU-tanh plain MLP.
+fn shape(mut cfg: DecoderConfig, eps: f64) -> DecoderConfig {
     cfg.norm = NormKind::Layer;
-    cfg.norm_eps = c.layer_norm_eps.unwrap_or(1e-5);
+    cfg.norm_eps = eps;
     cfg.rotary_dims = 0;
     cfg.learned_positions = Some(0);
     cfg.mlp = Mlp::Plain;
-    cfg.activation = c.activation_or(Activation::GeluTanh)?;
-    Ok(cfg)
+    cfg.activation = Activation::GeluTanh;
+    cfg
+}
+
+/// The config of a `gpt2` GGUF file.
+pub fn from_gguf(content: &gguf_file::Content, arch: &str) -> Result<DecoderConfig> {
+    let m = Meta::new(content, arch);
+    Ok(shape(m.base()?, m.f64("attention.layer_norm_epsilon")?))
 }
 
 /// GGUF tensor name → the checkpoint's, with and without transformers' `transformer.` prefix

@@ -4,19 +4,39 @@
 
 use anyhow::Result;
 
-use super::config::{
-    Activation, DecoderConfig, Family, HfConfig, HfTensor, Mlp, NormKind, Rope, Stored, no_gguf,
-};
+use candle_core::quantized::gguf_file;
 
-/// The family's registration. No GGUF reader: no GPT-NeoX GGUF file was available to check one.
+use super::config::{
+    Activation, DecoderConfig, Family, HfConfig, HfTensor, Mlp, NormKind, Rope, Stored,
+};
+use super::gguf_meta::Meta;
+
+/// The family's registration.
 pub const FAMILY: Family = Family {
     model_types: &["gpt_neox"],
-    gguf_archs: &[],
+    gguf_archs: &["gptneox"],
     from_hf,
-    from_gguf: no_gguf,
+    from_gguf,
     hf_tensor,
     norm_offset: 0.0,
 };
+
+/// The config of a `gptneox` GGUF file (llama.cpp's converter stores the fused projection as
+/// q | k | v). Pythia's GELU is the exact one; llama.cpp computes its tanh form here, which moves
+/// log-probabilities by about 1e-3.
+pub fn from_gguf(content: &gguf_file::Content, arch: &str) -> Result<DecoderConfig> {
+    let m = Meta::new(content, arch);
+    let mut cfg = m.base()?;
+    cfg.norm = NormKind::Layer;
+    cfg.norm_eps = m.f64("attention.layer_norm_epsilon")?;
+    cfg.rotary_dims = m.opt_usize("rope.dimension_count")?.unwrap_or(cfg.head_dim);
+    cfg.rope = m.rope(10_000.0)?;
+    cfg.rope_local = cfg.rope;
+    cfg.parallel_residual = m.opt_bool("use_parallel_residual")?.unwrap_or(true);
+    cfg.mlp = Mlp::Plain;
+    cfg.activation = Activation::Gelu;
+    Ok(cfg)
+}
 
 /// The config of a `gpt_neox` Hugging Face checkpoint (`rotary_pct`, `rotary_emb_base`,
 /// `use_parallel_residual`, or their transformers 5 spellings in `rope_parameters`).

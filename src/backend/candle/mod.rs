@@ -407,11 +407,18 @@ fn summarize_gguf(content: &gguf_file::Content, arch: &str) -> Result<ModelSumma
             .get(name)
             .map_or(0, |t| t.shape.elem_count() as u64)
     };
+    // GPT-2's head is its token embedding; llama.cpp's converter writes a copy as `output.weight`.
+    let copied_head = if arch == "gpt2" {
+        count("output.weight")
+    } else {
+        0
+    };
     let total: u64 = content
         .tensor_infos
         .values()
         .map(|t| t.shape.elem_count() as u64)
-        .sum();
+        .sum::<u64>()
+        - copied_head;
     let quantization = content
         .metadata
         .get("general.file_type")
@@ -422,7 +429,10 @@ fn summarize_gguf(content: &gguf_file::Content, arch: &str) -> Result<ModelSumma
         architecture: arch.to_string(),
         parameters: ParameterCount {
             total,
-            non_embedding: total - count("token_embd.weight") - count("output.weight"),
+            non_embedding: total
+                - count("token_embd.weight")
+                - count("position_embd.weight")
+                - (count("output.weight") - copied_head),
         },
         quantization,
         context_length: gguf_config(content, arch)?.context_length,

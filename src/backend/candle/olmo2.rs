@@ -3,25 +3,36 @@
 
 use anyhow::Result;
 
-use super::config::{DecoderConfig, Family, HfConfig, HfTensor, no_gguf};
+use candle_core::quantized::gguf_file;
 
-/// The family's registration. No GGUF reader: no OLMo 2 GGUF file was available to check one.
+use super::config::{DecoderConfig, Family, HfConfig, HfTensor};
+
+/// The family's registration.
 pub const FAMILY: Family = Family {
     model_types: &["olmo2"],
-    gguf_archs: &[],
+    gguf_archs: &["olmo2"],
     from_hf,
-    from_gguf: no_gguf,
+    from_gguf,
     hf_tensor: |name| HfTensor::plain(hf_name(name)),
     norm_offset: 0.0,
 };
 
-/// The config of an `olmo2` Hugging Face checkpoint.
-pub fn from_hf(c: &HfConfig) -> Result<DecoderConfig> {
-    let mut cfg = super::llama::from_hf(c)?;
+/// Olmo 2's norms: after attention and the MLP, none before, and over whole q/k projections.
+fn shape(mut cfg: DecoderConfig) -> DecoderConfig {
     cfg.pre_norms = false;
     cfg.post_norms = true;
     cfg.qk_norm = true;
-    Ok(cfg)
+    cfg
+}
+
+/// The config of an `olmo2` GGUF file.
+pub fn from_gguf(content: &gguf_file::Content, arch: &str) -> Result<DecoderConfig> {
+    Ok(shape(super::llama::from_gguf(content, arch)?))
+}
+
+/// The config of an `olmo2` Hugging Face checkpoint.
+pub fn from_hf(c: &HfConfig) -> Result<DecoderConfig> {
+    Ok(shape(super::llama::from_hf(c)?))
 }
 
 /// GGUF tensor name → Hugging Face name.

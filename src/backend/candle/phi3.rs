@@ -3,17 +3,33 @@
 
 use anyhow::Result;
 
-use super::config::{DecoderConfig, Family, HfConfig, HfTensor, no_gguf};
+use candle_core::quantized::gguf_file;
 
-/// The family's registration. No GGUF reader: no Phi-3 GGUF file was available to check one.
+use super::config::{DecoderConfig, Family, HfConfig, HfTensor};
+use super::gguf_meta::Meta;
+
+/// The family's registration.
 pub const FAMILY: Family = Family {
     model_types: &["phi3"],
-    gguf_archs: &[],
+    gguf_archs: &["phi3"],
     from_hf,
-    from_gguf: no_gguf,
+    from_gguf,
     hf_tensor: |name| HfTensor::plain(hf_name(name)),
     norm_offset: 0.0,
 };
+
+/// The config of a `phi3` GGUF file: the llama reader's, with `rope.dimension_count` rotating
+/// dimensions and the sliding window, when the file has one, on every layer.
+pub fn from_gguf(content: &gguf_file::Content, arch: &str) -> Result<DecoderConfig> {
+    let m = Meta::new(content, arch);
+    let mut cfg = super::llama::from_gguf(content, arch)?;
+    cfg.rotary_dims = m.opt_usize("rope.dimension_count")?.unwrap_or(cfg.head_dim);
+    if let Some(w) = m.opt_usize("attention.sliding_window")? {
+        cfg.sliding_window = Some(w);
+        cfg.sliding_layers = vec![true; cfg.n_layers];
+    }
+    Ok(cfg)
+}
 
 /// The config of a `phi3` Hugging Face checkpoint (`partial_rotary_factor` from
 /// `rope_parameters` or the top level; long-context rope scaling is refused by the rope parser).

@@ -184,9 +184,10 @@ struct ModelSource {
 
 impl ModelSource {
     fn hub(&self) -> HubOptions {
-        let mut h = HubOptions::from_env();
-        h.offline |= self.offline;
-        h
+        if self.offline {
+            icl_eval::hub::set_offline();
+        }
+        HubOptions::from_env()
     }
 }
 

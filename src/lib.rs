@@ -9,6 +9,7 @@ pub mod chat;
 pub mod encoder;
 pub mod evaluate;
 pub mod hash;
+pub mod hub;
 pub mod merge;
 pub mod models;
 pub mod prompt;

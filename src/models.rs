@@ -65,40 +65,7 @@ impl ModelsFile {
     }
 }
 
-/// Where the hub is and what may be downloaded.
-#[derive(Debug, Clone)]
-pub struct HubOptions {
-    /// `HF_ENDPOINT`, default `https://huggingface.co`.
-    pub endpoint: String,
-    /// `HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-    pub cache_dir: PathBuf,
-    /// `HF_HUB_OFFLINE=1` or `--offline`: only the cache is read.
-    pub offline: bool,
-    /// `HF_TOKEN`; sent to the hub only, never written anywhere.
-    pub token: Option<String>,
-}
-
-impl HubOptions {
-    /// The settings Hugging Face's own tools read from the environment.
-    pub fn from_env() -> Self {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let home = env("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-        let cache_dir = env("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            env("HF_HOME")
-                .map_or_else(|| home.join(".cache/huggingface"), PathBuf::from)
-                .join("hub")
-        });
-        Self {
-            endpoint: env("HF_ENDPOINT")
-                .unwrap_or_else(|| "https://huggingface.co".into())
-                .trim_end_matches('/')
-                .to_string(),
-            cache_dir,
-            offline: env("HF_HUB_OFFLINE").is_some_and(|v| v != "0" && v != "false"),
-            token: env("HF_TOKEN"),
-        }
-    }
-}
+pub use crate::hub::HubOptions;
 
 /// A `--models` entry resolved to local weights.
 #[derive(Debug, Clone)]
@@ -243,16 +210,6 @@ pub fn resolve(
 /// Files a checkpoint folder needs besides its weights.
 const CHECKPOINT_FILES: &[&str] = &["config.json", "tokenizer.json"];
 
-fn hub_api(hub: &HubOptions) -> Result<hf_hub::api::sync::Api> {
-    hf_hub::api::sync::ApiBuilder::new()
-        .with_endpoint(hub.endpoint.clone())
-        .with_cache_dir(hub.cache_dir.clone())
-        .with_progress(false)
-        .with_token(hub.token.clone())
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot set up the Hugging Face hub client: {e}"))
-}
-
 /// A cached snapshot folder holding a complete checkpoint, if there is one.
 fn cached_checkpoint(cache: &hf_hub::CacheRepo) -> Option<PathBuf> {
     let config = cache.get("config.json")?;
@@ -287,7 +244,7 @@ fn fetch_from_hub(r: &HubRef, hub: &HubOptions) -> Result<PathBuf> {
             hub.cache_dir.display()
         );
     }
-    let api = hub_api(hub)?;
+    let api = crate::hub::api(hub)?;
     let repo = api.model(r.repo.clone());
     let fail = |e: hf_hub::api::sync::ApiError| {
         anyhow::anyhow!("{shown}: download from {} failed: {e}", hub.endpoint)

@@ -21,16 +21,43 @@ struct FakeHub {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// Where a repository's metadata and files are served: `/api/{info}` and `/{resolve}FILE`.
+struct Routes {
+    info: String,
+    resolve: String,
+}
+
 impl FakeHub {
+    /// A model repository at revision `main`.
     fn start(repo: &str, files: HashMap<String, Vec<u8>>) -> Self {
+        Self::serving(
+            Routes {
+                info: format!("/api/models/{repo}/revision/main"),
+                resolve: format!("/{repo}/resolve/main/"),
+            },
+            files,
+        )
+    }
+
+    /// A dataset repository's parquet conversion (`refs/convert/parquet`, sent escaped).
+    fn dataset(repo: &str, files: HashMap<String, Vec<u8>>) -> Self {
+        Self::serving(
+            Routes {
+                info: format!("/api/datasets/{repo}/revision/refs%2Fconvert%2Fparquet"),
+                resolve: format!("/datasets/{repo}/resolve/refs%2Fconvert%2Fparquet/"),
+            },
+            files,
+        )
+    }
+
+    fn serving(routes: Routes, files: HashMap<String, Vec<u8>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
-        let repo = repo.to_string();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                serve(stream, &repo, &files, &log);
+                serve(stream, &routes, &files, &log);
             }
         });
         Self { port, requests }
@@ -43,7 +70,7 @@ impl FakeHub {
 
 fn serve(
     mut stream: TcpStream,
-    repo: &str,
+    routes: &Routes,
     files: &HashMap<String, Vec<u8>>,
     log: &Mutex<Vec<String>>,
 ) {
@@ -64,9 +91,8 @@ fn serve(
         }
     }
     log.lock().unwrap().push(path.clone());
-    let info = format!("/api/models/{repo}/revision/main");
-    let resolve = format!("/{repo}/resolve/main/");
-    let (status, headers, body): (&str, Vec<String>, Vec<u8>) = if path == info {
+    let (info, resolve) = (&routes.info, &routes.resolve);
+    let (status, headers, body): (&str, Vec<String>, Vec<u8>) = if path == *info {
         let siblings: Vec<String> = files
             .keys()
             .map(|f| format!("{{\"rfilename\":\"{f}\"}}"))
@@ -76,7 +102,7 @@ fn serve(
             siblings.join(",")
         );
         ("200 OK", vec![], json.into_bytes())
-    } else if let Some(file) = path.strip_prefix(&resolve)
+    } else if let Some(file) = path.strip_prefix(resolve.as_str())
         && let Some(data) = files.get(file)
     {
         let etag = hex::encode(Sha256::digest(data));
@@ -220,4 +246,146 @@ fn hub_single_file_and_missing_files() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("offline"), "{e}");
+}
+
+/// A parquet file of an ARC-shaped split (a nested `choices: {text, label}` feature, as the Hub's
+/// `allenai/ai2_arc` has), written with polars.
+fn arc_parquet(rows: &[(&str, [&str; 3], &str)]) -> Vec<u8> {
+    use polars::prelude::*;
+    let docs: Vec<serde_json::Value> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (q, choices, key))| {
+            serde_json::json!({
+                "id": format!("q{i}"),
+                "question": q,
+                "choices": {"text": choices, "label": ["A", "B", "C"]},
+                "answerKey": key,
+            })
+        })
+        .collect();
+    let jsonl: String = docs.iter().map(|d| format!("{d}\n")).collect();
+    let mut df = JsonReader::new(std::io::Cursor::new(jsonl.into_bytes()))
+        .with_json_format(JsonFormat::JsonLines)
+        .finish()
+        .unwrap();
+    let mut out = Vec::new();
+    ParquetWriter::new(&mut out).finish(&mut df).unwrap();
+    out
+}
+
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn a_hub_dataset_is_read_from_its_parquet_conversion_then_offline_from_the_cache() {
+    let test = [
+        ("Which is a colour?", ["red", "run", "seven"], "A"),
+        ("Which is a number?", ["blue", "seven", "walk"], "B"),
+        ("Which is a verb?", ["green", "nine", "jump"], "C"),
+    ];
+    let train = [("Which is an animal?", ["cat", "rock", "two"], "A")];
+    let files = HashMap::from([
+        ("ARC-Easy/test/0000.parquet".to_string(), arc_parquet(&test)),
+        // The large-split layout: files under `partial-{split}`.
+        (
+            "ARC-Easy/partial-train/0000.parquet".to_string(),
+            arc_parquet(&train),
+        ),
+        (
+            "ARC-Challenge/test/0000.parquet".to_string(),
+            arc_parquet(&train),
+        ),
+    ]);
+    let hub = FakeHub::dataset("allenai/ai2_arc", files);
+    let tmp = common::tmp("hub-dataset");
+    let cache = tmp.join("cache");
+    let tasks = tmp.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(
+        tasks.join("arc_hub.yaml"),
+        "task: arc_hub\ndataset:\n  hub: allenai/ai2_arc\n  name: ARC-Easy\ntest_split: test\n\
+         fewshot_split: train\ndoc_to_text: \"Question: {{ question }}\\nAnswer:\"\n\
+         doc_to_choice: \"{{ choices.text }}\"\n\
+         doc_to_target: \"{{ choices.label.index(answerKey) }}\"\noutput_type: multiple_choice\n",
+    )
+    .unwrap();
+    let model = common::reference_dir().join("tiny-hf/llama");
+    let run = |offline: bool, out: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_icl-eval"));
+        c.args(["run", "--tasks-dir"])
+            .arg(&tasks)
+            .args(["--tasks", "arc_hub", "--models"])
+            .arg(&model)
+            .args(["--shots", "0,1", "--output"])
+            .arg(tmp.join(out))
+            .env("ICL_EVAL_NO_CACHE", "1")
+            .env("HF_ENDPOINT", hub.endpoint())
+            .env("HF_HUB_CACHE", &cache)
+            .env("NO_PROXY", "127.0.0.1")
+            .env_remove("HF_TOKEN")
+            .env_remove("ICL_EVAL_DATA_DIR");
+        if offline {
+            c.env("HF_HUB_OFFLINE", "1");
+        } else {
+            c.env_remove("HF_HUB_OFFLINE");
+        }
+        c.output().unwrap()
+    };
+    let o = run(false, "online");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let served = hub.requests.lock().unwrap().clone();
+    assert!(
+        served.contains(
+            &"/api/datasets/allenai/ai2_arc/revision/refs%2Fconvert%2Fparquet".to_string()
+        ),
+        "{served:?}"
+    );
+    assert!(
+        !served.iter().any(|p| p.contains("ARC-Challenge")),
+        "only the config's files are fetched: {served:?}"
+    );
+    let online = common::read_samples(&tmp.join("online"));
+    assert_eq!(online.len(), 3 * 2, "3 test docs at K = 0 and 1");
+    // The nested feature reached the template: three choices, gold from the label list; the
+    // demonstration came from the `partial-train` folder.
+    let s = online.iter().find(|s| s.doc_id == 1).unwrap();
+    assert_eq!(s.logprobs.as_ref().map(Vec::len), Some(3), "{s:?}");
+    assert_eq!(s.gold, "seven");
+    let examples = std::fs::read_to_string(tmp.join("online/examples.json")).unwrap();
+    assert!(examples.contains("Which is an animal?"), "{examples}");
+
+    let before = hub.requests.lock().unwrap().len();
+    let o = run(true, "offline");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        hub.requests.lock().unwrap().len(),
+        before,
+        "offline: no request"
+    );
+    let offline = common::read_samples(&tmp.join("offline"));
+    assert_eq!(
+        serde_json::to_string(&offline).unwrap(),
+        serde_json::to_string(&online).unwrap()
+    );
+
+    // A split the conversion lacks, offline and online: one line naming dataset, config and split.
+    std::fs::write(
+        tasks.join("arc_hub.yaml"),
+        std::fs::read_to_string(tasks.join("arc_hub.yaml"))
+            .unwrap()
+            .replace("test_split: test", "test_split: validation"),
+    )
+    .unwrap();
+    for (offline, want) in [(true, "offline mode is on"), (false, "has no files for it")] {
+        let o = run(offline, "missing");
+        assert!(!o.status.success());
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains("arc_hub.yaml")
+                && e.contains("allenai/ai2_arc")
+                && e.contains("`ARC-Easy`")
+                && e.contains("`validation`")
+                && e.contains(want),
+            "{e}"
+        );
+    }
 }

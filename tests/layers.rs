@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules, lowest layer first; a module may import only modules of lower layers.
 const LAYERS: &[&[&str]] = &[
     // Foundations: no crate imports.
-    &["seed", "hash", "chat", "shard"],
+    &["seed", "hash", "hub", "chat", "shard"],
     // What a run is made of: tasks, and the models that score them.
     &["task", "backend"],
     &["sampler", "score", "models", "cache"],

@@ -267,7 +267,6 @@ fn read_parquet(shown: &str, bytes: Vec<u8>) -> Result<Vec<Value>, Vec<String>> 
 }
 
 fn frame_to_docs(df: &polars::prelude::DataFrame) -> Vec<Value> {
-    use polars::prelude::AnyValue;
     let names: Vec<String> = df
         .get_column_names()
         .iter()
@@ -279,30 +278,52 @@ fn frame_to_docs(df: &polars::prelude::DataFrame) -> Vec<Value> {
             let m: Map<String, Value> = names
                 .iter()
                 .zip(row)
-                .map(|(n, v)| {
-                    let j = match v {
-                        AnyValue::Null => Value::Null,
-                        AnyValue::Boolean(b) => Value::Bool(b),
-                        AnyValue::String(s) => Value::String(s.to_string()),
-                        AnyValue::StringOwned(s) => Value::String(s.to_string()),
-                        AnyValue::Int8(x) => x.into(),
-                        AnyValue::Int16(x) => x.into(),
-                        AnyValue::Int32(x) => x.into(),
-                        AnyValue::Int64(x) => x.into(),
-                        AnyValue::UInt8(x) => x.into(),
-                        AnyValue::UInt16(x) => x.into(),
-                        AnyValue::UInt32(x) => x.into(),
-                        AnyValue::UInt64(x) => x.into(),
-                        AnyValue::Float32(x) => (x as f64).into(),
-                        AnyValue::Float64(x) => x.into(),
-                        other => Value::String(other.to_string()),
-                    };
-                    (n.clone(), j)
-                })
+                .map(|(n, v)| (n.clone(), any_to_json(v)))
                 .collect();
             Value::Object(m)
         })
         .collect()
+}
+
+/// One parquet/polars value as JSON, lists and structs (the Hub's `Sequence` and nested
+/// features, e.g. ARC's `choices: {text, label}`) included.
+fn any_to_json(v: polars::prelude::AnyValue) -> Value {
+    use polars::prelude::AnyValue;
+    match v {
+        AnyValue::Null => Value::Null,
+        AnyValue::Boolean(b) => Value::Bool(b),
+        AnyValue::String(s) => Value::String(s.to_string()),
+        AnyValue::StringOwned(s) => Value::String(s.to_string()),
+        AnyValue::Int8(x) => x.into(),
+        AnyValue::Int16(x) => x.into(),
+        AnyValue::Int32(x) => x.into(),
+        AnyValue::Int64(x) => x.into(),
+        AnyValue::UInt8(x) => x.into(),
+        AnyValue::UInt16(x) => x.into(),
+        AnyValue::UInt32(x) => x.into(),
+        AnyValue::UInt64(x) => x.into(),
+        AnyValue::Float32(x) => (x as f64).into(),
+        AnyValue::Float64(x) => x.into(),
+        AnyValue::List(s) => Value::Array(s.iter().map(any_to_json).collect()),
+        AnyValue::StructOwned(p) => {
+            let (values, fields) = *p;
+            Value::Object(
+                fields
+                    .iter()
+                    .zip(values)
+                    .map(|(f, v)| (f.name().to_string(), any_to_json(v)))
+                    .collect(),
+            )
+        }
+        ref s @ AnyValue::Struct(_, _, fields) => Value::Object(
+            fields
+                .iter()
+                .zip(s._iter_struct_av())
+                .map(|(f, v)| (f.name().to_string(), any_to_json(v)))
+                .collect(),
+        ),
+        other => Value::String(other.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -435,15 +435,25 @@ impl Translation {
         })
     }
 
-    /// `dataset:` — lm-eval's local `data_files`, or where to export a Hugging Face dataset.
+    /// `dataset:` — lm-eval's local `data_files`, or the Hugging Face Hub dataset itself.
     fn dataset(&mut self, test: &str, fewshot: &str) -> Value {
+        if self.data_files.is_none()
+            && let Some(hub) = self.dataset_path.clone()
+        {
+            let mut d = Mapping::new();
+            d.insert("hub".into(), hub.into());
+            if let Some(n) = self.dataset_name.take() {
+                d.insert("name".into(), n.into());
+            }
+            return Value::Mapping(d);
+        }
         let mut files = Mapping::new();
-        match (self.data_files.take(), self.dataset_path.as_deref()) {
-            (Some(Value::String(one)), _) => {
+        match self.data_files.take() {
+            Some(Value::String(one)) => {
                 // datasets puts a single data file in the split `train`.
                 files.insert("train".into(), one.into());
             }
-            (Some(Value::Mapping(m)), _) => {
+            Some(Value::Mapping(m)) => {
                 for (k, v) in m {
                     match scalar(&v) {
                         Some(f) => {
@@ -456,27 +466,11 @@ impl Translation {
                     }
                 }
             }
-            (Some(_), _) => self.problem(
+            Some(_) => self.problem(
                 "dataset_kwargs.data_files",
                 "should be one file or a mapping of split to file",
             ),
-            (None, Some(hub)) => {
-                let dir = match &self.dataset_name {
-                    Some(n) => format!("{hub}/{n}"),
-                    None => hub.to_string(),
-                };
-                for split in [test, fewshot] {
-                    files.insert(
-                        split.into(),
-                        format!("${{DATA_DIR}}/{dir}/{split}.jsonl").into(),
-                    );
-                }
-                self.notes.push(format!(
-                    "the Hugging Face dataset `{dir}` is read from ${{DATA_DIR}}/{dir}/<split>.jsonl: \
-                     export those splits there as JSON lines (datasets: `ds[split].to_json(file)`)"
-                ));
-            }
-            (None, None) => self.problems.push("key `dataset_path` is missing".into()),
+            None => self.problems.push("key `dataset_path` is missing".into()),
         }
         for split in [test, fewshot] {
             if !files.is_empty() && !files.contains_key(split) {
@@ -539,17 +533,11 @@ mod tests {
             (spec.test_split.as_str(), spec.fewshot_split.as_deref()),
             ("validation", Some("train"))
         );
-        let files = spec.dataset.files.unwrap();
         assert_eq!(
-            files["validation"],
-            "${DATA_DIR}/super_glue/boolq/validation.jsonl"
+            (spec.dataset.hub.as_deref(), spec.dataset.name.as_deref()),
+            (Some("super_glue"), Some("boolq"))
         );
         assert_eq!(spec.metrics.unwrap(), vec!["acc"]);
-        assert!(
-            i.notes.iter().any(|n| n.contains("export those splits")),
-            "{:?}",
-            i.notes
-        );
         assert!(i.yaml.starts_with("# Imported from"));
     }
 

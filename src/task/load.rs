@@ -51,6 +51,7 @@ pub fn load_with_problems(path: &Path, data_dir: Option<&Path>) -> (Option<Task>
         problems: Vec::new(),
         hasher: Sha256::new(),
         missing_data_dir_reported: false,
+        hub: crate::hub::HubOptions::from_env(),
     };
     for text in &texts {
         cx.hasher.update(text.as_bytes());
@@ -83,17 +84,17 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     if max_tokens == 0 {
         cx.problem("field `generation.max_tokens` must be at least 1");
     }
-    let mut splits = load_splits(cx, &spec.dataset)?;
+    let fewshot_split = spec
+        .fewshot_split
+        .clone()
+        .unwrap_or_else(|| spec.test_split.clone());
+    let mut splits = load_splits(cx, &spec.dataset, &[&spec.test_split, &fewshot_split])?;
     for (name, docs) in &mut splits {
         if let Err(errs) = process::apply(&spec.process_docs, name, docs) {
             cx.problems_capped(errs, &format!("split `{name}`: docs"));
             return None;
         }
     }
-    let fewshot_split = spec
-        .fewshot_split
-        .clone()
-        .unwrap_or_else(|| spec.test_split.clone());
     ok &= check_splits(cx, &spec, &splits, &fewshot_split);
     if !ok || !cx.problems.is_empty() {
         return None;
@@ -132,13 +133,36 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     })
 }
 
+/// minijinja-contrib's Python methods, plus `list.index(x)` (ARC's
+/// `choices.label.index(answerKey)`), which it lacks.
+fn python_methods(
+    state: &mut minijinja::State,
+    value: &minijinja::Value,
+    method: &str,
+    args: &[minijinja::Value],
+) -> Result<minijinja::Value, minijinja::Error> {
+    use minijinja::value::ValueKind;
+    if method == "index" && value.kind() == ValueKind::Seq && args.len() == 1 {
+        for (i, item) in value.try_iter()?.enumerate() {
+            if item == args[0] {
+                return Ok(minijinja::Value::from(i));
+            }
+        }
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("{} is not in the list", args[0]),
+        ));
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
 /// Strict minijinja with Python's string methods, as lm-eval's Jinja2 templates expect.
 fn template_env() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     // Python's string and list methods (`text.split(' ')`, `.strip()`), which lm-eval templates
     // use because lm-eval renders them with Jinja2 over Python objects.
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_unknown_method_callback(python_methods);
     // Inline templates mean what they say: `description: "Translate:\n"` keeps its newline.
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
         .keep_trailing_newline(true)

@@ -20,6 +20,8 @@ pub(super) struct Ctx<'a> {
     pub hasher: Sha256,
     /// The missing data directory is reported once, not once per file.
     pub missing_data_dir_reported: bool,
+    /// Where Hub datasets come from.
+    pub hub: crate::hub::HubOptions,
 }
 
 impl Ctx<'_> {

@@ -100,6 +100,11 @@ pub struct DatasetSpec {
     pub split_rows: Option<BTreeMap<String, [usize; 2]>>,
     /// A built-in generator instead of files.
     pub generator: Option<GeneratorSpec>,
+    /// A Hugging Face Hub dataset instead of files (lm-eval's `dataset_path`), read from the
+    /// Hub's parquet conversion into the standard cache; its splits are the Hub's.
+    pub hub: Option<String>,
+    /// The Hub dataset's configuration (lm-eval's `dataset_name`; default `default`).
+    pub name: Option<String>,
 }
 
 /// A seeded built-in data generator.

@@ -54,15 +54,27 @@ fn split_by_rows(
     })
 }
 
-/// The dataset's docs by split name, from its files, one file cut by rows or by a column, or a
-/// generator.
-pub(super) fn load_splits(cx: &mut Ctx, ds: &DatasetSpec) -> Option<BTreeMap<String, Vec<Value>>> {
+/// The dataset's docs by split name, from its files, one file cut by rows or by a column, a
+/// generator, or the Hub (only the `wanted` splits are read from there).
+pub(super) fn load_splits(
+    cx: &mut Ctx,
+    ds: &DatasetSpec,
+    wanted: &[&str],
+) -> Option<BTreeMap<String, Vec<Value>>> {
     let sources = usize::from(ds.path.is_some())
         + usize::from(ds.files.is_some())
-        + usize::from(ds.generator.is_some());
+        + usize::from(ds.generator.is_some())
+        + usize::from(ds.hub.is_some());
     if sources != 1 {
-        cx.problem("field `dataset`: give exactly one of `path`, `files` or `generator`");
+        cx.problem("field `dataset`: give exactly one of `path`, `files`, `generator` or `hub`");
         return None;
+    }
+    if ds.name.is_some() && ds.hub.is_none() {
+        cx.problem("field `dataset.name` (the Hub configuration) applies only with `dataset.hub`");
+        return None;
+    }
+    if let Some(repo) = &ds.hub {
+        return load_hub_splits(cx, ds, repo, wanted);
     }
     if let Some(g) = &ds.generator {
         cx.hasher
@@ -102,6 +114,59 @@ pub(super) fn load_splits(cx: &mut Ctx, ds: &DatasetSpec) -> Option<BTreeMap<Str
                 return None;
             }
         }
+    }
+    Some(out)
+}
+
+/// The `wanted` splits of a Hub dataset: each split's parquet files, concatenated in name order.
+fn load_hub_splits(
+    cx: &mut Ctx,
+    ds: &DatasetSpec,
+    repo: &str,
+    wanted: &[&str],
+) -> Option<BTreeMap<String, Vec<Value>>> {
+    let config = ds.name.as_deref().unwrap_or("default");
+    if ds.format.is_some() || ds.columns.is_some() || ds.split_column.is_some() {
+        cx.problem(
+            "field `dataset.hub`: the Hub's parquet files take no `format`, `columns` or \
+             `split_column`",
+        );
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    for split in wanted {
+        if out.contains_key(*split) {
+            continue;
+        }
+        let found = match crate::hub::dataset_split(&cx.hub, repo, config, split) {
+            Ok(f) => f,
+            Err(e) => {
+                cx.problem(format!("field `dataset.hub`: {e:#}"));
+                return None;
+            }
+        };
+        cx.hasher
+            .update(format!("hub:{repo}:{config}:{split}:{}", found.commit).as_bytes());
+        let mut docs = Vec::new();
+        for f in &found.files {
+            let shown = format!("{repo}/{config}/{}", crate::hub::file_label(f));
+            let bytes = match fs::read(f) {
+                Ok(b) => b,
+                Err(e) => {
+                    cx.problem(format!("{shown}: {e}"));
+                    return None;
+                }
+            };
+            cx.hasher.update(&bytes);
+            match dataset::read(std::path::Path::new(&shown), &bytes, ds) {
+                Ok(d) => docs.extend(d),
+                Err(errs) => {
+                    cx.problems_capped(errs, &format!("{shown}: rows"));
+                    return None;
+                }
+            }
+        }
+        out.insert(split.to_string(), docs);
     }
     Some(out)
 }

@@ -140,6 +140,9 @@ pub struct TaskRecord {
     /// The label set, when every doc has the same choices (classification).
     #[serde(default)]
     pub labels: Option<Vec<String>>,
+    /// The data files read (Hub files with the conversion's commit) and their sha256.
+    #[serde(default)]
+    pub data: Vec<crate::task::DataFile>,
 }
 
 impl TaskRecord {
@@ -157,6 +160,7 @@ impl TaskRecord {
             chance: chance(t),
             sampler,
             labels: labels(t),
+            data: t.data.clone(),
         }
     }
 

@@ -353,6 +353,20 @@ fn a_hub_dataset_is_read_from_its_parquet_conversion_then_offline_from_the_cache
     let examples = std::fs::read_to_string(tmp.join("online/examples.json")).unwrap();
     assert!(examples.contains("Which is an animal?"), "{examples}");
 
+    // config.json names each file read: the dataset, the conversion's commit, the file, its hash.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.join("online/config.json")).unwrap())
+            .unwrap();
+    let data = &config["tasks"][0]["data"];
+    let test_file = "ARC-Easy/test/0000.parquet";
+    assert_eq!(
+        data[0]["source"],
+        format!("hf://datasets/allenai/ai2_arc@{COMMIT}/{test_file}")
+    );
+    let bytes = arc_parquet(&test);
+    assert_eq!(data[0]["sha256"], hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(data.as_array().unwrap().len(), 2, "{data}");
+
     let before = hub.requests.lock().unwrap().len();
     let o = run(true, "offline");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -52,6 +52,7 @@ pub fn load_with_problems(path: &Path, data_dir: Option<&Path>) -> (Option<Task>
         hasher: Sha256::new(),
         missing_data_dir_reported: false,
         hub: crate::hub::HubOptions::from_env(),
+        data: Vec::new(),
     };
     for text in &texts {
         cx.hasher.update(text.as_bytes());
@@ -130,6 +131,7 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         sampler: spec.fewshot.sampler,
         demo_order: spec.fewshot.order,
         content_free,
+        data: std::mem::take(&mut cx.data),
     })
 }
 

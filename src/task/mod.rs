@@ -183,6 +183,16 @@ pub struct Task {
     /// `doc_to_text` of the first test doc with every string field replaced by each of
     /// [`CONTENT_FREE`], for `acc_calibrated`.
     pub content_free: Vec<String>,
+    /// Every data file read, for the run's record.
+    pub data: Vec<DataFile>,
+}
+
+/// One data file a task read: where it came from and its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataFile {
+    /// A local path, or `hf://datasets/ORG/NAME@COMMIT/PATH` for a Hub file.
+    pub source: String,
+    pub sha256: String,
 }
 
 /// Content-free inputs of contextual calibration (Zhao et al. 2021).
@@ -235,6 +245,7 @@ impl Task {
             sampler: Default::default(),
             demo_order: Default::default(),
             content_free: CONTENT_FREE.iter().map(|s| s.to_string()).collect(),
+            data: Vec::new(),
         }
     }
 }

@@ -22,6 +22,20 @@ pub(super) struct Ctx<'a> {
     pub missing_data_dir_reported: bool,
     /// Where Hub datasets come from.
     pub hub: crate::hub::HubOptions,
+    /// The data files read so far.
+    pub data: Vec<super::DataFile>,
+}
+
+impl Ctx<'_> {
+    /// Hashes a data file's bytes into the task hash and records where it came from.
+    pub fn read_data(&mut self, source: String, bytes: &[u8]) {
+        use sha2::Digest;
+        self.hasher.update(bytes);
+        self.data.push(super::DataFile {
+            source,
+            sha256: hex::encode(sha2::Sha256::digest(bytes)),
+        });
+    }
 }
 
 impl Ctx<'_> {

@@ -157,7 +157,14 @@ fn load_hub_splits(
                     return None;
                 }
             };
-            cx.hasher.update(&bytes);
+            cx.read_data(
+                format!(
+                    "hf://datasets/{repo}@{}/{config}/{}",
+                    found.commit,
+                    crate::hub::file_label(f)
+                ),
+                &bytes,
+            );
             match dataset::read(std::path::Path::new(&shown), &bytes, ds) {
                 Ok(d) => docs.extend(d),
                 Err(errs) => {
@@ -199,13 +206,13 @@ fn read_file(cx: &mut Ctx, ds: &DatasetSpec, raw: &str) -> Option<Vec<Value>> {
             return None;
         }
     };
-    cx.hasher.update(&bytes);
+    cx.read_data(shown.clone(), &bytes);
     let mut extra = Vec::new();
     for (field, raw) in ds.column_files.iter().flatten() {
         let path = resolve_path(cx, raw)?;
         match fs::read(&path) {
             Ok(b) => {
-                cx.hasher.update(&b);
+                cx.read_data(path.display().to_string(), &b);
                 extra.push((field.clone(), path.display().to_string(), b));
             }
             Err(e) => {

@@ -381,6 +381,40 @@ fn a_hub_dataset_is_read_from_its_parquet_conversion_then_offline_from_the_cache
         serde_json::to_string(&online).unwrap()
     );
 
+    // lm-eval's own arc_easy.yaml, unchanged, read in place from a task folder: the same prompts,
+    // choices and gold as the hand-written task, so the same numbers.
+    let lm_eval = tmp.join("lm_eval_tasks");
+    std::fs::create_dir_all(&lm_eval).unwrap();
+    std::fs::copy(
+        common::root().join("tests/fixtures/lm_eval/arc_easy.yaml"),
+        lm_eval.join("arc_easy.yaml"),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_icl-eval"))
+        .current_dir(&tmp)
+        .args(["run", "--tasks-dir"])
+        .arg(&lm_eval)
+        .args(["--tasks", "arc_easy", "--models"])
+        .arg(&model)
+        .args(["--shots", "0,1", "--offline", "--output"])
+        .arg(tmp.join("in-place"))
+        .env("ICL_EVAL_NO_CACHE", "1")
+        .env("HF_HUB_CACHE", &cache)
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("ICL_EVAL_DATA_DIR")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let in_place = common::read_samples(&tmp.join("in-place"));
+    assert_eq!(in_place.len(), online.len());
+    for (a, b) in in_place.iter().zip(&online) {
+        assert_eq!(a.task, "arc_easy");
+        assert_eq!(
+            (a.doc_id, a.k, &a.logprobs, &a.gold, &a.prediction),
+            (b.doc_id, b.k, &b.logprobs, &b.gold, &b.prediction)
+        );
+    }
+
     // A split the conversion lacks, offline and online: one line naming dataset, config and split.
     std::fs::write(
         tasks.join("arc_hub.yaml"),

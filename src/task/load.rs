@@ -29,10 +29,18 @@ pub fn load_task(path: &Path, data_dir: Option<&Path>) -> Result<Task> {
 /// The task (when it could be built) and every problem found reading it, each naming file/field.
 pub fn load_with_problems(path: &Path, data_dir: Option<&Path>) -> (Option<Task>, Vec<String>) {
     let file = path.display().to_string();
-    let (merged, texts) = match include::read_merged(path) {
+    let (merged, mut texts) = match include::read_merged(path) {
         Ok(m) => m,
         Err(e) => return (None, vec![e]),
     };
+    // An lm-eval task file found in a task folder is read in place: translated as `tasks import`
+    // would write it (refusals are the load's problems), then loaded from its own folder.
+    if is_lm_eval(&merged) {
+        match super::import::import_lm_eval(path) {
+            Ok(imported) => texts = vec![imported.yaml],
+            Err(problems) => return (None, problems),
+        }
+    }
     // Without an include, parsing the text itself keeps line numbers in the errors.
     // (serde_yaml reads `{step: {...}}` enums from text only, so a merged file goes back to text.)
     let parsed = match texts.as_slice() {
@@ -59,6 +67,20 @@ pub fn load_with_problems(path: &Path, data_dir: Option<&Path>) -> (Option<Task>
     }
     let task = build_spec(&mut cx, spec, path);
     (task, cx.problems)
+}
+
+/// Keys only lm-evaluation-harness task files have (icl-eval's own spell the dataset and metrics
+/// `dataset:` and `metrics:`).
+const LM_EVAL_KEYS: &[&str] = &[
+    "dataset_path",
+    "metric_list",
+    "training_split",
+    "validation_split",
+];
+
+/// Whether a (merged) task YAML is an lm-eval task file.
+fn is_lm_eval(merged: &serde_yaml::Value) -> bool {
+    LM_EVAL_KEYS.iter().any(|k| merged.get(*k).is_some())
 }
 
 /// The spec checked and rendered into a task; `None` when any problem was found. The order of

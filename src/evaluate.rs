@@ -499,7 +499,7 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 .get(&key)
                 .context("internal: a generation was planned but not answered")?
                 .clone();
-            let em = score::exact_match(&text, target);
+            let em = score::exact_match_with(&task.exact_match, &text, target);
             s.prediction = Some(text.trim().to_string());
             s.correct = Some(em > 0.5);
             s.metrics = BTreeMap::from([("exact_match".to_string(), em)]);

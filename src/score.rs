@@ -2,15 +2,17 @@
 
 use std::collections::BTreeMap;
 
-use crate::task::Metric;
+use crate::task::{ExactMatch, Metric};
 
 /// Result of scoring one multiple-choice item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChoiceScore {
     /// Index with the highest summed log-likelihood.
     pub pred: usize,
-    /// Index with the highest log-likelihood per UTF-8 byte of the choice.
+    /// Index with the highest log-likelihood per character of the choice (lm-eval's `acc_norm`).
     pub pred_norm: usize,
+    /// Index with the highest log-likelihood per UTF-8 byte of the choice (lm-eval's `acc_bytes`).
+    pub pred_bytes: usize,
     /// Index with the highest calibrated probability (when content-free scores were given).
     pub pred_calibrated: Option<usize>,
     /// Index with the highest log-likelihood minus unconditional log-likelihood (when given).
@@ -46,8 +48,9 @@ pub fn argmax(xs: impl Iterator<Item = f64>) -> usize {
         .0
 }
 
-/// Picks the answers for `acc` and `acc_norm`. The normaliser is the byte length of the choice text
-/// (without the target delimiter), as lm-eval's `acc_bytes`; it keeps scores tokenizer-independent.
+/// Picks the answers for `acc`, `acc_norm` and `acc_bytes`. The normalisers are lm-eval's: the
+/// choice text's length (without the target delimiter) in characters for `acc_norm` (Python's
+/// `len(str)`), in UTF-8 bytes for `acc_bytes`; both keep scores tokenizer-independent.
 ///
 /// `prior` (from [`content_free_prior`]) enables `acc_calibrated`: with W = diag(1 / p_cf) and no
 /// bias, the calibrated probability of choice i is p_i / p_cf,i, so its argmax is that of
@@ -60,15 +63,18 @@ pub fn score_choices(
 ) -> ChoiceScore {
     let pred = argmax(logprobs.iter().copied());
     let minus = |other: &[f64]| argmax(logprobs.iter().zip(other).map(|(a, b)| a - b));
-    let pred_norm = argmax(
-        logprobs
-            .iter()
-            .zip(choices)
-            .map(|(lp, c)| lp / c.len().max(1) as f64),
-    );
+    let per = |len: fn(&String) -> usize| {
+        argmax(
+            logprobs
+                .iter()
+                .zip(choices)
+                .map(|(lp, c)| lp / len(c).max(1) as f64),
+        )
+    };
     ChoiceScore {
         pred,
-        pred_norm,
+        pred_norm: per(|c| c.chars().count()),
+        pred_bytes: per(String::len),
         pred_calibrated: prior.map(minus),
         pred_pmi: unconditional.map(minus),
     }
@@ -91,6 +97,7 @@ impl ChoiceScore {
         match metric {
             Metric::Acc => Some(self.pred),
             Metric::AccNorm => Some(self.pred_norm),
+            Metric::AccBytes => Some(self.pred_bytes),
             Metric::AccCalibrated => self.pred_calibrated,
             Metric::AccPmi => self.pred_pmi,
             Metric::ExactMatch => None,
@@ -98,9 +105,32 @@ impl ChoiceScore {
     }
 }
 
-/// `exact_match` of a generation: equal after trimming surrounding whitespace.
+/// `text` as `exact_match` under `opts` compares it.
+fn normalize(opts: &ExactMatch, text: &str) -> String {
+    let mut t = text.to_string();
+    for re in &opts.regexes_to_ignore {
+        t = re.replace_all(&t, "").into_owned();
+    }
+    if opts.ignore_case {
+        t = t.to_lowercase();
+    }
+    if opts.ignore_punctuation {
+        // Python's `string.punctuation`: the ASCII punctuation characters.
+        t.retain(|c| !c.is_ascii_punctuation());
+    }
+    t
+}
+
+/// `exact_match` under the task's options: 1.0 when the generation equals the target after the
+/// options and trimming surrounding whitespace, else 0.0.
+pub fn exact_match_with(opts: &ExactMatch, generated: &str, target: &str) -> f64 {
+    let (g, t) = (normalize(opts, generated), normalize(opts, target));
+    f64::from(u8::from(g.trim() == t.trim()))
+}
+
+/// `exact_match` of a generation without options: equal after trimming surrounding whitespace.
 pub fn exact_match(generated: &str, target: &str) -> f64 {
-    f64::from(u8::from(generated.trim() == target.trim()))
+    exact_match_with(&ExactMatch::default(), generated, target)
 }
 
 /// Mean and standard error of the mean (sample standard deviation with n−1, over √n).
@@ -134,13 +164,14 @@ mod tests {
     }
 
     #[test]
-    fn byte_length_not_char_length() {
-        // "été" is 3 characters but 5 bytes: -4.0/5 = -0.8 beats -2.7/3 = -0.9.
+    fn acc_norm_counts_characters_and_acc_bytes_bytes() {
+        // "été" is 3 characters but 5 bytes. Per character: -4.0/3 = -1.33 loses to -2.7/3 = -0.9;
+        // per byte: -4.0/5 = -0.8 beats -0.9 (lm-eval's acc_norm and acc_bytes).
         let choices = vec!["été".to_string(), "abc".to_string()];
-        assert_eq!(
-            score_choices(&[-4.0, -2.7], &choices, None, None).pred_norm,
-            0
-        );
+        let s = score_choices(&[-4.0, -2.7], &choices, None, None);
+        assert_eq!((s.pred_norm, s.pred_bytes), (1, 0));
+        let m = choice_metrics(&[Metric::AccNorm, Metric::AccBytes], &s, 0);
+        assert_eq!((m[&Metric::AccNorm], m[&Metric::AccBytes]), (0.0, 1.0));
     }
 
     #[test]
@@ -205,6 +236,28 @@ mod tests {
         assert!((se - (1.0f64 / 12.0).sqrt()).abs() < 1e-12);
         assert!(mean_stderr(&[1.0]).1.is_nan());
         assert_eq!(exact_match(" 124 ", "124"), 1.0);
+        // gsm8k's options: the answer after "#### ", commas, dollar signs and a final period
+        // ignored, case and punctuation folded.
+        let gsm = ExactMatch {
+            regexes_to_ignore: [",", "\\$", "(?s).*#### ", "\\.$"]
+                .iter()
+                .map(|r| regex::Regex::new(r).unwrap())
+                .collect(),
+            ignore_case: true,
+            ignore_punctuation: false,
+        };
+        assert_eq!(
+            exact_match_with(&gsm, "so the total is #### $1,234.", "1234"),
+            1.0
+        );
+        assert_eq!(exact_match_with(&gsm, "#### 1,235", "1234"), 0.0);
+        let punct = ExactMatch {
+            ignore_punctuation: true,
+            ignore_case: true,
+            ..Default::default()
+        };
+        assert_eq!(exact_match_with(&punct, "Paris!", "paris"), 1.0);
+        assert_eq!(exact_match("Paris!", "paris"), 0.0);
         assert_eq!(exact_match("12", "124"), 0.0);
     }
 }

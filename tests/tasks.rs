@@ -307,7 +307,7 @@ fn lm_eval_yamls_import_into_the_shipped_tasks() {
         "`generation_kwargs.do_sample`",
         "`generation_kwargs.temperature`",
         "`filter_list`",
-        "`metric_list.exact_match.ignore_case`",
+        "`metric_list.exact_match.ignore_numbers`",
         "metric `perplexity`",
     ] {
         assert!(err.contains(key), "{key} not named in:\n{err}");

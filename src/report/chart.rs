@@ -167,7 +167,11 @@ pub fn calibration(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Resul
         .map(|t| {
             let mut lines = Vec::new();
             for m in &models {
-                for metric in t.metrics.iter().filter(|m| **m != Metric::AccNorm) {
+                for metric in t
+                    .metrics
+                    .iter()
+                    .filter(|m| !matches!(m, Metric::AccNorm | Metric::AccBytes))
+                {
                     let pts = ks
                         .iter()
                         .filter_map(|&k| {

@@ -100,6 +100,8 @@ struct Translation {
     until: Option<Value>,
     max_tokens: Option<u64>,
     metrics: Vec<String>,
+    /// `exact_match`'s options from `metric_list`.
+    exact_match: Mapping,
     sampler: Option<&'static str>,
     problems: Vec<String>,
     notes: Vec<String>,
@@ -270,11 +272,11 @@ impl Translation {
         for entry in list {
             let name = entry.get("metric").and_then(scalar).unwrap_or_default();
             match name.as_str() {
-                "acc" | "acc_norm" | "exact_match" => {}
+                "acc" | "acc_norm" | "acc_bytes" | "exact_match" => {}
                 other => {
                     self.problem(
                         "metric_list",
-                        format!("has metric `{other}`, which icl-eval does not compute (acc, acc_norm, exact_match, acc_calibrated, acc_pmi)"),
+                        format!("has metric `{other}`, which icl-eval does not compute (acc, acc_norm, acc_bytes, exact_match, acc_calibrated, acc_pmi)"),
                     );
                     continue;
                 }
@@ -284,6 +286,17 @@ impl Translation {
                     ("metric", _) => {}
                     ("aggregation", Value::String(a)) if a == "mean" => {}
                     ("higher_is_better", Value::Bool(true)) => {}
+                    (opt @ ("ignore_case" | "ignore_punctuation"), Value::Bool(_))
+                        if name == "exact_match" =>
+                    {
+                        self.exact_match.insert(opt.into(), val.clone());
+                    }
+                    ("regexes_to_ignore", Value::Sequence(rs))
+                        if name == "exact_match" && rs.iter().all(|r| r.is_string()) =>
+                    {
+                        self.exact_match
+                            .insert("regexes_to_ignore".into(), val.clone());
+                    }
                     (opt, _) => self.problem(
                         &format!("metric_list.{name}.{opt}"),
                         "is not translated: icl-eval's metric has no such option",
@@ -415,6 +428,12 @@ impl Translation {
                 Value::Sequence(self.metrics.iter().cloned().map(Value::String).collect()),
             );
         }
+        if !self.exact_match.is_empty() {
+            put(
+                "exact_match",
+                Value::Mapping(std::mem::take(&mut self.exact_match)),
+            );
+        }
         if let Some(s) = self.sampler {
             let mut f = Mapping::new();
             f.insert("sampler".into(), s.into());
@@ -542,6 +561,24 @@ mod tests {
     }
 
     #[test]
+    fn exact_match_options_become_the_tasks_own() {
+        let d = tmp("em");
+        fs::write(
+            d.join("t.yaml"),
+            "task: t\ndataset_path: json\ndataset_kwargs:\n  data_files: {test: t.jsonl}\n\
+             test_split: test\noutput_type: generate_until\ndoc_to_text: q\ndoc_to_target: a\n\
+             metric_list:\n  - metric: exact_match\n    ignore_case: true\n    \
+             ignore_punctuation: false\n    regexes_to_ignore: [',', '\\$']\n",
+        )
+        .unwrap();
+        let i = import_lm_eval(&d.join("t.yaml")).unwrap();
+        let spec: super::super::spec::TaskSpec = serde_yaml::from_str(&i.yaml).unwrap();
+        let em = spec.exact_match.unwrap();
+        assert!(em.ignore_case && !em.ignore_punctuation);
+        assert_eq!(em.regexes_to_ignore, vec![",", "\\$"]);
+    }
+
+    #[test]
     fn untranslatable_keys_are_each_named() {
         let d = tmp("bad");
         fs::write(
@@ -549,7 +586,7 @@ mod tests {
             "task: t\ndataset_path: gsm8k\ntest_split: test\noutput_type: generate_until\n\
              process_docs: !function utils.process_docs\ndoc_to_text: q\ndoc_to_target: a\n\
              generation_kwargs:\n  until: ['Q:']\n  do_sample: true\n\
-             filter_list:\n  - name: strict\nmetric_list:\n  - metric: f1\n  - metric: exact_match\n    ignore_case: true\n",
+             filter_list:\n  - name: strict\nmetric_list:\n  - metric: f1\n  - metric: exact_match\n    ignore_case: true\n    ignore_numbers: true\n",
         )
         .unwrap();
         let errs = import_lm_eval(&d.join("t.yaml")).unwrap_err();
@@ -559,7 +596,7 @@ mod tests {
             "key `generation_kwargs.do_sample` is not translated",
             "key `filter_list` extracts answers",
             "has metric `f1`",
-            "key `metric_list.exact_match.ignore_case` is not translated",
+            "key `metric_list.exact_match.ignore_numbers` is not translated",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in\n{all}");
         }

@@ -95,6 +95,7 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         cx.problem("field `generation` applies only to output_type generate_until");
     }
     let metrics = metrics(cx, &spec);
+    let exact_match = exact_match_options(cx, &spec);
     let (until, max_tokens) = match &spec.generation {
         Some(g) => (
             g.until
@@ -154,7 +155,32 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         demo_order: spec.fewshot.order,
         content_free,
         data: std::mem::take(&mut cx.data),
+        exact_match,
     })
+}
+
+/// `exact_match:` compiled; a bad regex is a problem naming it.
+fn exact_match_options(cx: &mut Ctx, spec: &TaskSpec) -> super::ExactMatch {
+    let Some(o) = &spec.exact_match else {
+        return Default::default();
+    };
+    if spec.output_type != OutputType::GenerateUntil {
+        cx.problem("field `exact_match` applies only to output_type generate_until");
+    }
+    let mut regexes = Vec::new();
+    for (i, r) in o.regexes_to_ignore.iter().enumerate() {
+        match regex::Regex::new(r) {
+            Ok(re) => regexes.push(re),
+            Err(e) => cx.problem(format!(
+                "field `exact_match.regexes_to_ignore[{i}]`: `{r}` is not a valid regex: {e}"
+            )),
+        }
+    }
+    super::ExactMatch {
+        regexes_to_ignore: regexes,
+        ignore_case: o.ignore_case,
+        ignore_punctuation: o.ignore_punctuation,
+    }
 }
 
 /// minijinja-contrib's Python methods, plus `list.index(x)` (ARC's
@@ -366,6 +392,25 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn exact_match_options_compile_and_a_bad_regex_is_named() {
+        let d = tmp("em");
+        write(&d, "g.jsonl", "{\"q\": \"2+2\", \"a\": \"4\"}\n");
+        let body = "task: g\ndataset: {path: g.jsonl}\ntest_split: all\noutput_type: generate_until\n\
+                    doc_to_text: \"{{ q }}\"\ndoc_to_target: \"{{ a }}\"\n\
+                    exact_match: {ignore_case: true, regexes_to_ignore: [',', '(']}\n";
+        let y = write(&d, "g.yaml", body);
+        let err = format!("{:#}", load_task(&y, None).unwrap_err());
+        assert!(
+            err.contains("exact_match.regexes_to_ignore[1]") && err.contains("g.yaml"),
+            "{err}"
+        );
+        let y = write(&d, "g.yaml", &body.replace(", '('", ""));
+        let t = load_task(&y, None).unwrap();
+        assert!(t.exact_match.ignore_case && !t.exact_match.ignore_punctuation);
+        assert_eq!(t.exact_match.regexes_to_ignore.len(), 1);
     }
 
     const DOCS: &str = "{\"q\": \"good\", \"label\": 1}\n{\"q\": \"bad\", \"label\": 0}\n{\"q\": \"fine\", \"label\": 1}\n";

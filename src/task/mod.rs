@@ -27,8 +27,10 @@ pub use spec::OutputType;
 pub enum Metric {
     /// Highest summed log-likelihood picks the answer.
     Acc,
-    /// Highest log-likelihood per UTF-8 byte of the choice picks the answer.
+    /// Highest log-likelihood per character of the choice picks the answer.
     AccNorm,
+    /// Highest log-likelihood per UTF-8 byte of the choice picks the answer.
+    AccBytes,
     /// Generated text equals the target after trimming whitespace.
     ExactMatch,
     /// Contextual calibration (Zhao et al. 2021): each choice's probability divided by its mean
@@ -44,6 +46,7 @@ impl Metric {
         match self {
             Metric::Acc => "acc",
             Metric::AccNorm => "acc_norm",
+            Metric::AccBytes => "acc_bytes",
             Metric::ExactMatch => "exact_match",
             Metric::AccCalibrated => "acc_calibrated",
             Metric::AccPmi => "acc_pmi",
@@ -55,13 +58,14 @@ impl Metric {
         let m = match name {
             "acc" => Metric::Acc,
             "acc_norm" => Metric::AccNorm,
+            "acc_bytes" => Metric::AccBytes,
             "exact_match" => Metric::ExactMatch,
             "acc_calibrated" => Metric::AccCalibrated,
             "acc_pmi" => Metric::AccPmi,
             other => {
                 return Err(format!(
-                    "unknown metric `{other}` (known: acc, acc_norm, acc_calibrated, acc_pmi, \
-                     exact_match)"
+                    "unknown metric `{other}` (known: acc, acc_norm, acc_bytes, acc_calibrated, \
+                     acc_pmi, exact_match)"
                 ));
             }
         };
@@ -70,7 +74,11 @@ impl Metric {
         let fits = matches!(
             (m, output_type),
             (
-                Metric::Acc | Metric::AccNorm | Metric::AccCalibrated | Metric::AccPmi,
+                Metric::Acc
+                    | Metric::AccNorm
+                    | Metric::AccBytes
+                    | Metric::AccCalibrated
+                    | Metric::AccPmi,
                 OutputType::MultipleChoice
             ) | (Metric::ExactMatch, OutputType::GenerateUntil)
                 | (
@@ -185,6 +193,16 @@ pub struct Task {
     pub content_free: Vec<String>,
     /// Every data file read, for the run's record.
     pub data: Vec<DataFile>,
+    /// How `exact_match` compares.
+    pub exact_match: ExactMatch,
+}
+
+/// `exact_match`'s options, compiled from `task::spec::ExactMatchSpec`.
+#[derive(Debug, Clone, Default)]
+pub struct ExactMatch {
+    pub regexes_to_ignore: Vec<regex::Regex>,
+    pub ignore_case: bool,
+    pub ignore_punctuation: bool,
 }
 
 /// One data file a task read: where it came from and its sha256.
@@ -246,6 +264,7 @@ impl Task {
             demo_order: Default::default(),
             content_free: CONTENT_FREE.iter().map(|s| s.to_string()).collect(),
             data: Vec::new(),
+            exact_match: Default::default(),
         }
     }
 }

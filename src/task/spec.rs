@@ -43,6 +43,22 @@ pub struct TaskSpec {
     /// Steps applied to every doc after loading (rename, map, extract, split).
     #[serde(default)]
     pub process_docs: Vec<super::process::Step>,
+    /// How `exact_match` compares (lm-eval's options of that metric).
+    pub exact_match: Option<ExactMatchSpec>,
+}
+
+/// `exact_match:` — lm-eval's (Hugging Face `evaluate`'s) options of the metric, applied to the
+/// generation and the target alike, in this order: regexes removed, case folded, punctuation
+/// removed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExactMatchSpec {
+    #[serde(default)]
+    pub regexes_to_ignore: Vec<String>,
+    #[serde(default)]
+    pub ignore_case: bool,
+    #[serde(default)]
+    pub ignore_punctuation: bool,
 }
 
 /// `tag:` — one name or a list.

@@ -191,7 +191,14 @@ impl<'a> Cached<'a> {
         let mut numbers = r.breaks.clone();
         numbers.push(r.max_tokens);
         numbers.push(r.until.len());
-        self.key("generate_until", &parts, &numbers)
+        match r.sampling {
+            None => self.key("generate_until", &parts, &numbers),
+            Some(s) => {
+                let settings = format!("{} {} {}", s.temperature, s.top_p, s.seed);
+                parts.push(&settings);
+                self.key("generate_sampled", &parts, &numbers)
+            }
+        }
     }
 
     /// The stored answers where the cache has them; the others computed by `compute` in one
@@ -298,7 +305,10 @@ impl Backend for Cached<'_> {
         requests: &[ChoiceRequest],
     ) -> Result<Vec<Vec<LogLikelihood>>> {
         let answers = self.through(requests, Self::choice_key, |b, todo| {
-            b.loglikelihood_batch(todo)
+            // Checked before anything is stored, so a wrong answer never outlives this run.
+            let computed = b.loglikelihood_batch(todo)?;
+            crate::backend::check_answers(&b.info().name, todo, &computed)?;
+            Ok(computed)
         })?;
         // A stored answer of another length (a damaged cache) is caught here too.
         crate::backend::check_answers(&self.inner.info().name, requests, &answers)?;

@@ -611,6 +611,16 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
     println!("| task | tags | output type | test docs | few-shot docs | file | description |");
     println!("|---|---|---|---:|---:|---|---|");
     for src in discover(&d.dirs())? {
+        if let Some(g) = &src.group {
+            println!(
+                "| {} | – | group | – | – | {} | {} members: {} |",
+                src.name,
+                src.path.display(),
+                g.members.len(),
+                g.members.join(", ")
+            );
+            continue;
+        }
         if let Some(problem) = &src.problem {
             println!(
                 "| {} | {} | – | – | – | {} | not loadable: {problem} |",

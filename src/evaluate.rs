@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::{Context, Result, bail};
 
-use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood};
+use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood, Sampling};
 use crate::cache::request_key;
 use crate::hash::short_hash;
 use crate::record::{ChatMode, Sample};
@@ -105,7 +105,11 @@ impl Memo {
 
     /// The key of a generation request, queued like [`Memo::need_choices`].
     fn need_generation(&self, pending: &mut Pending, request: GenerateRequest) -> Key {
-        let key = request_key(&[&request.context]);
+        let seed = request
+            .sampling
+            .map(|s| s.seed.to_string())
+            .unwrap_or_default();
+        let key = request_key(&[&request.context, &seed]);
         if !self.generated.contains_key(&key) && pending.queued.insert(key) {
             pending.generate.push((key, request));
         }
@@ -167,7 +171,8 @@ enum Need {
         content_free: Option<Vec<Key>>,
         unconditional: Option<Key>,
     },
-    Text(Key),
+    /// `generate_until`: one generation per repeat (greedy repeats share one request).
+    Text(Vec<Key>),
     /// `multiple_input`: one request per input, each scoring the shared continuation.
     Inputs(Vec<Key>),
     /// `loglikelihood`: the continuation after the prompt.
@@ -323,6 +328,7 @@ fn plan_doc<'t>(
                                 demos: &kept,
                                 format,
                                 shots: plan.shots,
+                                seed,
                             };
                             requests.plan(memo, pending, &f)?
                         }
@@ -348,6 +354,8 @@ struct Requests<'a> {
     format: prompt::Format<'a>,
     /// The sweep's shot counts: prefixes worth caching end after K demonstrations.
     shots: &'a [usize],
+    /// The cell's seed, which sampled generations draw from too.
+    seed: u64,
 }
 
 impl Requests<'_> {
@@ -412,15 +420,38 @@ impl Requests<'_> {
                     &conts,
                 ))
             }
-            Answer::Text(_) => Need::Text(memo.need_generation(
-                pending,
-                GenerateRequest {
-                    context: fitted.prompt.clone(),
-                    breaks: self.breaks(&fitted.breaks),
-                    until: task.until.clone(),
-                    max_tokens: task.max_tokens,
-                },
-            )),
+            Answer::Text(_) => {
+                let draws = if task.sampling.is_some() {
+                    task.repeats
+                } else {
+                    1
+                };
+                let keys = (0..draws)
+                    .map(|r| {
+                        let sampling = task.sampling.map(|(temperature, top_p)| Sampling {
+                            temperature,
+                            top_p,
+                            // Keyed by what the answer depends on, never by order or batch.
+                            seed: crate::seed::combine(&[
+                                self.seed,
+                                crate::seed::hash_str(&fitted.prompt),
+                                r as u64,
+                            ]),
+                        });
+                        memo.need_generation(
+                            pending,
+                            GenerateRequest {
+                                context: fitted.prompt.clone(),
+                                breaks: self.breaks(&fitted.breaks),
+                                until: task.until.clone(),
+                                max_tokens: task.max_tokens,
+                                sampling,
+                            },
+                        )
+                    })
+                    .collect();
+                Need::Text(keys)
+            }
         })
     }
 }
@@ -432,7 +463,7 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
         sample: mut s,
         need,
     } = cell;
-    let primary = task.primary_metric();
+    let primary = task.primary_metric().metric;
     match (need, &item.answer) {
         (Need::Nothing, _) => {}
         (
@@ -493,17 +524,50 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
             )]);
             s.logprobs = Some(vec![ll.logprob]);
         }
-        (Need::Text(key), Answer::Text(target)) => {
-            let text = memo
-                .generated
-                .get(&key)
-                .context("internal: a generation was planned but not answered")?
-                .clone();
-            let em = score::exact_match_with(&task.exact_match, &text, target);
-            s.prediction = Some(text.trim().to_string());
-            s.correct = Some(em > 0.5);
-            s.metrics = BTreeMap::from([("exact_match".to_string(), em)]);
+        (Need::Text(keys), Answer::Text(target)) => {
+            let mut responses = keys
+                .iter()
+                .map(|k| {
+                    memo.generated
+                        .get(k)
+                        .cloned()
+                        .context("internal: a generation was planned but not answered")
+                })
+                .collect::<Result<Vec<String>>>()?;
+            // Greedy repeats are one generation, shown `repeats` times as lm-eval would get it.
+            while responses.len() < task.repeats {
+                responses.push(responses[0].clone());
+            }
+            let text = responses[0].clone();
+            if task.filters.is_empty() {
+                let em = score::exact_match_with(&task.exact_match, &text, target);
+                s.prediction = Some(text.trim().to_string());
+                s.correct = Some(em > 0.5);
+                s.metrics = BTreeMap::from([("exact_match".to_string(), em)]);
+            } else {
+                let choices = task.doc_choices.get(item.id).map_or(&[][..], Vec::as_slice);
+                let mut filtered = BTreeMap::new();
+                for (i, f) in task.filters.iter().enumerate() {
+                    let answer = f.apply(&responses, choices);
+                    let em = score::exact_match_with(&task.exact_match, &answer, target);
+                    if i == 0 {
+                        s.prediction = Some(answer.clone());
+                        s.correct = Some(em > 0.5);
+                    }
+                    s.metrics.insert(
+                        crate::task::Reported::new(Metric::ExactMatch, Some(&f.name))
+                            .name()
+                            .to_string(),
+                        em,
+                    );
+                    filtered.insert(f.name.clone(), answer);
+                }
+                s.filtered = Some(filtered);
+            }
             s.generated = Some(text);
+            if responses.len() > 1 {
+                s.generations = Some(responses);
+            }
         }
         _ => anyhow::bail!("internal: a cell's requests do not match its answer type"),
     }
@@ -516,8 +580,8 @@ mod tests {
     use crate::backend::{LogLikelihood, ModelInfo};
     use crate::task::{Item, OutputType};
 
-    /// Answers everything; its context length is large.
-    struct Echo(ModelInfo);
+    /// Answers everything (generations: the text it holds); its context length is large.
+    struct Echo(ModelInfo, &'static str);
 
     impl Backend for Echo {
         fn info(&self) -> &ModelInfo {
@@ -548,7 +612,7 @@ mod tests {
             _until: &[String],
             _max_tokens: usize,
         ) -> Result<String> {
-            Ok("4".into())
+            Ok(self.1.into())
         }
     }
 
@@ -570,7 +634,7 @@ mod tests {
         ];
         let t = Task::for_tests(OutputType::GenerateUntil, vec![Metric::ExactMatch], docs);
         let selector = Selector::new(&t, t.sampler, t.demo_order, None).unwrap();
-        let mut backend = Echo(ModelInfo::for_tests("m", 1 << 20));
+        let mut backend = Echo(ModelInfo::for_tests("m", 1 << 20), "4");
         let mut emitted = Vec::new();
         let e = evaluate_task(
             &mut backend,
@@ -587,5 +651,146 @@ mod tests {
             e.contains("task `t`, doc 1") && e.contains("prompt is empty"),
             "{e}"
         );
+    }
+
+    /// Each filter of `filter_list` scores its own answer, reported as `exact_match,NAME`; the
+    /// first filter's answer is the prediction.
+    #[test]
+    fn every_filter_scores_its_own_answer() {
+        let docs = vec![Item {
+            id: 0,
+            text: "Q: 9 * 2?".into(),
+            answer: Answer::Text("18".into()),
+            description: String::new(),
+        }];
+        let mut t = Task::for_tests(OutputType::GenerateUntil, vec![Metric::ExactMatch], docs);
+        let specs: Vec<crate::task::filter::PipelineSpec> = serde_yaml::from_str(
+            "- name: strict-match\n  filter:\n    - function: regex\n      regex_pattern: '#### (\\-?[0-9\\.\\,]+)'\n    - function: take_first\n\
+             - name: flexible-extract\n  filter:\n    - function: regex\n      group_select: -1\n      regex_pattern: '(-?[$0-9.,]{2,})|(-?[0-9]+)'\n    - function: take_first\n",
+        )
+        .unwrap();
+        t.filters = specs.iter().map(|s| s.compile().unwrap()).collect();
+        let selector = Selector::new(&t, t.sampler, t.demo_order, None).unwrap();
+        let mut backend = Echo(ModelInfo::for_tests("m", 1 << 20), " 9 * 2 = 18 eggs");
+        let mut emitted = Vec::new();
+        evaluate_task(
+            &mut backend,
+            &selector,
+            &Plan::simple(&[0], 1, None),
+            &mut |s| {
+                emitted.push(s);
+                Ok(())
+            },
+        )
+        .unwrap();
+        let s = &emitted[0];
+        assert_eq!(s.metrics["exact_match,strict-match"], 0.0);
+        assert_eq!(s.metrics["exact_match,flexible-extract"], 1.0);
+        assert_eq!(s.prediction.as_deref(), Some("[invalid]"));
+        assert_eq!(s.correct, Some(false));
+        let f = s.filtered.as_ref().unwrap();
+        assert_eq!(f["flexible-extract"], "18");
+        assert_eq!(
+            t.reported()
+                .iter()
+                .map(|r| r.name().to_string())
+                .collect::<Vec<_>>(),
+            ["exact_match,strict-match", "exact_match,flexible-extract"]
+        );
+    }
+
+    /// Generations answer with the last digit of their seed.
+    struct ByDigit(ModelInfo);
+
+    impl Backend for ByDigit {
+        fn info(&self) -> &ModelInfo {
+            &self.0
+        }
+        fn count_tokens(&self, text: &str) -> Result<usize> {
+            Ok(text.len())
+        }
+        fn loglikelihood(
+            &mut self,
+            _: &str,
+            _: &[usize],
+            _: &[String],
+        ) -> Result<Vec<LogLikelihood>> {
+            unreachable!("generation only")
+        }
+        fn generate_until(
+            &mut self,
+            _: &str,
+            _: &[usize],
+            _: &[String],
+            _: usize,
+        ) -> Result<String> {
+            Ok("greedy".into())
+        }
+        fn generate_sampled(&mut self, r: &GenerateRequest) -> Result<String> {
+            Ok(format!("{}", r.sampling.unwrap().seed % 3))
+        }
+    }
+
+    /// `repeats` sampled generations, each seeded by its prompt and repeat alone: the majority
+    /// vote sees all of them, and a run in other blocks gives the same samples; greedy repeats
+    /// are one generation.
+    #[test]
+    fn sampled_repeats_feed_the_majority_vote_and_repeat_exactly() {
+        let docs: Vec<Item> = (0..4)
+            .map(|id| Item {
+                id,
+                text: format!("Q{id}"),
+                answer: Answer::Text("1".into()),
+                description: String::new(),
+            })
+            .collect();
+        let mut t = Task::for_tests(OutputType::GenerateUntil, vec![Metric::ExactMatch], docs);
+        t.repeats = 9;
+        t.sampling = Some((0.7, 1.0));
+        let specs: Vec<crate::task::filter::PipelineSpec> = serde_yaml::from_str(
+            "- name: maj\n  filter:\n    - function: majority_vote\n    - function: take_first\n",
+        )
+        .unwrap();
+        t.filters = specs.iter().map(|s| s.compile().unwrap()).collect();
+        let run = |t: &Task, limit: Option<usize>| {
+            let selector = Selector::new(t, t.sampler, t.demo_order, None).unwrap();
+            let mut backend = ByDigit(ModelInfo::for_tests("m", 1 << 20));
+            let mut out = Vec::new();
+            evaluate_task(
+                &mut backend,
+                &selector,
+                &Plan::simple(&[0, 1], 3, limit),
+                &mut |s| {
+                    out.push(s);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            out
+        };
+        let all = run(&t, None);
+        assert_eq!(all.len(), 8);
+        for s in &all {
+            let g = s.generations.as_ref().unwrap();
+            assert_eq!(g.len(), 9);
+            let count = |x: &str| g.iter().filter(|y| *y == x).count();
+            let best = ["0", "1", "2"].iter().map(|x| count(x)).max().unwrap();
+            let vote = &s.filtered.as_ref().unwrap()["maj"];
+            assert_eq!(count(vote), best, "{s:?}");
+            assert_eq!(&g[0], s.generated.as_ref().unwrap());
+        }
+        assert!(
+            all.iter()
+                .any(|s| s.generations.as_ref().unwrap().iter().any(|x| x != "0"))
+        );
+        let first_two = run(&t, Some(2));
+        assert_eq!(
+            format!("{:?}", &all[..4]),
+            format!("{first_two:?}"),
+            "--limit changes no sampled answer"
+        );
+        t.sampling = None;
+        let greedy = run(&t, Some(1));
+        assert_eq!(greedy[0].generations.as_deref().unwrap(), vec!["greedy"; 9]);
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::ModelInfo;
 use crate::sampler::{DemoLabels, Sampler};
-use crate::task::{Answer, Metric, OutputType, Task};
+use crate::task::{Answer, OutputType, Reported, Task};
 
 /// How demonstrations enter a chat template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +63,14 @@ pub struct Sample {
     /// Generation: the text generated (cut at the stop sequence).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub generated: Option<String>,
-    /// The answer picked by the headline metric (choice text or generated text, trimmed).
+    /// With `repeats` > 1: every generation, the first being `generated`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub generations: Option<Vec<String>>,
+    /// Generation with `filter_list`: each filter's answer, by filter name.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub filtered: Option<BTreeMap<String, String>>,
+    /// The answer picked by the headline metric (choice text, generated text trimmed, or the
+    /// first filter's answer).
     pub prediction: Option<String>,
     pub gold: String,
     /// Whether the headline metric counts the doc as correct.
@@ -110,6 +117,8 @@ impl Sample {
             calibration: None,
             unconditional: None,
             generated: None,
+            generations: None,
+            filtered: None,
             prediction: None,
             gold: gold.into(),
             correct: None,
@@ -153,7 +162,7 @@ impl TaskRecord {
             path: t.source.display().to_string(),
             hash: t.hash.clone(),
             output_type: t.output_type,
-            metrics: t.metrics.iter().map(|m| m.name().to_string()).collect(),
+            metrics: t.reported().iter().map(|m| m.name().to_string()).collect(),
             test_docs: t.test.len(),
             fewshot_docs: t.fewshot.len(),
             fewshot_from_test_split: t.fewshot_is_test,
@@ -165,11 +174,11 @@ impl TaskRecord {
     }
 
     /// The metrics as types (the first is the headline).
-    pub fn metric_list(&self) -> Result<Vec<Metric>> {
+    pub fn metric_list(&self) -> Result<Vec<Reported>> {
         let list = self
             .metrics
             .iter()
-            .map(|m| Metric::parse(m, self.output_type).map_err(anyhow::Error::msg))
+            .map(|m| Reported::parse(m, self.output_type).map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>>>()
             .with_context(|| format!("task `{}`", self.name))?;
         if list.is_empty() {

@@ -241,7 +241,7 @@ mod tests {
         let gsm = ExactMatch {
             regexes_to_ignore: [",", "\\$", "(?s).*#### ", "\\.$"]
                 .iter()
-                .map(|r| regex::Regex::new(r).unwrap())
+                .map(|r| fancy_regex::Regex::new(r).unwrap())
                 .collect(),
             ignore_case: true,
             ignore_punctuation: false,

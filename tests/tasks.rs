@@ -304,12 +304,102 @@ fn lm_eval_yamls_import_into_the_shipped_tasks() {
     let err = String::from_utf8_lossy(&o.stderr);
     for key in [
         "`process_docs`",
-        "`generation_kwargs.do_sample`",
-        "`generation_kwargs.temperature`",
-        "`filter_list`",
         "`metric_list.exact_match.ignore_numbers`",
         "metric `perplexity`",
     ] {
         assert!(err.contains(key), "{key} not named in:\n{err}");
     }
+}
+
+/// lm-eval task and group files read in place (`--tasks-dir`), as a user of lm-eval writes them:
+/// a `_group.yaml` over two tasks, `filter_list` pipelines, `fewshot_config.samples` and local
+/// json data. On SmolLM2 the run reports each filter's exact match, its answer per sample equals
+/// the pipeline worked by hand on the model's own generation, the inline samples are the
+/// demonstrations, and the group is reported beside its tasks.
+#[test]
+#[ignore = "needs the bundled SmolLM2 (scripts/fetch-models.sh)"]
+fn lm_eval_filters_groups_and_inline_samples_run_in_place() {
+    let d = common::tmp("lm-eval-in-place");
+    let tasks = d.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let docs: String = [(12, 7), (30, 45), (8, 9), (61, 22)]
+        .iter()
+        .map(|(a, b)| format!("{{\"a\": {a}, \"b\": {b}, \"sum\": \"{}\"}}\n", a + b))
+        .collect();
+    std::fs::write(tasks.join("sums.jsonl"), docs).unwrap();
+    let task = |name: &str, words: &str| {
+        format!(
+            "task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {dir}/sums.jsonl\n\
+             test_split: test\noutput_type: generate_until\n\
+             doc_to_text: \"Question: What is {{{{a}}}} {words} {{{{b}}}}?\\nAnswer:\"\ndoc_to_target: \"{{{{sum}}}}\"\n\
+             fewshot_config:\n  sampler: first_n\n  samples:\n    - {{a: 2, b: 3, sum: '5'}}\n    - {{a: 10, b: 4, sum: '14'}}\n\
+             generation_kwargs:\n  until: [\"\\n\"]\n  do_sample: false\n  max_gen_toks: 8\n\
+             filter_list:\n  - name: first-number\n    filter:\n      - function: regex\n        regex_pattern: \"(\\\\d+)\"\n      - function: take_first\n\
+             \x20 - name: last-number\n    filter:\n      - function: regex\n        group_select: -1\n        regex_pattern: \"(\\\\d+)\"\n        fallback: none\n      - function: take_first\n\
+             metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 1.0\n",
+            dir = tasks.display()
+        )
+    };
+    std::fs::write(tasks.join("plus.yaml"), task("sums_plus", "plus")).unwrap();
+    std::fs::write(tasks.join("and.yaml"), task("sums_and", "and")).unwrap();
+    std::fs::write(
+        tasks.join("_sums.yaml"),
+        "group: sums\ntask:\n  - sums_plus\n  - task: sums_and\n    task_alias: and\n\
+         aggregate_metric_list:\n  - metric: exact_match\n    weight_by_size: true\nmetadata:\n  version: 1\n",
+    )
+    .unwrap();
+    let out = d.join("run");
+    let o = common::icl_eval(&[
+        "run",
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--tasks",
+        "sums",
+        "--models",
+        common::smollm2().to_str().unwrap(),
+        "--shots",
+        "0,2",
+        "--limit",
+        "4",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = common::read_samples(&out);
+    assert_eq!(samples.len(), 2 * 2 * 4);
+    let number = regex::Regex::new(r"(\d+)").unwrap();
+    for s in &samples {
+        let generated = s.generated.as_deref().unwrap();
+        let all: Vec<&str> = number.find_iter(generated).map(|m| m.as_str()).collect();
+        let f = s.filtered.as_ref().unwrap();
+        assert_eq!(
+            f["first-number"],
+            all.first().copied().unwrap_or("[invalid]"),
+            "{s:?}"
+        );
+        assert_eq!(
+            f["last-number"],
+            all.last().copied().unwrap_or("none"),
+            "{s:?}"
+        );
+        for name in ["first-number", "last-number"] {
+            let hit = f64::from(u8::from(f[name] == s.gold));
+            assert_eq!(s.metrics[&format!("exact_match,{name}")], hit, "{s:?}");
+        }
+        assert_eq!(s.prediction.as_deref(), Some(f["first-number"].as_str()));
+    }
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("exact_match,first-number"), "{config}");
+    let examples = std::fs::read_to_string(out.join("examples.json")).unwrap();
+    assert!(
+        examples.contains("What is 2 plus 3?\\nAnswer: 5\\n\\nQuestion: What is 10 plus 4?"),
+        "the inline samples, in order, are the 2-shot demonstrations:\n{examples}"
+    );
+    let groups = std::fs::read_to_string(out.join("groups.csv")).unwrap();
+    assert!(
+        groups
+            .lines()
+            .any(|l| l.starts_with("sums,") && l.contains("exact_match,first-number")),
+        "{groups}"
+    );
 }

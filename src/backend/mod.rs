@@ -81,6 +81,50 @@ pub struct GenerateRequest {
     pub breaks: Vec<usize>,
     pub until: Vec<String>,
     pub max_tokens: usize,
+    /// Sample instead of decoding greedily (see [`Backend::generate_sampled`]).
+    pub sampling: Option<Sampling>,
+}
+
+/// Sampled decoding (lm-eval's `do_sample: true`): each next token drawn from the softmax of the
+/// logits over `temperature`, cut to the smallest set whose probability reaches `top_p`, by a
+/// generator seeded with `seed` alone, so an answer depends on its request only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Sampling {
+    /// Draws a token index from next-token log-probabilities `logprobs` with `rng`.
+    pub fn draw(&self, logprobs: &[f32], rng: &mut crate::seed::SeededRng) -> usize {
+        // log-softmax differs from the logits by a constant, so this is softmax(logits / T).
+        let max = logprobs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let mut p: Vec<(usize, f64)> = logprobs
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i, ((l as f64 - max) / self.temperature).exp()))
+            .collect();
+        let z: f64 = p.iter().map(|x| x.1).sum();
+        // Most probable first, ties by index, so the nucleus does not depend on sort stability.
+        p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut kept = 0;
+        let mut mass = 0.0;
+        while kept < p.len() && (kept == 0 || mass < self.top_p * z) {
+            mass += p[kept].1;
+            kept += 1;
+        }
+        // A uniform draw in [0, mass) from the top 53 bits.
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * mass;
+        let mut acc = 0.0;
+        for &(i, w) in &p[..kept] {
+            acc += w;
+            if u < acc {
+                return i;
+            }
+        }
+        p[kept - 1].0
+    }
 }
 
 impl ChoiceRequest {
@@ -102,6 +146,7 @@ impl GenerateRequest {
             breaks: breaks.to_vec(),
             until: until.to_vec(),
             max_tokens,
+            sampling: None,
         }
     }
 }
@@ -217,11 +262,25 @@ pub trait Backend {
             .collect()
     }
 
+    /// Sampled generation for a request with `sampling` set; a backend that decodes greedily
+    /// only says so.
+    fn generate_sampled(&mut self, request: &GenerateRequest) -> Result<String> {
+        let _ = request;
+        anyhow::bail!(
+            "model `{}`: this backend decodes greedily only, and the task asks for sampling \
+             (`do_sample: true`); set `do_sample: false` or use the in-process backend",
+            self.info().name
+        )
+    }
+
     /// Generates for several requests, answers in request order; grouping changes no answer.
     fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
         requests
             .iter()
-            .map(|r| self.generate_until(&r.context, &r.breaks, &r.until, r.max_tokens))
+            .map(|r| match r.sampling {
+                Some(_) => self.generate_sampled(r),
+                None => self.generate_until(&r.context, &r.breaks, &r.until, r.max_tokens),
+            })
             .collect()
     }
 }
@@ -250,6 +309,67 @@ pub fn cut_at_stop(text: &str, until: &[String]) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Draws follow softmax(logits / T) (checked against the exact shares), cut to the nucleus,
+    /// and depend on the seed alone.
+    #[test]
+    fn sampling_draws_from_the_tempered_nucleus() {
+        let lp: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let count = |s: Sampling, n: usize| {
+            let mut rng = crate::seed::SeededRng::new(s.seed);
+            let mut c = [0usize; 4];
+            for _ in 0..n {
+                c[s.draw(&lp, &mut rng)] += 1;
+            }
+            c
+        };
+        let plain = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 7,
+        };
+        let c = count(plain, 40_000);
+        for (i, p) in [0.5, 0.3, 0.15, 0.05].iter().enumerate() {
+            assert!((c[i] as f64 / 40_000.0 - p).abs() < 0.01, "{c:?}");
+        }
+        assert_eq!(c, count(plain, 40_000), "same seed, same draws");
+        // T = 0.5 squares the probabilities: 0.25, 0.09, 0.0225, 0.0025 over their sum.
+        let hot = count(
+            Sampling {
+                temperature: 0.5,
+                ..plain
+            },
+            40_000,
+        );
+        let z = 0.25 + 0.09 + 0.0225 + 0.0025;
+        assert!(
+            (hot[0] as f64 / 40_000.0 - 0.25 / z).abs() < 0.01,
+            "{hot:?}"
+        );
+        // top_p 0.7: the two likeliest (0.8 of the mass) remain, renormalised.
+        let nucleus = count(
+            Sampling {
+                top_p: 0.7,
+                ..plain
+            },
+            40_000,
+        );
+        assert_eq!((nucleus[2], nucleus[3]), (0, 0), "{nucleus:?}");
+        assert!(
+            (nucleus[0] as f64 / 40_000.0 - 0.625).abs() < 0.01,
+            "{nucleus:?}"
+        );
+        assert_eq!(
+            count(
+                Sampling {
+                    top_p: 0.3,
+                    ..plain
+                },
+                100
+            ),
+            [100, 0, 0, 0]
+        );
+    }
 
     #[test]
     fn trailing_whitespace_moves_to_continuation() {

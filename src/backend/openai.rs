@@ -534,6 +534,10 @@ impl Backend for OpenAiBackend {
             .collect())
     }
 
+    fn generate_sampled(&mut self, request: &GenerateRequest) -> Result<String> {
+        self.generate(request)
+    }
+
     fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
         self.in_parallel(requests, |r| self.generate(r))
     }
@@ -635,7 +639,7 @@ impl OpenAiBackend {
     fn generate(&self, r: &GenerateRequest) -> Result<String> {
         // OpenAI's API takes at most four stop sequences; the rest are cut here.
         let stop: Vec<&String> = r.until.iter().take(4).collect();
-        let choice = self.completions(json!({
+        let mut body = json!({
             "model": self.endpoint.model,
             "prompt": r.context,
             "max_tokens": r.max_tokens,
@@ -646,7 +650,15 @@ impl OpenAiBackend {
             "repeat_penalty": 1.0,
             "presence_penalty": 0.0,
             "frequency_penalty": 0.0,
-        }))?;
+        });
+        // Sampling on the server: its own generator, seeded per request (vLLM and llama.cpp
+        // honour `seed`), so answers are repeatable on the same server, not equal to candle's.
+        if let Some(s) = r.sampling {
+            body["temperature"] = json!(s.temperature);
+            body["top_p"] = json!(s.top_p);
+            body["seed"] = json!(s.seed);
+        }
+        let choice = self.completions(body)?;
         let text = choice["text"].as_str().with_context(|| {
             format!("{}/completions: the choice has no text", self.endpoint.base)
         })?;

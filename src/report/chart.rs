@@ -151,7 +151,7 @@ pub fn calibration(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Resul
         .filter(|t| {
             t.metrics
                 .iter()
-                .any(|m| matches!(m, Metric::AccCalibrated | Metric::AccPmi))
+                .any(|m| matches!(m.metric, Metric::AccCalibrated | Metric::AccPmi))
         })
         .collect();
     if shown.is_empty() {
@@ -170,7 +170,7 @@ pub fn calibration(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Resul
                 for metric in t
                     .metrics
                     .iter()
-                    .filter(|m| !matches!(m, Metric::AccNorm | Metric::AccBytes))
+                    .filter(|m| !matches!(m.metric, Metric::AccNorm | Metric::AccBytes))
                 {
                     let pts = ks
                         .iter()

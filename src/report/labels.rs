@@ -69,7 +69,7 @@ pub fn shares(samples: &[Sample], tasks: &[TaskMeta]) -> Vec<LabelShares> {
         };
         add(0, labels.iter().position(|l| *l == s.gold));
         for (i, m) in t.metrics.iter().enumerate() {
-            add(i + 1, cs.pred_for(*m));
+            add(i + 1, cs.pred_for(m.metric));
         }
     }
     let mut out = Vec::new();
@@ -87,7 +87,7 @@ pub fn shares(samples: &[Sample], tasks: &[TaskMeta]) -> Vec<LabelShares> {
         ) else {
             continue;
         };
-        if n == 0 || (slot > 0 && t.metrics[slot - 1] == Metric::ExactMatch) {
+        if n == 0 || (slot > 0 && t.metrics[slot - 1].metric == Metric::ExactMatch) {
             continue;
         }
         out.push(LabelShares {
@@ -169,7 +169,7 @@ mod tests {
         let t = TaskMeta {
             name: "t".into(),
             output_type: OutputType::MultipleChoice,
-            metrics: vec![Metric::Acc, Metric::AccCalibrated],
+            metrics: vec![Metric::Acc.into(), Metric::AccCalibrated.into()],
             chance: Some(0.5),
             labels: Some(vec!["neg".into(), "pos".into()]),
         };

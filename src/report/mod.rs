@@ -19,7 +19,7 @@ use polars::prelude::{CsvWriter, DataFrame, SerWriter};
 use crate::backend::ModelInfo;
 use crate::record::{Example, RunData, RunRecord, Sample, TaskRecord};
 use crate::task::discover::Group;
-use crate::task::{Metric, OutputType, Task};
+use crate::task::{OutputType, Reported, Task};
 use labels::LabelShares;
 
 /// What reports need to know about a task.
@@ -28,7 +28,7 @@ pub struct TaskMeta {
     pub name: String,
     pub output_type: OutputType,
     /// The first is the headline of charts.
-    pub metrics: Vec<Metric>,
+    pub metrics: Vec<Reported>,
     /// Accuracy of a uniform random guess, for multiple-choice tasks.
     pub chance: Option<f64>,
     /// The label set of a classification task (every doc has the same choices).
@@ -52,15 +52,15 @@ impl TaskMeta {
         Self {
             name: t.name.clone(),
             output_type: t.output_type,
-            metrics: t.metrics.clone(),
+            metrics: t.reported(),
             chance: crate::record::chance(t),
             labels: crate::record::labels(t),
         }
     }
 
     /// The headline metric.
-    pub fn primary_metric(&self) -> Metric {
-        self.metrics[0]
+    pub fn primary_metric(&self) -> &Reported {
+        &self.metrics[0]
     }
 }
 

@@ -20,6 +20,126 @@ pub struct TaskSource {
     pub problem: Option<String>,
     /// Its `tag:` names: `--tasks TAG` runs every task carrying it.
     pub tags: Vec<String>,
+    /// A group file (lm-eval's `group:` with a `task:` list) instead of a task.
+    pub group: Option<GroupFile>,
+}
+
+/// A group file: `group: NAME` and `task:` a list of task, tag or group names (or inline groups),
+/// in lm-evaluation-harness's vocabulary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupFile {
+    /// `group_alias`, the name reports may show.
+    pub alias: Option<String>,
+    /// Names of its tasks, tags and groups, in file order.
+    pub members: Vec<String>,
+    /// `aggregate_metric_list`: `weight_by_size` per metric (`true`: a mean over docs, lm-eval's
+    /// micro; `false`: a mean over members).
+    pub weight_by_size: Vec<(String, bool)>,
+}
+
+/// Keys a group file may carry.
+const GROUP_KEYS: &[&str] = &[
+    "group",
+    "group_alias",
+    "task",
+    "aggregate_metric_list",
+    "metadata",
+    "tag",
+];
+
+/// Reads the group files of one YAML (the file's own group, then inline groups among its
+/// members, each registered under its own name); the error names the file and key.
+pub fn read_groups(path: &Path, v: &serde_yaml::Value) -> Result<Vec<(String, GroupFile)>, String> {
+    let shown = path.display();
+    let mut out = Vec::new();
+    group_of(v, &mut out).map_err(|e| format!("{shown}: {e}"))?;
+    Ok(out)
+}
+
+fn group_of(v: &serde_yaml::Value, out: &mut Vec<(String, GroupFile)>) -> Result<String, String> {
+    use serde_yaml::Value;
+    let map = v.as_mapping().ok_or("a group is a mapping")?;
+    for k in map.keys() {
+        let k = k.as_str().unwrap_or_default();
+        if !GROUP_KEYS.contains(&k) {
+            return Err(format!(
+                "group key `{k}` is not read (a group file has {})",
+                GROUP_KEYS.join(", ")
+            ));
+        }
+    }
+    let name = v
+        .get("group")
+        .and_then(Value::as_str)
+        .ok_or("key `group` is missing: a `task:` list needs a group name")?
+        .to_string();
+    let list = v
+        .get("task")
+        .and_then(Value::as_sequence)
+        .ok_or_else(|| format!("group `{name}`: key `task` should be a list"))?;
+    let mut g = GroupFile {
+        alias: v
+            .get("group_alias")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        ..GroupFile::default()
+    };
+    for (i, m) in list.iter().enumerate() {
+        match m {
+            Value::String(s) => g.members.push(s.clone()),
+            Value::Mapping(mm) if mm.contains_key("group") => g.members.push(group_of(m, out)?),
+            // `{task: NAME, task_alias: ...}` names a task; the alias is a display name.
+            Value::Mapping(mm) => {
+                let task = m.get("task").and_then(Value::as_str).ok_or_else(|| {
+                    format!("group `{name}`: key `task[{i}]` should name a task or hold a group")
+                })?;
+                for k in mm.keys().filter_map(Value::as_str) {
+                    if !matches!(k, "task" | "task_alias" | "num_fewshot") {
+                        return Err(format!(
+                            "group `{name}`: key `task[{i}].{k}`: a task defined inside a group \
+                             is not read; give `{task}` a file of its own and name it here"
+                        ));
+                    }
+                }
+                g.members.push(task.to_string());
+            }
+            _ => {
+                return Err(format!(
+                    "group `{name}`: key `task[{i}]` should be a name or a mapping"
+                ));
+            }
+        }
+    }
+    let aggs = match v.get("aggregate_metric_list") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Sequence(s)) => s.clone(),
+        Some(one @ Value::Mapping(_)) => vec![one.clone()],
+        Some(_) => {
+            return Err(format!(
+                "group `{name}`: key `aggregate_metric_list` should be a list"
+            ));
+        }
+    };
+    for a in &aggs {
+        let metric = a.get("metric").and_then(Value::as_str).ok_or_else(|| {
+            format!("group `{name}`: each `aggregate_metric_list` entry names a `metric`")
+        })?;
+        if let Some(agg) = a.get("aggregation").and_then(Value::as_str)
+            && agg != "mean"
+        {
+            return Err(format!(
+                "group `{name}`: `aggregate_metric_list` aggregation `{agg}`: icl-eval's group \
+                 means are means"
+            ));
+        }
+        let weight = a
+            .get("weight_by_size")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        g.weight_by_size.push((metric.to_string(), weight));
+    }
+    out.push((name.clone(), g));
+    Ok(name)
 }
 
 /// Task YAMLs in `dirs` and their subfolders (files named `_*` are only included by others), by
@@ -43,6 +163,35 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                 Ok((v, texts)) => (Ok(v), texts.into_iter().next().unwrap_or_default()),
                 Err(e) => (Err(e), fs::read_to_string(&path).unwrap_or_default()),
             };
+            let about = text
+                .lines()
+                .take_while(|l| l.starts_with('#'))
+                .map(|l| l.trim_start_matches('#').trim())
+                .collect::<Vec<_>>()
+                .join(" ");
+            if let Ok(v) = &merged
+                && v.get("task").is_some_and(serde_yaml::Value::is_sequence)
+            {
+                match read_groups(&path, v) {
+                    Ok(groups) => found.extend(groups.into_iter().map(|(name, g)| TaskSource {
+                        name,
+                        path: path.clone(),
+                        about: about.clone(),
+                        problem: None,
+                        tags: Vec::new(),
+                        group: Some(g),
+                    })),
+                    Err(e) => found.push(TaskSource {
+                        name: stem,
+                        path,
+                        about,
+                        problem: Some(e),
+                        tags: Vec::new(),
+                        group: None,
+                    }),
+                }
+                continue;
+            }
             let name = merged
                 .as_ref()
                 .ok()
@@ -54,12 +203,6 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                 .and_then(|t| serde_yaml::from_value::<spec::Tags>(t).ok())
                 .map(spec::Tags::into_vec)
                 .unwrap_or_default();
-            let about = text
-                .lines()
-                .take_while(|l| l.starts_with('#'))
-                .map(|l| l.trim_start_matches('#').trim())
-                .collect::<Vec<_>>()
-                .join(" ");
             found.push(TaskSource {
                 problem: match (&merged, &name) {
                     (Err(e), _) => Some(e.clone()),
@@ -70,18 +213,20 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                 path,
                 about,
                 tags,
+                group: None,
             });
         }
     }
     Ok(found)
 }
 
-/// Every `*.yaml` / `*.yml` under `dir`, except files named `_*`.
+/// Every `*.yaml` / `*.yml` under `dir`; files named `_*` only where they are group files
+/// (lm-eval names its groups `_mmlu.yaml`; other `_*` files are bases that tasks include).
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with('.') || name.starts_with('_') {
+        if name.starts_with('.') || (name.starts_with('_') && !is_group_file(&path)) {
             continue;
         }
         if path.is_dir() {
@@ -94,6 +239,13 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a YAML file is a group file (a `task:` list); unreadable files are not.
+fn is_group_file(path: &Path) -> bool {
+    path.is_file()
+        && include::read_merged(path)
+            .is_ok_and(|(v, _)| v.get("task").is_some_and(serde_yaml::Value::is_sequence))
 }
 
 /// A tag named on `--tasks`: its tasks are reported one by one and as a group mean.
@@ -116,14 +268,18 @@ pub fn resolve(names: &[String], dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(select(names, dirs)?.paths)
 }
 
-/// Resolves `--tasks` entries like [`resolve`], keeping each tag named as a group.
+/// Resolves `--tasks` entries like [`resolve`], keeping each tag and group named as a group
+/// (nested groups each as their own). A task reached through several groups runs once.
 pub fn select(names: &[String], dirs: &[PathBuf]) -> Result<Selection> {
     let mut known: Option<Vec<TaskSource>> = None;
-    let mut out = Vec::with_capacity(names.len());
+    let mut out: Vec<PathBuf> = Vec::with_capacity(names.len());
     let mut groups = Vec::new();
     for n in names {
         let p = Path::new(n);
         if p.is_file() {
+            if out.contains(&p.to_path_buf()) {
+                bail!("--tasks: {} is listed twice", p.display());
+            }
             out.push(p.to_path_buf());
             continue;
         }
@@ -131,44 +287,108 @@ pub fn select(names: &[String], dirs: &[PathBuf]) -> Result<Selection> {
             known = Some(discover(dirs)?);
         }
         let known = known.as_deref().unwrap_or_default();
-        let hit = known.iter().find(|t| &t.name == n && t.problem.is_none());
-        let tagged: Vec<&TaskSource> = known
-            .iter()
-            .filter(|t| t.problem.is_none() && t.tags.contains(n))
-            .collect();
-        if hit.is_none() && !tagged.is_empty() {
-            let mut tagged = tagged;
-            tagged.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut stack = Vec::new();
+        let found = expand(n, known, dirs, &mut stack, &mut groups)?;
+        if names.iter().filter(|m| *m == n).count() > 1 {
+            bail!("--tasks: `{n}` is listed twice");
+        }
+        for t in found {
+            if !out.contains(&t.path) {
+                out.push(t.path.clone());
+            }
+        }
+    }
+    groups.dedup_by(|a, b| a.name == b.name);
+    Ok(Selection { paths: out, groups })
+}
+
+/// The tasks a name stands for: a task itself, a group's members (recursively), or the tasks
+/// carrying a tag; groups and tags are recorded in `groups`. `stack` holds the groups being
+/// expanded, so a cycle is an error naming it.
+fn expand<'k>(
+    n: &str,
+    known: &'k [TaskSource],
+    dirs: &[PathBuf],
+    stack: &mut Vec<String>,
+    groups: &mut Vec<Group>,
+) -> Result<Vec<&'k TaskSource>> {
+    let usable = |t: &&TaskSource| t.problem.is_none();
+    if let Some(t) = known
+        .iter()
+        .filter(usable)
+        .find(|t| t.name == n && t.group.is_none())
+    {
+        return Ok(vec![t]);
+    }
+    if let Some(src) = known.iter().filter(usable).find(|t| t.name == n)
+        && let Some(g) = &src.group
+    {
+        if let Some(at) = stack.iter().position(|s| s == n) {
+            bail!(
+                "{}: group cycle {} → {n}: a group may not contain itself",
+                src.path.display(),
+                stack[at..].join(" → ")
+            );
+        }
+        stack.push(n.to_string());
+        let mut tasks: Vec<&TaskSource> = Vec::new();
+        for m in &g.members {
+            for t in expand(m, known, dirs, stack, groups)
+                .map_err(|e| anyhow!("{e}\n(in group `{n}`, {})", src.path.display()))?
+            {
+                if !tasks.iter().any(|x| x.path == t.path) {
+                    tasks.push(t);
+                }
+            }
+        }
+        stack.pop();
+        let mut names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+        names.sort();
+        groups.push(Group {
+            name: n.to_string(),
+            tasks: names,
+        });
+        return Ok(tasks);
+    }
+    let mut tagged: Vec<&TaskSource> = known
+        .iter()
+        .filter(usable)
+        .filter(|t| t.group.is_none() && t.tags.iter().any(|x| x == n))
+        .collect();
+    if !tagged.is_empty() {
+        tagged.sort_by(|a, b| a.name.cmp(&b.name));
+        // A tag inside a group only lists tasks (lm-eval aggregates groups, not tags); named on
+        // the command line it is reported as a group.
+        if stack.is_empty() {
             groups.push(Group {
-                name: n.clone(),
+                name: n.to_string(),
                 tasks: tagged.iter().map(|t| t.name.clone()).collect(),
             });
-            out.extend(tagged.into_iter().map(|t| t.path.clone()));
-            continue;
         }
-        let Some(t) = hit else {
-            let list: Vec<&str> = known
-                .iter()
-                .filter(|t| t.problem.is_none())
-                .map(|t| t.name.as_str())
-                .collect();
-            bail!(
-                "--tasks: no task named `{n}` in {} (known: {}); pass a YAML path or --tasks-dir",
-                dirs.iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                list.join(", ")
-            );
-        };
-        out.push(t.path.clone());
+        return Ok(tagged);
     }
-    if let Some(dup) = out
+    let list: Vec<&str> = known
         .iter()
-        .enumerate()
-        .find_map(|(i, p)| out[..i].contains(p).then_some(p))
-    {
-        bail!("--tasks: {} is listed twice", dup.display());
-    }
-    Ok(Selection { paths: out, groups })
+        .filter(usable)
+        .map(|t| t.name.as_str())
+        .collect();
+    // lm-eval's folder holds thousands of names; a few show the spelling.
+    let shown = if list.len() > 40 {
+        format!(
+            "{}, … and {} more: `icl-eval tasks` lists them",
+            list[..40].join(", "),
+            list.len() - 40
+        )
+    } else {
+        list.join(", ")
+    };
+    bail!(
+        "--tasks: no task, group or tag named `{n}` in {} (known: {}); pass a YAML path or \
+         --tasks-dir",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        shown
+    )
 }

@@ -22,6 +22,9 @@ pub struct Imported {
 /// Translates the lm-eval task YAML at `path`. `Err` lists every key that could not be translated.
 pub fn import_lm_eval(path: &Path) -> Result<Imported, Vec<String>> {
     let (merged, _) = include::read_merged(path).map_err(|e| vec![e])?;
+    if merged.get("task").is_some_and(Value::is_sequence) {
+        return import_group(path, &merged);
+    }
     let Some(map) = merged.as_mapping() else {
         return Err(vec![format!(
             "{}: not an lm-eval task (a mapping of keys)",
@@ -44,6 +47,22 @@ pub fn import_lm_eval(path: &Path) -> Result<Imported, Vec<String>> {
         t.key(&key, v);
     }
     t.finish(path)
+}
+
+/// A group file: icl-eval reads lm-eval's group vocabulary as it is, so the import checks it and
+/// writes it back with its includes merged.
+fn import_group(path: &Path, merged: &Value) -> Result<Imported, Vec<String>> {
+    let groups = super::discover::read_groups(path, merged).map_err(|e| vec![e])?;
+    let name = groups.last().map(|(n, _)| n.clone()).unwrap_or_default();
+    let body = serde_yaml::to_string(merged).map_err(|e| vec![e.to_string()])?;
+    Ok(Imported {
+        task: name,
+        yaml: format!(
+            "# Imported from the lm-evaluation-harness group {} by `icl-eval tasks import`.\n{body}",
+            path.display()
+        ),
+        notes: Vec::new(),
+    })
 }
 
 /// The `!function …` tag inside a value, if any.
@@ -99,10 +118,19 @@ struct Translation {
     output_type: Option<String>,
     until: Option<Value>,
     max_tokens: Option<u64>,
+    do_sample: Option<bool>,
+    /// `temperature` and `top_p` as written.
+    sampling: Mapping,
+    /// lm-eval's `repeats`.
+    repeats: Option<u64>,
     metrics: Vec<String>,
+    /// lm-eval's `filter_list`, checked, written as it is.
+    filter_list: Option<Value>,
     /// `exact_match`'s options from `metric_list`.
     exact_match: Mapping,
     sampler: Option<&'static str>,
+    /// `fewshot_config.samples`: demonstration docs written in the file.
+    samples: Option<Value>,
     problems: Vec<String>,
     notes: Vec<String>,
 }
@@ -147,23 +175,7 @@ impl Translation {
             "task_alias" => self.notes.push("`task_alias` dropped: results use the task name".into()),
             "dataset_path" => self.dataset_path = self.string(key, v),
             "dataset_name" => self.dataset_name = scalar(v),
-            "dataset_kwargs" => match v.get("data_files") {
-                Some(files) => {
-                    self.data_files = Some(files.clone());
-                    let other: Vec<String> = v
-                        .as_mapping()
-                        .into_iter()
-                        .flat_map(|m| m.keys())
-                        .filter_map(Value::as_str)
-                        .filter(|k| *k != "data_files")
-                        .map(str::to_string)
-                        .collect();
-                    if !other.is_empty() {
-                        self.problem(key, format!("has `{}`, which icl-eval does not read", other.join("`, `")));
-                    }
-                }
-                None => self.problem(key, "has no `data_files`; icl-eval reads local files only"),
-            },
+            "dataset_kwargs" => self.dataset_kwargs(v),
             "training_split" => self.splits[TRAIN] = scalar(v),
             "validation_split" => self.splits[VALIDATION] = scalar(v),
             "test_split" => self.splits[TEST] = scalar(v),
@@ -227,19 +239,58 @@ impl Translation {
                 scalar(v).unwrap_or_default()
             )),
             "fewshot_config" => self.fewshot_config(v),
-            "repeats" if v.as_u64() == Some(1) => {}
+            "repeats" => match v.as_u64() {
+                Some(n) if n >= 1 => self.repeats = Some(n),
+                _ => self.problem(key, "should be a whole number ≥ 1"),
+            },
             "should_decontaminate" | "doc_to_decontamination_query" | "metadata" => {
                 self.notes.push(format!("`{key}` dropped: it does not change prompts or scores"))
             }
-            "filter_list" => self.problem(
-                key,
-                "extracts answers from generations (regex, take_first, …); icl-eval scores the \
-                 generation cut at its stop sequences, so scores would differ",
-            ),
+            "filter_list" => self.filter_list(v),
             "process_docs" | "process_results" => self.problem(key, "is Python code"),
             "use_prompt" => self.problem(key, "names a promptsource prompt; write its template out"),
             other => self.problem(other, "is not an lm-eval task key icl-eval knows how to translate"),
         }
+    }
+
+    /// `dataset_kwargs`: local `data_files`; `trust_remote_code` has nothing to trust here, since
+    /// icl-eval reads the Hub's parquet conversion and runs no dataset script.
+    fn dataset_kwargs(&mut self, v: &Value) {
+        if v.is_null() {
+            return;
+        }
+        let Some(m) = v.as_mapping() else {
+            return self.problem("dataset_kwargs", "should be a mapping");
+        };
+        for (k, val) in m {
+            match k.as_str().unwrap_or_default() {
+                "data_files" => self.data_files = Some(val.clone()),
+                "trust_remote_code" => self.notes.push(
+                    "`dataset_kwargs.trust_remote_code` dropped: icl-eval reads the Hub's parquet \
+                     conversion and runs no dataset script"
+                        .into(),
+                ),
+                other => self.problem(
+                    &format!("dataset_kwargs.{other}"),
+                    "is not read by icl-eval (it reads `data_files`, or the Hub's parquet conversion)",
+                ),
+            }
+        }
+    }
+
+    /// `filter_list`: lm-eval's pipelines run as they are (`task::filter`); each is checked here
+    /// so a refusal names the step.
+    fn filter_list(&mut self, v: &Value) {
+        let specs: Vec<super::filter::PipelineSpec> = match serde_yaml::from_value(v.clone()) {
+            Ok(s) => s,
+            Err(e) => return self.problem("filter_list", format!("cannot be read: {e}")),
+        };
+        for s in &specs {
+            if let Err(e) = s.compile() {
+                self.problem("filter_list", e);
+            }
+        }
+        self.filter_list = Some(v.clone());
     }
 
     fn generation(&mut self, v: &Value) {
@@ -255,8 +306,10 @@ impl Translation {
                     })
                 }
                 "max_gen_toks" => self.max_tokens = val.as_u64(),
-                "do_sample" if val.as_bool() == Some(false) => {}
-                "temperature" if val.as_f64() == Some(0.0) => {}
+                "do_sample" if val.as_bool().is_some() => self.do_sample = val.as_bool(),
+                "temperature" | "top_p" if val.as_f64().is_some() => {
+                    self.sampling.insert(k.clone(), val.clone());
+                }
                 other => self.problem(
                     &format!("generation_kwargs.{other}"),
                     "is not translated: icl-eval decodes greedily with no other settings",
@@ -285,7 +338,10 @@ impl Translation {
                 match (k.as_str().unwrap_or_default(), val) {
                     ("metric", _) => {}
                     ("aggregation", Value::String(a)) if a == "mean" => {}
-                    ("higher_is_better", Value::Bool(true)) => {}
+                    // icl-eval knows each metric's direction; the flag changes nothing scored.
+                    ("higher_is_better", Value::Bool(_)) => {}
+                    // lm-eval reads `weight_by_size` only in a group's aggregate_metric_list.
+                    ("weight_by_size", Value::Bool(_)) => {}
                     (opt @ ("ignore_case" | "ignore_punctuation"), Value::Bool(_))
                         if name == "exact_match" =>
                     {
@@ -317,6 +373,13 @@ impl Translation {
     fn fewshot_config(&mut self, v: &Value) {
         for (k, val) in v.as_mapping().into_iter().flatten() {
             match (k.as_str().unwrap_or_default(), val.as_str()) {
+                ("samples", _)
+                    if val
+                        .as_sequence()
+                        .is_some_and(|s| s.iter().all(Value::is_mapping)) =>
+                {
+                    self.samples = Some(val.clone())
+                }
                 ("sampler", Some("first_n")) => self.sampler = Some("first_n"),
                 ("sampler", Some("default")) => {
                     self.sampler = Some("random");
@@ -361,7 +424,12 @@ impl Translation {
             return Err(self.located(&shown));
         };
         let fewshot = fewshot.unwrap_or_else(|| test.clone());
-        let dataset = self.dataset(&test, &fewshot);
+        let checked = if self.samples.is_some() {
+            test.clone()
+        } else {
+            fewshot.clone()
+        };
+        let dataset = self.dataset(&test, &checked);
         if !self.problems.is_empty() {
             return Err(self.located(&shown));
         }
@@ -382,7 +450,10 @@ impl Translation {
         }
         put("dataset", dataset);
         put("test_split", Value::String(test.clone()));
-        put("fewshot_split", Value::String(fewshot));
+        // Inline samples are the demonstrations; lm-eval then reads no few-shot split.
+        if self.samples.is_none() {
+            put("fewshot_split", Value::String(fewshot));
+        }
         for (k, v) in [
             ("doc_to_text", self.doc_to_text.take()),
             ("doc_to_target", self.doc_to_target.take()),
@@ -420,6 +491,26 @@ impl Translation {
             }
             // lm-eval's default budget (max_gen_toks) is 256.
             g.insert("max_tokens".into(), self.max_tokens.unwrap_or(256).into());
+            if self.do_sample == Some(true) {
+                g.insert("do_sample".into(), true.into());
+                g.extend(std::mem::take(&mut self.sampling));
+                self.notes.push(
+                    "do_sample: icl-eval draws each generation from its own seeded generator, so \
+                     sampled answers repeat run to run but are not lm-eval's (torch's) draws"
+                        .into(),
+                );
+            } else if self.sampling.get("top_p").is_some()
+                || self
+                    .sampling
+                    .get("temperature")
+                    .and_then(Value::as_f64)
+                    .is_some_and(|t| t != 0.0)
+            {
+                self.notes.push(
+                    "`temperature` / `top_p` dropped: without `do_sample` lm-eval decodes greedily"
+                        .into(),
+                );
+            }
             put("generation", Value::Mapping(g));
         }
         if !self.metrics.is_empty() {
@@ -428,15 +519,36 @@ impl Translation {
                 Value::Sequence(self.metrics.iter().cloned().map(Value::String).collect()),
             );
         }
+        if let Some(n) = self.repeats.filter(|&n| n > 1) {
+            if output_type != "generate_until" {
+                self.problems
+                    .push("key `repeats` applies only to output_type generate_until".into());
+                return Err(self.located(&shown));
+            }
+            put("repeats", n.into());
+        }
+        if let Some(f) = self.filter_list.take() {
+            if output_type != "generate_until" {
+                self.problems
+                    .push("key `filter_list` applies only to output_type generate_until".into());
+                return Err(self.located(&shown));
+            }
+            put("filter_list", f);
+        }
         if !self.exact_match.is_empty() {
             put(
                 "exact_match",
                 Value::Mapping(std::mem::take(&mut self.exact_match)),
             );
         }
-        if let Some(s) = self.sampler {
+        if self.sampler.is_some() || self.samples.is_some() {
             let mut f = Mapping::new();
-            f.insert("sampler".into(), s.into());
+            if let Some(s) = self.sampler {
+                f.insert("sampler".into(), s.into());
+            }
+            if let Some(samples) = self.samples.take() {
+                f.insert("samples".into(), samples);
+            }
             put("fewshot", Value::Mapping(f));
         }
         let body = serde_yaml::to_string(&Value::Mapping(out)).map_err(|e| vec![e.to_string()])?;
@@ -586,15 +698,14 @@ mod tests {
             "task: t\ndataset_path: gsm8k\ntest_split: test\noutput_type: generate_until\n\
              process_docs: !function utils.process_docs\ndoc_to_text: q\ndoc_to_target: a\n\
              generation_kwargs:\n  until: ['Q:']\n  do_sample: true\n\
-             filter_list:\n  - name: strict\nmetric_list:\n  - metric: f1\n  - metric: exact_match\n    ignore_case: true\n    ignore_numbers: true\n",
+             filter_list:\n  - name: strict\n    filter: []\nmetric_list:\n  - metric: f1\n  - metric: exact_match\n    ignore_case: true\n    ignore_numbers: true\n",
         )
         .unwrap();
         let errs = import_lm_eval(&d.join("t.yaml")).unwrap_err();
         let all = errs.join("\n");
         for expected in [
             "key `process_docs` is `!function utils.process_docs`, Python code",
-            "key `generation_kwargs.do_sample` is not translated",
-            "key `filter_list` extracts answers",
+            "filter `strict` has no steps",
             "has metric `f1`",
             "key `metric_list.exact_match.ignore_numbers` is not translated",
         ] {

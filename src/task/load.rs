@@ -96,6 +96,7 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     }
     let metrics = metrics(cx, &spec);
     let exact_match = exact_match_options(cx, &spec);
+    let filters = filters(cx, &spec);
     let (until, max_tokens) = match &spec.generation {
         Some(g) => (
             g.until
@@ -108,11 +109,31 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     if max_tokens == 0 {
         cx.problem("field `generation.max_tokens` must be at least 1");
     }
-    let fewshot_split = spec
-        .fewshot_split
-        .clone()
-        .unwrap_or_else(|| spec.test_split.clone());
-    let mut splits = load_splits(cx, &spec.dataset, &[&spec.test_split, &fewshot_split])?;
+    let sampling = sampling(cx, &spec);
+    let inline = spec.fewshot.samples.clone();
+    if inline.is_some() && spec.fewshot_split.is_some() {
+        cx.problem(
+            "fields `fewshot.samples` and `fewshot_split` both name the demonstrations; keep one",
+        );
+    }
+    let fewshot_split = match (&inline, &spec.fewshot_split) {
+        (Some(_), _) => super::spec::INLINE_SAMPLES.to_string(),
+        (None, Some(f)) => f.clone(),
+        (None, None) => spec.test_split.clone(),
+    };
+    let wanted: Vec<&str> = if inline.is_some() {
+        vec![&spec.test_split]
+    } else {
+        vec![&spec.test_split, &fewshot_split]
+    };
+    let mut splits = load_splits(cx, &spec.dataset, &wanted)?;
+    if let Some(samples) = inline {
+        if samples.iter().any(|d| !d.is_object()) {
+            cx.problem("field `fewshot.samples`: each sample is a mapping of the doc's fields");
+            return None;
+        }
+        splits.insert(fewshot_split.clone(), samples);
+    }
     for (name, docs) in &mut splits {
         if let Err(errs) = process::apply(&spec.process_docs, name, docs) {
             cx.problems_capped(errs, &format!("split `{name}`: docs"));
@@ -138,6 +159,11 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         return None;
     }
     let content_free = content_free_inputs(cx, &render, splits[&spec.test_split].first())?;
+    let doc_choices = if filters.iter().any(|f| f.needs_choices()) {
+        doc_choices(cx, &spec.test_split, &splits[&spec.test_split])?
+    } else {
+        Vec::new()
+    };
     Some(Task {
         name: spec.task,
         source: path.to_path_buf(),
@@ -156,7 +182,98 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         content_free,
         data: std::mem::take(&mut cx.data),
         exact_match,
+        filters,
+        doc_choices,
+        repeats: spec.repeats,
+        sampling,
     })
+}
+
+/// `generation.do_sample` with its temperature and top-p, checked, and `repeats`; a temperature
+/// of 0 is greedy decoding, as in lm-eval.
+fn sampling(cx: &mut Ctx, spec: &TaskSpec) -> Option<(f64, f64)> {
+    if spec.repeats == 0 {
+        cx.problem("field `repeats` must be at least 1");
+    }
+    if spec.repeats > 1 && spec.output_type != OutputType::GenerateUntil {
+        cx.problem("field `repeats` applies only to output_type generate_until");
+    }
+    let g = spec.generation.as_ref()?;
+    if !g.do_sample {
+        if g.temperature.is_some_and(|t| t != 0.0) || g.top_p.is_some() {
+            cx.problem(
+                "fields `generation.temperature` / `generation.top_p` need `generation.do_sample: true`",
+            );
+        }
+        return None;
+    }
+    let t = g.temperature.unwrap_or(1.0);
+    let p = g.top_p.unwrap_or(1.0);
+    if !(t >= 0.0 && t.is_finite()) {
+        cx.problem(format!(
+            "field `generation.temperature`: {t} is not a temperature (≥ 0)"
+        ));
+    }
+    if !(p > 0.0 && p <= 1.0) {
+        cx.problem(format!("field `generation.top_p`: {p} is not in (0, 1]"));
+    }
+    (t > 0.0).then_some((t, p))
+}
+
+/// `filter_list:` compiled; each bad step is a problem naming the filter and step.
+fn filters(cx: &mut Ctx, spec: &TaskSpec) -> Vec<super::filter::Pipeline> {
+    if !spec.filter_list.is_empty() && spec.output_type != OutputType::GenerateUntil {
+        cx.problem("field `filter_list` applies only to output_type generate_until");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for p in &spec.filter_list {
+        if !seen.insert(p.name.clone()) {
+            cx.problem(format!(
+                "field `filter_list`: two filters are named `{}`",
+                p.name
+            ));
+        }
+        if p.name.contains(',') {
+            cx.problem(format!(
+                "field `filter_list`: filter name `{}` may not contain a comma (results name \
+                 metrics `metric,filter`)",
+                p.name
+            ));
+        }
+        match p.compile() {
+            Ok(c) => out.push(c),
+            Err(e) => cx.problem(format!("field `filter_list`: {e}")),
+        }
+    }
+    out
+}
+
+/// Each test doc's `choices` field as texts, for `multi_choice_regex`; `None` after naming the
+/// first doc that lacks it.
+fn doc_choices(cx: &mut Ctx, split: &str, docs: &[Value]) -> Option<Vec<Vec<String>>> {
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, d) in docs.iter().enumerate() {
+        let list = d.get("choices").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+        });
+        match list {
+            Some(l) => out.push(l),
+            None => {
+                cx.problem(format!(
+                    "split `{split}`, doc {i}: a `multi_choice_regex` filter reads the doc's \
+                     `choices` field, a list, which this doc lacks"
+                ));
+                return None;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// `exact_match:` compiled; a bad regex is a problem naming it.
@@ -169,11 +286,9 @@ fn exact_match_options(cx: &mut Ctx, spec: &TaskSpec) -> super::ExactMatch {
     }
     let mut regexes = Vec::new();
     for (i, r) in o.regexes_to_ignore.iter().enumerate() {
-        match regex::Regex::new(r) {
+        match super::filter::python_regex(r) {
             Ok(re) => regexes.push(re),
-            Err(e) => cx.problem(format!(
-                "field `exact_match.regexes_to_ignore[{i}]`: `{r}` is not a valid regex: {e}"
-            )),
+            Err(e) => cx.problem(format!("field `exact_match.regexes_to_ignore[{i}]`: {e}")),
         }
     }
     super::ExactMatch {
@@ -734,6 +849,76 @@ mod tests {
         );
         let t = load_task(&a, None).unwrap();
         assert_eq!((t.test.len(), t.test[0].target_text()), (3, "yes"));
+    }
+
+    /// lm-eval's group files: nested (inline) groups, `{task, task_alias}` members, tags as
+    /// members, each group reported with its tasks; a cycle is an error naming the file.
+    #[test]
+    fn group_files_nest_and_cycles_are_named() {
+        let d = tmp("groups");
+        write(&d, "docs.jsonl", DOCS);
+        let base = "dataset: {path: docs.jsonl}\ntest_split: all\ndoc_to_text: \"{{ q }}\"\n\
+                    doc_to_target: \"{{ label }}\"\ndoc_to_choice: [no, yes]\noutput_type: multiple_choice\n";
+        let a = write(&d, "a.yaml", &format!("task: a\n{base}"));
+        let b = write(&d, "b.yaml", &format!("task: b\ntag: bt\n{base}"));
+        let c = write(&d, "c.yaml", &format!("task: c\n{base}"));
+        write(
+            &d,
+            "g.yaml",
+            "group: g\ngroup_alias: G\ntask:\n  - a\n  - group: inner\n    task:\n      - bt\n      - task: c\n        task_alias: see\n\
+             aggregate_metric_list:\n  - metric: acc\n    weight_by_size: false\nmetadata: {version: 1}\n",
+        );
+        let sel =
+            super::super::discover::select(&["g".into(), "a".into()], std::slice::from_ref(&d));
+        let sel = sel.unwrap();
+        assert_eq!(sel.paths, vec![a.clone(), b.clone(), c.clone()], "a once");
+        let groups: Vec<(&str, Vec<&str>)> = sel
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.name.as_str(),
+                    g.tasks.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [("inner", vec!["b", "c"]), ("g", vec!["a", "b", "c"])]
+        );
+        let found = discover(std::slice::from_ref(&d)).unwrap();
+        let g = found
+            .iter()
+            .find(|t| t.name == "g")
+            .unwrap()
+            .group
+            .clone()
+            .unwrap();
+        assert_eq!(g.alias.as_deref(), Some("G"));
+        assert_eq!(g.weight_by_size, vec![("acc".to_string(), false)]);
+
+        write(&d, "x.yaml", "group: x\ntask: [a, y]\n");
+        write(&d, "y.yaml", "group: y\ntask: [x]\n");
+        let e = resolve(&["x".into()], std::slice::from_ref(&d))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("group cycle x → y → x") && e.contains("y.yaml"),
+            "{e}"
+        );
+
+        write(
+            &d,
+            "z.yaml",
+            "group: z\ntask:\n  - task: q\n    dataset_path: foo\n",
+        );
+        let found = discover(std::slice::from_ref(&d)).unwrap();
+        let z = found.iter().find(|t| t.path.ends_with("z.yaml")).unwrap();
+        let problem = z.problem.as_deref().unwrap();
+        assert!(
+            problem.contains("z.yaml: group `z`: key `task[0].dataset_path`"),
+            "{problem}"
+        );
     }
 
     #[test]

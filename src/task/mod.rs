@@ -3,6 +3,7 @@
 pub mod dataset;
 pub mod discover;
 pub mod fewshot;
+pub mod filter;
 pub mod generators;
 pub mod import;
 pub mod include;
@@ -105,6 +106,45 @@ impl Metric {
     }
 }
 
+/// A metric as reported: alone, or under one of the task's answer filters (`filter_list`), named
+/// as lm-eval names it (`exact_match,strict-match`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Reported {
+    pub metric: Metric,
+    name: String,
+}
+
+impl Reported {
+    /// `metric` under the filter `filter` (none: the metric's own name).
+    pub fn new(metric: Metric, filter: Option<&str>) -> Self {
+        let name = match filter {
+            Some(f) => format!("{},{f}", metric.name()),
+            None => metric.name().to_string(),
+        };
+        Reported { metric, name }
+    }
+
+    /// The name in results (`samples.jsonl`, summaries).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Parses `metric` or `metric,filter`, checking the metric applies to `output_type`.
+    pub fn parse(name: &str, output_type: OutputType) -> Result<Self, String> {
+        let (m, filter) = match name.split_once(',') {
+            Some((m, f)) => (m, Some(f)),
+            None => (name, None),
+        };
+        Ok(Reported::new(Metric::parse(m, output_type)?, filter))
+    }
+}
+
+impl From<Metric> for Reported {
+    fn from(m: Metric) -> Self {
+        Reported::new(m, None)
+    }
+}
+
 /// The gold answer of a doc.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
@@ -195,12 +235,23 @@ pub struct Task {
     pub data: Vec<DataFile>,
     /// How `exact_match` compares.
     pub exact_match: ExactMatch,
+    /// `generate_until`: the answer-extraction pipelines (`filter_list`); none scores the
+    /// generation itself.
+    pub filters: Vec<filter::Pipeline>,
+    /// Per test doc (in `test` order), its `choices` field, when a filter reads it
+    /// (`multi_choice_regex`); otherwise empty.
+    pub doc_choices: Vec<Vec<String>>,
+    /// `generate_until`: generations per prompt (`repeats`).
+    pub repeats: usize,
+    /// `generate_until` with `do_sample`: temperature and top-p; `None` decodes greedily.
+    pub sampling: Option<(f64, f64)>,
 }
 
 /// `exact_match`'s options, compiled from `task::spec::ExactMatchSpec`.
 #[derive(Debug, Clone, Default)]
 pub struct ExactMatch {
-    pub regexes_to_ignore: Vec<regex::Regex>,
+    /// Python `re` patterns, as lm-eval's files write them.
+    pub regexes_to_ignore: Vec<fancy_regex::Regex>,
     pub ignore_case: bool,
     pub ignore_punctuation: bool,
 }
@@ -221,8 +272,24 @@ pub const PMI_CONTEXT: &str = "Answer:";
 
 impl Task {
     /// The headline metric (first listed).
-    pub fn primary_metric(&self) -> Metric {
-        self.metrics[0]
+    pub fn primary_metric(&self) -> Reported {
+        self.reported().swap_remove(0)
+    }
+
+    /// Every metric as reported: each metric under each filter, filters first, in YAML order
+    /// (lm-eval's `metric,filter` names), or the metrics alone without filters.
+    pub fn reported(&self) -> Vec<Reported> {
+        if self.filters.is_empty() {
+            return self.metrics.iter().map(|&m| m.into()).collect();
+        }
+        self.filters
+            .iter()
+            .flat_map(|f| {
+                self.metrics
+                    .iter()
+                    .map(|&m| Reported::new(m, Some(&f.name)))
+            })
+            .collect()
     }
 }
 
@@ -265,6 +332,10 @@ impl Task {
             content_free: CONTENT_FREE.iter().map(|s| s.to_string()).collect(),
             data: Vec::new(),
             exact_match: Default::default(),
+            filters: Vec::new(),
+            doc_choices: Vec::new(),
+            repeats: 1,
+            sampling: None,
         }
     }
 }

@@ -45,6 +45,14 @@ pub struct TaskSpec {
     pub process_docs: Vec<super::process::Step>,
     /// How `exact_match` compares (lm-eval's options of that metric).
     pub exact_match: Option<ExactMatchSpec>,
+    /// `generate_until`: lm-eval's answer-extraction pipelines (`regex`, `take_first`, …); each
+    /// metric is reported per pipeline as `metric,NAME`.
+    #[serde(default)]
+    pub filter_list: Vec<super::filter::PipelineSpec>,
+    /// `generate_until`: generations per prompt (lm-eval's `repeats`), which filters such as
+    /// `majority_vote` read; sampled ones differ by their seeds.
+    #[serde(default = "default_repeats")]
+    pub repeats: usize,
 }
 
 /// `exact_match:` — lm-eval's (Hugging Face `evaluate`'s) options of the metric, applied to the
@@ -89,7 +97,13 @@ pub struct FewshotSpec {
     /// For `bm25` and `knn`: `nearest_last` (default) or `nearest_first`.
     #[serde(default)]
     pub order: crate::task::fewshot::DemoOrder,
+    /// Demonstration docs written out here (lm-eval's `fewshot_config.samples`, e.g. GSM8K's
+    /// chain-of-thought exemplars) instead of a dataset split; rendered by the task's templates.
+    pub samples: Option<Vec<serde_json::Value>>,
 }
+
+/// The split name inline `fewshot.samples` are known by in messages and records.
+pub const INLINE_SAMPLES: &str = "fewshot.samples";
 
 /// Where docs come from: one file, one file per split, or a built-in generator.
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +195,13 @@ pub struct GenerationSpec {
     pub until: Option<Vec<String>>,
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
+    /// Sample instead of decoding greedily (lm-eval's `do_sample`), seeded per request.
+    #[serde(default)]
+    pub do_sample: bool,
+    /// With `do_sample`: the softmax temperature (default 1.0; 0 means greedy, as in lm-eval).
+    pub temperature: Option<f64>,
+    /// With `do_sample`: nucleus sampling's probability mass (default 1.0, no cut).
+    pub top_p: Option<f64>,
 }
 
 fn default_test_split() -> String {
@@ -191,6 +212,9 @@ fn default_target_delimiter() -> String {
 }
 fn default_fewshot_delimiter() -> String {
     "\n\n".into()
+}
+fn default_repeats() -> usize {
+    1
 }
 fn default_max_tokens() -> usize {
     32

@@ -35,6 +35,8 @@ pub fn by_gguf_arch(arch: &str) -> Option<&'static Family> {
 pub fn family_name(arch: &str) -> String {
     match arch {
         "gemma3_text" => "gemma3".into(),
+        // llama.cpp's name of the Pythia family; a checkpoint folder says `gpt_neox`.
+        "gptneox" => "gpt_neox".into(),
         other => other.to_string(),
     }
 }

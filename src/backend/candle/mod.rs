@@ -28,7 +28,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 
 use super::{
-    Backend, ChoiceRequest, LogLikelihood, ModelInfo, cut_at_stop, split_trailing_whitespace,
+    Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo, cut_at_stop,
+    split_trailing_whitespace,
 };
 use config::DecoderConfig;
 use decoder::{CacheOut, Decoder, KvCache, Segment};
@@ -315,23 +316,37 @@ impl CandleBackend {
         stop: impl FnMut(&[u32]) -> Result<bool>,
     ) -> Result<Vec<(u32, f32)>> {
         let (hidden, cache) = self.model.forward(ids, &self.model.empty_cache())?;
-        self.greedy_from(hidden, cache, max_tokens, stop)
+        self.decode_from(hidden, cache, max_tokens, None, stop)
     }
 
-    /// Greedy decoding after a forward pass whose last row of `hidden` predicts the first token.
-    fn greedy_from(
+    /// Decoding after a forward pass whose last row of `hidden` predicts the first token: greedy,
+    /// or drawn under `sampling` from its own seeded generator.
+    fn decode_from(
         &self,
         mut hidden: Tensor,
         mut cache: KvCache,
         max_tokens: usize,
+        sampling: Option<crate::backend::Sampling>,
         mut stop: impl FnMut(&[u32]) -> Result<bool>,
     ) -> Result<Vec<(u32, f32)>> {
         let mut out: Vec<(u32, f32)> = Vec::new();
+        let mut rng = crate::seed::SeededRng::new(sampling.map_or(0, |s| s.seed));
         while out.len() < max_tokens {
-            let last = hidden.dim(0)? - 1;
+            let Some(last) = hidden.dim(0)?.checked_sub(1) else {
+                bail!("cannot generate after an empty prompt: it has no token to continue from");
+            };
             let lp = self.model.log_probs(&hidden, &[last])?;
-            let next = lp.argmax(1)?.to_vec1::<u32>()?[0];
-            let logprob = lp.to_vec2::<f32>()?[0][next as usize];
+            let (next, logprob) = match sampling {
+                None => {
+                    let next = lp.argmax(1)?.to_vec1::<u32>()?[0];
+                    (next, lp.to_vec2::<f32>()?[0][next as usize])
+                }
+                Some(s) => {
+                    let row = lp.to_vec2::<f32>()?.swap_remove(0);
+                    let i = s.draw(&row, &mut rng);
+                    (i as u32, row[i])
+                }
+            };
             out.push((next, logprob));
             let tokens: Vec<u32> = out.iter().map(|(t, _)| *t).collect();
             if out.len() == max_tokens || stop(&tokens)? {
@@ -956,13 +971,25 @@ impl Backend for CandleBackend {
         until: &[String],
         max_tokens: usize,
     ) -> Result<String> {
+        self.generate(&GenerateRequest::new(context, breaks, until, max_tokens))
+    }
+
+    fn generate_sampled(&mut self, request: &GenerateRequest) -> Result<String> {
+        self.generate(request)
+    }
+}
+
+impl CandleBackend {
+    /// Greedy or sampled generation for one request, cut at its stop sequences.
+    fn generate(&mut self, r: &GenerateRequest) -> Result<String> {
+        let (context, breaks, until, max_tokens) = (&r.context, &r.breaks, &r.until, r.max_tokens);
         let ids = self.context_ids(context)?;
         self.check_fits(ids.len() + max_tokens)?;
         let cuts = self.token_cuts(context, &ids, breaks)?;
         let (hidden, cache) = self.prefix.run(&self.model, &ids, &cuts, ids.len())?;
         let tok = &self.tokenizer;
         let is_end = |t: u32| Some(t) == tok.eos_id || tok.control_ids.contains(&t);
-        let out = self.greedy_from(hidden, cache, max_tokens, |so_far| {
+        let out = self.decode_from(hidden, cache, max_tokens, r.sampling, |so_far| {
             let last = so_far[so_far.len() - 1];
             Ok(is_end(last) || cut_at_stop(&tok.decode(so_far)?, until).1)
         })?;

@@ -1,0 +1,105 @@
+//! icl-eval against lm-evaluation-harness itself, item by item: lm-eval 0.4.13's own `gsm8k.yaml`
+//! (dataset lines pointed at local data, `first_n` demonstrations) run by lm-eval on the bundled
+//! SmolLM2 dequantized to float32, its logged samples kept as a fixture by
+//! `scripts/lm-eval-parity.py`. icl-eval reads the same YAML in place and must give the same
+//! prompt, generation, answer under each filter (`strict-match`, `flexible-extract`) and
+//! `exact_match` (with the file's `ignore_case` and `regexes_to_ignore`) on every item.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+#[test]
+#[ignore = "needs the bundled SmolLM2 (scripts/fetch-models.sh)"]
+fn gsm8k_matches_lm_evals_logged_samples_item_by_item() {
+    let fixtures = common::root().join("tests/fixtures/lm_eval_parity");
+    let d = common::tmp("lm-eval-parity");
+    let tasks = d.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    for f in ["train.jsonl", "test.jsonl"] {
+        std::fs::copy(fixtures.join(f), d.join(f)).unwrap();
+    }
+    let yaml = std::fs::read_to_string(fixtures.join("gsm8k_parity.yaml")).unwrap();
+    let yaml = yaml.replace("DATA/", &format!("{}/", d.display()));
+    std::fs::write(tasks.join("gsm8k_parity.yaml"), yaml).unwrap();
+    let logged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("samples.json")).unwrap())
+            .unwrap();
+    let items = logged["items"].as_array().unwrap();
+    let docs = 1 + items
+        .iter()
+        .map(|i| i["doc_id"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let mut shots: Vec<u64> = items.iter().map(|i| i["k"].as_u64().unwrap()).collect();
+    shots.sort();
+    shots.dedup();
+    let shots: Vec<String> = shots.iter().map(u64::to_string).collect();
+    let out = d.join("run");
+    let o = common::icl_eval(&[
+        "run",
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--tasks",
+        "gsm8k_parity",
+        "--models",
+        common::smollm2().to_str().unwrap(),
+        "--weights",
+        "f32",
+        "--sampler",
+        "first_n",
+        "--shots",
+        &shots.join(","),
+        "--limit",
+        &docs.to_string(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours: BTreeMap<(u64, u64), icl_eval::record::Sample> = common::read_samples(&out)
+        .into_iter()
+        .map(|s| ((s.doc_id as u64, s.k as u64), s))
+        .collect();
+    let mut differ = Vec::new();
+    for item in items {
+        let key = (
+            item["doc_id"].as_u64().unwrap(),
+            item["k"].as_u64().unwrap(),
+        );
+        let s = &ours[&key];
+        let filter = item["filtered"].as_object().unwrap();
+        let (name, answer) = filter.iter().next().unwrap();
+        let prompt_hash = &item["prompt_sha256"].as_str().unwrap()[..16];
+        let ours_prompt = s.prompt_hash.as_deref().unwrap();
+        let expected_hash = hex::encode(Sha256::digest(item["prompt"].as_str().unwrap()));
+        assert_eq!(&expected_hash[..16], prompt_hash, "the fixture's own hash");
+        let same = ours_prompt == prompt_hash
+            && s.generated.as_deref() == item["generation"].as_str()
+            && s.filtered.as_ref().unwrap()[name].as_str() == answer.as_str().unwrap()
+            && s.metrics[&format!("exact_match,{name}")]
+                == item["metrics"]["exact_match"].as_f64().unwrap();
+        if !same {
+            differ.push(format!(
+                "doc {} K={} {name}: lm-eval {:?} → {answer} ({}); icl-eval {:?} → {:?} ({:?}), prompt {}",
+                key.0,
+                key.1,
+                item["generation"],
+                item["metrics"]["exact_match"],
+                s.generated,
+                s.filtered.as_ref().unwrap().get(name),
+                s.metrics.get(&format!("exact_match,{name}")),
+                if ours_prompt == prompt_hash { "same" } else { "differs" }
+            ));
+        }
+    }
+    // The bar is 99% of items; on these 48 that is every one.
+    assert!(
+        differ.len() * 100 <= items.len(),
+        "{} of {} items differ from lm-eval:\n{}",
+        differ.len(),
+        items.len(),
+        differ.join("\n")
+    );
+}

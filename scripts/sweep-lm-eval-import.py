@@ -95,6 +95,12 @@ def main():
     accepted = sum(ok for ok, _, _ in results)
     print(f"{accepted} of {len(files)} task YAML files import ({100 * accepted / len(files):.1f}%), "
           f"in {sum(1 for r in folders.values() if r[1])} of {len(folders)} folders.\n")
+    no_python = {name: row for name, row in folders.items() if not row[2]["`!function` (Python)"]}
+    whole = sorted(name for name, row in no_python.items() if row[0] == row[1])
+    print(f"Folders without `!function`: {len(no_python)}; every file imports in {len(whole)}. "
+          "The others (imported / files: main refusal): " + "; ".join(
+              f"{name} ({row[1]}/{row[0]}: {row[2].most_common(1)[0][0]})"
+              for name, row in sorted(no_python.items()) if row[0] != row[1]) + ".\n")
     print("| refused because of | files |\n|---|---:|")
     for r, n in by_reason.most_common():
         print(f"| {r} | {n} |")

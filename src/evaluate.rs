@@ -170,6 +170,8 @@ enum Need {
         /// `acc_calibrated`: the content-free prompts.
         content_free: Option<Vec<Key>>,
         unconditional: Option<Key>,
+        /// `acc_mutual_info`: the continuations after an empty context.
+        mutual_info: Option<Key>,
     },
     /// `generate_until`: one generation per repeat (greedy repeats share one request).
     Text(Vec<Key>),
@@ -390,10 +392,16 @@ impl Requests<'_> {
                     .metrics
                     .contains(&Metric::AccPmi)
                     .then(|| memo.need_choices(pending, PMI_CONTEXT, Vec::new(), &conts));
+                // lm-eval scores ("", continuation): the start token alone as context.
+                let mutual_info = task
+                    .metrics
+                    .contains(&Metric::AccMutualInfo)
+                    .then(|| memo.need_choices(pending, "", Vec::new(), &conts));
                 Need::Choices {
                     prompt,
                     content_free,
                     unconditional,
+                    mutual_info,
                 }
             }
             Answer::Inputs { inputs, .. } => {
@@ -471,6 +479,7 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 prompt,
                 content_free,
                 unconditional,
+                mutual_info,
             },
             Answer::Choice { choices, gold },
         ) => {
@@ -485,12 +494,15 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 })
                 .transpose()?;
             let unconditional = unconditional.map(|k| memo.choices(&k)).transpose()?;
-            let cs = score::score_choices(
+            let mut cs = score::score_choices(
                 &logprobs,
                 choices,
                 prior.as_deref(),
                 unconditional.as_deref(),
             );
+            if let Some(k) = mutual_info {
+                cs.pred_mutual_info = Some(score::pred_mutual_info(&logprobs, &memo.choices(&k)?));
+            }
             let metrics = score::choice_metrics(&task.metrics, &cs, *gold);
             let pred = cs.pred_for(primary).unwrap_or(cs.pred);
             s.prediction = Some(choices[pred].clone());
@@ -792,5 +804,86 @@ mod tests {
         t.sampling = None;
         let greedy = run(&t, Some(1));
         assert_eq!(greedy[0].generations.as_deref().unwrap(), vec!["greedy"; 9]);
+    }
+
+    /// Log-likelihoods that depend on the context: after the empty context, choice 1 is far less
+    /// likely than choice 0; after any prompt, only a little.
+    struct Unconditional(ModelInfo);
+
+    impl Backend for Unconditional {
+        fn info(&self) -> &ModelInfo {
+            &self.0
+        }
+        fn count_tokens(&self, text: &str) -> Result<usize> {
+            Ok(text.len())
+        }
+        fn loglikelihood(
+            &mut self,
+            context: &str,
+            _: &[usize],
+            continuations: &[String],
+        ) -> Result<Vec<LogLikelihood>> {
+            let lps = if context.is_empty() {
+                [0.0, -5.0]
+            } else {
+                [-1.0, -2.0]
+            };
+            Ok(continuations
+                .iter()
+                .zip(lps)
+                .map(|(_, logprob)| LogLikelihood {
+                    logprob,
+                    is_greedy: false,
+                    n_tokens: 1,
+                })
+                .collect())
+        }
+        fn generate_until(
+            &mut self,
+            _: &str,
+            _: &[usize],
+            _: &[String],
+            _: usize,
+        ) -> Result<String> {
+            unreachable!("scoring only")
+        }
+    }
+
+    /// `acc_mutual_info` subtracts each choice's log-likelihood after the empty context (lm-eval's
+    /// `("", continuation)` requests); `brier_score` is Σ (p − 1[gold])² over the softmaxed choices.
+    #[test]
+    fn mutual_info_scores_against_the_empty_context_and_brier_by_hand() {
+        let docs = vec![Item {
+            id: 0,
+            text: "Q".into(),
+            answer: Answer::Choice {
+                choices: vec!["a".into(), "b".into()],
+                gold: 1,
+            },
+            description: String::new(),
+        }];
+        let t = Task::for_tests(
+            OutputType::MultipleChoice,
+            vec![Metric::Acc, Metric::AccMutualInfo, Metric::BrierScore],
+            docs,
+        );
+        let selector = Selector::new(&t, t.sampler, t.demo_order, None).unwrap();
+        let mut backend = Unconditional(ModelInfo::for_tests("m", 1 << 20));
+        let mut out = Vec::new();
+        evaluate_task(
+            &mut backend,
+            &selector,
+            &Plan::simple(&[0], 1, None),
+            &mut |s| {
+                out.push(s);
+                Ok(())
+            },
+        )
+        .unwrap();
+        let m = &out[0].metrics;
+        assert_eq!((m["acc"], m["acc_mutual_info"]), (0.0, 1.0));
+        // p = softmax(-1, -2) = (0.7311, 0.2689); gold 1: 0.7311² + (0.2689 − 1)² = 2 · 0.7311².
+        let p0 = 1.0 / (1.0 + (-1.0f64).exp());
+        assert!((m["brier_score"] - 2.0 * p0 * p0).abs() < 1e-12, "{m:?}");
     }
 }

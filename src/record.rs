@@ -152,6 +152,9 @@ pub struct TaskRecord {
     /// The data files read (Hub files with the conversion's commit) and their sha256.
     #[serde(default)]
     pub data: Vec<crate::task::DataFile>,
+    /// The task file's `metadata.version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl TaskRecord {
@@ -170,6 +173,7 @@ impl TaskRecord {
             sampler,
             labels: labels(t),
             data: t.data.clone(),
+            version: t.version.clone(),
         }
     }
 

@@ -17,6 +17,10 @@ pub struct ChoiceScore {
     pub pred_calibrated: Option<usize>,
     /// Index with the highest log-likelihood minus unconditional log-likelihood (when given).
     pub pred_pmi: Option<usize>,
+    /// Index with the highest log-likelihood minus that after an empty context (when given).
+    pub pred_mutual_info: Option<usize>,
+    /// The log-likelihoods renormalised over the choices, as probabilities (for `brier_score`).
+    pub probs: Vec<f64>,
 }
 
 /// Log-probabilities renormalised over the choices (a softmax of summed log-likelihoods).
@@ -77,7 +81,27 @@ pub fn score_choices(
         pred_bytes: per(String::len),
         pred_calibrated: prior.map(minus),
         pred_pmi: unconditional.map(minus),
+        pred_mutual_info: None,
+        probs: normalize_over_choices(logprobs)
+            .into_iter()
+            .map(f64::exp)
+            .collect(),
     }
+}
+
+/// `acc_mutual_info`'s pick: the highest log-likelihood minus the log-likelihood of the same
+/// continuation after an empty context.
+pub fn pred_mutual_info(logprobs: &[f64], empty_context: &[f64]) -> usize {
+    argmax(logprobs.iter().zip(empty_context).map(|(a, b)| a - b))
+}
+
+/// lm-eval's Brier score of one doc: Σᵢ (pᵢ − 1[i = gold])².
+pub fn brier(probs: &[f64], gold: usize) -> f64 {
+    probs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p - f64::from(u8::from(i == gold))).powi(2))
+        .sum()
 }
 
 /// Metric values of a multiple-choice item (1.0 correct, 0.0 wrong).
@@ -85,6 +109,9 @@ pub fn choice_metrics(metrics: &[Metric], s: &ChoiceScore, gold: usize) -> BTree
     metrics
         .iter()
         .map(|&m| {
+            if m == Metric::BrierScore {
+                return (m, brier(&s.probs, gold));
+            }
             let hit = s.pred_for(m) == Some(gold);
             (m, f64::from(u8::from(hit)))
         })
@@ -100,7 +127,8 @@ impl ChoiceScore {
             Metric::AccBytes => Some(self.pred_bytes),
             Metric::AccCalibrated => self.pred_calibrated,
             Metric::AccPmi => self.pred_pmi,
-            Metric::ExactMatch => None,
+            Metric::AccMutualInfo => self.pred_mutual_info,
+            Metric::ExactMatch | Metric::BrierScore => None,
         }
     }
 }

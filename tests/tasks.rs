@@ -390,6 +390,14 @@ fn lm_eval_filters_groups_and_inline_samples_run_in_place() {
     }
     let config = std::fs::read_to_string(out.join("config.json")).unwrap();
     assert!(config.contains("exact_match,first-number"), "{config}");
+    let record: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let versions: Vec<&str> = record["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["1.0", "1.0"], "metadata.version recorded");
     let examples = std::fs::read_to_string(out.join("examples.json")).unwrap();
     assert!(
         examples.contains("What is 2 plus 3?\\nAnswer: 5\\n\\nQuestion: What is 10 plus 4?"),

@@ -123,6 +123,8 @@ struct Translation {
     sampling: Mapping,
     /// lm-eval's `repeats`.
     repeats: Option<u64>,
+    /// `metadata.version`.
+    version: Option<Value>,
     metrics: Vec<String>,
     /// lm-eval's `filter_list`, checked, written as it is.
     filter_list: Option<Value>,
@@ -243,7 +245,12 @@ impl Translation {
                 Some(n) if n >= 1 => self.repeats = Some(n),
                 _ => self.problem(key, "should be a whole number ≥ 1"),
             },
-            "should_decontaminate" | "doc_to_decontamination_query" | "metadata" => {
+            "metadata" => {
+                if let Some(v) = v.get("version").filter(|v| scalar(v).is_some()) {
+                    self.version = Some(v.clone());
+                }
+            }
+            "should_decontaminate" | "doc_to_decontamination_query" => {
                 self.notes.push(format!("`{key}` dropped: it does not change prompts or scores"))
             }
             "filter_list" => self.filter_list(v),
@@ -325,7 +332,8 @@ impl Translation {
         for entry in list {
             let name = entry.get("metric").and_then(scalar).unwrap_or_default();
             match name.as_str() {
-                "acc" | "acc_norm" | "acc_bytes" | "exact_match" => {}
+                "acc" | "acc_norm" | "acc_bytes" | "exact_match" | "acc_mutual_info"
+                | "brier_score" => {}
                 other => {
                     self.problem(
                         "metric_list",
@@ -513,6 +521,18 @@ impl Translation {
             }
             put("generation", Value::Mapping(g));
         }
+        // icl-eval's headline (first) metric decides each doc's `correct`, so a lower-is-better
+        // Brier score goes last, after an accuracy.
+        if let Some(i) = self.metrics.iter().position(|m| m == "brier_score") {
+            let b = self.metrics.remove(i);
+            if self.metrics.is_empty() {
+                self.metrics.push("acc".into());
+                self.notes.push(
+                    "`acc` added before `brier_score`: the first metric is the headline".into(),
+                );
+            }
+            self.metrics.push(b);
+        }
         if !self.metrics.is_empty() {
             put(
                 "metrics",
@@ -526,6 +546,11 @@ impl Translation {
                 return Err(self.located(&shown));
             }
             put("repeats", n.into());
+        }
+        if let Some(v) = self.version.take() {
+            let mut m = Mapping::new();
+            m.insert("version".into(), v);
+            put("metadata", Value::Mapping(m));
         }
         if let Some(f) = self.filter_list.take() {
             if output_type != "generate_until" {
@@ -669,6 +694,7 @@ mod tests {
             (Some("super_glue"), Some("boolq"))
         );
         assert_eq!(spec.metrics.unwrap(), vec!["acc"]);
+        assert_eq!(spec.metadata["version"], serde_yaml::Value::from(2.0));
         assert!(i.yaml.starts_with("# Imported from"));
     }
 

@@ -181,6 +181,11 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         demo_order: spec.fewshot.order,
         content_free,
         data: std::mem::take(&mut cx.data),
+        version: spec.metadata.get("version").and_then(|v| match v {
+            serde_yaml::Value::String(s) => Some(s.clone()),
+            serde_yaml::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }),
         exact_match,
         filters,
         doc_choices,
@@ -414,14 +419,24 @@ fn metrics(cx: &mut Ctx, spec: &TaskSpec) -> Vec<Metric> {
             cx.problem("field `metrics` is empty; list at least one metric or leave it out");
             Vec::new()
         }
-        Some(list) => list
-            .iter()
-            .filter_map(|m| {
-                Metric::parse(m, spec.output_type)
-                    .map_err(|e| cx.problem(format!("field `metrics`: {e}")))
-                    .ok()
-            })
-            .collect(),
+        Some(list) => {
+            let parsed: Vec<Metric> = list
+                .iter()
+                .filter_map(|m| {
+                    Metric::parse(m, spec.output_type)
+                        .map_err(|e| cx.problem(format!("field `metrics`: {e}")))
+                        .ok()
+                })
+                .collect();
+            // The headline decides each doc's `correct`; a lower-is-better score cannot.
+            if parsed.first() == Some(&Metric::BrierScore) {
+                cx.problem(
+                    "field `metrics`: `brier_score` cannot be the headline (first) metric, since \
+                     lower is better; list an accuracy first",
+                );
+            }
+            parsed
+        }
     }
 }
 

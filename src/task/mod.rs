@@ -39,6 +39,12 @@ pub enum Metric {
     AccCalibrated,
     /// Each choice's log-likelihood minus its log-likelihood after a neutral answer prefix.
     AccPmi,
+    /// lm-eval's `acc_mutual_info`: each choice's log-likelihood minus its log-likelihood after an
+    /// empty context (the model's start token alone).
+    AccMutualInfo,
+    /// lm-eval's `brier_score`: Σ over choices of (p − 1[gold])², p the log-likelihoods softmaxed
+    /// over the choices; lower is better, a mean over docs like the accuracies.
+    BrierScore,
 }
 
 impl Metric {
@@ -51,6 +57,8 @@ impl Metric {
             Metric::ExactMatch => "exact_match",
             Metric::AccCalibrated => "acc_calibrated",
             Metric::AccPmi => "acc_pmi",
+            Metric::AccMutualInfo => "acc_mutual_info",
+            Metric::BrierScore => "brier_score",
         }
     }
 
@@ -63,10 +71,12 @@ impl Metric {
             "exact_match" => Metric::ExactMatch,
             "acc_calibrated" => Metric::AccCalibrated,
             "acc_pmi" => Metric::AccPmi,
+            "acc_mutual_info" => Metric::AccMutualInfo,
+            "brier_score" => Metric::BrierScore,
             other => {
                 return Err(format!(
                     "unknown metric `{other}` (known: acc, acc_norm, acc_bytes, acc_calibrated, \
-                     acc_pmi, exact_match)"
+                     acc_pmi, acc_mutual_info, brier_score, exact_match)"
                 ));
             }
         };
@@ -79,7 +89,9 @@ impl Metric {
                     | Metric::AccNorm
                     | Metric::AccBytes
                     | Metric::AccCalibrated
-                    | Metric::AccPmi,
+                    | Metric::AccPmi
+                    | Metric::AccMutualInfo
+                    | Metric::BrierScore,
                 OutputType::MultipleChoice
             ) | (Metric::ExactMatch, OutputType::GenerateUntil)
                 | (
@@ -233,6 +245,8 @@ pub struct Task {
     pub content_free: Vec<String>,
     /// Every data file read, for the run's record.
     pub data: Vec<DataFile>,
+    /// `metadata.version`: the task's version, as its file gives it.
+    pub version: Option<String>,
     /// How `exact_match` compares.
     pub exact_match: ExactMatch,
     /// `generate_until`: the answer-extraction pipelines (`filter_list`); none scores the
@@ -331,6 +345,7 @@ impl Task {
             demo_order: Default::default(),
             content_free: CONTENT_FREE.iter().map(|s| s.to_string()).collect(),
             data: Vec::new(),
+            version: None,
             exact_match: Default::default(),
             filters: Vec::new(),
             doc_choices: Vec::new(),

@@ -53,6 +53,10 @@ pub struct TaskSpec {
     /// `majority_vote` read; sampled ones differ by their seeds.
     #[serde(default = "default_repeats")]
     pub repeats: usize,
+    /// Free-form facts about the task; `metadata.version` (lm-eval's task version) is recorded
+    /// with every run's results.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_yaml::Value>,
 }
 
 /// `exact_match:` — lm-eval's (Hugging Face `evaluate`'s) options of the metric, applied to the

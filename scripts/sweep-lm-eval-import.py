@@ -35,11 +35,12 @@ REASONS = [
 ]
 
 
-def verdict(icl_eval, path):
+def verdict(icl_eval, path, allow_python=False):
     """(accepted, [reason labels], first error line)."""
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "task.yaml")
-        p = subprocess.run([icl_eval, "tasks", "import", path, "--output", out],
+        extra = ["--allow-python"] if allow_python else []
+        p = subprocess.run([icl_eval, "tasks", "import", path, "--output", out, *extra],
                            capture_output=True, text=True)
     if p.returncode == 0:
         return True, [], ""
@@ -71,6 +72,8 @@ def main():
     ap.add_argument("--icl-eval", default=os.environ.get("ICL_EVAL", "target/release/icl-eval"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--files", action="store_true", help="also list every file's verdict")
+    ap.add_argument("--allow-python", action="store_true",
+                    help="import as `tasks import --allow-python` does (hooks become `python:`)")
     a = ap.parse_args()
     files = sorted(
         os.path.join(root, f)
@@ -81,7 +84,7 @@ def main():
     if not files:
         sys.exit(f"no *.yaml under {a.tasks_dir}")
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-        results = list(pool.map(lambda f: verdict(a.icl_eval, f), files))
+        results = list(pool.map(lambda f: verdict(a.icl_eval, f, a.allow_python), files))
     by_reason = collections.Counter()
     folders = collections.defaultdict(lambda: [0, 0, collections.Counter()])
     for f, (ok, reasons, _) in zip(files, results):

@@ -14,7 +14,7 @@ use icl_eval::record::ChatMode;
 use icl_eval::run::{Protocol, RunConfig, run};
 use icl_eval::sampler::{DemoLabels, DemoOrder, Sampler};
 use icl_eval::shard::Shard;
-use icl_eval::task::{self, discover, load_task};
+use icl_eval::task::{self, discover};
 use icl_eval::validate::validate_task;
 use icl_eval::{cache, prompt, record, report};
 
@@ -108,6 +108,9 @@ enum TasksAction {
         /// Where to write the icl-eval task (default: print it).
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Translate `!function` hooks into `python:` hooks (run later with --allow-python).
+        #[arg(long)]
+        allow_python: bool,
     },
 }
 
@@ -199,6 +202,18 @@ struct TaskDirs {
     /// Folder holding external datasets referenced as `${DATA_DIR}/...`.
     #[arg(long, value_name = "DIR", env = "ICL_EVAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Run the Python `!function` hooks of lm-eval task files (process_docs, doc_to_text,
+    /// doc_to_target, doc_to_choice) with your own Python; runs record that they did.
+    #[arg(long)]
+    allow_python: bool,
+    /// The Python --allow-python runs (with the hooks' imports; `datasets` for process_docs).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "python3",
+        requires = "allow_python"
+    )]
+    python: PathBuf,
 }
 
 impl TaskDirs {
@@ -209,6 +224,11 @@ impl TaskDirs {
         }
         d.extend(self.tasks_dir.iter().cloned());
         d
+    }
+
+    /// The Python to run task hooks with, when the user opted in.
+    fn python(&self) -> Option<&Path> {
+        self.allow_python.then_some(self.python.as_path())
     }
 }
 
@@ -373,9 +393,14 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Tasks(TasksArgs {
-            action: Some(TasksAction::Import { path, output }),
+            action:
+                Some(TasksAction::Import {
+                    path,
+                    output,
+                    allow_python,
+                }),
             ..
-        }) => cmd_import(&path, output.as_deref()),
+        }) => cmd_import(&path, output.as_deref(), allow_python),
         Cmd::Tasks(a) => cmd_tasks(&a.dirs),
         Cmd::Prompt(a) => cmd_prompt(a),
         Cmd::Validate(a) => cmd_validate(&a),
@@ -423,6 +448,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         threads: a.threads,
         output: a.output,
         results_root: PathBuf::from("results"),
+        python: a.dirs.python().map(Path::to_path_buf),
         data_dir: a.dirs.data_dir,
         weights: a.weights,
         device: a.device,
@@ -574,8 +600,8 @@ fn use_threads(n: usize) {
     }
 }
 
-fn cmd_import(path: &Path, output: Option<&Path>) -> Result<()> {
-    let imported = task::import::import_lm_eval(path).map_err(|problems| {
+fn cmd_import(path: &Path, output: Option<&Path>, allow_python: bool) -> Result<()> {
+    let imported = task::import::import_lm_eval_with(path, allow_python).map_err(|problems| {
         anyhow::anyhow!(
             "cannot translate {} ({} key(s)):\n  {}",
             path.display(),
@@ -630,7 +656,7 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
             );
             continue;
         }
-        match load_task(&src.path, d.data_dir.as_deref()) {
+        match task::load_task_with(&src.path, d.data_dir.as_deref(), d.python()) {
             Ok(t) => println!(
                 "| {} | {} | {} | {} | {} | {} | {} |",
                 t.name,
@@ -657,7 +683,11 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
 
 fn cmd_prompt(a: PromptArgs) -> Result<()> {
     let path = task::discover::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
-    let tasks = [load_task(&path, a.dirs.data_dir.as_deref())?];
+    let tasks = [task::load_task_with(
+        &path,
+        a.dirs.data_dir.as_deref(),
+        a.dirs.python(),
+    )?];
     let t = &tasks[0];
     let Some(item) = t.test.get(a.doc) else {
         bail!(
@@ -722,7 +752,7 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
 fn cmd_validate(a: &ValidateArgs) -> Result<()> {
     let mut bad = 0;
     for p in &a.paths {
-        let problems = validate_task(p, a.dirs.data_dir.as_deref());
+        let problems = validate_task(p, a.dirs.data_dir.as_deref(), a.dirs.python());
         if problems.is_empty() {
             println!("ok: {}", p.display());
         } else {

@@ -155,6 +155,9 @@ pub struct TaskRecord {
     /// The task file's `metadata.version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The Python hooks run to build the docs (`--allow-python`); empty when none ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub python: Vec<String>,
 }
 
 impl TaskRecord {
@@ -174,6 +177,7 @@ impl TaskRecord {
             labels: labels(t),
             data: t.data.clone(),
             version: t.version.clone(),
+            python: t.python.clone(),
         }
     }
 

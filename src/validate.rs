@@ -6,12 +6,12 @@ use std::path::Path;
 use crate::prompt;
 use crate::sampler::{Demo, Selector};
 use crate::task::fewshot::Sampler;
-use crate::task::load_with_problems;
+use crate::task::load_with_problems_with;
 
 /// Every problem with a task file (empty when it is fine), including rendering a 0- and a 1-shot
 /// prompt of its first doc.
-pub fn validate_task(path: &Path, data_dir: Option<&Path>) -> Vec<String> {
-    let (task, mut problems) = load_with_problems(path, data_dir);
+pub fn validate_task(path: &Path, data_dir: Option<&Path>, python: Option<&Path>) -> Vec<String> {
+    let (task, mut problems) = load_with_problems_with(path, data_dir, python);
     let Some(task) = task else {
         return problems;
     };
@@ -72,13 +72,13 @@ mod tests {
              fewshot: {sampler: balanced}\n",
         )
         .unwrap();
-        let all = validate_task(&y, None).join("\n");
+        let all = validate_task(&y, None, None).join("\n");
         assert!(
             all.contains("fewshot.sampler") && all.contains("balanced"),
             "{all}"
         );
         // Loading alone cannot see it: the problem belongs to the sampler.
-        assert!(load_with_problems(&y, None).1.is_empty());
+        assert!(crate::task::load_with_problems(&y, None).1.is_empty());
         let ok = d.join("ok.yaml");
         fs::write(
             &ok,
@@ -87,7 +87,7 @@ mod tests {
              output_type: generate_until\n",
         )
         .unwrap();
-        assert_eq!(validate_task(&ok, None), Vec::<String>::new());
+        assert_eq!(validate_task(&ok, None, None), Vec::<String>::new());
         fs::remove_dir_all(&d).unwrap();
     }
 }

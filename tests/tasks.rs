@@ -411,3 +411,148 @@ fn lm_eval_filters_groups_and_inline_samples_run_in_place() {
         "{groups}"
     );
 }
+
+/// lm-eval's `!function` hooks run only when the user opts in: without `--allow-python` the task
+/// is refused naming the hooks and the flag; with it, the user's Python builds the docs
+/// (`process_docs` on a `datasets.Dataset`), the text, target and choices, the run records the
+/// hooks, and scoring hooks (`process_results`) stay refused.
+#[test]
+#[ignore = "needs the bundled SmolLM2 and the venv of scripts/install-llama-server.sh"]
+fn python_hooks_run_only_when_allowed_and_are_recorded() {
+    let python = common::venv_python();
+    let d = common::tmp("python-hooks");
+    let tasks = d.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(
+        tasks.join("docs.jsonl"),
+        "{\"q\": \"sky colour\", \"opts\": [\"blue\", \"green\"], \"ans\": \"blue\"}\n\
+         {\"q\": \"grass colour\", \"opts\": [\"red\", \"green\"], \"ans\": \"green\"}\n\
+         {\"q\": \"snow colour\", \"opts\": [\"white\", \"black\"], \"ans\": \"white\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tasks.join("utils.py"),
+        "def process_docs(dataset):\n    return dataset.map(lambda d: {\"q\": d[\"q\"].title()})\n\n\
+         def doc_to_text(doc):\n    return f\"What is the {doc['q']}?\\nAnswer:\"\n\n\
+         def doc_to_target(doc):\n    return doc[\"opts\"].index(doc[\"ans\"])\n\n\
+         def doc_to_choice(doc):\n    return [o.upper() for o in doc[\"opts\"]]\n\n\
+         def list_fewshot_samples():\n    return [{\"q\": \"sun colour\", \"opts\": [\"blue\", \"yellow\"], \"ans\": \"yellow\"}]\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        "task: colours\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {}/docs.jsonl\n\
+         test_split: test\noutput_type: multiple_choice\nprocess_docs: !function utils.process_docs\n\
+         doc_to_text: !function utils.doc_to_text\ndoc_to_target: !function utils.doc_to_target\n\
+         doc_to_choice: !function utils.doc_to_choice\nmetric_list:\n  - metric: acc\n\
+         fewshot_config:\n  sampler: first_n\n  samples: !function utils.list_fewshot_samples\n",
+        tasks.display()
+    );
+    std::fs::write(tasks.join("colours.yaml"), &yaml).unwrap();
+    let dir = tasks.to_str().unwrap();
+    let o = common::icl_eval(&[
+        "prompt",
+        "--tasks-dir",
+        dir,
+        "--task",
+        "colours",
+        "--shots",
+        "1",
+        "--doc",
+        "0",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--allow-python") && err.contains("utils.process_docs"),
+        "{err}"
+    );
+
+    let py = python.to_str().unwrap();
+    let o = common::icl_eval(&[
+        "prompt",
+        "--tasks-dir",
+        dir,
+        "--task",
+        "colours",
+        "--shots",
+        "1",
+        "--doc",
+        "0",
+        "--allow-python",
+        "--python",
+        py,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let prompt = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        prompt.contains("What is the Sky Colour?\nAnswer:"),
+        "process_docs then doc_to_text:\n{prompt}"
+    );
+    assert!(
+        prompt.starts_with("What is the sun colour?\nAnswer: YELLOW\n\n"),
+        "the listed samples, as they are (lm-eval runs no process_docs on them):\n{prompt}"
+    );
+
+    let out = d.join("run");
+    let o = common::icl_eval(&[
+        "run",
+        "--tasks-dir",
+        dir,
+        "--tasks",
+        "colours",
+        "--models",
+        common::smollm2().to_str().unwrap(),
+        "--shots",
+        "0,1",
+        "--output",
+        out.to_str().unwrap(),
+        "--allow-python",
+        "--python",
+        py,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = common::read_samples(&out);
+    assert_eq!(samples.len(), 6);
+    let golds: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.k == 0)
+        .map(|s| s.gold.as_str())
+        .collect();
+    assert_eq!(golds, ["BLUE", "GREEN", "WHITE"]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let hooks: Vec<&str> = config["tasks"][0]["python"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    assert_eq!(hooks.len(), 5, "{hooks:?}");
+    assert!(hooks[0].starts_with("process_docs: ") && hooks[0].ends_with("utils.py:process_docs"));
+
+    std::fs::write(
+        tasks.join("colours.yaml"),
+        format!("{yaml}process_results: !function utils.process_docs\n"),
+    )
+    .unwrap();
+    let o = common::icl_eval(&[
+        "prompt",
+        "--tasks-dir",
+        dir,
+        "--task",
+        "colours",
+        "--shots",
+        "0",
+        "--doc",
+        "0",
+        "--allow-python",
+        "--python",
+        py,
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`process_results`") && err.contains("scores are icl-eval's own"),
+        "{err}"
+    );
+}

@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub output: Option<PathBuf>,
     pub results_root: PathBuf,
     pub data_dir: Option<PathBuf>,
+    /// `--allow-python`: the Python that runs lm-eval task files' `!function` hooks.
+    pub python: Option<PathBuf>,
     pub weights: WeightsChoice,
     /// Where in-process models run.
     pub device: DeviceChoice,
@@ -204,6 +206,7 @@ impl RunConfig {
             output: None,
             results_root: PathBuf::from("results"),
             data_dir: None,
+            python: None,
             weights: WeightsChoice::Auto,
             device: DeviceChoice::Cpu,
             shard: None,

@@ -50,7 +50,7 @@ pub(super) fn check_command(cfg: &RunConfig) -> Result<Vec<usize>> {
 pub(super) fn load_tasks(cfg: &RunConfig) -> Result<Vec<Task>> {
     cfg.tasks
         .iter()
-        .map(|p| crate::task::load_task(p, cfg.data_dir.as_deref()))
+        .map(|p| crate::task::load_task_with(p, cfg.data_dir.as_deref(), cfg.python.as_deref()))
         .collect()
 }
 

@@ -21,6 +21,12 @@ pub struct Imported {
 
 /// Translates the lm-eval task YAML at `path`. `Err` lists every key that could not be translated.
 pub fn import_lm_eval(path: &Path) -> Result<Imported, Vec<String>> {
+    import_lm_eval_with(path, false)
+}
+
+/// [`import_lm_eval`]; with `allow_python`, `!function` hooks that build docs, text, target or
+/// choices become `python:` hooks (run by `--allow-python`) instead of refusals.
+pub fn import_lm_eval_with(path: &Path, allow_python: bool) -> Result<Imported, Vec<String>> {
     let (merged, _) = include::read_merged(path).map_err(|e| vec![e])?;
     if merged.get("task").is_some_and(Value::is_sequence) {
         return import_group(path, &merged);
@@ -34,14 +40,46 @@ pub fn import_lm_eval(path: &Path) -> Result<Imported, Vec<String>> {
     let mut t = Translation::default();
     for (k, v) in map {
         let key = k.as_str().unwrap_or_default().to_string();
+        // `fewshot_config`'s `samples`, `doc_to_text` and `doc_to_target` may be Python too.
+        if key == "fewshot_config" && allow_python && function_tag(v).is_some() {
+            let mut rest = v.clone();
+            for (sub, hook) in [
+                ("samples", "fewshot_samples"),
+                ("doc_to_text", "fewshot_doc_to_text"),
+                ("doc_to_target", "fewshot_doc_to_target"),
+            ] {
+                if let Some(Value::Tagged(f)) = v.get(sub) {
+                    t.hook(hook, f, path);
+                    rest = strip(&rest, sub);
+                }
+            }
+            if function_tag(&rest).is_none() {
+                t.fewshot_config(&rest);
+                continue;
+            }
+        }
         if let Some(tag) = function_tag(v) {
-            t.problem(
-                &key,
-                format!(
-                    "is `{tag}`, Python code; write it as a Jinja template or `process_docs` \
-                     steps (rename, map, extract, split)"
+            let hook = super::hooks::HOOKS.contains(&key.as_str());
+            match (hook, allow_python, v) {
+                (true, true, Value::Tagged(f)) => t.hook(&key, f, path),
+                (true, false, _) => t.problem(
+                    &key,
+                    format!(
+                        "is `{tag}`, Python code; run it with --allow-python (your own Python \
+                         runs lm-eval's hook), or write it as a Jinja template or `process_docs` \
+                         steps (rename, map, extract, split)"
+                    ),
                 ),
-            );
+                _ => t.problem(
+                    &key,
+                    format!(
+                        "is `{tag}`, Python code that icl-eval does not run even with \
+                         --allow-python: hooks may build docs, text, target and choices \
+                         ({}); scores are icl-eval's own",
+                        super::hooks::HOOKS.join(", ")
+                    ),
+                ),
+            }
             continue;
         }
         t.key(&key, v);
@@ -63,6 +101,13 @@ fn import_group(path: &Path, merged: &Value) -> Result<Imported, Vec<String>> {
         ),
         notes: Vec::new(),
     })
+}
+
+/// A mapping without one key.
+fn strip(v: &Value, key: &str) -> Value {
+    let mut m = v.as_mapping().cloned().unwrap_or_default();
+    m.remove(key);
+    Value::Mapping(m)
 }
 
 /// The `!function …` tag inside a value, if any.
@@ -125,6 +170,8 @@ struct Translation {
     repeats: Option<u64>,
     /// `metadata.version`.
     version: Option<Value>,
+    /// `!function` hooks run with `--allow-python`: name → `FILE.py:function`.
+    hooks: Mapping,
     metrics: Vec<String>,
     /// lm-eval's `filter_list`, checked, written as it is.
     filter_list: Option<Value>,
@@ -133,6 +180,9 @@ struct Translation {
     sampler: Option<&'static str>,
     /// `fewshot_config.samples`: demonstration docs written in the file.
     samples: Option<Value>,
+    /// `fewshot_config.doc_to_text` / `doc_to_target`: the demonstrations' own templates.
+    fewshot_text: Option<String>,
+    fewshot_target: Option<String>,
     problems: Vec<String>,
     notes: Vec<String>,
 }
@@ -145,6 +195,34 @@ const FEWSHOT: usize = 3;
 impl Translation {
     fn problem(&mut self, key: &str, why: impl std::fmt::Display) {
         self.problems.push(format!("key `{key}` {why}"));
+    }
+
+    /// A `!function MODULE.function` hook: lm-eval finds `MODULE.py` beside the YAML that names
+    /// it; the template then reads the field the driver fills.
+    fn hook(&mut self, key: &str, f: &serde_yaml::value::TaggedValue, path: &Path) {
+        let Some((module, function)) = f.value.as_str().and_then(|s| s.rsplit_once('.')) else {
+            return self.problem(key, "should be `!function MODULE.function`");
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let file = dir.join(format!("{}.py", module.replace('.', "/")));
+        let file = std::fs::canonicalize(&file).unwrap_or(file);
+        self.hooks
+            .insert(key.into(), format!("{}:{function}", file.display()).into());
+        let field = |f: &str| format!("{{{{ {f} }}}}");
+        match key {
+            "fewshot_doc_to_text" => {
+                self.fewshot_text = Some(field(super::hooks::FEWSHOT_TEXT_FIELD))
+            }
+            "fewshot_doc_to_target" => {
+                self.fewshot_target = Some(field(super::hooks::FEWSHOT_TARGET_FIELD))
+            }
+            "doc_to_text" => self.doc_to_text = Some(field(super::hooks::TEXT_FIELD)),
+            "doc_to_target" => self.doc_to_target = Some(field(super::hooks::TARGET_FIELD)),
+            "doc_to_choice" => {
+                self.doc_to_choice = Some(Value::String(field(super::hooks::CHOICES_FIELD)))
+            }
+            _ => {}
+        }
     }
 
     fn string(&mut self, key: &str, v: &Value) -> Option<String> {
@@ -389,6 +467,12 @@ impl Translation {
                     self.samples = Some(val.clone())
                 }
                 ("sampler", Some("first_n")) => self.sampler = Some("first_n"),
+                ("doc_to_text", Some(_)) => {
+                    self.fewshot_text = field_or_template(val).map(|(t, _)| t)
+                }
+                ("doc_to_target", Some(_)) => {
+                    self.fewshot_target = field_or_template(val).map(|(t, _)| t)
+                }
                 ("sampler", Some("default")) => {
                     self.sampler = Some("random");
                     self.notes.push(
@@ -432,7 +516,7 @@ impl Translation {
             return Err(self.located(&shown));
         };
         let fewshot = fewshot.unwrap_or_else(|| test.clone());
-        let checked = if self.samples.is_some() {
+        let checked = if self.samples.is_some() || self.hooks.contains_key("fewshot_samples") {
             test.clone()
         } else {
             fewshot.clone()
@@ -457,9 +541,12 @@ impl Translation {
             put("description", Value::String(d));
         }
         put("dataset", dataset);
+        if !self.hooks.is_empty() {
+            put("python", Value::Mapping(std::mem::take(&mut self.hooks)));
+        }
         put("test_split", Value::String(test.clone()));
         // Inline samples are the demonstrations; lm-eval then reads no few-shot split.
-        if self.samples.is_none() {
+        if self.samples.is_none() && !self.hooks.contains_key("fewshot_samples") {
             put("fewshot_split", Value::String(fewshot));
         }
         for (k, v) in [
@@ -566,10 +653,20 @@ impl Translation {
                 Value::Mapping(std::mem::take(&mut self.exact_match)),
             );
         }
-        if self.sampler.is_some() || self.samples.is_some() {
+        if self.sampler.is_some()
+            || self.samples.is_some()
+            || self.fewshot_text.is_some()
+            || self.fewshot_target.is_some()
+        {
             let mut f = Mapping::new();
             if let Some(s) = self.sampler {
                 f.insert("sampler".into(), s.into());
+            }
+            if let Some(t) = self.fewshot_text.take() {
+                f.insert("doc_to_text".into(), t.into());
+            }
+            if let Some(t) = self.fewshot_target.take() {
+                f.insert("doc_to_target".into(), t.into());
             }
             if let Some(samples) = self.samples.take() {
                 f.insert("samples".into(), samples);

@@ -17,9 +17,14 @@ use super::splits::load_splits;
 use super::{Metric, Task};
 use super::{include, process};
 
-/// Loads and validates a task; the error lists every problem found.
+/// Loads and validates a task (running no Python); the error lists every problem found.
 pub fn load_task(path: &Path, data_dir: Option<&Path>) -> Result<Task> {
-    let (task, problems) = load_with_problems(path, data_dir);
+    load_task_with(path, data_dir, None)
+}
+
+/// [`load_task`], running the task's Python hooks with `python` when the user opted in.
+pub fn load_task_with(path: &Path, data_dir: Option<&Path>, python: Option<&Path>) -> Result<Task> {
+    let (task, problems) = load_with_problems_with(path, data_dir, python);
     match task {
         Some(t) if problems.is_empty() => Ok(t),
         _ => bail!("{}", problems.join("\n")),
@@ -28,6 +33,15 @@ pub fn load_task(path: &Path, data_dir: Option<&Path>) -> Result<Task> {
 
 /// The task (when it could be built) and every problem found reading it, each naming file/field.
 pub fn load_with_problems(path: &Path, data_dir: Option<&Path>) -> (Option<Task>, Vec<String>) {
+    load_with_problems_with(path, data_dir, None)
+}
+
+/// [`load_with_problems`], running the task's Python hooks with `python` when the user opted in.
+pub fn load_with_problems_with(
+    path: &Path,
+    data_dir: Option<&Path>,
+    python: Option<&Path>,
+) -> (Option<Task>, Vec<String>) {
     let file = path.display().to_string();
     let (merged, mut texts) = match include::read_merged(path) {
         Ok(m) => m,
@@ -36,7 +50,7 @@ pub fn load_with_problems(path: &Path, data_dir: Option<&Path>) -> (Option<Task>
     // An lm-eval task file found in a task folder is read in place: translated as `tasks import`
     // would write it (refusals are the load's problems), then loaded from its own folder.
     if is_lm_eval(&merged) {
-        match super::import::import_lm_eval(path) {
+        match super::import::import_lm_eval_with(path, python.is_some()) {
             Ok(imported) => texts = vec![imported.yaml],
             Err(problems) => return (None, problems),
         }
@@ -65,7 +79,7 @@ pub fn load_with_problems(path: &Path, data_dir: Option<&Path>) -> (Option<Task>
     for text in &texts {
         cx.hasher.update(text.as_bytes());
     }
-    let task = build_spec(&mut cx, spec, path);
+    let task = build_spec(&mut cx, spec, path, python);
     (task, cx.problems)
 }
 
@@ -85,12 +99,32 @@ fn is_lm_eval(merged: &serde_yaml::Value) -> bool {
 
 /// The spec checked and rendered into a task; `None` when any problem was found. The order of
 /// reads (templates, then data) is the order of the task hash.
-fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
+fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) -> Option<Task> {
     let mut env = template_env();
     let mut ok = add_template(cx, &mut env, "description", &spec.description);
     ok &= add_template(cx, &mut env, "doc_to_text", &spec.doc_to_text);
     ok &= add_template(cx, &mut env, "doc_to_target", &spec.doc_to_target);
     let choices = choice_spec(cx, &mut env, &spec, &mut ok);
+    // Demonstrations with templates of their own (lm-eval's `fewshot_config.doc_to_*`).
+    let fewshot_env = (spec.fewshot.doc_to_text.is_some() || spec.fewshot.doc_to_target.is_some())
+        .then(|| {
+            let mut e = template_env();
+            let text = spec
+                .fewshot
+                .doc_to_text
+                .as_ref()
+                .unwrap_or(&spec.doc_to_text);
+            let target = spec
+                .fewshot
+                .doc_to_target
+                .as_ref()
+                .unwrap_or(&spec.doc_to_target);
+            ok &= add_template(cx, &mut e, "description", &spec.description);
+            ok &= add_template(cx, &mut e, "doc_to_text", text);
+            ok &= add_template(cx, &mut e, "doc_to_target", target);
+            choice_spec(cx, &mut e, &spec, &mut ok);
+            e
+        });
     if spec.generation.is_some() && spec.output_type != OutputType::GenerateUntil {
         cx.problem("field `generation` applies only to output_type generate_until");
     }
@@ -111,22 +145,31 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
     }
     let sampling = sampling(cx, &spec);
     let inline = spec.fewshot.samples.clone();
+    let hooked_samples = spec
+        .python
+        .as_ref()
+        .is_some_and(|h| h.fewshot_samples.is_some());
     if inline.is_some() && spec.fewshot_split.is_some() {
         cx.problem(
             "fields `fewshot.samples` and `fewshot_split` both name the demonstrations; keep one",
         );
     }
     let fewshot_split = match (&inline, &spec.fewshot_split) {
+        _ if hooked_samples => super::spec::INLINE_SAMPLES.to_string(),
         (Some(_), _) => super::spec::INLINE_SAMPLES.to_string(),
         (None, Some(f)) => f.clone(),
         (None, None) => spec.test_split.clone(),
     };
-    let wanted: Vec<&str> = if inline.is_some() {
+    let wanted: Vec<&str> = if inline.is_some() || hooked_samples {
         vec![&spec.test_split]
     } else {
         vec![&spec.test_split, &fewshot_split]
     };
     let mut splits = load_splits(cx, &spec.dataset, &wanted)?;
+    let python_ran = match &spec.python {
+        Some(h) => super::hooks::run(cx, python, h, &mut splits)?,
+        None => Vec::new(),
+    };
     if let Some(samples) = inline {
         if samples.iter().any(|d| !d.is_object()) {
             cx.problem("field `fewshot.samples`: each sample is a mapping of the doc's fields");
@@ -150,7 +193,13 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
         output_type: spec.output_type,
     };
     let test = render_split(cx, &render, &spec.test_split, &splits[&spec.test_split]);
-    let fewshot = if fewshot_split == spec.test_split {
+    let fewshot = if let Some(fs_env) = &fewshot_env {
+        let fs_render = Renderer {
+            env: fs_env,
+            ..render
+        };
+        render_split(cx, &fs_render, &fewshot_split, &splits[&fewshot_split])
+    } else if fewshot_split == spec.test_split {
         test.clone()
     } else {
         render_split(cx, &render, &fewshot_split, &splits[&fewshot_split])
@@ -186,6 +235,7 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path) -> Option<Task> {
             serde_yaml::Value::Number(n) => Some(n.to_string()),
             _ => None,
         }),
+        python: python_ran,
         exact_match,
         filters,
         doc_choices,
@@ -934,6 +984,31 @@ mod tests {
             problem.contains("z.yaml: group `z`: key `task[0].dataset_path`"),
             "{problem}"
         );
+    }
+
+    /// `fewshot.doc_to_text` / `doc_to_target` (lm-eval's `fewshot_config.doc_to_*`) render the
+    /// demonstrations only, even when they come from the test split itself.
+    #[test]
+    fn demonstrations_may_have_templates_of_their_own() {
+        let d = tmp("fewshot-templates");
+        write(&d, "docs.jsonl", DOCS);
+        let y = write(
+            &d,
+            "t.yaml",
+            "task: t\ndataset: {path: docs.jsonl}\ntest_split: all\ndoc_to_text: \"{{ q }}\"\n\
+             doc_to_target: \"{{ label }}\"\noutput_type: generate_until\n\
+             fewshot: {doc_to_text: \"Demo: {{ q }}\", doc_to_target: \"{{ label }}!\"}\n",
+        );
+        let t = load_task(&y, None).unwrap();
+        assert_eq!(
+            (t.test[0].text.as_str(), t.test[0].target_text()),
+            ("good", "1")
+        );
+        assert_eq!(
+            (t.fewshot[0].text.as_str(), t.fewshot[0].target_text()),
+            ("Demo: good", "1!")
+        );
+        assert!(t.fewshot_is_test);
     }
 
     #[test]

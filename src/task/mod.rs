@@ -5,6 +5,7 @@ pub mod discover;
 pub mod fewshot;
 pub mod filter;
 pub mod generators;
+pub mod hooks;
 pub mod import;
 pub mod include;
 pub mod load;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use discover::{TaskSource, discover};
-pub use load::{load_task, load_with_problems};
+pub use load::{load_task, load_task_with, load_with_problems, load_with_problems_with};
 pub use spec::OutputType;
 
 /// A metric a task reports.
@@ -247,6 +248,8 @@ pub struct Task {
     pub data: Vec<DataFile>,
     /// `metadata.version`: the task's version, as its file gives it.
     pub version: Option<String>,
+    /// The Python hooks run to build its docs (`--allow-python`), as `name: FILE:function`.
+    pub python: Vec<String>,
     /// How `exact_match` compares.
     pub exact_match: ExactMatch,
     /// `generate_until`: the answer-extraction pipelines (`filter_list`); none scores the
@@ -346,6 +349,7 @@ impl Task {
             content_free: CONTENT_FREE.iter().map(|s| s.to_string()).collect(),
             data: Vec::new(),
             version: None,
+            python: Vec::new(),
             exact_match: Default::default(),
             filters: Vec::new(),
             doc_choices: Vec::new(),

@@ -57,6 +57,8 @@ pub struct TaskSpec {
     /// with every run's results.
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_yaml::Value>,
+    /// lm-eval's `!function` hooks, run through the user's Python only with `--allow-python`.
+    pub python: Option<super::hooks::HookSpec>,
 }
 
 /// `exact_match:` — lm-eval's (Hugging Face `evaluate`'s) options of the metric, applied to the
@@ -104,6 +106,10 @@ pub struct FewshotSpec {
     /// Demonstration docs written out here (lm-eval's `fewshot_config.samples`, e.g. GSM8K's
     /// chain-of-thought exemplars) instead of a dataset split; rendered by the task's templates.
     pub samples: Option<Vec<serde_json::Value>>,
+    /// The demonstrations' own input template (lm-eval's `fewshot_config.doc_to_text`).
+    pub doc_to_text: Option<String>,
+    /// The demonstrations' own answer template (lm-eval's `fewshot_config.doc_to_target`).
+    pub doc_to_target: Option<String>,
 }
 
 /// The split name inline `fewshot.samples` are known by in messages and records.

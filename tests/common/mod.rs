@@ -284,3 +284,20 @@ pub fn check_batch_invariance(
         }
     }
 }
+
+/// The Python of the venv `scripts/install-llama-server.sh` makes (llama.cpp's server, and
+/// `datasets` for lm-eval's Python hooks), or `ICL_EVAL_LLAMA_PYTHON`.
+pub fn venv_python() -> PathBuf {
+    let python = std::env::var_os("ICL_EVAL_LLAMA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".cache/icl-eval/llama-venv/bin/python")
+        });
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/install-llama-server.sh first",
+        python.display()
+    );
+    python
+}

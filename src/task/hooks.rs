@@ -1,0 +1,181 @@
+//! lm-eval's `!function` hooks (`process_docs`, `doc_to_text`, `doc_to_target`, `doc_to_choice`),
+//! run through the user's own Python, and only when they asked for it (`--allow-python`): the
+//! docs go to a small driver (`hooks.py`) as JSON and come back processed, each with the hooks'
+//! answers in fields the task's templates then read (`__icl_text`, `__icl_target`,
+//! `__icl_choices`). Scoring never runs Python: `process_results` and custom filters or metrics
+//! are refused even with the opt-in.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::problems::Ctx;
+
+/// `python:` in a task YAML: each hook as `FILE.py:function` (the file relative to the YAML).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSpec {
+    pub process_docs: Option<String>,
+    pub doc_to_text: Option<String>,
+    pub doc_to_target: Option<String>,
+    pub doc_to_choice: Option<String>,
+    /// lm-eval's `fewshot_config.samples: !function …`: called without arguments, it lists the
+    /// demonstration docs (then rendered like any doc).
+    pub fewshot_samples: Option<String>,
+    /// lm-eval's `fewshot_config.doc_to_text: !function …`: the demonstrations' input.
+    pub fewshot_doc_to_text: Option<String>,
+    /// lm-eval's `fewshot_config.doc_to_target: !function …`: the demonstrations' answer.
+    pub fewshot_doc_to_target: Option<String>,
+}
+
+/// The fields the driver fills, which the translated templates read.
+pub const TEXT_FIELD: &str = "__icl_text";
+pub const TARGET_FIELD: &str = "__icl_target";
+pub const CHOICES_FIELD: &str = "__icl_choices";
+pub const FEWSHOT_TEXT_FIELD: &str = "__icl_fewshot_text";
+pub const FEWSHOT_TARGET_FIELD: &str = "__icl_fewshot_target";
+
+/// The hook names lm-eval's `!function` may stand for that icl-eval can run.
+pub const HOOKS: &[&str] = &[
+    "process_docs",
+    "doc_to_text",
+    "doc_to_target",
+    "doc_to_choice",
+];
+
+const DRIVER: &str = include_str!("hooks.py");
+
+impl HookSpec {
+    /// The hooks set, by name.
+    pub fn named(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("process_docs", &self.process_docs),
+            ("doc_to_text", &self.doc_to_text),
+            ("doc_to_target", &self.doc_to_target),
+            ("doc_to_choice", &self.doc_to_choice),
+            ("fewshot_samples", &self.fewshot_samples),
+            ("fewshot_doc_to_text", &self.fewshot_doc_to_text),
+            ("fewshot_doc_to_target", &self.fewshot_doc_to_target),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.as_deref().map(|v| (n, v)))
+        .collect()
+    }
+}
+
+/// Runs the hooks over `splits` with `python` (`None`: the user did not opt in, a problem saying
+/// how to). Hashes each hook's source file into the task hash and returns the hooks run, as the
+/// run records them; `None` after recording a problem.
+pub(super) fn run(
+    cx: &mut Ctx,
+    python: Option<&Path>,
+    spec: &HookSpec,
+    splits: &mut BTreeMap<String, Vec<Value>>,
+) -> Option<Vec<String>> {
+    let named = spec.named();
+    let Some(python) = python else {
+        cx.problem(format!(
+            "runs Python (`{}`); pass --allow-python to run it with your own Python and lm-eval's \
+             hooks, or rewrite it as templates and `process_docs` steps",
+            named
+                .iter()
+                .map(|(n, v)| format!("{n}: {v}"))
+                .collect::<Vec<_>>()
+                .join("`, `")
+        ));
+        return None;
+    };
+    let mut hooks = serde_json::Map::new();
+    let mut ran = Vec::new();
+    for (name, v) in named {
+        let Some((file, function)) = v.rsplit_once(':') else {
+            cx.problem(format!(
+                "field `python.{name}`: `{v}` should be FILE.py:function"
+            ));
+            return None;
+        };
+        let path = resolve(&cx.base, file);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                use sha2::Digest;
+                cx.hasher.update(&bytes);
+            }
+            Err(e) => {
+                cx.problem(format!(
+                    "field `python.{name}`: cannot read {}: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        }
+        hooks.insert(
+            name.into(),
+            Value::String(format!("{}:{function}", path.display())),
+        );
+        ran.push(format!("{name}: {}:{function}", path.display()));
+    }
+    let request = serde_json::json!({
+        "hooks": hooks,
+        "splits": &*splits,
+        "samples_split": super::spec::INLINE_SAMPLES,
+    });
+    match drive(python, &request) {
+        Ok(out) => {
+            *splits = out;
+            Some(ran)
+        }
+        Err(e) => {
+            cx.problem(format!("Python hooks ({}): {e}", ran.join(", ")));
+            None
+        }
+    }
+}
+
+fn resolve(base: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Sends the request to the driver and reads the processed splits back.
+fn drive(python: &Path, request: &Value) -> Result<BTreeMap<String, Vec<Value>>, String> {
+    let mut child = Command::new(python)
+        .args(["-c", DRIVER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot run {}: {e}; install Python 3 or name it with --python",
+                python.display()
+            )
+        })?;
+    let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    let mut stdin = child.stdin.take().ok_or("no stdin to the driver")?;
+    // Written from a thread: a large request would otherwise fill the pipe while the driver
+    // fills its own output pipe, and both would wait.
+    let writer = std::thread::spawn(move || stdin.write_all(&body));
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    writer
+        .join()
+        .map_err(|_| "the writer thread panicked".to_string())?
+        .map_err(|e| format!("writing the docs to Python: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(format!("{} failed: {last}", python.display()));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable answer from Python: {e}"))
+}

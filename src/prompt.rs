@@ -88,7 +88,13 @@ pub fn build_with_query(
     for d in demos {
         s.push_str(&d.item.text);
         if let Some(a) = d.answer {
-            s.push_str(&task.target_delimiter);
+            // After a `gen_prefix`, lm-eval joins the answer with a space only where neither
+            // side has whitespace.
+            if !task.gen_prefix {
+                s.push_str(&task.target_delimiter);
+            } else if crate::task::needs_delimiter(&d.item.text, a) {
+                s.push(' ');
+            }
             s.push_str(a);
         }
         s.push_str(&task.fewshot_delimiter);
@@ -232,6 +238,29 @@ mod tests {
         let mut t = Task::for_tests(OutputType::MultipleChoice, vec![Metric::Acc], docs.clone());
         t.max_tokens = 1;
         (t, docs)
+    }
+
+    /// After lm-eval's `gen_prefix` (ending the items' text), a demonstration's answer follows
+    /// with a space only where neither side has whitespace (`maybe_delimit`); the query ends with
+    /// the prefix and choices keep the target delimiter.
+    #[test]
+    fn gen_prefix_joins_answers_as_lm_eval() {
+        let (mut t, mut d) = mc_task();
+        t.gen_prefix = true;
+        d[0].text = "Q: great The answer is".into();
+        d[1].text = "Q: awful The answer is ".into();
+        d[2].text = "Q: nice The answer is".into();
+        t.target_delimiter = "\n".into();
+        let p = build(&t, &d[2], &[Demo::gold(&d[0]), Demo::gold(&d[1])]);
+        assert_eq!(
+            p,
+            "Classify.\n\nQ: great The answer is positive\n\nQ: awful The answer is negative\n\n\
+             Q: nice The answer is"
+        );
+        assert_eq!(
+            continuations(&t, &d[2], Format::Plain),
+            vec!["\nnegative", "\npositive"]
+        );
     }
 
     #[test]

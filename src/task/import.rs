@@ -170,6 +170,8 @@ struct Translation {
     repeats: Option<u64>,
     /// `metadata.version`.
     version: Option<Value>,
+    /// `gen_prefix`, as a template.
+    gen_prefix: Option<String>,
     /// `!function` hooks run with `--allow-python`: name → `FILE.py:function`.
     hooks: Mapping,
     metrics: Vec<String>,
@@ -300,6 +302,9 @@ impl Translation {
                 }
             },
             "description" => self.description = self.string(key, v),
+            // A template (lm-eval would read a bare feature name as that field; its files write
+            // templates or sentences).
+            "gen_prefix" => self.gen_prefix = self.string(key, v),
             "target_delimiter" => self.target_delimiter = self.string(key, v),
             "fewshot_delimiter" => self.fewshot_delimiter = self.string(key, v),
             "output_type" => match v.as_str() {
@@ -539,6 +544,9 @@ impl Translation {
         }
         if let Some(d) = self.description.take() {
             put("description", Value::String(d));
+        }
+        if let Some(g) = self.gen_prefix.take() {
+            put("gen_prefix", Value::String(g));
         }
         put("dataset", dataset);
         if !self.hooks.is_empty() {

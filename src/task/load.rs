@@ -105,6 +105,12 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) 
     ok &= add_template(cx, &mut env, "doc_to_text", &spec.doc_to_text);
     ok &= add_template(cx, &mut env, "doc_to_target", &spec.doc_to_target);
     let choices = choice_spec(cx, &mut env, &spec, &mut ok);
+    if let Some(gp) = &spec.gen_prefix {
+        ok &= add_template(cx, &mut env, "gen_prefix", gp);
+        if spec.output_type == OutputType::MultipleInput {
+            cx.problem("field `gen_prefix` does not apply to output_type multiple_input");
+        }
+    }
     // Demonstrations with templates of their own (lm-eval's `fewshot_config.doc_to_*`).
     let fewshot_env = (spec.fewshot.doc_to_text.is_some() || spec.fewshot.doc_to_target.is_some())
         .then(|| {
@@ -122,6 +128,9 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) 
             ok &= add_template(cx, &mut e, "description", &spec.description);
             ok &= add_template(cx, &mut e, "doc_to_text", text);
             ok &= add_template(cx, &mut e, "doc_to_target", target);
+            if let Some(gp) = &spec.gen_prefix {
+                ok &= add_template(cx, &mut e, "gen_prefix", gp);
+            }
             choice_spec(cx, &mut e, &spec, &mut ok);
             e
         });
@@ -191,6 +200,10 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) 
         env: &env,
         choices: choices.as_ref(),
         output_type: spec.output_type,
+        gen_prefix_delimiter: spec
+            .gen_prefix
+            .as_ref()
+            .map(|_| spec.target_delimiter.as_str()),
     };
     let test = render_split(cx, &render, &spec.test_split, &splits[&spec.test_split]);
     let fewshot = if let Some(fs_env) = &fewshot_env {
@@ -240,6 +253,7 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) 
         filters,
         doc_choices,
         repeats: spec.repeats,
+        gen_prefix: spec.gen_prefix.is_some(),
         sampling,
     })
 }

@@ -158,6 +158,14 @@ impl From<Metric> for Reported {
     }
 }
 
+/// Whether two texts need a delimiter between them: neither has whitespace at the join (lm-eval's
+/// `requires_delimiter`).
+pub fn needs_delimiter(before: &str, after: &str) -> bool {
+    !before.is_empty()
+        && !before.ends_with(char::is_whitespace)
+        && !after.starts_with(char::is_whitespace)
+}
+
 /// The gold answer of a doc.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
@@ -260,6 +268,9 @@ pub struct Task {
     pub doc_choices: Vec<Vec<String>>,
     /// `generate_until`: generations per prompt (`repeats`).
     pub repeats: usize,
+    /// Items end with lm-eval's `gen_prefix`; a demonstration then joins its answer with a space
+    /// only where neither side has whitespace (lm-eval's `maybe_delimit`).
+    pub gen_prefix: bool,
     /// `generate_until` with `do_sample`: temperature and top-p; `None` decodes greedily.
     pub sampling: Option<(f64, f64)>,
 }
@@ -354,6 +365,7 @@ impl Task {
             filters: Vec::new(),
             doc_choices: Vec::new(),
             repeats: 1,
+            gen_prefix: false,
             sampling: None,
         }
     }

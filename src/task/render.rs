@@ -78,6 +78,8 @@ pub(super) struct Renderer<'e> {
     pub env: &'e Environment<'e>,
     pub choices: Option<&'e ChoiceSpec>,
     pub output_type: OutputType,
+    /// With `gen_prefix` (a template named so): the target delimiter joining it to the input.
+    pub gen_prefix_delimiter: Option<&'e str>,
 }
 
 impl Renderer<'_> {
@@ -109,7 +111,16 @@ impl Renderer<'_> {
     /// A doc rendered into an item: its text, answer and choices.
     pub(super) fn item(&self, id: usize, doc: &Value) -> Result<Item, String> {
         let ctx = template_context(doc);
-        let text = self.render("doc_to_text", &ctx)?;
+        let mut text = self.render("doc_to_text", &ctx)?;
+        // lm-eval's `gen_prefix` starts the answer: input, the target delimiter where neither
+        // side has whitespace, then the prefix (the answer follows it, `build_qa_turn`).
+        if let Some(delimiter) = self.gen_prefix_delimiter {
+            let prefix = self.render("gen_prefix", &ctx)?;
+            if super::needs_delimiter(&text, &prefix) {
+                text.push_str(delimiter);
+            }
+            text.push_str(&prefix);
+        }
         let description = self.render("description", &ctx)?;
         let target = self.render("doc_to_target", &ctx)?;
         let (text, answer) = match self.output_type {

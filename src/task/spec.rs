@@ -57,6 +57,9 @@ pub struct TaskSpec {
     /// with every run's results.
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_yaml::Value>,
+    /// lm-eval's `gen_prefix`: a template that starts the answer, after the input (and the
+    /// target delimiter where neither side has whitespace); plain-text prompts.
+    pub gen_prefix: Option<String>,
     /// lm-eval's `!function` hooks, run through the user's Python only with `--allow-python`.
     pub python: Option<super::hooks::HookSpec>,
 }

@@ -12,14 +12,16 @@ venv="$cache/llama-venv"
 flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF"
 wheels="$cache/wheels-portable"
 stamp="$venv/.icl-eval-build"
-# The tests of lm-eval's Python hooks (--allow-python) run this venv's Python too: process_docs
-# hooks take a datasets.Dataset, as in lm-eval.
-ensure_datasets() {
-  "$venv/bin/python" -c "import datasets" 2>/dev/null || "$venv/bin/pip" install -q datasets
-}
+# The tests of lm-eval's Python hooks (--allow-python) run a venv of their own with `datasets`:
+# process_docs hooks take a datasets.Dataset, as in lm-eval.
+hooks="$cache/hooks-venv"
+if ! "$hooks/bin/python" -c "import datasets" 2>/dev/null; then
+  rm -rf "$hooks"
+  python3 -m venv "$hooks"
+  "$hooks/bin/pip" install -q datasets
+fi
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version $flags" ] \
   && "$venv/bin/python" -c "import llama_cpp, llama_cpp.server, sys; sys.exit(llama_cpp.__version__ != '$version')" 2>/dev/null; then
-  ensure_datasets
   echo "llama-cpp-python $version: $venv"
   exit 0
 fi
@@ -34,5 +36,4 @@ fi
 "$venv/bin/pip" install -q "$wheels"/llama_cpp_python-"$version"-*.whl
 "$venv/bin/pip" install -q "llama-cpp-python[server]==$version" --find-links "$wheels"
 echo "$version $flags" > "$stamp"
-ensure_datasets
 echo "llama-cpp-python $version: $venv"

@@ -73,7 +73,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=12)
     ap.add_argument("--shots", default="0,3")
+    ap.add_argument("--parts", default="gsm8k,lambada")
+    ap.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     a = ap.parse_args()
+    if "lambada" in a.parts.split(","):
+        lambada(a)
+    if "gsm8k" not in a.parts.split(","):
+        return
     import lm_eval
 
     lm_eval_tasks = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
@@ -138,6 +144,60 @@ def main():
                    "model": os.path.basename(MODEL), "items": items}, f, indent=1, ensure_ascii=False)
     shutil.rmtree(work)
     print(f"{len(items)} items written to {OUT}")
+
+
+def lambada(a):
+    """lm-eval's own lambada_openai.yaml (perplexity and acc) on the first 40 LAMBADA test passages
+    (the shared data's copy of EleutherAI/lambada_openai), K = 0 as lm-eval runs it."""
+    import lm_eval
+
+    lm_eval_tasks = os.path.join(os.path.dirname(lm_eval.__file__), "tasks")
+    with open(os.path.join(lm_eval_tasks, "lambada", "lambada_openai.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    work = tempfile.mkdtemp(prefix="lm-eval-parity-lambada-")
+    with open(os.path.join(a.data_dir, "lambada", "lambada_test.jsonl")) as f:
+        docs = [json.loads(line) for _, line in zip(range(40), f)]
+    data = os.path.join(work, "test.jsonl")
+    with open(data, "w") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d["text"]}) + "\n")
+    cfg.update(task="lambada_parity", dataset_path="json",
+               dataset_kwargs={"data_files": {"test": data}})
+    cfg.pop("dataset_name", None)
+    cfg.pop("tag", None)
+    with open(os.path.join(work, "lambada_parity.yaml"), "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
+    out = os.path.join(work, "out")
+    subprocess.run([
+        sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+        f"pretrained={os.path.dirname(MODEL)},gguf_file={os.path.basename(MODEL)},dtype=float32",
+        "--tasks", "lambada_parity", "--include_path", work, "--device", "cpu",
+        "--batch_size", "1", "--log_samples", "--output_path", out,
+    ], check=True)
+    [samples] = glob.glob(os.path.join(out, "**", "samples_lambada_parity_*.jsonl"), recursive=True)
+    [results] = glob.glob(os.path.join(out, "**", "results_*.json"), recursive=True)
+    with open(results) as f:
+        agg = json.load(f)["results"]["lambada_parity"]
+    items = []
+    with open(samples) as f:
+        for line in f:
+            s = json.loads(line)
+            # lm-eval logs responses as their str().
+            ll, greedy = s["resps"][0][0]
+            items.append({"doc_id": s["doc_id"], "loglikelihood": float(ll),
+                          "is_greedy": str(greedy) == "True", "acc": s["acc"]})
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "lambada_parity.yaml"), "w") as f:
+        f.write("# lm-evaluation-harness 0.4.13's lambada_openai.yaml; dataset lines point at DATA/ "
+                "(scripts/lm-eval-parity.py)\n")
+        cfg["dataset_kwargs"]["data_files"] = {"test": "DATA/lambada.jsonl"}
+        yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
+    shutil.copy(data, os.path.join(OUT, "lambada.jsonl"))
+    with open(os.path.join(OUT, "lambada_samples.json"), "w") as f:
+        json.dump({"perplexity": agg["perplexity,none"], "acc": agg["acc,none"],
+                   "items": sorted(items, key=lambda i: i["doc_id"])}, f, indent=1)
+    shutil.rmtree(work)
+    print(f"lambada: {len(items)} items, perplexity {agg['perplexity,none']}")
 
 
 if __name__ == "__main__":

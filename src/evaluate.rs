@@ -530,10 +530,18 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
         (Need::Continuation(key), Answer::Continuation(_)) => {
             let ll = memo.single(&key)?;
             s.correct = Some(ll.is_greedy);
-            s.metrics = BTreeMap::from([(
-                Metric::Acc.name().to_string(),
-                f64::from(u8::from(ll.is_greedy)),
-            )]);
+            s.metrics = task
+                .metrics
+                .iter()
+                .map(|&m| {
+                    let v = match m {
+                        // The summary turns the mean log-likelihood into exp(−mean).
+                        Metric::Perplexity => ll.logprob,
+                        _ => f64::from(u8::from(ll.is_greedy)),
+                    };
+                    (m.name().to_string(), v)
+                })
+                .collect();
             s.logprobs = Some(vec![ll.logprob]);
         }
         (Need::Text(keys), Answer::Text(target)) => {

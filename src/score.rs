@@ -128,7 +128,7 @@ impl ChoiceScore {
             Metric::AccCalibrated => self.pred_calibrated,
             Metric::AccPmi => self.pred_pmi,
             Metric::AccMutualInfo => self.pred_mutual_info,
-            Metric::ExactMatch | Metric::BrierScore => None,
+            Metric::ExactMatch | Metric::BrierScore | Metric::Perplexity => None,
         }
     }
 }

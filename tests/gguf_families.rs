@@ -249,17 +249,7 @@ fn prompts(r: &Json) -> Vec<(Vec<u32>, Vec<f64>)> {
 
 /// llama.cpp's next-token log-probabilities of each id sequence, from llama-cpp-python.
 fn llama_cpp_logprobs(model: &Path, seqs: &[Vec<u32>]) -> Vec<Vec<f64>> {
-    let python = std::env::var_os("ICL_EVAL_LLAMA_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap())
-                .join(".cache/icl-eval/llama-venv/bin/python")
-        });
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/install-llama-server.sh first",
-        python.display()
-    );
+    let python = common::venv_python();
     let script = r#"
 import json, sys
 import numpy as np

@@ -437,3 +437,100 @@ fn a_hub_dataset_is_read_from_its_parquet_conversion_then_offline_from_the_cache
         );
     }
 }
+
+/// A Hub dataset's bad input, each a short error naming the task file, the dataset and the field
+/// or file at fault: a split the conversion lacks, a column the template names that the parquet
+/// lacks, a dataset the Hub does not have, a file that is not parquet, and offline without a copy.
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn hub_dataset_problems_name_the_task_dataset_and_field() {
+    let rows = [("Which is a colour?", ["red", "run", "seven"], "A")];
+    let files = HashMap::from([
+        ("ARC-Easy/test/0000.parquet".to_string(), arc_parquet(&rows)),
+        (
+            "ARC-Easy/train/0000.parquet".to_string(),
+            arc_parquet(&rows),
+        ),
+        (
+            "Broken/test/0000.parquet".to_string(),
+            b"PAR1 not really".to_vec(),
+        ),
+    ]);
+    let hub = FakeHub::dataset("allenai/ai2_arc", files);
+    let tmp = common::tmp("hub-problems");
+    let tasks = tmp.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let task = |name: &str, repo: &str, config: &str, split: &str, text: &str| {
+        let p = tasks.join(format!("{name}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                "task: {name}\ndataset:\n  hub: {repo}\n  name: {config}\ntest_split: {split}\n\
+                 fewshot_split: {split}\ndoc_to_text: \"{text}\"\n\
+                 doc_to_choice: \"{{{{ choices.text }}}}\"\n\
+                 doc_to_target: \"{{{{ choices.label.index(answerKey) }}}}\"\noutput_type: multiple_choice\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let validate = |path: &Path, offline: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_icl-eval"));
+        c.arg("validate")
+            .arg(path)
+            .env("HF_ENDPOINT", hub.endpoint())
+            .env("HF_HUB_CACHE", tmp.join("cache"))
+            .env("NO_PROXY", "127.0.0.1")
+            .env_remove("HF_TOKEN")
+            .env_remove("ICL_EVAL_DATA_DIR");
+        if offline {
+            c.env("HF_HUB_OFFLINE", "1");
+        } else {
+            c.env_remove("HF_HUB_OFFLINE");
+        }
+        let o = c.output().unwrap();
+        assert!(
+            !o.status.success(),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let q = "{{ question }}";
+    for (path, expected) in [
+        (
+            task("no_split", "allenai/ai2_arc", "ARC-Easy", "validation", q),
+            vec!["no_split.yaml", "allenai/ai2_arc", "validation"],
+        ),
+        (
+            task(
+                "no_column",
+                "allenai/ai2_arc",
+                "ARC-Easy",
+                "test",
+                "{{ stem }}",
+            ),
+            vec!["no_column.yaml", "doc_to_text", "`stem`"],
+        ),
+        (
+            task("no_dataset", "nobody/nothing", "default", "test", q),
+            vec!["no_dataset.yaml", "nobody/nothing"],
+        ),
+        (
+            task("broken", "allenai/ai2_arc", "Broken", "test", q),
+            vec!["broken.yaml", "Broken/test/0000.parquet"],
+        ),
+    ] {
+        let e = validate(&path, false);
+        for x in expected {
+            assert!(e.contains(x), "{x} not named in:\n{e}");
+        }
+        assert!(e.lines().count() <= 3, "short errors:\n{e}");
+    }
+    let fresh = task("offline", "allenai/ai2_arc", "ARC-Challenge", "test", q);
+    let e = validate(&fresh, true);
+    assert!(
+        e.contains("allenai/ai2_arc") && e.contains("offline"),
+        "offline without a copy names the dataset and how to fetch it:\n{e}"
+    );
+}

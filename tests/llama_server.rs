@@ -25,17 +25,7 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, alias: &str, dir: &Path) -> Server {
-        let python = std::env::var_os("ICL_EVAL_LLAMA_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap())
-                    .join(".cache/icl-eval/llama-venv/bin/python")
-            });
-        assert!(
-            python.is_file(),
-            "{} is missing: run scripts/install-llama-server.sh first",
-            python.display()
-        );
+        let python = common::venv_python();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -103,3 +103,82 @@ fn gsm8k_matches_lm_evals_logged_samples_item_by_item() {
         differ.join("\n")
     );
 }
+
+/// lm-eval's own `lambada_openai.yaml` on 40 LAMBADA passages: every doc's log-likelihood of the
+/// last word within 1e-3 nats of lm-eval's and the same greedy verdict (`acc`), and the cell's
+/// `perplexity` (exp(−mean log-likelihood), not a mean of per-doc values) equal to lm-eval's.
+#[test]
+#[ignore = "needs the bundled SmolLM2 (scripts/fetch-models.sh)"]
+fn lambada_perplexity_and_acc_match_lm_eval() {
+    let fixtures = common::root().join("tests/fixtures/lm_eval_parity");
+    let d = common::tmp("lm-eval-parity-lambada");
+    let tasks = d.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::copy(fixtures.join("lambada.jsonl"), d.join("lambada.jsonl")).unwrap();
+    let yaml = std::fs::read_to_string(fixtures.join("lambada_parity.yaml")).unwrap();
+    std::fs::write(
+        tasks.join("lambada_parity.yaml"),
+        yaml.replace("DATA/", &format!("{}/", d.display())),
+    )
+    .unwrap();
+    let logged: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("lambada_samples.json")).unwrap(),
+    )
+    .unwrap();
+    let out = d.join("run");
+    let o = common::icl_eval(&[
+        "run",
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--tasks",
+        "lambada_parity",
+        "--models",
+        common::smollm2().to_str().unwrap(),
+        "--weights",
+        "f32",
+        "--shots",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours: BTreeMap<usize, icl_eval::record::Sample> = common::read_samples(&out)
+        .into_iter()
+        .map(|s| (s.doc_id, s))
+        .collect();
+    let items = logged["items"].as_array().unwrap();
+    assert_eq!(ours.len(), items.len());
+    for item in items {
+        let s = &ours[&(item["doc_id"].as_u64().unwrap() as usize)];
+        let ll = item["loglikelihood"].as_f64().unwrap();
+        assert!(
+            (s.metrics["perplexity"] - ll).abs() < 1e-3,
+            "doc {}: {} vs lm-eval {ll}",
+            s.doc_id,
+            s.metrics["perplexity"]
+        );
+        assert_eq!(
+            s.metrics["acc"],
+            item["acc"].as_f64().unwrap(),
+            "doc {}",
+            s.doc_id
+        );
+    }
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let row = summary
+        .lines()
+        .find(|l| l.contains(",perplexity,"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
+    let value: f64 = row
+        .split(',')
+        .nth(header.iter().position(|h| *h == "value").unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let theirs = logged["perplexity"].as_f64().unwrap();
+    assert!(
+        (value / theirs - 1.0).abs() < 1e-4,
+        "perplexity {value} vs lm-eval {theirs}"
+    );
+}

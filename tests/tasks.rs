@@ -419,7 +419,7 @@ fn lm_eval_filters_groups_and_inline_samples_run_in_place() {
 #[test]
 #[ignore = "needs the bundled SmolLM2 and the venv of scripts/install-llama-server.sh"]
 fn python_hooks_run_only_when_allowed_and_are_recorded() {
-    let python = common::venv_python();
+    let python = common::hooks_python();
     let d = common::tmp("python-hooks");
     let tasks = d.join("tasks");
     std::fs::create_dir_all(&tasks).unwrap();

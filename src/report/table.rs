@@ -90,6 +90,18 @@ pub fn summarize(
                 .alias("skipped"),
             col("k_effective").mean().alias("mean_k_effective"),
         ])
+        // Perplexity is exp(−mean log-likelihood) over the cell's docs, not a mean of per-doc
+        // values; its standard error by the delta method, exp(−m) · se(m).
+        .with_columns([
+            when(col("metric").eq(lit("perplexity")))
+                .then(lit(std::f64::consts::E).pow(lit(0.0) - col("value")))
+                .otherwise(col("value"))
+                .alias("value"),
+            when(col("metric").eq(lit("perplexity")))
+                .then(lit(std::f64::consts::E).pow(lit(0.0) - col("value")) * col("stderr"))
+                .otherwise(col("stderr"))
+                .alias("stderr"),
+        ])
         .group_by_stable(with(&["seed"]))
         .agg([
             mean_of("value").alias("value"),
@@ -328,6 +340,37 @@ mod tests {
 
     fn sample(k: usize, acc: Option<f64>) -> Sample {
         Sample::for_tests("m", 0, k, acc)
+    }
+
+    /// `perplexity` is exp(−mean log-likelihood) over a cell's docs, with the delta-method stderr;
+    /// `acc` beside it stays a mean.
+    #[test]
+    fn perplexity_is_the_exponent_of_the_mean_log_likelihood() {
+        let task = Task::for_tests(
+            OutputType::Loglikelihood,
+            vec![Metric::Acc, Metric::Perplexity],
+            vec![Item::blank(0)],
+        );
+        let samples: Vec<Sample> = [(-1.0, 1.0), (-3.0, 0.0)]
+            .into_iter()
+            .map(|(ll, acc)| {
+                let mut s = sample(0, Some(acc));
+                s.metrics.insert("perplexity".into(), ll);
+                s
+            })
+            .collect();
+        let s = summarize(&samples, &[TaskMeta::of(&task)], &[]).unwrap();
+        let c = SummaryColumns::of(&s).unwrap();
+        let row = |m: &str| {
+            (0..s.height())
+                .find(|&i| c.metric.get(i) == Some(m))
+                .unwrap()
+        };
+        let (p, acc) = (row("perplexity"), row("acc"));
+        // mean −2 → e²; se of the mean log-likelihood √2 / √2 = 1 → e² · 1.
+        assert!((c.value.get(p).unwrap() - 2f64.exp()).abs() < 1e-9);
+        assert!((c.stderr.get(p).unwrap() - 2f64.exp()).abs() < 1e-9);
+        assert_eq!(c.value.get(acc), Some(0.5));
     }
 
     #[test]

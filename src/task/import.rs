@@ -416,7 +416,7 @@ impl Translation {
             let name = entry.get("metric").and_then(scalar).unwrap_or_default();
             match name.as_str() {
                 "acc" | "acc_norm" | "acc_bytes" | "exact_match" | "acc_mutual_info"
-                | "brier_score" => {}
+                | "brier_score" | "perplexity" => {}
                 other => {
                     self.problem(
                         "metric_list",
@@ -429,6 +429,9 @@ impl Translation {
                 match (k.as_str().unwrap_or_default(), val) {
                     ("metric", _) => {}
                     ("aggregation", Value::String(a)) if a == "mean" => {}
+                    // icl-eval's own aggregation of the metric (exp(−mean log-likelihood)).
+                    ("aggregation", Value::String(a))
+                        if a == "perplexity" && name == "perplexity" => {}
                     // icl-eval knows each metric's direction; the flag changes nothing scored.
                     ("higher_is_better", Value::Bool(_)) => {}
                     // lm-eval reads `weight_by_size` only in a group's aggregate_metric_list.
@@ -616,18 +619,20 @@ impl Translation {
             }
             put("generation", Value::Mapping(g));
         }
-        // icl-eval's headline (first) metric decides each doc's `correct`, so a lower-is-better
-        // Brier score goes last, after an accuracy.
-        if let Some(i) = self.metrics.iter().position(|m| m == "brier_score") {
-            let b = self.metrics.remove(i);
-            if self.metrics.is_empty() {
-                self.metrics.push("acc".into());
-                self.notes.push(
-                    "`acc` added before `brier_score`: the first metric is the headline".into(),
-                );
-            }
-            self.metrics.push(b);
+        // icl-eval's headline (first) metric decides each doc's `correct`, so lower-is-better
+        // metrics (Brier score, perplexity) go last, after an accuracy.
+        let (lower, mut higher): (Vec<String>, Vec<String>) = std::mem::take(&mut self.metrics)
+            .into_iter()
+            .partition(|m| m == "brier_score" || m == "perplexity");
+        if higher.is_empty() && !lower.is_empty() {
+            higher.push("acc".into());
+            self.notes.push(format!(
+                "`acc` added before `{}`: the first metric is the headline",
+                lower.join("`, `")
+            ));
         }
+        higher.extend(lower);
+        self.metrics = higher;
         if !self.metrics.is_empty() {
             put(
                 "metrics",

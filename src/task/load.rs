@@ -493,11 +493,12 @@ fn metrics(cx: &mut Ctx, spec: &TaskSpec) -> Vec<Metric> {
                 })
                 .collect();
             // The headline decides each doc's `correct`; a lower-is-better score cannot.
-            if parsed.first() == Some(&Metric::BrierScore) {
-                cx.problem(
-                    "field `metrics`: `brier_score` cannot be the headline (first) metric, since \
-                     lower is better; list an accuracy first",
-                );
+            if let Some(m) = parsed.first().filter(|m| m.lower_is_better()) {
+                cx.problem(format!(
+                    "field `metrics`: `{}` cannot be the headline (first) metric, since lower is \
+                     better; list an accuracy first",
+                    m.name()
+                ));
             }
             parsed
         }

@@ -46,9 +46,18 @@ pub enum Metric {
     /// lm-eval's `brier_score`: Σ over choices of (p − 1[gold])², p the log-likelihoods softmaxed
     /// over the choices; lower is better, a mean over docs like the accuracies.
     BrierScore,
+    /// lm-eval's `perplexity` of `loglikelihood` tasks (LAMBADA): exp(−mean log-likelihood of the
+    /// target) over a cell's docs. Each sample records its log-likelihood under this name; the
+    /// summary turns the mean into the perplexity (not a mean of per-doc values; lower is better).
+    Perplexity,
 }
 
 impl Metric {
+    /// Whether lower values are better (and the metric cannot be a headline deciding `correct`).
+    pub fn lower_is_better(self) -> bool {
+        matches!(self, Metric::BrierScore | Metric::Perplexity)
+    }
+
     /// The metric's name in YAML and results.
     pub fn name(self) -> &'static str {
         match self {
@@ -60,6 +69,7 @@ impl Metric {
             Metric::AccPmi => "acc_pmi",
             Metric::AccMutualInfo => "acc_mutual_info",
             Metric::BrierScore => "brier_score",
+            Metric::Perplexity => "perplexity",
         }
     }
 
@@ -74,10 +84,11 @@ impl Metric {
             "acc_pmi" => Metric::AccPmi,
             "acc_mutual_info" => Metric::AccMutualInfo,
             "brier_score" => Metric::BrierScore,
+            "perplexity" => Metric::Perplexity,
             other => {
                 return Err(format!(
                     "unknown metric `{other}` (known: acc, acc_norm, acc_bytes, acc_calibrated, \
-                     acc_pmi, acc_mutual_info, brier_score, exact_match)"
+                     acc_pmi, acc_mutual_info, brier_score, exact_match, perplexity)"
                 ));
             }
         };
@@ -99,6 +110,7 @@ impl Metric {
                     Metric::Acc,
                     OutputType::MultipleInput | OutputType::Loglikelihood
                 )
+                | (Metric::Perplexity, OutputType::Loglikelihood)
         );
         if fits {
             Ok(m)

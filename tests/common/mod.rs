@@ -285,15 +285,23 @@ pub fn check_batch_invariance(
     }
 }
 
-/// The Python of the venv `scripts/install-llama-server.sh` makes (llama.cpp's server, and
-/// `datasets` for lm-eval's Python hooks), or `ICL_EVAL_LLAMA_PYTHON`.
+/// The Python of the venv `scripts/install-llama-server.sh` makes with llama.cpp's server, or
+/// `ICL_EVAL_LLAMA_PYTHON`.
 pub fn venv_python() -> PathBuf {
-    let python = std::env::var_os("ICL_EVAL_LLAMA_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap())
-                .join(".cache/icl-eval/llama-venv/bin/python")
-        });
+    cached_python("ICL_EVAL_LLAMA_PYTHON", "llama-venv")
+}
+
+/// The Python with `datasets` that the same script makes for lm-eval's hooks, or
+/// `ICL_EVAL_HOOKS_PYTHON`.
+pub fn hooks_python() -> PathBuf {
+    cached_python("ICL_EVAL_HOOKS_PYTHON", "hooks-venv")
+}
+
+fn cached_python(var: &str, venv: &str) -> PathBuf {
+    let python = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap())
+            .join(format!(".cache/icl-eval/{venv}/bin/python"))
+    });
     assert!(
         python.is_file(),
         "{} is missing: run scripts/install-llama-server.sh first",

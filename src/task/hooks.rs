@@ -68,13 +68,15 @@ impl HookSpec {
 }
 
 /// Runs the hooks over `splits` with `python` (`None`: the user did not opt in, a problem saying
-/// how to). Hashes each hook's source file into the task hash and returns the hooks run, as the
-/// run records them; `None` after recording a problem.
+/// how to); listed few-shot samples become the split `samples_split`. Hashes each hook's source
+/// file into the task hash and returns the hooks run, as the run records them; `None` after
+/// recording a problem.
 pub(super) fn run(
     cx: &mut Ctx,
     python: Option<&Path>,
     spec: &HookSpec,
     splits: &mut BTreeMap<String, Vec<Value>>,
+    samples_split: &str,
 ) -> Option<Vec<String>> {
     let named = spec.named();
     let Some(python) = python else {
@@ -121,7 +123,7 @@ pub(super) fn run(
     let request = serde_json::json!({
         "hooks": hooks,
         "splits": &*splits,
-        "samples_split": super::spec::INLINE_SAMPLES,
+        "samples_split": samples_split,
     });
     match drive(python, &request) {
         Ok(out) => {

@@ -176,7 +176,7 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) 
     };
     let mut splits = load_splits(cx, &spec.dataset, &wanted)?;
     let python_ran = match &spec.python {
-        Some(h) => super::hooks::run(cx, python, h, &mut splits)?,
+        Some(h) => super::hooks::run(cx, python, h, &mut splits, super::spec::INLINE_SAMPLES)?,
         None => Vec::new(),
     };
     if let Some(samples) = inline {

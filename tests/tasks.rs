@@ -556,3 +556,72 @@ fn python_hooks_run_only_when_allowed_and_are_recorded() {
         "{err}"
     );
 }
+
+/// Sampled generations (`do_sample`, `temperature`, `repeats`) on SmolLM2 are the same whatever
+/// the batch size or `--limit`, differ between repeats, and feed the majority vote.
+#[test]
+#[ignore = "needs the bundled SmolLM2 (scripts/fetch-models.sh)"]
+fn sampled_repeats_are_reproducible_across_batches_and_limits() {
+    let d = common::tmp("sampled");
+    let tasks = d.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let docs: String = (0..4)
+        .map(|i| format!("{{\"a\": {}, \"b\": {}}}\n", 10 + i, 3 * i + 2))
+        .collect();
+    std::fs::write(tasks.join("sums.jsonl"), docs).unwrap();
+    std::fs::write(
+        tasks.join("sampled.yaml"),
+        "task: sampled\ndataset: {path: sums.jsonl}\ntest_split: all\n\
+         doc_to_text: \"Q: What is {{ a }} plus {{ b }}?\\nA:\"\ndoc_to_target: \"{{ a + b }}\"\n\
+         output_type: generate_until\ngeneration: {until: [\"\\n\"], max_tokens: 6, do_sample: true, temperature: 1.0, top_p: 0.95}\n\
+         repeats: 5\nfilter_list:\n  - name: maj\n    filter:\n      - function: regex\n        regex_pattern: \"(\\\\d+)\"\n\
+         \x20     - function: majority_vote\n      - function: take_first\n",
+    )
+    .unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let out = d.join(out);
+        let mut args = vec![
+            "run",
+            "--tasks-dir",
+            tasks.to_str().unwrap(),
+            "--tasks",
+            "sampled",
+            "--models",
+        ];
+        let model = common::smollm2();
+        args.push(model.to_str().unwrap());
+        args.extend([
+            "--shots",
+            "0,1",
+            "--output",
+            out.to_str().unwrap(),
+            "--no-cache",
+        ]);
+        args.extend(extra);
+        let o = common::icl_eval(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        common::read_samples(&out)
+    };
+    let a = run("a", &["--batch-size", "1"]);
+    let b = run("b", &["--batch-size", "8", "--limit", "2"]);
+    assert_eq!(a.len(), 8);
+    for s in &b {
+        let t = a
+            .iter()
+            .find(|x| (x.doc_id, x.k) == (s.doc_id, s.k))
+            .unwrap();
+        assert_eq!(s.generations, t.generations, "doc {} K={}", s.doc_id, s.k);
+        assert_eq!(s.filtered, t.filtered);
+    }
+    let differ = a
+        .iter()
+        .filter(|s| {
+            let g = s.generations.as_ref().unwrap();
+            g.iter().any(|x| x != &g[0])
+        })
+        .count();
+    assert!(
+        differ > 0,
+        "sampling at T = 1 varies between repeats: {a:?}"
+    );
+}

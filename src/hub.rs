@@ -143,6 +143,47 @@ pub fn dataset_split(
     })
 }
 
+/// The revision a dataset repository's own files are read at.
+pub const MAIN_REVISION: &str = "main";
+
+/// One of a dataset repository's own files (`path` in the repo at `main`), from the cache when it
+/// holds it (always when offline), else downloaded: its commit and local path.
+pub fn dataset_file(hub: &HubOptions, repo: &str, path: &str) -> Result<(String, PathBuf)> {
+    let shown = format!("dataset {repo}, file `{path}`");
+    let root = hub
+        .cache_dir
+        .join(format!("datasets--{}", repo.replace('/', "--")));
+    if let Ok(commit) = std::fs::read_to_string(root.join("refs").join(MAIN_REVISION)) {
+        let local = root.join("snapshots").join(commit.trim()).join(path);
+        if local.is_file() {
+            return Ok((commit.trim().to_string(), local));
+        }
+    }
+    if hub.offline {
+        bail!(
+            "{shown} is not in the Hugging Face cache {} and offline mode is on (HF_HUB_OFFLINE \
+             or --offline); run once online to download it",
+            hub.cache_dir.display()
+        );
+    }
+    let api = api(hub)?;
+    let remote = api.repo(Repo::with_revision(
+        repo.to_string(),
+        RepoType::Dataset,
+        MAIN_REVISION.to_string(),
+    ));
+    let fail = |e: hf_hub::api::sync::ApiError| {
+        anyhow::anyhow!("{shown}: the Hub at {} answered: {e}", hub.endpoint)
+    };
+    let info = remote.info().map_err(fail)?;
+    if !info.siblings.iter().any(|s| s.rfilename == path) {
+        bail!("{shown}: the repository has no such file; check `data_files` against its file list");
+    }
+    eprintln!("downloading {repo}/{path}");
+    let local = remote.get(path).map_err(fail)?;
+    Ok((info.sha, local))
+}
+
 /// The split's files in the cache's snapshot of the conversion, if it holds any.
 fn cached_split(hub: &HubOptions, repo: &str, config: &str, split: &str) -> Option<DatasetFiles> {
     let root = hub

@@ -534,3 +534,64 @@ fn hub_dataset_problems_name_the_task_dataset_and_field() {
         "offline without a copy names the dataset and how to fetch it:\n{e}"
     );
 }
+
+/// lm-eval's `data_files` beside a Hub `dataset_path` (e.g. MMLU-SR's csv files without a header,
+/// named by `column_names`): the repository's own files at `main`, downloaded into the cache and
+/// read from it offline.
+#[test]
+fn a_hub_repositorys_own_csv_files_are_read_by_their_names() {
+    let files = HashMap::from([
+        (
+            "answer_only_dev/x_dev.csv".to_string(),
+            b"What is 1+1?,1,2,3,4,B\n".to_vec(),
+        ),
+        (
+            "answer_only_test/x_test.csv".to_string(),
+            b"What is 2+2?,2,3,4,5,C\nWhat is 0+1?,0,1,2,3,B\n".to_vec(),
+        ),
+    ]);
+    let hub = FakeHub::serving(
+        Routes {
+            info: "/api/datasets/org/sr/revision/main".into(),
+            resolve: "/datasets/org/sr/resolve/main/".into(),
+        },
+        files,
+    );
+    let tmp = common::tmp("hub-repo-files");
+    let tasks = tmp.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    std::fs::write(
+        tasks.join("sr.yaml"),
+        "task: sr\ndataset_path: org/sr\ndataset_kwargs:\n  data_files:\n    train: answer_only_dev/x_dev.csv\n\
+         \x20   test: answer_only_test/x_test.csv\n  column_names: [question, choice1, choice2, choice3, choice4, answer]\n\
+         \x20 header: null\ntest_split: test\nfewshot_split: train\noutput_type: multiple_choice\n\
+         doc_to_text: \"{{question}}\\nAnswer:\"\ndoc_to_choice: [A, B, C, D]\ndoc_to_target: answer\n\
+         fewshot_config:\n  sampler: first_n\nmetric_list:\n  - metric: acc\n",
+    )
+    .unwrap();
+    let prompt = |offline: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_icl-eval"));
+        c.args(["prompt", "--tasks-dir"])
+            .arg(&tasks)
+            .args(["--task", "sr", "--shots", "1", "--doc", "1"])
+            .env("HF_ENDPOINT", hub.endpoint())
+            .env("HF_HUB_CACHE", tmp.join("cache"))
+            .env("NO_PROXY", "127.0.0.1")
+            .env_remove("HF_TOKEN")
+            .env_remove("ICL_EVAL_DATA_DIR");
+        if offline {
+            c.env("HF_HUB_OFFLINE", "1");
+        } else {
+            c.env_remove("HF_HUB_OFFLINE");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let online = prompt(false);
+    assert!(
+        online.starts_with("What is 1+1?\nAnswer: B\n\nWhat is 0+1?\nAnswer:"),
+        "{online}"
+    );
+    assert_eq!(prompt(true), online, "offline from the cache");
+}

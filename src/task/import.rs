@@ -168,6 +168,9 @@ struct Translation {
     sampling: Mapping,
     /// lm-eval's `repeats`.
     repeats: Option<u64>,
+    /// `dataset_kwargs.column_names` (csv without a header row) and `header: null`.
+    columns: Option<Value>,
+    headerless: bool,
     /// `metadata.version`.
     version: Option<Value>,
     /// `gen_prefix`, as a template.
@@ -355,6 +358,12 @@ impl Translation {
         for (k, val) in m {
             match k.as_str().unwrap_or_default() {
                 "data_files" => self.data_files = Some(val.clone()),
+                // csv without a header row: the names of its columns.
+                "column_names" => match val.as_sequence() {
+                    Some(s) if s.iter().all(Value::is_string) => self.columns = Some(val.clone()),
+                    _ => self.problem("dataset_kwargs.column_names", "should be a list of names"),
+                },
+                "header" if val.is_null() => self.headerless = true,
                 "trust_remote_code" => self.notes.push(
                     "`dataset_kwargs.trust_remote_code` dropped: icl-eval reads the Hub's parquet \
                      conversion and runs no dataset script"
@@ -746,7 +755,25 @@ impl Translation {
             }
         }
         let mut d = Mapping::new();
+        // Beside a Hub dataset (not a `datasets` builder name), data files are the repository's.
+        if let Some(repo) = self
+            .dataset_path
+            .clone()
+            .filter(|p| !matches!(p.as_str(), "json" | "csv" | "parquet" | "text" | "arrow"))
+        {
+            d.insert("hub".into(), repo.into());
+        }
         d.insert("files".into(), Value::Mapping(files));
+        match (self.columns.take(), self.headerless) {
+            (Some(c), _) => {
+                d.insert("columns".into(), c);
+            }
+            (None, true) => self.problem(
+                "dataset_kwargs.header",
+                "is null without `column_names`: icl-eval needs the columns' names",
+            ),
+            (None, false) => {}
+        }
         Value::Mapping(d)
     }
 

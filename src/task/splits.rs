@@ -61,8 +61,9 @@ pub(super) fn load_splits(
     ds: &DatasetSpec,
     wanted: &[&str],
 ) -> Option<BTreeMap<String, Vec<Value>>> {
+    // `hub` with `files` reads the repository's own files: one source.
     let sources = usize::from(ds.path.is_some())
-        + usize::from(ds.files.is_some())
+        + usize::from(ds.files.is_some() && ds.hub.is_none())
         + usize::from(ds.generator.is_some())
         + usize::from(ds.hub.is_some());
     if sources != 1 {
@@ -74,6 +75,9 @@ pub(super) fn load_splits(
         return None;
     }
     if let Some(repo) = &ds.hub {
+        if let Some(files) = &ds.files {
+            return load_repo_files(cx, ds, repo, files, wanted);
+        }
         return load_hub_splits(cx, ds, repo, wanted);
     }
     if let Some(g) = &ds.generator {
@@ -111,6 +115,60 @@ pub(super) fn load_splits(
                     "field `dataset.split_column`: row {} has no string column `{col}`",
                     i + 1
                 ));
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The `wanted` splits of a Hub dataset read from its own files (`files: {split: path in the
+/// repository}`, lm-eval's `data_files` beside a Hub `dataset_path`), read by their extension.
+fn load_repo_files(
+    cx: &mut Ctx,
+    ds: &DatasetSpec,
+    repo: &str,
+    files: &BTreeMap<String, String>,
+    wanted: &[&str],
+) -> Option<BTreeMap<String, Vec<Value>>> {
+    if ds.name.is_some() {
+        cx.problem("field `dataset.name` applies to the Hub's parquet conversion, not to `files`");
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    for split in wanted {
+        if out.contains_key(*split) {
+            continue;
+        }
+        let Some(path) = files.get(*split) else {
+            cx.problem(format!(
+                "field `dataset.files`: no file for split `{split}` (files for: {})",
+                files.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+            return None;
+        };
+        let (commit, local) = match crate::hub::dataset_file(&cx.hub, repo, path) {
+            Ok(f) => f,
+            Err(e) => {
+                cx.problem(format!("field `dataset.files.{split}`: {e:#}"));
+                return None;
+            }
+        };
+        let shown = format!("{repo}/{path}");
+        let bytes = match fs::read(&local) {
+            Ok(b) => b,
+            Err(e) => {
+                cx.problem(format!("{shown}: {e}"));
+                return None;
+            }
+        };
+        cx.read_data(format!("hf://datasets/{repo}@{commit}/{path}"), &bytes);
+        match dataset::read(std::path::Path::new(&shown), &bytes, ds) {
+            Ok(d) => {
+                out.insert(split.to_string(), d);
+            }
+            Err(errs) => {
+                cx.problems_capped(errs, &format!("{shown}: rows"));
                 return None;
             }
         }

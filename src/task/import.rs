@@ -518,6 +518,19 @@ impl Translation {
                 self.problems.push(format!("key `{field}` is missing"));
             }
         }
+        // A metric icl-eval computes, but not for this output type (`perplexity` of a generation).
+        let output = self.output_type.as_deref().and_then(|o| {
+            serde_yaml::from_value::<super::spec::OutputType>(Value::String(o.into())).ok()
+        });
+        if let Some(o) = output {
+            for m in &self.metrics {
+                if let Err(e) = super::Metric::parse(m, o) {
+                    self.problems.push(format!(
+                        "key `metric_list` has metric `{m}`, which icl-eval cannot score here: {e}"
+                    ));
+                }
+            }
+        }
         let test = self.splits[TEST]
             .clone()
             .or(self.splits[VALIDATION].clone());

@@ -102,19 +102,7 @@ pub fn dataset_split(
     if let Some(found) = cached_split(hub, repo, config, split) {
         return Ok(found);
     }
-    if hub.offline {
-        bail!(
-            "{shown} is not in the Hugging Face cache {} and offline mode is on (HF_HUB_OFFLINE \
-             or --offline); run once online to download it",
-            hub.cache_dir.display()
-        );
-    }
-    let api = api(hub)?;
-    let remote = api.repo(Repo::with_revision(
-        repo.to_string(),
-        RepoType::Dataset,
-        PARQUET_REVISION.to_string(),
-    ));
+    let remote = online_dataset(hub, repo, PARQUET_REVISION, &shown)?;
     let fail = |e: hf_hub::api::sync::ApiError| {
         anyhow::anyhow!("{shown}: the Hub at {} answered: {e}", hub.endpoint)
     };
@@ -143,22 +131,14 @@ pub fn dataset_split(
     })
 }
 
-/// The revision a dataset repository's own files are read at.
-pub const MAIN_REVISION: &str = "main";
-
-/// One of a dataset repository's own files (`path` in the repo at `main`), from the cache when it
-/// holds it (always when offline), else downloaded: its commit and local path.
-pub fn dataset_file(hub: &HubOptions, repo: &str, path: &str) -> Result<(String, PathBuf)> {
-    let shown = format!("dataset {repo}, file `{path}`");
-    let root = hub
-        .cache_dir
-        .join(format!("datasets--{}", repo.replace('/', "--")));
-    if let Ok(commit) = std::fs::read_to_string(root.join("refs").join(MAIN_REVISION)) {
-        let local = root.join("snapshots").join(commit.trim()).join(path);
-        if local.is_file() {
-            return Ok((commit.trim().to_string(), local));
-        }
-    }
+/// The dataset `repo` at `revision` on the Hub; offline (when the cache lacked what `shown`
+/// names), the error saying so.
+fn online_dataset(
+    hub: &HubOptions,
+    repo: &str,
+    revision: &str,
+    shown: &str,
+) -> Result<hf_hub::api::sync::ApiRepo> {
     if hub.offline {
         bail!(
             "{shown} is not in the Hugging Face cache {} and offline mode is on (HF_HUB_OFFLINE \
@@ -166,12 +146,34 @@ pub fn dataset_file(hub: &HubOptions, repo: &str, path: &str) -> Result<(String,
             hub.cache_dir.display()
         );
     }
-    let api = api(hub)?;
-    let remote = api.repo(Repo::with_revision(
+    Ok(api(hub)?.repo(Repo::with_revision(
         repo.to_string(),
         RepoType::Dataset,
-        MAIN_REVISION.to_string(),
-    ));
+        revision.to_string(),
+    )))
+}
+
+/// Where the Hugging Face cache keeps the dataset `repo`.
+fn dataset_cache(hub: &HubOptions, repo: &str) -> PathBuf {
+    hub.cache_dir
+        .join(format!("datasets--{}", repo.replace('/', "--")))
+}
+
+/// The revision a dataset repository's own files are read at.
+pub const MAIN_REVISION: &str = "main";
+
+/// One of a dataset repository's own files (`path` in the repo at `main`), from the cache when it
+/// holds it (always when offline), else downloaded: its commit and local path.
+pub fn dataset_file(hub: &HubOptions, repo: &str, path: &str) -> Result<(String, PathBuf)> {
+    let shown = format!("dataset {repo}, file `{path}`");
+    let root = dataset_cache(hub, repo);
+    if let Ok(commit) = std::fs::read_to_string(root.join("refs").join(MAIN_REVISION)) {
+        let local = root.join("snapshots").join(commit.trim()).join(path);
+        if local.is_file() {
+            return Ok((commit.trim().to_string(), local));
+        }
+    }
+    let remote = online_dataset(hub, repo, MAIN_REVISION, &shown)?;
     let fail = |e: hf_hub::api::sync::ApiError| {
         anyhow::anyhow!("{shown}: the Hub at {} answered: {e}", hub.endpoint)
     };
@@ -186,9 +188,7 @@ pub fn dataset_file(hub: &HubOptions, repo: &str, path: &str) -> Result<(String,
 
 /// The split's files in the cache's snapshot of the conversion, if it holds any.
 fn cached_split(hub: &HubOptions, repo: &str, config: &str, split: &str) -> Option<DatasetFiles> {
-    let root = hub
-        .cache_dir
-        .join(format!("datasets--{}", repo.replace('/', "--")));
+    let root = dataset_cache(hub, repo);
     let commit = std::fs::read_to_string(root.join("refs").join(PARQUET_REVISION)).ok()?;
     let commit = commit.trim().to_string();
     let snapshot = root.join("snapshots").join(&commit).join(config);

@@ -311,38 +311,30 @@ fn findall(re: &Regex, text: &str) -> Vec<Option<String>> {
 }
 
 impl Extract {
-    /// lm-eval's `RegexFilter` on one response; `None` where it would return the fallback.
-    fn find(&self, text: &str) -> Option<String> {
-        let all = findall(&self.regex, text);
-        if all.is_empty() {
-            return None;
-        }
+    /// The `group_select`-th of `findall`'s matches (negative from the end), Python's list
+    /// indexing; `None` past the matches, where Python raises IndexError (lm-eval's task files
+    /// never select there, and a missing answer is the fallback's job).
+    fn select(&self, mut all: Vec<Option<String>>) -> Option<Option<String>> {
         let n = all.len() as i64;
         let i = if self.group_select < 0 {
             n + self.group_select
         } else {
             self.group_select
         };
-        // Python raises IndexError here; lm-eval's task files never select past the matches, and
-        // a missing answer is the fallback's job.
-        let picked = all.get(usize::try_from(i).ok()?)?.clone();
+        let i = usize::try_from(i).ok().filter(|&i| i < all.len())?;
+        Some(all.swap_remove(i))
+    }
+
+    /// lm-eval's `RegexFilter` on one response; `None` where it would return the fallback.
+    fn find(&self, text: &str) -> Option<String> {
+        let picked = self.select(findall(&self.regex, text))?;
         Some(picked.map_or_else(|| self.fallback.clone(), |s| s.trim().to_string()))
     }
 
     /// `MultiChoiceRegexFilter.find_match`: like `find` but an all-empty tuple is "", and the
     /// stripped match is translated through `convert`.
     fn find_converted(&self, re: &Regex, text: &str, convert: &BTreeMap<String, String>) -> String {
-        let all = findall(re, text);
-        if all.is_empty() {
-            return String::new();
-        }
-        let n = all.len() as i64;
-        let i = if self.group_select < 0 {
-            n + self.group_select
-        } else {
-            self.group_select
-        };
-        let Some(Some(m)) = usize::try_from(i).ok().and_then(|i| all.get(i)) else {
+        let Some(Some(m)) = self.select(findall(re, text)) else {
             return String::new();
         };
         let m = m.trim().to_string();

@@ -163,13 +163,13 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) 
             "fields `fewshot.samples` and `fewshot_split` both name the demonstrations; keep one",
         );
     }
-    let fewshot_split = match (&inline, &spec.fewshot_split) {
-        _ if hooked_samples => super::spec::INLINE_SAMPLES.to_string(),
-        (Some(_), _) => super::spec::INLINE_SAMPLES.to_string(),
-        (None, Some(f)) => f.clone(),
-        (None, None) => spec.test_split.clone(),
+    let listed_samples = inline.is_some() || hooked_samples;
+    let fewshot_split = match &spec.fewshot_split {
+        _ if listed_samples => super::spec::INLINE_SAMPLES.to_string(),
+        Some(f) => f.clone(),
+        None => spec.test_split.clone(),
     };
-    let wanted: Vec<&str> = if inline.is_some() || hooked_samples {
+    let wanted: Vec<&str> = if listed_samples {
         vec![&spec.test_split]
     } else {
         vec![&spec.test_split, &fewshot_split]

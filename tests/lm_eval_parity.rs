@@ -8,25 +8,39 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
+
+/// A fixture task read in place: its data files copied beside a `tasks/` folder holding its YAML
+/// (`DATA/` pointed at them), and lm-eval's logged samples.
+fn fixture_task(task: &str, data: &[&str], samples: &str) -> (PathBuf, PathBuf, serde_json::Value) {
+    let fixtures = common::root().join("tests/fixtures/lm_eval_parity");
+    let d = common::tmp(task);
+    let tasks = d.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    for f in data {
+        std::fs::copy(fixtures.join(f), d.join(f)).unwrap();
+    }
+    let yaml = std::fs::read_to_string(fixtures.join(format!("{task}.yaml"))).unwrap();
+    std::fs::write(
+        tasks.join(format!("{task}.yaml")),
+        yaml.replace("DATA/", &format!("{}/", d.display())),
+    )
+    .unwrap();
+    let logged =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join(samples)).unwrap()).unwrap();
+    (d, tasks, logged)
+}
 
 #[test]
 #[ignore = "needs the bundled SmolLM2 (scripts/fetch-models.sh)"]
 fn gsm8k_matches_lm_evals_logged_samples_item_by_item() {
-    let fixtures = common::root().join("tests/fixtures/lm_eval_parity");
-    let d = common::tmp("lm-eval-parity");
-    let tasks = d.join("tasks");
-    std::fs::create_dir_all(&tasks).unwrap();
-    for f in ["train.jsonl", "test.jsonl"] {
-        std::fs::copy(fixtures.join(f), d.join(f)).unwrap();
-    }
-    let yaml = std::fs::read_to_string(fixtures.join("gsm8k_parity.yaml")).unwrap();
-    let yaml = yaml.replace("DATA/", &format!("{}/", d.display()));
-    std::fs::write(tasks.join("gsm8k_parity.yaml"), yaml).unwrap();
-    let logged: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("samples.json")).unwrap())
-            .unwrap();
+    let (d, tasks, logged) = fixture_task(
+        "gsm8k_parity",
+        &["train.jsonl", "test.jsonl"],
+        "samples.json",
+    );
     let items = logged["items"].as_array().unwrap();
     let docs = 1 + items
         .iter()
@@ -110,21 +124,8 @@ fn gsm8k_matches_lm_evals_logged_samples_item_by_item() {
 #[test]
 #[ignore = "needs the bundled SmolLM2 (scripts/fetch-models.sh)"]
 fn lambada_perplexity_and_acc_match_lm_eval() {
-    let fixtures = common::root().join("tests/fixtures/lm_eval_parity");
-    let d = common::tmp("lm-eval-parity-lambada");
-    let tasks = d.join("tasks");
-    std::fs::create_dir_all(&tasks).unwrap();
-    std::fs::copy(fixtures.join("lambada.jsonl"), d.join("lambada.jsonl")).unwrap();
-    let yaml = std::fs::read_to_string(fixtures.join("lambada_parity.yaml")).unwrap();
-    std::fs::write(
-        tasks.join("lambada_parity.yaml"),
-        yaml.replace("DATA/", &format!("{}/", d.display())),
-    )
-    .unwrap();
-    let logged: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures.join("lambada_samples.json")).unwrap(),
-    )
-    .unwrap();
+    let (d, tasks, logged) =
+        fixture_task("lambada_parity", &["lambada.jsonl"], "lambada_samples.json");
     let out = d.join("run");
     let o = common::icl_eval(&[
         "run",

@@ -316,16 +316,16 @@ fn full_run_on_smollm2_writes_consistent_outputs_and_is_deterministic() {
 
 #[test]
 #[ignore = "needs models/ and ../shared/data"]
-fn sst2_resolves_through_the_data_dir() {
+fn storycloze_resolves_through_the_data_dir() {
     let model = smollm2().display().to_string();
-    let d = tmp("sst2");
+    let d = tmp("storycloze");
     let data = common::data_dir().display().to_string();
     let o = icl_eval_in(
         &root(),
         &[
             "run",
             "--tasks",
-            "sst2",
+            "storycloze",
             "--models",
             &model,
             "--shots",
@@ -346,7 +346,7 @@ fn sst2_resolves_through_the_data_dir() {
             .iter()
             .all(|s| s.logprobs.as_ref().is_some_and(|l| l.len() == 2))
     );
-    let o = icl_eval(&["run", "--tasks", "sst2", "--models", &model]);
+    let o = icl_eval(&["run", "--tasks", "storycloze", "--models", &model]);
     assert_one_line_error(&o, &["--data-dir", "ICL_EVAL_DATA_DIR"]);
 }
 

@@ -4,134 +4,13 @@
 
 mod common;
 
+use common::fake_hub::{COMMIT, FakeHub, Served};
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-/// A hub serving one repository's files; records every request path.
-struct FakeHub {
-    port: u16,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-/// Where a repository's metadata and files are served: `/api/{info}` and `/{resolve}FILE`.
-struct Routes {
-    info: String,
-    resolve: String,
-}
-
-impl FakeHub {
-    /// A model repository at revision `main`.
-    fn start(repo: &str, files: HashMap<String, Vec<u8>>) -> Self {
-        Self::serving(
-            Routes {
-                info: format!("/api/models/{repo}/revision/main"),
-                resolve: format!("/{repo}/resolve/main/"),
-            },
-            files,
-        )
-    }
-
-    /// A dataset repository's parquet conversion (`refs/convert/parquet`, sent escaped).
-    fn dataset(repo: &str, files: HashMap<String, Vec<u8>>) -> Self {
-        Self::serving(
-            Routes {
-                info: format!("/api/datasets/{repo}/revision/refs%2Fconvert%2Fparquet"),
-                resolve: format!("/datasets/{repo}/resolve/refs%2Fconvert%2Fparquet/"),
-            },
-            files,
-        )
-    }
-
-    fn serving(routes: Routes, files: HashMap<String, Vec<u8>>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let log = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                serve(stream, &routes, &files, &log);
-            }
-        });
-        Self { port, requests }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-fn serve(
-    mut stream: TcpStream,
-    routes: &Routes,
-    files: &HashMap<String, Vec<u8>>,
-    log: &Mutex<Vec<String>>,
-) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    let mut range = false;
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-            break;
-        }
-        if h.to_ascii_lowercase().starts_with("range: bytes=0-0") {
-            range = true;
-        }
-    }
-    log.lock().unwrap().push(path.clone());
-    let (info, resolve) = (&routes.info, &routes.resolve);
-    let (status, headers, body): (&str, Vec<String>, Vec<u8>) = if path == *info {
-        let siblings: Vec<String> = files
-            .keys()
-            .map(|f| format!("{{\"rfilename\":\"{f}\"}}"))
-            .collect();
-        let json = format!(
-            "{{\"sha\":\"{COMMIT}\",\"siblings\":[{}]}}",
-            siblings.join(",")
-        );
-        ("200 OK", vec![], json.into_bytes())
-    } else if let Some(file) = path.strip_prefix(resolve.as_str())
-        && let Some(data) = files.get(file)
-    {
-        let etag = hex::encode(Sha256::digest(data));
-        let mut h = vec![
-            format!("ETag: \"{etag}\""),
-            format!("X-Repo-Commit: {COMMIT}"),
-        ];
-        if range {
-            h.push(format!("Content-Range: bytes 0-0/{}", data.len()));
-            ("206 Partial Content", h, data[..1].to_vec())
-        } else {
-            ("200 OK", h, data.clone())
-        }
-    } else {
-        ("404 Not Found", vec![], b"Entry not found".to_vec())
-    };
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for h in headers {
-        head.push_str(&h);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    // The client may drop a metadata response unread: write errors are expected.
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&body);
-}
 
 fn tiny_llama_files() -> HashMap<String, Vec<u8>> {
     let dir = common::reference_dir().join("tiny-hf/llama");
@@ -178,7 +57,7 @@ fn snapshot(cache: &Path) -> PathBuf {
 #[test]
 #[ignore = "needs ../shared/reference/tiny-hf"]
 fn hub_checkpoint_downloads_then_runs_offline_from_the_cache() {
-    let hub = FakeHub::start("tiny/llama", tiny_llama_files());
+    let hub = FakeHub::model("tiny/llama", tiny_llama_files());
     let tmp = common::tmp("hub");
     let cache = tmp.join("cache");
     let o = run_with_hub(
@@ -220,7 +99,7 @@ fn hub_checkpoint_downloads_then_runs_offline_from_the_cache() {
 #[test]
 #[ignore = "needs ../shared/reference/tiny-hf"]
 fn hub_single_file_and_missing_files() {
-    let hub = FakeHub::start("tiny/llama", tiny_llama_files());
+    let hub = FakeHub::model("tiny/llama", tiny_llama_files());
     let tmp = common::tmp("hub-file");
     let cache = tmp.join("cache");
     let mut opts = icl_eval::models::HubOptions::from_env();
@@ -550,13 +429,7 @@ fn a_hub_repositorys_own_csv_files_are_read_by_their_names() {
             b"What is 2+2?,2,3,4,5,C\nWhat is 0+1?,0,1,2,3,B\n".to_vec(),
         ),
     ]);
-    let hub = FakeHub::serving(
-        Routes {
-            info: "/api/datasets/org/sr/revision/main".into(),
-            resolve: "/datasets/org/sr/resolve/main/".into(),
-        },
-        files,
-    );
+    let hub = FakeHub::serving(vec![Served::dataset_main("org/sr", files)]);
     let tmp = common::tmp("hub-repo-files");
     let tasks = tmp.join("tasks");
     std::fs::create_dir_all(&tasks).unwrap();

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::fake_hub::FakeHub;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -91,14 +93,19 @@ impl Drop for Server {
 }
 
 /// `icl-eval run` with `args`, each request computed (no request cache).
+/// `icl-eval run ARGS --output OUT`, its Hub datasets (the library's `arithmetic_2ds`) from a fake
+/// Hub shared by this file's runs.
 fn run(out: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_icl-eval"))
-        .arg("run")
+    static HUB: std::sync::OnceLock<FakeHub> = std::sync::OnceLock::new();
+    let hub = HUB.get_or_init(FakeHub::datasets);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_icl-eval"));
+    c.arg("run")
         .args(args)
         .arg("--output")
         .arg(out)
         .current_dir(common::root())
-        .env("ICL_EVAL_NO_CACHE", "1")
+        .env("ICL_EVAL_NO_CACHE", "1");
+    hub.env(&mut c, &out.with_extension("hf-cache"), false)
         .output()
         .unwrap()
 }
@@ -265,7 +272,6 @@ fn qwen_through_llama_cpp_gives_candles_greedy_answers() {
     // two backends' numerics rarely flip an answer (docs/servers.md has the 30-doc grid). This is
     // its first 6 docs: 36 of 36 the same here. A broken backend gets most answers wrong; the
     // bound leaves room for the other near-ties another CPU's kernels may flip.
-    let data = common::data_dir();
     let args = [
         "--tasks",
         "two_digit_addition,arithmetic_2ds",
@@ -273,8 +279,6 @@ fn qwen_through_llama_cpp_gives_candles_greedy_answers() {
         "0,1,4",
         "--limit",
         "6",
-        "--data-dir",
-        data.to_str().unwrap(),
     ];
     let (served, local) = server_and_candle(&d, &model, &gguf, &args);
     assert_eq!(served.len(), 36, "2 tasks × 6 docs × 3 K");

@@ -1,4 +1,5 @@
-//! The shipped task library: every task in `tasks/` loads from the shared data, renders 0- and
+//! The shipped task library: every task in `tasks/` loads its dataset from a local fake Hugging
+//! Face Hub (the shared data in the Hub's schemas, `scripts/make-fake-hub.py`), renders 0- and
 //! 2-shot prompts for 2 docs and is scored with SmolLM2 through the real binary; gold answers of a
 //! few docs are checked against the data files by hand.
 
@@ -8,10 +9,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use common::fake_hub::FakeHub;
 use icl_eval::backend::Backend;
 use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
 use icl_eval::task::Answer;
-use icl_eval::task::{discover, load_task};
+use icl_eval::task::{LoadOptions, discover, load_task, load_task_using};
 
 /// Every shipped task's name, after asserting that each one loads.
 fn task_names() -> Vec<String> {
@@ -40,22 +42,31 @@ fn library_run() -> &'static PathBuf {
         tasks.extend(task_names().into_iter().filter(|n| !n.starts_with("mmlu_")));
         let out = common::tmp("tasks").join("run");
         let model = common::smollm2();
-        let o = common::icl_eval(&[
-            "run",
-            "--tasks",
-            &tasks.join(","),
-            "--models",
-            model.to_str().unwrap(),
-            // K = 2 shows both delimiters (between demonstrations and before the query).
-            "--shots",
-            "0,2",
-            "--limit",
-            "2",
-            "--data-dir",
-            common::data_dir().to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        let hub = FakeHub::datasets();
+        let mut run = common::command_in(
+            &common::root(),
+            &[
+                "run",
+                "--tasks",
+                &tasks.join(","),
+                "--models",
+                model.to_str().unwrap(),
+                // K = 2 shows both delimiters (between demonstrations and before the query).
+                "--shots",
+                "0,2",
+                "--limit",
+                "2",
+                // Story Cloze only: every other task reads the Hub.
+                "--data-dir",
+                common::data_dir().to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        );
+        let o = hub
+            .env(&mut run, &out.with_file_name("hf-cache"), false)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         out
     })
@@ -134,28 +145,36 @@ fn every_task_loads_renders_and_scores_with_smollm2() {
 fn partial_scoring_and_greedy_match_are_the_backends_own_numbers() {
     let d = common::tmp("partial");
     let model = common::smollm2();
-    let data = common::data_dir();
-    let o = common::icl_eval(&[
-        "run",
-        "--tasks",
-        "winogrande,lambada",
-        "--models",
-        model.to_str().unwrap(),
-        "--shots",
-        "0",
-        "--limit",
-        "6",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--output",
-        d.join("run").to_str().unwrap(),
-    ]);
+    let hub = FakeHub::datasets();
+    let cache = d.join("hf-cache");
+    let mut run = common::command_in(
+        &common::root(),
+        &[
+            "run",
+            "--tasks",
+            "winogrande,lambada",
+            "--models",
+            model.to_str().unwrap(),
+            "--shots",
+            "0",
+            "--limit",
+            "6",
+            "--output",
+            d.join("run").to_str().unwrap(),
+        ],
+    );
+    let o = hub.env(&mut run, &cache, false).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let samples = common::read_samples(&d.join("run"));
     assert_eq!(samples.len(), 12);
     let tasks = common::root().join("tasks");
-    let wino = load_task(&tasks.join("commonsense/winogrande.yaml"), Some(&data)).unwrap();
-    let lambada = load_task(&tasks.join("language_modeling/lambada.yaml"), Some(&data)).unwrap();
+    let options = LoadOptions {
+        data_dir: None,
+        python: None,
+        hub: hub.options(&cache),
+    };
+    let wino = load_task_using(&tasks.join("commonsense/winogrande.yaml"), &options).unwrap();
+    let lambada = load_task_using(&tasks.join("language_modeling/lambada.yaml"), &options).unwrap();
     let mut b = CandleBackend::load(&model, WeightsChoice::Auto).unwrap();
     let mut greedy = 0;
     for s in &samples {
@@ -267,6 +286,13 @@ fn lm_eval_yamls_import_into_the_shipped_tasks() {
         std::fs::write(d.join(f.file_name().unwrap()), text).unwrap();
     }
     let tasks = common::root().join("tasks");
+    // The shipped tasks read the same data from the fake Hub.
+    let hub = FakeHub::datasets();
+    let shipped_options = LoadOptions {
+        data_dir: None,
+        python: None,
+        hub: hub.options(&d.join("hf-cache")),
+    };
     for (lm_eval, shipped) in [
         ("cb.yaml", "superglue/cb.yaml"),
         ("lambada.yaml", "language_modeling/lambada.yaml"),
@@ -281,7 +307,7 @@ fn lm_eval_yamls_import_into_the_shipped_tasks() {
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let ours = load_task(&out, Some(&data)).unwrap();
-        let theirs = load_task(&tasks.join(shipped), Some(&data)).unwrap();
+        let theirs = load_task_using(&tasks.join(shipped), &shipped_options).unwrap();
         assert_eq!(ours.output_type, theirs.output_type, "{lm_eval}");
         assert_eq!(
             (&ours.target_delimiter, &ours.fewshot_delimiter),

@@ -24,11 +24,15 @@ pub fn load_task(path: &Path, data_dir: Option<&Path>) -> Result<Task> {
 
 /// [`load_task`], running the task's Python hooks with `python` when the user opted in.
 pub fn load_task_with(path: &Path, data_dir: Option<&Path>, python: Option<&Path>) -> Result<Task> {
-    let (task, problems) = load_with_problems_with(path, data_dir, python);
-    match task {
-        Some(t) if problems.is_empty() => Ok(t),
-        _ => bail!("{}", problems.join("\n")),
-    }
+    let hub = crate::hub::HubOptions::from_env();
+    load_task_using(
+        path,
+        &LoadOptions {
+            data_dir,
+            python,
+            hub,
+        },
+    )
 }
 
 /// The task (when it could be built) and every problem found reading it, each naming file/field.
@@ -42,6 +46,43 @@ pub fn load_with_problems_with(
     data_dir: Option<&Path>,
     python: Option<&Path>,
 ) -> (Option<Task>, Vec<String>) {
+    let hub = crate::hub::HubOptions::from_env();
+    load_with_problems_using(
+        path,
+        &LoadOptions {
+            data_dir,
+            python,
+            hub,
+        },
+    )
+}
+
+/// Everything loading a task reads besides its file: the data folder, the Python that may run
+/// its hooks (only when the user opted in), and the Hugging Face Hub its datasets come from.
+#[derive(Debug, Clone)]
+pub struct LoadOptions<'a> {
+    /// `${DATA_DIR}`.
+    pub data_dir: Option<&'a Path>,
+    /// `--allow-python`'s interpreter; `None` runs no Python.
+    pub python: Option<&'a Path>,
+    /// Endpoint, cache, offline mode and token for Hub datasets.
+    pub hub: crate::hub::HubOptions,
+}
+
+/// [`load_task`] with every option given rather than read from the environment.
+pub fn load_task_using(path: &Path, options: &LoadOptions) -> Result<Task> {
+    let (task, problems) = load_with_problems_using(path, options);
+    match task {
+        Some(t) if problems.is_empty() => Ok(t),
+        _ => bail!("{}", problems.join("\n")),
+    }
+}
+
+/// [`load_with_problems`] with every option given rather than read from the environment.
+pub fn load_with_problems_using(path: &Path, options: &LoadOptions) -> (Option<Task>, Vec<String>) {
+    let LoadOptions {
+        data_dir, python, ..
+    } = *options;
     let file = path.display().to_string();
     let (merged, mut texts) = match include::read_merged(path) {
         Ok(m) => m,
@@ -73,7 +114,7 @@ pub fn load_with_problems_with(
         problems: Vec::new(),
         hasher: Sha256::new(),
         missing_data_dir_reported: false,
-        hub: crate::hub::HubOptions::from_env(),
+        hub: options.hub.clone(),
         data: Vec::new(),
     };
     for text in &texts {
@@ -99,7 +140,12 @@ fn is_lm_eval(merged: &serde_yaml::Value) -> bool {
 
 /// The spec checked and rendered into a task; `None` when any problem was found. The order of
 /// reads (templates, then data) is the order of the task hash.
-fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) -> Option<Task> {
+fn build_spec(
+    cx: &mut Ctx,
+    mut spec: TaskSpec,
+    path: &Path,
+    python: Option<&Path>,
+) -> Option<Task> {
     let mut env = template_env();
     let mut ok = add_template(cx, &mut env, "description", &spec.description);
     ok &= add_template(cx, &mut env, "doc_to_text", &spec.doc_to_text);
@@ -196,6 +242,11 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) 
     if !ok || !cx.problems.is_empty() {
         return None;
     }
+    if spec.output_type == OutputType::MultipleChoice
+        && inputs_named_by_index(&env, &splits[&spec.test_split])
+    {
+        spec.output_type = OutputType::MultipleInput;
+    }
     let render = Renderer {
         env: &env,
         choices: choices.as_ref(),
@@ -220,7 +271,12 @@ fn build_spec(cx: &mut Ctx, spec: TaskSpec, path: &Path, python: Option<&Path>) 
     if !cx.problems.is_empty() {
         return None;
     }
-    let content_free = content_free_inputs(cx, &render, splits[&spec.test_split].first())?;
+    // Only `acc_calibrated` reads them; other tasks' templates may need real values (an `int`).
+    let content_free = if metrics.contains(&Metric::AccCalibrated) {
+        content_free_inputs(cx, &render, splits[&spec.test_split].first())?
+    } else {
+        Vec::new()
+    };
     let doc_choices = if filters.iter().any(|f| f.needs_choices()) {
         doc_choices(cx, &spec.test_split, &splits[&spec.test_split])?
     } else {
@@ -390,6 +446,42 @@ fn python_methods(
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
+/// `text | regex_replace(pattern, replacement)`: Python's `re.sub` for templates (HellaSwag's
+/// clean-up of WikiHow markup needs it; lm-eval does it in Python). `\1` in the replacement is
+/// the first group, as in Python.
+fn regex_replace(text: &str, pattern: &str, replacement: &str) -> Result<String, minijinja::Error> {
+    thread_local! {
+        static COMPILED: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> =
+            Default::default();
+    }
+    let re = COMPILED.with_borrow_mut(|c| {
+        if let Some(re) = c.get(pattern) {
+            return Ok::<_, minijinja::Error>(re.clone());
+        }
+        let re = regex::Regex::new(pattern).map_err(|e| {
+            minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("regex_replace: invalid pattern {pattern:?}: {e}"),
+            )
+        })?;
+        c.insert(pattern.to_string(), re.clone());
+        Ok(re)
+    })?;
+    // Python's `\1` becomes the regex crate's `${1}`; a literal `$` stays literal.
+    let mut expand = String::with_capacity(replacement.len());
+    let mut chars = replacement.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => expand.push_str("$$"),
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                expand.push_str(&format!("${{{}}}", chars.next().unwrap_or('0')));
+            }
+            _ => expand.push(c),
+        }
+    }
+    Ok(re.replace_all(text, expand.as_str()).into_owned())
+}
+
 /// Strict minijinja with Python's string methods, as lm-eval's Jinja2 templates expect.
 fn template_env() -> Environment<'static> {
     let mut env = Environment::new();
@@ -397,6 +489,7 @@ fn template_env() -> Environment<'static> {
     // Python's string and list methods (`text.split(' ')`, `.strip()`), which lm-eval templates
     // use because lm-eval renders them with Jinja2 over Python objects.
     env.set_unknown_method_callback(python_methods);
+    env.add_filter("regex_replace", regex_replace);
     // Inline templates mean what they say: `description: "Translate:\n"` keeps its newline.
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
         .keep_trailing_newline(true)
@@ -544,6 +637,21 @@ fn check_splits(
         }
     }
     ok
+}
+
+/// lm-eval's rule for a `multiple_choice` task: when `doc_to_text` gives a number (WinoGrande's
+/// Python returns the gold option's index), the choices are inputs and `doc_to_target` the
+/// continuation they share (`multiple_input`). Decided on the first test doc, as lm-eval does.
+fn inputs_named_by_index(env: &Environment<'static>, docs: &[Value]) -> bool {
+    let Some(doc) = docs.first() else {
+        return false;
+    };
+    let Ok(template) = env.get_template("doc_to_text") else {
+        return false;
+    };
+    template
+        .render(template_context(doc))
+        .is_ok_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `doc_to_text` of the first test doc with every string blanked to each content-free input

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod fake_hub;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -68,15 +70,19 @@ pub fn icl_eval(args: &[&str]) -> Output {
 
 /// Runs the real binary from `dir`.
 pub fn icl_eval_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_icl-eval"))
-        .args(args)
+    command_in(dir, args).output().expect("run icl-eval")
+}
+
+/// The real binary with `args`, from `dir`, not started (for more settings).
+pub fn command_in(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_icl-eval"));
+    c.args(args)
         .current_dir(dir)
         .env_remove("ICL_EVAL_DATA_DIR")
         // Runs compared with each other must compute, not read each other's answers.
         .env("ICL_EVAL_NO_CACHE", "1")
-        .env_remove("ICL_EVAL_CACHE")
-        .output()
-        .expect("run icl-eval")
+        .env_remove("ICL_EVAL_CACHE");
+    c
 }
 
 /// The samples of a finished run folder.

@@ -6,7 +6,8 @@ accepts and why it refuses the rest, per file and per folder.
     scripts/sweep-lm-eval-import.py /tmp/lm-eval/lm_eval/tasks [--icl-eval target/release/icl-eval]
 
 Prints Markdown: totals, refusals by reason (a file counts once per reason it hits), and one row per
-top-level folder. `--files` also lists every file with its verdict.
+top-level folder ("alone": the files a reason is the only refusal of, what lifting it gains).
+`--files` also lists every file with its verdict and reasons.
 """
 
 import argparse
@@ -104,9 +105,11 @@ def main():
           "The others (imported / files: main refusal): " + "; ".join(
               f"{name} ({row[1]}/{row[0]}: {row[2].most_common(1)[0][0]})"
               for name, row in sorted(no_python.items()) if row[0] != row[1]) + ".\n")
-    print("| refused because of | files |\n|---|---:|")
+    # "alone": the files this is the only refusal of, i.e. what lifting it would gain.
+    alone = collections.Counter(rs[0] for ok, rs, _ in results if len(rs) == 1)
+    print("| refused because of | files | alone |\n|---|---:|---:|")
     for r, n in by_reason.most_common():
-        print(f"| {r} | {n} |")
+        print(f"| {r} | {n} | {alone[r]} |")
     print("\n| folder | files | import | main refusal |\n|---|---:|---:|---|")
     for name in sorted(folders):
         n, ok, reasons = folders[name]
@@ -114,9 +117,9 @@ def main():
         print(f"| {name} | {n} | {ok} | {main_reason} |")
     sys.stdout.flush()
     if a.files:
-        print("\n| file | verdict |\n|---|---|")
-        for f, (ok, _, first) in zip(files, results):
-            print(f"| {os.path.relpath(f, a.tasks_dir)} | {'imports' if ok else first} |")
+        print("\n| file | verdict | reasons |\n|---|---|---|")
+        for f, (ok, reasons, first) in zip(files, results):
+            print(f"| {os.path.relpath(f, a.tasks_dir)} | {'imports' if ok else first} | {'; '.join(reasons)} |")
 
 
 if __name__ == "__main__":

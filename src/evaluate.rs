@@ -504,6 +504,16 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 cs.pred_mutual_info = Some(score::pred_mutual_info(&logprobs, &memo.choices(&k)?));
             }
             let metrics = score::choice_metrics(&task.metrics, &cs, *gold);
+            for &m in task
+                .metrics
+                .iter()
+                .filter(|&&m| crate::corpus::is_corpus(m))
+            {
+                s.stats.insert(
+                    m.name().to_string(),
+                    crate::corpus::choice_stats(*gold, cs.pred),
+                );
+            }
             let pred = cs.pred_for(primary).unwrap_or(cs.pred);
             s.prediction = Some(choices[pred].clone());
             s.correct = Some(metrics[&primary] > 0.5);
@@ -559,30 +569,46 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 responses.push(responses[0].clone());
             }
             let text = responses[0].clone();
-            if task.filters.is_empty() {
-                let em = score::exact_match_with(&task.exact_match, &text, target);
-                s.prediction = Some(text.trim().to_string());
-                s.correct = Some(em > 0.5);
-                s.metrics = BTreeMap::from([("exact_match".to_string(), em)]);
+            // Each answer (the generation, or each filter's) is scored by every metric; the first
+            // filter's answer is the prediction, and `correct` is its exact match.
+            let answers: Vec<(Option<&str>, String)> = if task.filters.is_empty() {
+                vec![(None, text.clone())]
             } else {
                 let choices = task.doc_choices.get(item.id).map_or(&[][..], Vec::as_slice);
-                let mut filtered = BTreeMap::new();
-                for (i, f) in task.filters.iter().enumerate() {
-                    let answer = f.apply(&responses, choices);
-                    let em = score::exact_match_with(&task.exact_match, &answer, target);
-                    if i == 0 {
-                        s.prediction = Some(answer.clone());
-                        s.correct = Some(em > 0.5);
-                    }
-                    s.metrics.insert(
-                        crate::task::Reported::new(Metric::ExactMatch, Some(&f.name))
-                            .name()
-                            .to_string(),
-                        em,
-                    );
-                    filtered.insert(f.name.clone(), answer);
+                task.filters
+                    .iter()
+                    .map(|f| (Some(f.name.as_str()), f.apply(&responses, choices)))
+                    .collect()
+            };
+            for (i, (filter, answer)) in answers.iter().enumerate() {
+                let em = score::exact_match_with(&task.exact_match, answer, target);
+                if i == 0 {
+                    s.prediction = Some(match filter {
+                        None => answer.trim().to_string(),
+                        Some(_) => answer.clone(),
+                    });
+                    s.correct = Some(em > 0.5);
                 }
-                s.filtered = Some(filtered);
+                for &m in &task.metrics {
+                    let name = crate::task::Reported::new(m, *filter).name().to_string();
+                    let value = if crate::corpus::is_corpus(m) {
+                        let stats = crate::corpus::text_stats(m, answer, target);
+                        let alone = crate::corpus::score(m, &[&stats]);
+                        s.stats.insert(name.clone(), stats);
+                        alone
+                    } else {
+                        em
+                    };
+                    s.metrics.insert(name, value);
+                }
+            }
+            if !task.filters.is_empty() {
+                s.filtered = Some(
+                    answers
+                        .into_iter()
+                        .filter_map(|(f, a)| Some((f?.to_string(), a)))
+                        .collect(),
+                );
             }
             s.generated = Some(text);
             if responses.len() > 1 {
@@ -717,6 +743,55 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["exact_match,strict-match", "exact_match,flexible-extract"]
         );
+    }
+
+    /// `bleu` and `chrf` score the generation (or each filter's answer) against the target: each
+    /// sample records the sacreBLEU statistics the summary sums, and the doc's own score.
+    #[test]
+    fn corpus_metrics_record_their_statistics_per_answer() {
+        let docs = vec![Item {
+            id: 0,
+            text: "Translate: le chat".into(),
+            answer: Answer::Text("The cat sat on the mat.".into()),
+            description: String::new(),
+        }];
+        let t = Task::for_tests(
+            OutputType::GenerateUntil,
+            vec![Metric::Bleu, Metric::Chrf, Metric::ExactMatch],
+            docs,
+        );
+        let selector = Selector::new(&t, t.sampler, t.demo_order, None).unwrap();
+        let mut backend = Echo(
+            ModelInfo::for_tests("m", 1 << 20),
+            " The cat is sitting on the mat.",
+        );
+        let mut emitted = Vec::new();
+        evaluate_task(
+            &mut backend,
+            &selector,
+            &Plan::simple(&[0], 1, None),
+            &mut |s| {
+                emitted.push(s);
+                Ok(())
+            },
+        )
+        .unwrap();
+        let s = &emitted[0];
+        // The statistics themselves are checked against sacreBLEU in corpus.rs.
+        let bleu = crate::corpus::text_stats(
+            Metric::Bleu,
+            " The cat is sitting on the mat.",
+            "The cat sat on the mat.",
+        );
+        assert_eq!(s.stats["bleu"], bleu);
+        assert_eq!(
+            s.metrics["bleu"],
+            crate::corpus::score(Metric::Bleu, &[&bleu])
+        );
+        assert!(s.metrics["bleu"] > 0.2 && s.metrics["bleu"] < 0.9);
+        assert_eq!(s.stats["chrf"].len(), 18);
+        assert_eq!(s.metrics["exact_match"], 0.0);
+        assert_eq!(s.correct, Some(false), "`correct` is the exact match");
     }
 
     /// Generations answer with the last digit of their seed.

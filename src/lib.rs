@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bench;
 pub mod cache;
 pub mod chat;
+pub mod corpus;
 pub mod encoder;
 pub mod evaluate;
 pub mod hash;

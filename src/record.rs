@@ -77,6 +77,11 @@ pub struct Sample {
     pub correct: Option<bool>,
     /// Metric name → 1.0 / 0.0.
     pub metrics: BTreeMap<String, f64>,
+    /// Corpus metrics (`bleu`, `chrf`, `f1`, `mcc`): this doc's sufficient statistics by reported
+    /// name; a cell's score comes from its docs' statistics together (`corpus.rs`), and the
+    /// per-doc value in `metrics` is this doc scored alone.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub stats: BTreeMap<String, Vec<f64>>,
     /// Why the doc was not scored (e.g. even its 0-shot prompt exceeds the context).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub skipped: Option<String>,
@@ -123,6 +128,7 @@ impl Sample {
             gold: gold.into(),
             correct: None,
             metrics: BTreeMap::new(),
+            stats: BTreeMap::new(),
             skipped: None,
         }
     }

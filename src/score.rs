@@ -128,7 +128,13 @@ impl ChoiceScore {
             Metric::AccCalibrated => self.pred_calibrated,
             Metric::AccPmi => self.pred_pmi,
             Metric::AccMutualInfo => self.pred_mutual_info,
-            Metric::ExactMatch | Metric::BrierScore | Metric::Perplexity => None,
+            // Corpus metrics score `acc`'s predictions (lm-eval's `argmax(lls)`).
+            Metric::F1 | Metric::Mcc => Some(self.pred),
+            Metric::ExactMatch
+            | Metric::BrierScore
+            | Metric::Perplexity
+            | Metric::Bleu
+            | Metric::Chrf => None,
         }
     }
 }

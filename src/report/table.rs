@@ -29,6 +29,7 @@ pub fn summarize(
     let mut perm = Vec::new();
     let mut value: Vec<Option<f64>> = Vec::new();
     let mut k_eff: Vec<Option<f64>> = Vec::new();
+    let mut corpus = CorpusDraws::default();
     for s in samples {
         let Some(t) = tasks.iter().find(|t| t.name == s.task) else {
             continue;
@@ -38,6 +39,10 @@ pub fn summarize(
             .find(|m| m.name == s.model)
             .map_or(0, |m| m.parameters);
         for m in &t.metrics {
+            if crate::corpus::is_corpus(m.metric) {
+                corpus.add(s, p, m);
+                continue;
+            }
             task.push(s.task.clone());
             model.push(s.model.clone());
             params.push(p);
@@ -78,7 +83,7 @@ pub fn summarize(
         v.extend(extra.iter().map(|c| col(*c)));
         v
     };
-    let summary = long
+    let per_draw = long
         .lazy()
         .group_by_stable(with(&["seed", "permutation"]))
         .agg([
@@ -89,7 +94,8 @@ pub fn summarize(
                 .cast(DataType::UInt32)
                 .alias("skipped"),
             col("k_effective").mean().alias("mean_k_effective"),
-        ])
+        ]);
+    let summary = concat([per_draw, corpus.frame()?.lazy()], UnionArgs::default())?
         // Perplexity is exp(−mean log-likelihood) over the cell's docs, not a mean of per-doc
         // values; its standard error by the delta method, exp(−m) · se(m).
         .with_columns([
@@ -141,6 +147,115 @@ pub fn summarize(
         )
         .collect()?;
     Ok(summary)
+}
+
+/// The docs of each draw (cell, seed, ordering) of a corpus metric, scored together: the draw's
+/// value from their statistics and its bootstrap standard error, rows shaped as the per-draw
+/// means of the other metrics.
+#[derive(Default)]
+struct CorpusDraws {
+    draws: std::collections::BTreeMap<DrawKey, Draw>,
+}
+
+/// One draw of a corpus metric: the summary's cell columns, seed and ordering.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct DrawKey {
+    task: String,
+    model: String,
+    parameters: u64,
+    sampler: String,
+    demo_labels: String,
+    k: u32,
+    metric: String,
+    seed: u64,
+    permutation: u32,
+}
+
+/// A draw's docs: each one's statistics (`None`: skipped) and effective K.
+struct Draw {
+    metric: crate::task::Metric,
+    docs: Vec<(Option<Vec<f64>>, Option<f64>)>,
+}
+
+impl CorpusDraws {
+    fn add(&mut self, s: &Sample, parameters: u64, m: &crate::task::Reported) {
+        let key = DrawKey {
+            task: s.task.clone(),
+            model: s.model.clone(),
+            parameters,
+            sampler: s.sampler.name().to_string(),
+            demo_labels: s.demo_labels.name().to_string(),
+            k: s.k as u32,
+            metric: m.name().to_string(),
+            seed: s.seed,
+            permutation: s.permutation as u32,
+        };
+        self.draws
+            .entry(key)
+            .or_insert_with(|| Draw {
+                metric: m.metric,
+                docs: Vec::new(),
+            })
+            .docs
+            .push((
+                s.stats.get(m.name()).cloned(),
+                s.k_effective.map(|x| x as f64),
+            ));
+    }
+
+    fn frame(self) -> Result<DataFrame> {
+        let (mut task, mut model, mut params, mut sampler, mut labels) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut k, mut metric, mut seed, mut perm) = (vec![], vec![], vec![], vec![]);
+        let (mut value, mut stderr, mut n, mut skipped, mut k_eff) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for (key, draw) in self.draws {
+            let stats: Vec<&[f64]> = draw.docs.iter().filter_map(|d| d.0.as_deref()).collect();
+            let draw_seed = crate::seed::combine(&[
+                crate::seed::hash_str(&key.task),
+                crate::seed::hash_str(&key.model),
+                crate::seed::hash_str(&key.metric),
+                u64::from(key.k),
+                key.seed,
+                u64::from(key.permutation),
+            ]);
+            let m = draw.metric;
+            value.push((!stats.is_empty()).then(|| crate::corpus::score(m, &stats)));
+            stderr.push(
+                Some(crate::corpus::bootstrap_stderr(m, &stats, draw_seed))
+                    .filter(|x| x.is_finite()),
+            );
+            n.push(stats.len() as u32);
+            skipped.push((draw.docs.len() - stats.len()) as u32);
+            let ks: Vec<f64> = draw.docs.iter().filter_map(|d| d.1).collect();
+            k_eff.push((!ks.is_empty()).then(|| ks.iter().sum::<f64>() / ks.len() as f64));
+            task.push(key.task);
+            model.push(key.model);
+            params.push(key.parameters);
+            sampler.push(key.sampler);
+            labels.push(key.demo_labels);
+            k.push(key.k);
+            metric.push(key.metric);
+            seed.push(key.seed);
+            perm.push(key.permutation);
+        }
+        Ok(df!(
+            "task" => task,
+            "model" => model,
+            "parameters" => params,
+            "sampler" => sampler,
+            "demo_labels" => labels,
+            "k" => k,
+            "metric" => metric,
+            "seed" => seed,
+            "permutation" => perm,
+            "value" => value,
+            "stderr" => stderr,
+            "n" => n,
+            "skipped" => skipped,
+            "mean_k_effective" => k_eff,
+        )?)
+    }
 }
 
 /// The mean of a column's non-null values in a group, as sum / count; null when there are none.
@@ -371,6 +486,43 @@ mod tests {
         assert!((c.value.get(p).unwrap() - 2f64.exp()).abs() < 1e-9);
         assert!((c.stderr.get(p).unwrap() - 2f64.exp()).abs() < 1e-9);
         assert_eq!(c.value.get(acc), Some(0.5));
+    }
+
+    /// A corpus metric's cell is scored from its docs' statistics together (F1 of 2 of 3 docs
+    /// right is 2/3 here, their per-doc mean 1/3 would be wrong), per seed then averaged; a doc
+    /// without statistics counts as skipped.
+    #[test]
+    fn corpus_metrics_score_each_draws_docs_together() {
+        let task = Task::for_tests(
+            OutputType::MultipleChoice,
+            vec![Metric::Acc, Metric::F1],
+            vec![Item::blank(0)],
+        );
+        // (seed, gold, pred): seed 1 has tp 1, fp 1, fn 0 → F1 2/3; seed 2 has tp 1 → F1 1.
+        let rows = [(1, 1, 1), (1, 0, 1), (1, 0, 0), (2, 1, 1), (2, 0, 0)];
+        let mut samples: Vec<Sample> = rows
+            .iter()
+            .map(|&(seed, g, p)| {
+                let mut s = sample(0, Some(f64::from(u8::from(g == p))));
+                s.seed = seed;
+                s.metrics.insert("f1".into(), f64::from(u8::from(g == p)));
+                s.stats
+                    .insert("f1".into(), crate::corpus::choice_stats(g, p));
+                s
+            })
+            .collect();
+        let mut skipped = sample(0, None);
+        skipped.seed = 2;
+        samples.push(skipped);
+        let s = summarize(&samples, &[TaskMeta::of(&task)], &[]).unwrap();
+        let c = SummaryColumns::of(&s).unwrap();
+        let f1 = (0..s.height())
+            .find(|&i| c.metric.get(i) == Some("f1"))
+            .unwrap();
+        assert!((c.value.get(f1).unwrap() - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
+        assert_eq!(s.column("seeds").unwrap().u32().unwrap().get(f1), Some(2));
+        assert_eq!(s.column("skipped").unwrap().u32().unwrap().get(f1), Some(1));
+        assert!(c.stderr.get(f1).unwrap().is_finite());
     }
 
     #[test]

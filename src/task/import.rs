@@ -425,11 +425,11 @@ impl Translation {
             let name = entry.get("metric").and_then(scalar).unwrap_or_default();
             match name.as_str() {
                 "acc" | "acc_norm" | "acc_bytes" | "exact_match" | "acc_mutual_info"
-                | "brier_score" | "perplexity" => {}
+                | "brier_score" | "perplexity" | "bleu" | "chrf" | "f1" | "mcc" => {}
                 other => {
                     self.problem(
                         "metric_list",
-                        format!("has metric `{other}`, which icl-eval does not compute (acc, acc_norm, acc_bytes, exact_match, acc_calibrated, acc_pmi)"),
+                        format!("has metric `{other}`, which icl-eval does not compute (acc, acc_norm, acc_bytes, exact_match, acc_mutual_info, brier_score, perplexity, bleu, chrf, f1, mcc)"),
                     );
                     continue;
                 }
@@ -441,6 +441,10 @@ impl Translation {
                     // icl-eval's own aggregation of the metric (exp(−mean log-likelihood)).
                     ("aggregation", Value::String(a))
                         if a == "perplexity" && name == "perplexity" => {}
+                    // lm-eval's corpus aggregations, which icl-eval computes as it does.
+                    ("aggregation", Value::String(a))
+                        if (a == "bleu" || a == "chrf" || a == "f1") && *a == name
+                            || a == "matthews_corrcoef" && name == "mcc" => {}
                     // icl-eval knows each metric's direction; the flag changes nothing scored.
                     ("higher_is_better", Value::Bool(_)) => {}
                     // lm-eval reads `weight_by_size` only in a group's aggregate_metric_list.

@@ -53,6 +53,14 @@ pub enum Metric {
     /// target) over a cell's docs. Each sample records its log-likelihood under this name; the
     /// summary turns the mean into the perplexity (not a mean of per-doc values; lower is better).
     Perplexity,
+    /// lm-eval's `bleu` of generations: sacreBLEU's corpus BLEU over a cell's docs (`corpus.rs`).
+    Bleu,
+    /// lm-eval's `chrf` of generations: sacreBLEU's corpus chrF over a cell's docs.
+    Chrf,
+    /// lm-eval's `f1` of multiple-choice predictions: binary F1 of choice 1 over a cell's docs.
+    F1,
+    /// lm-eval's `mcc`: the Matthews correlation of predicted and gold choices over a cell's docs.
+    Mcc,
 }
 
 impl Metric {
@@ -73,6 +81,10 @@ impl Metric {
             Metric::AccMutualInfo => "acc_mutual_info",
             Metric::BrierScore => "brier_score",
             Metric::Perplexity => "perplexity",
+            Metric::Bleu => "bleu",
+            Metric::Chrf => "chrf",
+            Metric::F1 => "f1",
+            Metric::Mcc => "mcc",
         }
     }
 
@@ -88,10 +100,15 @@ impl Metric {
             "acc_mutual_info" => Metric::AccMutualInfo,
             "brier_score" => Metric::BrierScore,
             "perplexity" => Metric::Perplexity,
+            "bleu" => Metric::Bleu,
+            "chrf" => Metric::Chrf,
+            "f1" => Metric::F1,
+            "mcc" => Metric::Mcc,
             other => {
                 return Err(format!(
                     "unknown metric `{other}` (known: acc, acc_norm, acc_bytes, acc_calibrated, \
-                     acc_pmi, acc_mutual_info, brier_score, exact_match, perplexity)"
+                     acc_pmi, acc_mutual_info, brier_score, exact_match, perplexity, bleu, chrf, \
+                     f1, mcc)"
                 ));
             }
         };
@@ -106,14 +123,17 @@ impl Metric {
                     | Metric::AccCalibrated
                     | Metric::AccPmi
                     | Metric::AccMutualInfo
-                    | Metric::BrierScore,
+                    | Metric::BrierScore
+                    | Metric::F1
+                    | Metric::Mcc,
                 OutputType::MultipleChoice
-            ) | (Metric::ExactMatch, OutputType::GenerateUntil)
-                | (
-                    Metric::Acc,
-                    OutputType::MultipleInput | OutputType::Loglikelihood
-                )
-                | (Metric::Perplexity, OutputType::Loglikelihood)
+            ) | (
+                Metric::ExactMatch | Metric::Bleu | Metric::Chrf,
+                OutputType::GenerateUntil
+            ) | (
+                Metric::Acc,
+                OutputType::MultipleInput | OutputType::Loglikelihood
+            ) | (Metric::Perplexity, OutputType::Loglikelihood)
         );
         if fits {
             Ok(m)

@@ -143,6 +143,32 @@ struct MergeArgs {
     /// The merged run folder to write.
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
+    #[command(flatten)]
+    python: AggregationPython,
+}
+
+/// Tasks' Python aggregations (lm-eval's `aggregation: !function` of `f1`/`mcc`), which rebuilding
+/// a report runs again.
+#[derive(Args, Debug)]
+struct AggregationPython {
+    /// Run the tasks' Python aggregations (recorded in config.json) with your own Python; without
+    /// it their metrics are left empty, with a note.
+    #[arg(long)]
+    allow_python: bool,
+    /// The Python --allow-python runs.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "python3",
+        requires = "allow_python"
+    )]
+    python: PathBuf,
+}
+
+impl AggregationPython {
+    fn python(&self) -> Option<&Path> {
+        self.allow_python.then_some(self.python.as_path())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +182,8 @@ struct ReportArgs {
     /// Merge a task even when the runs recorded different versions of it (different task hash).
     #[arg(long)]
     allow_mixed: bool,
+    #[command(flatten)]
+    python: AggregationPython,
 }
 
 #[derive(Args, Debug)]
@@ -531,7 +559,7 @@ fn cmd_cache(a: &CacheArgs) -> Result<()> {
 }
 
 fn cmd_merge(a: &MergeArgs) -> Result<()> {
-    let merged = merge::merge(&a.shards, &a.output)?;
+    let merged = merge::merge(&a.shards, &a.output, a.python.python())?;
     println!(
         "Merged {} shards ({} samples) into {}/: report.html, summary.md/.csv/.tex, samples.jsonl",
         a.shards.len(),
@@ -802,7 +830,8 @@ fn cmd_report(a: &ReportArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("--output: cannot create {}", dir.display()))?;
-    let input = report::merge(&runs, a.allow_mixed)?;
+    let mut input = report::merge(&runs, a.allow_mixed)?;
+    input.python = a.python.python().map(Path::to_path_buf);
     for n in &input.notes {
         eprintln!("note: {n}");
     }

@@ -12,7 +12,7 @@ use crate::report::{self, ReportInput};
 
 /// Merges finished shard folders (all N shards of one run) into `output`: samples in the order
 /// the unsharded run writes them, one config, the report. Returns the merged run.
-pub fn merge(dirs: &[PathBuf], output: &Path) -> Result<RunData> {
+pub fn merge(dirs: &[PathBuf], output: &Path, python: Option<&Path>) -> Result<RunData> {
     if dirs.is_empty() {
         bail!("merge: give the shard folders of one run");
     }
@@ -131,6 +131,8 @@ pub fn merge(dirs: &[PathBuf], output: &Path) -> Result<RunData> {
         samples,
         examples: first.examples.clone(),
     };
-    report::write_report(output, &ReportInput::of_run(&data)?)?;
+    let mut input = ReportInput::of_run(&data)?;
+    input.python = python.map(Path::to_path_buf);
+    report::write_report(output, &input)?;
     Ok(data)
 }

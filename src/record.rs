@@ -164,6 +164,10 @@ pub struct TaskRecord {
     /// The Python hooks run to build the docs (`--allow-python`); empty when none ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub python: Vec<String>,
+    /// Python aggregations of corpus metrics (metric → `FILE.py:function`), run again whenever the
+    /// report is rebuilt with `--allow-python`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aggregations: BTreeMap<String, String>,
 }
 
 impl TaskRecord {
@@ -184,6 +188,7 @@ impl TaskRecord {
             data: t.data.clone(),
             version: t.version.clone(),
             python: t.python.clone(),
+            aggregations: t.aggregations.clone(),
         }
     }
 

@@ -462,7 +462,8 @@ fn python_hooks_run_only_when_allowed_and_are_recorded() {
          def doc_to_text(doc):\n    return f\"What is the {doc['q']}?\\nAnswer:\"\n\n\
          def doc_to_target(doc):\n    return doc[\"opts\"].index(doc[\"ans\"])\n\n\
          def doc_to_choice(doc):\n    return [o.upper() for o in doc[\"opts\"]]\n\n\
-         def list_fewshot_samples():\n    return [{\"q\": \"sun colour\", \"opts\": [\"blue\", \"yellow\"], \"ans\": \"yellow\"}]\n",
+         def list_fewshot_samples():\n    return [{\"q\": \"sun colour\", \"opts\": [\"blue\", \"yellow\"], \"ans\": \"yellow\"}]\n\n\
+         def agreement(items):\n    return sum(g == p for g, p in items) / len(items)\n",
     )
     .unwrap();
     let yaml = format!(
@@ -470,6 +471,7 @@ fn python_hooks_run_only_when_allowed_and_are_recorded() {
          test_split: test\noutput_type: multiple_choice\nprocess_docs: !function utils.process_docs\n\
          doc_to_text: !function utils.doc_to_text\ndoc_to_target: !function utils.doc_to_target\n\
          doc_to_choice: !function utils.doc_to_choice\nmetric_list:\n  - metric: acc\n\
+         \x20 - metric: f1\n    aggregation: !function utils.agreement\n\
          fewshot_config:\n  sampler: first_n\n  samples: !function utils.list_fewshot_samples\n",
         tasks.display()
     );
@@ -555,6 +557,63 @@ fn python_hooks_run_only_when_allowed_and_are_recorded() {
         .collect();
     assert_eq!(hooks.len(), 5, "{hooks:?}");
     assert!(hooks[0].starts_with("process_docs: ") && hooks[0].ends_with("utils.py:process_docs"));
+    // The Python aggregation of `f1` (here the share of docs whose prediction is the gold
+    // choice, so it must equal `acc`) ran on each cell's pairs, is recorded, and runs again only
+    // when a rebuilt report is allowed Python.
+    assert!(
+        config["tasks"][0]["aggregations"]["f1"]
+            .as_str()
+            .is_some_and(|h| h.ends_with("utils.py:agreement")),
+        "{config}"
+    );
+    let metric_values = |dir: &std::path::Path| -> BTreeMap<(String, String), String> {
+        std::fs::read_to_string(dir.join("summary.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                ((f[5].to_string(), f[6].to_string()), f[7].to_string())
+            })
+            .collect()
+    };
+    let values = metric_values(&out);
+    for k in ["0", "1"] {
+        let acc = &values[&(k.to_string(), "acc".to_string())];
+        assert_eq!(
+            &values[&(k.to_string(), "f1".to_string())],
+            acc,
+            "K={k}: {values:?}"
+        );
+    }
+    let rebuilt = d.join("rebuilt");
+    let o = common::icl_eval(&[
+        "report",
+        out.to_str().unwrap(),
+        "--output",
+        rebuilt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("runs only with --allow-python"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        metric_values(&rebuilt)[&("0".to_string(), "f1".to_string())],
+        ""
+    );
+    let o = common::icl_eval(&[
+        "report",
+        out.to_str().unwrap(),
+        "--output",
+        rebuilt.to_str().unwrap(),
+        "--allow-python",
+        "--python",
+        py,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(metric_values(&rebuilt), values);
 
     std::fs::write(
         tasks.join("colours.yaml"),

@@ -725,7 +725,7 @@ mod tests {
             }
         }
         let meta = [TaskMeta::of(&task)];
-        let summary = summarize(&samples, &meta, &models).unwrap();
+        let summary = summarize(&samples, &meta, &models, None).unwrap();
         let dir = std::env::temp_dir().join(format!("icl-eval-families-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert!(accuracy_vs_model_size(&dir, &summary, &meta, &models).unwrap());
@@ -750,7 +750,7 @@ mod tests {
         for m in &mut models {
             m.family = "pythia".into();
         }
-        let summary = summarize(&samples, &meta, &models).unwrap();
+        let summary = summarize(&samples, &meta, &models, None).unwrap();
         accuracy_vs_model_size(&dir, &summary, &meta, &models).unwrap();
         let svg = std::fs::read_to_string(dir.join("accuracy_vs_model_size.svg")).unwrap();
         assert!(svg.contains("K = 0") && !svg.contains("pythia, K"));
@@ -779,7 +779,7 @@ mod tests {
             }
         }
         let meta = [TaskMeta::of(&task)];
-        let summary = summarize(&samples, &meta, &models).unwrap();
+        let summary = summarize(&samples, &meta, &models, None).unwrap();
         let dir = std::env::temp_dir().join(format!("icl-eval-chart-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         accuracy_vs_shots(&dir, &summary, &meta, &model_colors(&models)).unwrap();
@@ -821,7 +821,7 @@ mod tests {
             .find(|s| s.model == "large" && s.k == 8)
             .unwrap();
         cut.k_effective = Some(2);
-        let summary = summarize(&samples, &meta, &models).unwrap();
+        let summary = summarize(&samples, &meta, &models, None).unwrap();
         assert!(effective_k(&dir, &summary, &meta, &colors).unwrap());
         let png = std::fs::read(dir.join("effective_k.png")).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

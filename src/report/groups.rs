@@ -230,7 +230,7 @@ mod tests {
         samples.extend([scored("b", 0, 1.0), scored("b", 1, 1.0)]);
         let tasks = [meta("a"), meta("b"), meta("c")];
         let models = [crate::backend::ModelInfo::for_tests("m", 1)];
-        let summary = crate::report::table::summarize(&samples, &tasks, &models).unwrap();
+        let summary = crate::report::table::summarize(&samples, &tasks, &models, None).unwrap();
         let g = Group {
             name: "g".into(),
             tasks: vec!["a".into(), "b".into()],

@@ -172,6 +172,7 @@ mod tests {
             metrics: vec![Metric::Acc.into(), Metric::AccCalibrated.into()],
             chance: Some(0.5),
             labels: Some(vec!["neg".into(), "pos".into()]),
+            aggregations: Default::default(),
         };
         let mk = |gold: &str, lps: [f64; 2], cal: [f64; 2]| {
             let mut s = Sample::for_tests("m", 0, 4, Some(1.0));

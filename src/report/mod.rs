@@ -33,6 +33,8 @@ pub struct TaskMeta {
     pub chance: Option<f64>,
     /// The label set of a classification task (every doc has the same choices).
     pub labels: Option<Vec<String>>,
+    /// Python aggregations of corpus metrics: metric name → `FILE.py:function`.
+    pub aggregations: std::collections::BTreeMap<String, String>,
 }
 
 impl TaskMeta {
@@ -44,6 +46,7 @@ impl TaskMeta {
             metrics: r.metric_list()?,
             chance: r.chance,
             labels: r.labels.clone(),
+            aggregations: r.aggregations.clone(),
         })
     }
 
@@ -55,6 +58,7 @@ impl TaskMeta {
             metrics: t.reported(),
             chance: crate::record::chance(t),
             labels: crate::record::labels(t),
+            aggregations: t.aggregations.clone(),
         }
     }
 
@@ -77,6 +81,9 @@ pub struct ReportInput {
     pub notes: Vec<String>,
     /// Groups of tasks (tags named on `--tasks`) reported as means besides their tasks.
     pub groups: Vec<Group>,
+    /// The Python that runs tasks' aggregation hooks (`--allow-python`); without it those
+    /// metrics stay empty, with a note.
+    pub python: Option<PathBuf>,
 }
 
 impl ReportInput {
@@ -216,6 +223,8 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
             .map(|r| (r.dir.clone(), r.record.clone()))
             .collect(),
         notes,
+        // `icl-eval report`/`merge` set it from --allow-python.
+        python: None,
         groups,
     })
 }
@@ -230,7 +239,23 @@ pub struct Report {
 
 /// Writes the summary (CSV, Markdown, LaTeX), the charts and `report.html` into `dir`.
 pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
-    let summary = table::summarize(&input.samples, &input.tasks, &input.models)?;
+    if input.python.is_none() {
+        for t in &input.tasks {
+            for (metric, hook) in &t.aggregations {
+                eprintln!(
+                    "note: `{metric}` of task `{}` is aggregated by Python ({hook}), which runs \
+                     only with --allow-python: left empty",
+                    t.name
+                );
+            }
+        }
+    }
+    let summary = table::summarize(
+        &input.samples,
+        &input.tasks,
+        &input.models,
+        input.python.as_deref(),
+    )?;
     let shares = labels::shares(&input.samples, &input.tasks);
     let group_rows = groups::summarize(&summary, &input.groups)?;
     let markdown = write_tables(dir, &summary, &shares, &group_rows)?;

@@ -13,10 +13,15 @@ use crate::record::Sample;
 /// orderings of one seed: their standard deviation (`perm_std`). Across seeds: the mean (`value`)
 /// and standard deviation (`seed_std`, n − 1). `stderr` is the mean per-draw standard error, so
 /// doc sampling noise and demonstration noise are reported apart.
+///
+/// Corpus metrics (`corpus.rs`) are scored per draw from their docs' statistics together; one
+/// with a Python aggregation (`TaskMeta::aggregations`) is scored by it with `python`, and left
+/// empty without it.
 pub fn summarize(
     samples: &[Sample],
     tasks: &[TaskMeta],
     models: &[ModelInfo],
+    python: Option<&std::path::Path>,
 ) -> Result<DataFrame> {
     let mut task = Vec::new();
     let mut model = Vec::new();
@@ -40,7 +45,7 @@ pub fn summarize(
             .map_or(0, |m| m.parameters);
         for m in &t.metrics {
             if crate::corpus::is_corpus(m.metric) {
-                corpus.add(s, p, m);
+                corpus.add(s, p, m, t.aggregations.get(m.name()));
                 continue;
             }
             task.push(s.task.clone());
@@ -95,57 +100,60 @@ pub fn summarize(
                 .alias("skipped"),
             col("k_effective").mean().alias("mean_k_effective"),
         ]);
-    let summary = concat([per_draw, corpus.frame()?.lazy()], UnionArgs::default())?
-        // Perplexity is exp(−mean log-likelihood) over the cell's docs, not a mean of per-doc
-        // values; its standard error by the delta method, exp(−m) · se(m).
-        .with_columns([
-            when(col("metric").eq(lit("perplexity")))
-                .then(lit(std::f64::consts::E).pow(lit(0.0) - col("value")))
-                .otherwise(col("value"))
-                .alias("value"),
-            when(col("metric").eq(lit("perplexity")))
-                .then(lit(std::f64::consts::E).pow(lit(0.0) - col("value")) * col("stderr"))
-                .otherwise(col("stderr"))
-                .alias("stderr"),
-        ])
-        .group_by_stable(with(&["seed"]))
-        .agg([
-            mean_of("value").alias("value"),
-            std_of("value").alias("perm_std"),
-            col("permutation")
-                .count()
-                .cast(DataType::UInt32)
-                .alias("permutations"),
-            col("stderr").mean(),
-            col("n").max(),
-            col("skipped").max(),
-            col("mean_k_effective").mean(),
-        ])
-        .group_by_stable(cell)
-        .agg([
-            mean_of("value").alias("value"),
-            mean_of("stderr").alias("stderr"),
-            std_of("value").alias("seed_std"),
-            mean_of("perm_std").alias("perm_std"),
-            col("seed").count().cast(DataType::UInt32).alias("seeds"),
-            col("permutations").max(),
-            col("n").max(),
-            col("skipped").max(),
-            col("mean_k_effective").mean(),
-        ])
-        .sort(
-            [
-                "task",
-                "metric",
-                "parameters",
-                "model",
-                "sampler",
-                "demo_labels",
-                "k",
-            ],
-            SortMultipleOptions::default(),
-        )
-        .collect()?;
+    let summary = concat(
+        [per_draw, corpus.frame(python)?.lazy()],
+        UnionArgs::default(),
+    )?
+    // Perplexity is exp(−mean log-likelihood) over the cell's docs, not a mean of per-doc
+    // values; its standard error by the delta method, exp(−m) · se(m).
+    .with_columns([
+        when(col("metric").eq(lit("perplexity")))
+            .then(lit(std::f64::consts::E).pow(lit(0.0) - col("value")))
+            .otherwise(col("value"))
+            .alias("value"),
+        when(col("metric").eq(lit("perplexity")))
+            .then(lit(std::f64::consts::E).pow(lit(0.0) - col("value")) * col("stderr"))
+            .otherwise(col("stderr"))
+            .alias("stderr"),
+    ])
+    .group_by_stable(with(&["seed"]))
+    .agg([
+        mean_of("value").alias("value"),
+        std_of("value").alias("perm_std"),
+        col("permutation")
+            .count()
+            .cast(DataType::UInt32)
+            .alias("permutations"),
+        col("stderr").mean(),
+        col("n").max(),
+        col("skipped").max(),
+        col("mean_k_effective").mean(),
+    ])
+    .group_by_stable(cell)
+    .agg([
+        mean_of("value").alias("value"),
+        mean_of("stderr").alias("stderr"),
+        std_of("value").alias("seed_std"),
+        mean_of("perm_std").alias("perm_std"),
+        col("seed").count().cast(DataType::UInt32).alias("seeds"),
+        col("permutations").max(),
+        col("n").max(),
+        col("skipped").max(),
+        col("mean_k_effective").mean(),
+    ])
+    .sort(
+        [
+            "task",
+            "metric",
+            "parameters",
+            "model",
+            "sampler",
+            "demo_labels",
+            "k",
+        ],
+        SortMultipleOptions::default(),
+    )
+    .collect()?;
     Ok(summary)
 }
 
@@ -171,14 +179,22 @@ struct DrawKey {
     permutation: u32,
 }
 
-/// A draw's docs: each one's statistics (`None`: skipped) and effective K.
+/// A draw's docs: each one's statistics (`None`: skipped) and effective K, and the Python
+/// aggregation that scores them, if the task has one.
 struct Draw {
     metric: crate::task::Metric,
+    hook: Option<String>,
     docs: Vec<(Option<Vec<f64>>, Option<f64>)>,
 }
 
 impl CorpusDraws {
-    fn add(&mut self, s: &Sample, parameters: u64, m: &crate::task::Reported) {
+    fn add(
+        &mut self,
+        s: &Sample,
+        parameters: u64,
+        m: &crate::task::Reported,
+        hook: Option<&String>,
+    ) {
         let key = DrawKey {
             task: s.task.clone(),
             model: s.model.clone(),
@@ -194,6 +210,7 @@ impl CorpusDraws {
             .entry(key)
             .or_insert_with(|| Draw {
                 metric: m.metric,
+                hook: hook.cloned(),
                 docs: Vec::new(),
             })
             .docs
@@ -203,7 +220,25 @@ impl CorpusDraws {
             ));
     }
 
-    fn frame(self) -> Result<DataFrame> {
+    fn frame(self, python: Option<&std::path::Path>) -> Result<DataFrame> {
+        // Every hooked draw goes to Python at once; lm-eval gives such scores no stderr.
+        let hooked: Vec<(String, Vec<(usize, usize)>)> = self
+            .draws
+            .values()
+            .filter_map(|d| {
+                let pairs = d
+                    .docs
+                    .iter()
+                    .filter_map(|(st, _)| st.as_ref().map(|v| (v[0] as usize, v[1] as usize)));
+                Some((d.hook.clone()?, pairs.collect()))
+            })
+            .collect();
+        let mut hooked_values = match python {
+            Some(py) if !hooked.is_empty() => crate::task::hooks::aggregate(py, &hooked)
+                .map_err(|e| anyhow::anyhow!("a task's Python aggregation: {e}"))?,
+            _ => vec![f64::NAN; hooked.len()],
+        }
+        .into_iter();
         let (mut task, mut model, mut params, mut sampler, mut labels) =
             (vec![], vec![], vec![], vec![], vec![]);
         let (mut k, mut metric, mut seed, mut perm) = (vec![], vec![], vec![], vec![]);
@@ -220,11 +255,17 @@ impl CorpusDraws {
                 u64::from(key.permutation),
             ]);
             let m = draw.metric;
-            value.push((!stats.is_empty()).then(|| crate::corpus::score(m, &stats)));
-            stderr.push(
-                Some(crate::corpus::bootstrap_stderr(m, &stats, draw_seed))
-                    .filter(|x| x.is_finite()),
-            );
+            if draw.hook.is_some() {
+                let v = hooked_values.next().unwrap_or(f64::NAN);
+                value.push(Some(v).filter(|x| x.is_finite()));
+                stderr.push(None);
+            } else {
+                value.push((!stats.is_empty()).then(|| crate::corpus::score(m, &stats)));
+                stderr.push(
+                    Some(crate::corpus::bootstrap_stderr(m, &stats, draw_seed))
+                        .filter(|x| x.is_finite()),
+                );
+            }
             n.push(stats.len() as u32);
             skipped.push((draw.docs.len() - stats.len()) as u32);
             let ks: Vec<f64> = draw.docs.iter().filter_map(|d| d.1).collect();
@@ -474,7 +515,7 @@ mod tests {
                 s
             })
             .collect();
-        let s = summarize(&samples, &[TaskMeta::of(&task)], &[]).unwrap();
+        let s = summarize(&samples, &[TaskMeta::of(&task)], &[], None).unwrap();
         let c = SummaryColumns::of(&s).unwrap();
         let row = |m: &str| {
             (0..s.height())
@@ -514,7 +555,7 @@ mod tests {
         let mut skipped = sample(0, None);
         skipped.seed = 2;
         samples.push(skipped);
-        let s = summarize(&samples, &[TaskMeta::of(&task)], &[]).unwrap();
+        let s = summarize(&samples, &[TaskMeta::of(&task)], &[], None).unwrap();
         let c = SummaryColumns::of(&s).unwrap();
         let f1 = (0..s.height())
             .find(|&i| c.metric.get(i) == Some("f1"))
@@ -539,7 +580,7 @@ mod tests {
             sample(0, Some(0.0)),
             sample(1, None),
         ];
-        let s = summarize(&samples, &[TaskMeta::of(&task)], &[]).unwrap();
+        let s = summarize(&samples, &[TaskMeta::of(&task)], &[], None).unwrap();
         assert_eq!(s.height(), 2);
         assert_eq!(s.column("value").unwrap().f64().unwrap().get(0), Some(0.5));
         let se = s.column("stderr").unwrap().f64().unwrap().get(0).unwrap();
@@ -575,7 +616,7 @@ mod tests {
                 samples.push(s);
             }
         }
-        let s = summarize(&samples, &[TaskMeta::of(&task)], &[]).unwrap();
+        let s = summarize(&samples, &[TaskMeta::of(&task)], &[], None).unwrap();
         assert_eq!(s.height(), 1);
         let c = SummaryColumns::of(&s).unwrap();
         // Seed means 0.75 and 0.25: mean 0.5, std sqrt(0.125).

@@ -240,6 +240,7 @@ impl RunFolder {
             runs: vec![(dir.clone(), self.record)],
             notes: Vec::new(),
             groups: cfg.groups.clone(),
+            python: cfg.python.clone(),
         };
         let report = report::write_report(&dir, &input).with_context(|| {
             format!(

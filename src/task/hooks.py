@@ -2,6 +2,8 @@
 # Reads {"hooks": {name: "FILE.py:function"}, "splits": {split: [doc, ...]}} on stdin; writes
 # {split: [doc, ...]} on stdout: each split through process_docs (a `datasets.Dataset`, as lm-eval
 # hands it), then each doc given `__icl_text`, `__icl_target`, `__icl_choices` from the per-doc hooks.
+# Or reads {"aggregate": [{"hook": "FILE.py:function", "items": [[gold, pred], ...]}, ...]} and
+# writes each cell's aggregated score.
 import importlib.util
 import json
 import os
@@ -32,6 +34,11 @@ def plain(v):
 
 def main():
     req = json.load(sys.stdin)
+    if "aggregate" in req:
+        # A cell's score from its (gold, prediction) pairs, as lm-eval calls an aggregation.
+        json.dump([plain(hook(c["hook"])([tuple(p) for p in c["items"]])) for c in req["aggregate"]],
+                  sys.stdout)
+        return
     hooks = req["hooks"]
     out = {}
     splits = dict(req["splits"])

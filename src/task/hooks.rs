@@ -2,8 +2,10 @@
 //! run through the user's own Python, and only when they asked for it (`--allow-python`): the
 //! docs go to a small driver (`hooks.py`) as JSON and come back processed, each with the hooks'
 //! answers in fields the task's templates then read (`__icl_text`, `__icl_target`,
-//! `__icl_choices`). Scoring never runs Python: `process_results` and custom filters or metrics
-//! are refused even with the opt-in.
+//! `__icl_choices`). The one scoring hook run (with the same opt-in) is a Python aggregation of
+//! `f1` / `mcc` over the (gold, predicted) choice pairs icl-eval scored itself (scikit-learn's
+//! weighted F1 in ~900 of lm-eval's files); `process_results` and custom filters or per-doc
+//! metrics are refused even with the opt-in.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -30,6 +32,9 @@ pub struct HookSpec {
     pub fewshot_doc_to_text: Option<String>,
     /// lm-eval's `fewshot_config.doc_to_target: !function …`: the demonstrations' answer.
     pub fewshot_doc_to_target: Option<String>,
+    /// lm-eval's `metric_list` `aggregation: !function …` of `f1` or `mcc`, by metric name: called
+    /// with a cell's (gold, predicted) choice pairs, it gives the cell's score.
+    pub aggregations: Option<BTreeMap<String, String>>,
 }
 
 /// The fields the driver fills, which the translated templates read.
@@ -79,6 +84,9 @@ pub(super) fn run(
     samples_split: &str,
 ) -> Option<Vec<String>> {
     let named = spec.named();
+    if named.is_empty() {
+        return Some(Vec::new());
+    }
     let Some(python) = python else {
         cx.problem(format!(
             "runs Python (`{}`); pass --allow-python to run it with your own Python and lm-eval's \
@@ -137,6 +145,92 @@ pub(super) fn run(
     }
 }
 
+/// The aggregation hooks of `spec`, each checked to name one of `metrics` (`f1` or `mcc`), its
+/// file hashed into the task: metric name → `ABSOLUTE_FILE.py:function`. Needs the opt-in, as every
+/// hook does; `None` after recording a problem.
+pub(super) fn aggregations(
+    cx: &mut Ctx,
+    python: Option<&Path>,
+    spec: &HookSpec,
+    metrics: &[super::Metric],
+) -> Option<BTreeMap<String, String>> {
+    let Some(aggs) = &spec.aggregations else {
+        return Some(BTreeMap::new());
+    };
+    if python.is_none() {
+        cx.problem(format!(
+            "runs Python to aggregate its scores (`{}`); pass --allow-python to run it with your \
+             own Python",
+            aggs.iter()
+                .map(|(m, h)| format!("{m}: {h}"))
+                .collect::<Vec<_>>()
+                .join("`, `")
+        ));
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    for (metric, hook) in aggs {
+        let known = metrics
+            .iter()
+            .any(|m| m.name() == metric && matches!(m, super::Metric::F1 | super::Metric::Mcc));
+        if !known {
+            cx.problem(format!(
+                "field `python.aggregations.{metric}`: only the task's own `f1` or `mcc` of \
+                 choices can have a Python aggregation"
+            ));
+            return None;
+        }
+        let Some((file, function)) = hook.rsplit_once(':') else {
+            cx.problem(format!(
+                "field `python.aggregations.{metric}`: `{hook}` should be FILE.py:function"
+            ));
+            return None;
+        };
+        let path = resolve(&cx.base, file);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                use sha2::Digest;
+                cx.hasher.update(&bytes);
+            }
+            Err(e) => {
+                cx.problem(format!(
+                    "field `python.aggregations.{metric}`: cannot read {}: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        }
+        out.insert(metric.clone(), format!("{}:{function}", path.display()));
+    }
+    Some(out)
+}
+
+/// Scores cells with their Python aggregations: each `(FILE.py:function, pairs)` is called with
+/// its (gold, predicted) choice pairs, as lm-eval calls an aggregation with its items; one Python
+/// process for all of them.
+pub fn aggregate(
+    python: &Path,
+    cells: &[(String, Vec<(usize, usize)>)],
+) -> Result<Vec<f64>, String> {
+    let request = serde_json::json!({
+        "aggregate": cells
+            .iter()
+            .map(|(hook, items)| serde_json::json!({"hook": hook, "items": items}))
+            .collect::<Vec<_>>(),
+    });
+    let out: Value = drive_raw(python, &request)?;
+    let values: Vec<Option<f64>> =
+        serde_json::from_value(out).map_err(|e| format!("unreadable answer from Python: {e}"))?;
+    if values.len() != cells.len() {
+        return Err(format!(
+            "Python answered {} aggregations for {} cells",
+            values.len(),
+            cells.len()
+        ));
+    }
+    Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+}
+
 fn resolve(base: &Path, file: &str) -> PathBuf {
     let p = Path::new(file);
     if p.is_absolute() {
@@ -148,6 +242,12 @@ fn resolve(base: &Path, file: &str) -> PathBuf {
 
 /// Sends the request to the driver and reads the processed splits back.
 fn drive(python: &Path, request: &Value) -> Result<BTreeMap<String, Vec<Value>>, String> {
+    let out = drive_raw(python, request)?;
+    serde_json::from_value(out).map_err(|e| format!("unreadable answer from Python: {e}"))
+}
+
+/// Sends the request to the driver and reads its JSON answer.
+fn drive_raw(python: &Path, request: &Value) -> Result<Value, String> {
     let mut child = Command::new(python)
         .args(["-c", DRIVER])
         .stdin(Stdio::piped())

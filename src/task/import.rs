@@ -27,7 +27,7 @@ pub fn import_lm_eval(path: &Path) -> Result<Imported, Vec<String>> {
 /// [`import_lm_eval`]; with `allow_python`, `!function` hooks that build docs, text, target or
 /// choices become `python:` hooks (run by `--allow-python`) instead of refusals.
 pub fn import_lm_eval_with(path: &Path, allow_python: bool) -> Result<Imported, Vec<String>> {
-    let (merged, _) = include::read_merged(path).map_err(|e| vec![e])?;
+    let (merged, _, yaml_notes) = include::read_merged_noting(path).map_err(|e| vec![e])?;
     if merged.get("task").is_some_and(Value::is_sequence) {
         return import_group(path, &merged);
     }
@@ -38,6 +38,7 @@ pub fn import_lm_eval_with(path: &Path, allow_python: bool) -> Result<Imported, 
         )]);
     };
     let mut t = Translation::default();
+    t.notes.extend(yaml_notes);
     for (k, v) in map {
         let key = k.as_str().unwrap_or_default().to_string();
         // `fewshot_config`'s `samples`, `doc_to_text` and `doc_to_target` may be Python too.
@@ -55,6 +56,15 @@ pub fn import_lm_eval_with(path: &Path, allow_python: bool) -> Result<Imported, 
             }
             if function_tag(&rest).is_none() {
                 t.fewshot_config(&rest);
+                continue;
+            }
+        }
+        // A Python aggregation of lm-eval's `f1` or `mcc` (scikit-learn's weighted F1, …) runs
+        // over the (gold, prediction) pairs icl-eval records, when the user opts in.
+        if key == "metric_list" && allow_python && function_tag(v).is_some() {
+            let rest = t.aggregation_hooks(v, path);
+            if function_tag(&rest).is_none() {
+                t.key(&key, &rest);
                 continue;
             }
         }
@@ -202,17 +212,58 @@ impl Translation {
         self.problems.push(format!("key `{key}` {why}"));
     }
 
-    /// A `!function MODULE.function` hook: lm-eval finds `MODULE.py` beside the YAML that names
-    /// it; the template then reads the field the driver fills.
-    fn hook(&mut self, key: &str, f: &serde_yaml::value::TaggedValue, path: &Path) {
+    /// `!function MODULE.function` as `FILE.py:function`: lm-eval finds `MODULE.py` beside the
+    /// YAML that names it.
+    fn hook_file(
+        &mut self,
+        key: &str,
+        f: &serde_yaml::value::TaggedValue,
+        path: &Path,
+    ) -> Option<String> {
         let Some((module, function)) = f.value.as_str().and_then(|s| s.rsplit_once('.')) else {
-            return self.problem(key, "should be `!function MODULE.function`");
+            self.problem(key, "should be `!function MODULE.function`");
+            return None;
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         let file = dir.join(format!("{}.py", module.replace('.', "/")));
         let file = std::fs::canonicalize(&file).unwrap_or(file);
-        self.hooks
-            .insert(key.into(), format!("{}:{function}", file.display()).into());
+        Some(format!("{}:{function}", file.display()))
+    }
+
+    /// `metric_list` with each `f1` / `mcc` entry's `aggregation: !function …` taken out into the
+    /// `python.aggregations` hooks; whatever Python is left stays for the caller to refuse.
+    fn aggregation_hooks(&mut self, v: &Value, path: &Path) -> Value {
+        let Some(list) = v.as_sequence() else {
+            return v.clone();
+        };
+        let mut out = Vec::new();
+        for entry in list {
+            let name = entry.get("metric").and_then(scalar).unwrap_or_default();
+            if let (true, Some(Value::Tagged(f))) =
+                (name == "f1" || name == "mcc", entry.get("aggregation"))
+                && let Some(hook) = self.hook_file("metric_list", f, path)
+            {
+                let aggs = self
+                    .hooks
+                    .entry("aggregations".into())
+                    .or_insert_with(|| Value::Mapping(Mapping::new()));
+                if let Value::Mapping(m) = aggs {
+                    m.insert(name.clone().into(), hook.into());
+                }
+                out.push(strip(entry, "aggregation"));
+                continue;
+            }
+            out.push(entry.clone());
+        }
+        Value::Sequence(out)
+    }
+
+    /// A `!function MODULE.function` hook; the template then reads the field the driver fills.
+    fn hook(&mut self, key: &str, f: &serde_yaml::value::TaggedValue, path: &Path) {
+        let Some(hook) = self.hook_file(key, f, path) else {
+            return;
+        };
+        self.hooks.insert(key.into(), hook.into());
         let field = |f: &str| format!("{{{{ {f} }}}}");
         match key {
             "fewshot_doc_to_text" => {
@@ -460,6 +511,13 @@ impl Translation {
                         self.exact_match
                             .insert("regexes_to_ignore".into(), val.clone());
                     }
+                    // lm-eval's multiple-choice f1 and mcc score (gold, prediction) pairs as
+                    // they are: their options reach no function.
+                    // lm-eval scores choices and log-likelihoods itself (`acc`, `f1`, …): the
+                    // options of these metrics reach no function.
+                    (opt, _) if name != "exact_match" => self.notes.push(format!(
+                        "`metric_list.{name}.{opt}` dropped: lm-eval's {name} takes no options"
+                    )),
                     (opt, _) => self.problem(
                         &format!("metric_list.{name}.{opt}"),
                         "is not translated: icl-eval's metric has no such option",

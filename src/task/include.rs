@@ -13,12 +13,117 @@ const MAX_DEPTH: usize = 8;
 /// The YAML of `path` with its includes merged in (the including file's keys win), and the text
 /// of every file read, for hashing.
 pub fn read_merged(path: &Path) -> Result<(Value, Vec<String>), String> {
-    let mut texts = Vec::new();
-    let v = read_level(path, 0, &mut texts)?;
-    Ok((v, texts))
+    read_merged_noting(path).map(|(v, texts, _)| (v, texts))
 }
 
-fn read_level(path: &Path, depth: usize, texts: &mut Vec<String>) -> Result<Value, String> {
+/// [`read_merged`], with a note for each duplicate key read as PyYAML reads it (see
+/// [`last_key_wins`]).
+pub fn read_merged_noting(path: &Path) -> Result<(Value, Vec<String>, Vec<String>), String> {
+    let mut texts = Vec::new();
+    let mut notes = Vec::new();
+    let v = read_level(path, 0, &mut texts, &mut notes)?;
+    Ok((v, texts, notes))
+}
+
+/// Parses `text`; where a mapping repeats a key, lm-eval's files mean what PyYAML reads: the last
+/// value wins (kmmlu's `regex_pattern` twice in one filter). serde_yaml refuses such a file, so each
+/// earlier occurrence (the key and its indented value) is dropped and named in `notes`. Files in
+/// icl-eval's own format (`dataset:` or `metrics:`) keep the error: there a repeated key is a slip.
+fn last_key_wins(text: &str, shown: &str, notes: &mut Vec<String>) -> Result<Value, String> {
+    let first_error = match serde_yaml::from_str::<Value>(text) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let mut lines: Vec<&str> = text.lines().collect();
+    let mut dropped = Vec::new();
+    for _ in 0..64 {
+        let mut joined = lines.join("\n");
+        if text.ends_with('\n') {
+            joined.push('\n');
+        }
+        let parsed = serde_yaml::from_str::<Value>(&joined);
+        let e = match parsed {
+            Ok(v) if dropped.is_empty() => return Ok(v),
+            Ok(v) => {
+                let own = v.get("dataset").is_some() || v.get("metrics").is_some();
+                if own {
+                    break;
+                }
+                notes.extend(dropped);
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        // serde_yaml names the key and where its mapping starts.
+        let message = e.to_string();
+        let Some(key) = message
+            .split_once("duplicate entry with key ")
+            .and_then(|(_, rest)| rest.split(" at line").next())
+            .map(|k| k.trim_matches('"').to_string())
+        else {
+            break;
+        };
+        let Some(loc) = e.location() else {
+            break;
+        };
+        let indent = loc.column() - 1;
+        let Some(earlier) = first_of_repeated(&lines, loc.line() - 1, indent, &key) else {
+            break;
+        };
+        let mut end = earlier + 1;
+        while end < lines.len() {
+            let l = lines[end];
+            let t = l.trim_start();
+            let deeper = l.len() - t.len() > indent;
+            // A block list may sit at its key's own indent (`until:` then `- "\n"`).
+            let own_list = l.len() - t.len() == indent && t.starts_with("- ");
+            if !(t.is_empty() || deeper || own_list) {
+                break;
+            }
+            end += 1;
+        }
+        dropped.push(format!(
+            "{shown}: key `{key}` appears twice in one mapping (from line {}); the later one \
+             wins, as in PyYAML",
+            loc.line()
+        ));
+        lines.drain(earlier..end);
+    }
+    Err(format!("{shown}: {first_error}"))
+}
+
+/// The first line of the mapping starting at (`line`, `col`) that holds `key`; `None` when the
+/// key opens a list item (`- key:`, which is not dropped) or is not found.
+fn first_of_repeated(lines: &[&str], line: usize, col: usize, key: &str) -> Option<usize> {
+    for (j, l) in lines.iter().enumerate().skip(line) {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let indent = l.len() - t.len();
+        let here = if j == line {
+            l.get(col..)?
+        } else if indent == col {
+            t
+        } else if indent < col {
+            return None;
+        } else {
+            continue;
+        };
+        let token = here.split(':').next().unwrap_or("").trim();
+        if token.trim_matches(|c| c == '"' || c == '\'') == key {
+            return (indent == col).then_some(j);
+        }
+    }
+    None
+}
+
+fn read_level(
+    path: &Path,
+    depth: usize,
+    texts: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Result<Value, String> {
     let shown = path.display();
     if depth > MAX_DEPTH {
         return Err(format!(
@@ -26,7 +131,7 @@ fn read_level(path: &Path, depth: usize, texts: &mut Vec<String>) -> Result<Valu
         ));
     }
     let text = fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
-    let mut v: Value = serde_yaml::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+    let mut v = last_key_wins(&text, &shown.to_string(), notes)?;
     texts.push(text);
     let Some(map) = v.as_mapping_mut() else {
         return Ok(v);
@@ -46,7 +151,7 @@ fn read_level(path: &Path, depth: usize, texts: &mut Vec<String>) -> Result<Valu
             base_path.display()
         ));
     }
-    let base = read_level(&base_path, depth + 1, texts)?;
+    let base = read_level(&base_path, depth + 1, texts, notes)?;
     let Value::Mapping(mut merged) = base else {
         return Err(format!(
             "{}: an included file must be a mapping of task fields",
@@ -91,5 +196,24 @@ mod tests {
         fs::write(d.join("z.yaml"), "include: nope.yaml\n").unwrap();
         let e = read_merged(&d.join("z.yaml")).unwrap_err();
         assert!(e.contains("nope.yaml does not exist"), "{e}");
+    }
+
+    /// A key twice in one mapping: in an lm-eval file the later value wins, as PyYAML reads it,
+    /// with a note; in icl-eval's own format it stays an error.
+    #[test]
+    fn a_repeated_key_is_the_last_one_in_lm_eval_files_only() {
+        let lm_eval = "task: t\ndataset_path: x\nfilter_list:\n  - name: get\n    filter:\n      \
+                       - function: regex\n        regex_pattern: first\n        regex_pattern: second\n      \
+                       - function: take_first\ndoc_to_text: a\ndoc_to_text: |\n  b\n  c\n";
+        let mut notes = Vec::new();
+        let v = last_key_wins(lm_eval, "t.yaml", &mut notes).unwrap();
+        assert_eq!(v["filter_list"][0]["filter"][0]["regex_pattern"], "second");
+        assert_eq!(v["filter_list"][0]["filter"][1]["function"], "take_first");
+        assert_eq!(v["doc_to_text"], "b\nc\n");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("regex_pattern") && notes[0].contains("PyYAML"));
+        let own = "task: t\ndataset: {path: x.jsonl}\ndoc_to_text: a\ndoc_to_text: b\n";
+        let e = last_key_wins(own, "t.yaml", &mut Vec::new()).unwrap_err();
+        assert!(e.contains("t.yaml") && e.contains("duplicate"), "{e}");
     }
 }

@@ -221,6 +221,10 @@ fn build_spec(
         vec![&spec.test_split, &fewshot_split]
     };
     let mut splits = load_splits(cx, &spec.dataset, &wanted)?;
+    let aggregations = match &spec.python {
+        Some(h) => super::hooks::aggregations(cx, python, h, &metrics)?,
+        None => BTreeMap::new(),
+    };
     let python_ran = match &spec.python {
         Some(h) => super::hooks::run(cx, python, h, &mut splits, super::spec::INLINE_SAMPLES)?,
         None => Vec::new(),
@@ -305,6 +309,7 @@ fn build_spec(
             _ => None,
         }),
         python: python_ran,
+        aggregations,
         exact_match,
         filters,
         doc_choices,

@@ -293,6 +293,9 @@ pub struct Task {
     pub version: Option<String>,
     /// The Python hooks run to build its docs (`--allow-python`), as `name: FILE:function`.
     pub python: Vec<String>,
+    /// Python aggregations of corpus metrics (`--allow-python`): metric name →
+    /// `FILE.py:function`, run on each cell's (gold, predicted) pairs by the report.
+    pub aggregations: std::collections::BTreeMap<String, String>,
     /// How `exact_match` compares.
     pub exact_match: ExactMatch,
     /// `generate_until`: the answer-extraction pipelines (`filter_list`); none scores the
@@ -396,6 +399,7 @@ impl Task {
             data: Vec::new(),
             version: None,
             python: Vec::new(),
+            aggregations: Default::default(),
             exact_match: Default::default(),
             filters: Vec::new(),
             doc_choices: Vec::new(),

@@ -29,7 +29,7 @@ const BOOTSTRAP: usize = 1000;
 pub fn is_corpus(metric: Metric) -> bool {
     matches!(
         metric,
-        Metric::Bleu | Metric::Chrf | Metric::F1 | Metric::Mcc
+        Metric::Bleu | Metric::Chrf | Metric::F1 | Metric::F1Weighted | Metric::Mcc
     )
 }
 
@@ -55,6 +55,7 @@ pub fn score(metric: Metric, stats: &[&[f64]]) -> f64 {
         Metric::Bleu => bleu_score(&sum(stats, 2 + 2 * BLEU_ORDER)) / 100.0,
         Metric::Chrf => chrf_score(&sum(stats, 3 * CHRF_ORDER)) / 100.0,
         Metric::F1 => f1(stats),
+        Metric::F1Weighted => f1_weighted(stats),
         Metric::Mcc => mcc(stats),
         _ => f64::NAN,
     }
@@ -265,6 +266,42 @@ fn f1(stats: &[&[f64]]) -> f64 {
     2.0 * tp / (2.0 * tp + fp + fn_)
 }
 
+/// scikit-learn's `f1_score(average="weighted")`: each label's F1 (0 where undefined) weighted by
+/// its count among the golds, over the labels golds and predictions use.
+fn f1_weighted(stats: &[&[f64]]) -> f64 {
+    let classes = stats
+        .iter()
+        .map(|s| s[0].max(s[1]) as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let (mut tp, mut fp, mut fn_) = (vec![0.0; classes], vec![0.0; classes], vec![0.0; classes]);
+    for s in stats {
+        let (g, p) = (s[0] as usize, s[1] as usize);
+        if g == p {
+            tp[g] += 1.0;
+        } else {
+            fp[p] += 1.0;
+            fn_[g] += 1.0;
+        }
+    }
+    let support: f64 = (0..classes).map(|c| tp[c] + fn_[c]).sum();
+    if support == 0.0 {
+        return 0.0;
+    }
+    (0..classes)
+        .map(|c| {
+            let denom = 2.0 * tp[c] + fp[c] + fn_[c];
+            let f1 = if denom > 0.0 {
+                2.0 * tp[c] / denom
+            } else {
+                0.0
+            };
+            f1 * (tp[c] + fn_[c])
+        })
+        .sum::<f64>()
+        / support
+}
+
 /// scikit-learn's `matthews_corrcoef` for any number of classes (0 when undefined).
 fn mcc(stats: &[&[f64]]) -> f64 {
     let classes = stats
@@ -379,6 +416,10 @@ mod tests {
         let three = pairs(&[0, 1, 2, 2, 1, 0, 2, 1], &[0, 2, 2, 2, 1, 0, 1, 1]);
         let three: Vec<&[f64]> = three.iter().map(Vec::as_slice).collect();
         assert!((score(Metric::Mcc, &three) - 0.6190476190476191).abs() < 1e-12);
+        assert!((score(Metric::F1Weighted, &three) - 0.75).abs() < 1e-12);
+        let extra = pairs(&[0, 1, 1, 0, 1, 1, 0, 0], &[0, 1, 0, 0, 1, 1, 1, 2]);
+        let extra: Vec<&[f64]> = extra.iter().map(Vec::as_slice).collect();
+        assert!((score(Metric::F1Weighted, &extra) - 0.6607142857142857).abs() < 1e-12);
         // One class only: undefined, 0 as scikit-learn gives.
         let same = pairs(&[1, 1], &[1, 1]);
         let same: Vec<&[f64]> = same.iter().map(Vec::as_slice).collect();

@@ -129,7 +129,7 @@ impl ChoiceScore {
             Metric::AccPmi => self.pred_pmi,
             Metric::AccMutualInfo => self.pred_mutual_info,
             // Corpus metrics score `acc`'s predictions (lm-eval's `argmax(lls)`).
-            Metric::F1 | Metric::Mcc => Some(self.pred),
+            Metric::F1 | Metric::F1Weighted | Metric::Mcc => Some(self.pred),
             Metric::ExactMatch
             | Metric::BrierScore
             | Metric::Perplexity

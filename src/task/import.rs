@@ -61,8 +61,14 @@ pub fn import_lm_eval_with(path: &Path, allow_python: bool) -> Result<Imported, 
         }
         // A Python aggregation of lm-eval's `f1` or `mcc` (scikit-learn's weighted F1, …) runs
         // over the (gold, prediction) pairs icl-eval records, when the user opts in.
-        if key == "metric_list" && allow_python && function_tag(v).is_some() {
-            let rest = t.aggregation_hooks(v, path);
+        if key == "metric_list" && function_tag(v).is_some() {
+            // A stock helper icl-eval computes itself needs no Python at all.
+            let rest = t.stock_aggregations(v, path);
+            let rest = if allow_python {
+                t.aggregation_hooks(&rest, path)
+            } else {
+                rest
+            };
             if function_tag(&rest).is_none() {
                 t.key(&key, &rest);
                 continue;
@@ -228,6 +234,40 @@ impl Translation {
         let file = dir.join(format!("{}.py", module.replace('.', "/")));
         let file = std::fs::canonicalize(&file).unwrap_or(file);
         Some(format!("{}:{function}", file.display()))
+    }
+
+    /// `metric_list` with each entry aggregated by a recognized lm-eval helper (`stock.rs`) turned
+    /// into the icl-eval metric computing the same.
+    fn stock_aggregations(&mut self, v: &Value, path: &Path) -> Value {
+        let Some(list) = v.as_sequence() else {
+            return v.clone();
+        };
+        let mut out = Vec::new();
+        for entry in list {
+            let name = entry.get("metric").and_then(scalar).unwrap_or_default();
+            if let Some(Value::Tagged(f)) = entry.get("aggregation")
+                && let Some((module, function)) = f.value.as_str().and_then(|s| s.rsplit_once('.'))
+            {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let file = dir.join(format!("{}.py", module.replace('.', "/")));
+                if let Some(metric) = super::stock::metric_of(&file, function)
+                    && name == "f1"
+                {
+                    self.notes.push(format!(
+                        "`{name}` aggregated by {module}.{function} (recognized: scikit-learn's \
+                         weighted F1) is icl-eval's `{metric}`; no Python runs"
+                    ));
+                    let mut e = strip(entry, "aggregation");
+                    if let Value::Mapping(m) = &mut e {
+                        m.insert("metric".into(), metric.into());
+                    }
+                    out.push(e);
+                    continue;
+                }
+            }
+            out.push(entry.clone());
+        }
+        Value::Sequence(out)
     }
 
     /// `metric_list` with each `f1` / `mcc` entry's `aggregation: !function …` taken out into the
@@ -460,6 +500,8 @@ impl Translation {
                 "temperature" | "top_p" if val.as_f64().is_some() => {
                     self.sampling.insert(k.clone(), val.clone());
                 }
+                // One beam is greedy (or plain sampling): what icl-eval decodes anyway.
+                "num_beams" if val.as_u64() == Some(1) => {}
                 other => self.problem(
                     &format!("generation_kwargs.{other}"),
                     "is not translated: icl-eval decodes greedily with no other settings",
@@ -476,7 +518,8 @@ impl Translation {
             let name = entry.get("metric").and_then(scalar).unwrap_or_default();
             match name.as_str() {
                 "acc" | "acc_norm" | "acc_bytes" | "exact_match" | "acc_mutual_info"
-                | "brier_score" | "perplexity" | "bleu" | "chrf" | "f1" | "mcc" => {}
+                | "brier_score" | "perplexity" | "bleu" | "chrf" | "f1" | "f1_weighted" | "mcc" => {
+                }
                 other => {
                     self.problem(
                         "metric_list",

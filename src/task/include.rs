@@ -139,25 +139,40 @@ fn read_level(
     let Some(inc) = map.remove("include") else {
         return Ok(v);
     };
-    let Some(name) = inc.as_str() else {
-        return Err(format!(
-            "{shown}: field `include` must be a file name (a YAML beside this one)"
-        ));
+    // lm-eval also takes a list: each file is merged in from the last to the first, so the first
+    // listed wins over the later ones, and the including file over all.
+    let names: Vec<&str> = match &inc {
+        Value::String(name) => vec![name.as_str()],
+        Value::Sequence(list) if !list.is_empty() && list.iter().all(Value::is_string) => {
+            list.iter().rev().filter_map(Value::as_str).collect()
+        }
+        _ => {
+            return Err(format!(
+                "{shown}: field `include` must be a file name (a YAML beside this one) or a list \
+                 of them"
+            ));
+        }
     };
-    let base_path = path.parent().unwrap_or(Path::new(".")).join(name);
-    if !base_path.is_file() {
-        return Err(format!(
-            "{shown}: field `include`: {} does not exist",
-            base_path.display()
-        ));
+    let mut merged = Mapping::new();
+    for name in names {
+        let base_path = path.parent().unwrap_or(Path::new(".")).join(name);
+        if !base_path.is_file() {
+            return Err(format!(
+                "{shown}: field `include`: {} does not exist",
+                base_path.display()
+            ));
+        }
+        let base = read_level(&base_path, depth + 1, texts, notes)?;
+        let Value::Mapping(base) = base else {
+            return Err(format!(
+                "{}: an included file must be a mapping of task fields",
+                base_path.display()
+            ));
+        };
+        for (k, val) in base {
+            merged.insert(k, val);
+        }
     }
-    let base = read_level(&base_path, depth + 1, texts, notes)?;
-    let Value::Mapping(mut merged) = base else {
-        return Err(format!(
-            "{}: an included file must be a mapping of task fields",
-            base_path.display()
-        ));
-    };
     let own: Mapping = std::mem::take(map);
     for (k, val) in own {
         merged.insert(k, val);
@@ -215,5 +230,22 @@ mod tests {
         let own = "task: t\ndataset: {path: x.jsonl}\ndoc_to_text: a\ndoc_to_text: b\n";
         let e = last_key_wins(own, "t.yaml", &mut Vec::new()).unwrap_err();
         assert!(e.contains("t.yaml") && e.contains("duplicate"), "{e}");
+    }
+
+    /// `include:` as a list, as lm-eval reads it: the first file listed wins over the later ones,
+    /// the including file over all.
+    #[test]
+    fn a_list_of_includes_merges_first_wins() {
+        let d = std::env::temp_dir().join(format!("icl-include-list-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("a_yaml"), "x: a\ny: a\n").unwrap();
+        fs::write(d.join("b_yaml"), "x: b\ny: b\nz: b\n").unwrap();
+        fs::write(d.join("t.yaml"), "include: [a_yaml, b_yaml]\ny: own\n").unwrap();
+        let (v, texts) = read_merged(&d.join("t.yaml")).unwrap();
+        assert_eq!(
+            (&v["x"], &v["y"], &v["z"]),
+            (&"a".into(), &"own".into(), &"b".into())
+        );
+        assert_eq!(texts.len(), 3);
     }
 }

@@ -14,6 +14,7 @@ pub mod process;
 mod render;
 pub mod spec;
 mod splits;
+pub mod stock;
 
 use std::path::PathBuf;
 
@@ -61,6 +62,9 @@ pub enum Metric {
     F1,
     /// lm-eval's `mcc`: the Matthews correlation of predicted and gold choices over a cell's docs.
     Mcc,
+    /// scikit-learn's support-weighted F1 of predicted and gold choices over a cell's docs (lm-eval's
+    /// `f1` with the stock `weighted_f1_score` aggregation, recognized by `stock.rs`).
+    F1Weighted,
 }
 
 impl Metric {
@@ -85,6 +89,7 @@ impl Metric {
             Metric::Chrf => "chrf",
             Metric::F1 => "f1",
             Metric::Mcc => "mcc",
+            Metric::F1Weighted => "f1_weighted",
         }
     }
 
@@ -104,11 +109,12 @@ impl Metric {
             "chrf" => Metric::Chrf,
             "f1" => Metric::F1,
             "mcc" => Metric::Mcc,
+            "f1_weighted" => Metric::F1Weighted,
             other => {
                 return Err(format!(
                     "unknown metric `{other}` (known: acc, acc_norm, acc_bytes, acc_calibrated, \
                      acc_pmi, acc_mutual_info, brier_score, exact_match, perplexity, bleu, chrf, \
-                     f1, mcc)"
+                     f1, f1_weighted, mcc)"
                 ));
             }
         };
@@ -125,6 +131,7 @@ impl Metric {
                     | Metric::AccMutualInfo
                     | Metric::BrierScore
                     | Metric::F1
+                    | Metric::F1Weighted
                     | Metric::Mcc,
                 OutputType::MultipleChoice
             ) | (

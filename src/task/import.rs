@@ -179,6 +179,8 @@ struct Translation {
     output_type: Option<String>,
     until: Option<Value>,
     max_tokens: Option<u64>,
+    /// `generation_kwargs.max_new_tokens`, used when `max_gen_toks` is absent.
+    max_new_tokens: Option<u64>,
     do_sample: Option<bool>,
     /// `temperature` and `top_p` as written.
     sampling: Mapping,
@@ -496,6 +498,11 @@ impl Translation {
                     })
                 }
                 "max_gen_toks" => self.max_tokens = val.as_u64(),
+                // Handed to Hugging Face's `generate`, where it bounds the generation as
+                // `max_gen_toks` would; `max_gen_toks` wins when both are given.
+                "max_new_tokens" if val.as_u64().is_some() => {
+                    self.max_new_tokens = val.as_u64();
+                }
                 "do_sample" if val.as_bool().is_some() => self.do_sample = val.as_bool(),
                 "temperature" | "top_p" if val.as_f64().is_some() => {
                     self.sampling.insert(k.clone(), val.clone());
@@ -723,7 +730,8 @@ impl Translation {
                 g.insert("until".into(), u);
             }
             // lm-eval's default budget (max_gen_toks) is 256.
-            g.insert("max_tokens".into(), self.max_tokens.unwrap_or(256).into());
+            let max = self.max_tokens.or(self.max_new_tokens).unwrap_or(256);
+            g.insert("max_tokens".into(), max.into());
             if self.do_sample == Some(true) {
                 g.insert("do_sample".into(), true.into());
                 g.extend(std::mem::take(&mut self.sampling));
@@ -993,5 +1001,42 @@ mod tests {
             assert!(all.contains(expected), "missing {expected:?} in\n{all}");
         }
         assert!(errs.iter().all(|e| e.contains("t.yaml: ")), "{errs:?}");
+    }
+
+    /// lm-eval's own `weighted_f1_score` aggregation (re-exported by the task's module) is
+    /// computed natively, with no Python; another Python aggregation needs the opt-in and then
+    /// becomes a `python.aggregations` hook.
+    #[test]
+    fn stock_aggregations_need_no_python_and_others_the_opt_in() {
+        let d = tmp("aggregations");
+        fs::write(
+            d.join("utils.py"),
+            "from lm_eval.utils import weighted_f1_score  # noqa: F401\n\ndef mine(items):\n    return 0.5\n",
+        )
+        .unwrap();
+        let yaml = |agg: &str| {
+            format!(
+                "task: t\ndataset_path: org/t\ntest_split: test\noutput_type: multiple_choice\n\
+                 doc_to_text: q\ndoc_to_target: 0\ndoc_to_choice: [a, b]\nmetric_list:\n  \
+                 - metric: f1\n    aggregation: !function utils.{agg}\n    average: weighted\n"
+            )
+        };
+        fs::write(d.join("t.yaml"), yaml("weighted_f1_score")).unwrap();
+        let out = import_lm_eval(&d.join("t.yaml")).unwrap();
+        assert!(
+            out.yaml.contains("metrics:\n- f1_weighted\n"),
+            "{}",
+            out.yaml
+        );
+        assert!(!out.yaml.contains("python:"), "{}", out.yaml);
+        fs::write(d.join("t.yaml"), yaml("mine")).unwrap();
+        let errs = import_lm_eval(&d.join("t.yaml")).unwrap_err().join("\n");
+        assert!(errs.contains("utils.mine"), "{errs}");
+        let out = import_lm_eval_with(&d.join("t.yaml"), true).unwrap();
+        assert!(
+            out.yaml.contains("aggregations:") && out.yaml.contains("utils.py:mine"),
+            "{}",
+            out.yaml
+        );
     }
 }

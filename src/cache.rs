@@ -320,6 +320,11 @@ impl Backend for Cached<'_> {
             b.generate_batch(todo)
         })
     }
+
+    // Whole documents are scored once per run (every K asks the same), so they pass uncached.
+    fn loglikelihood_rolling(&mut self, text: &str) -> Result<f64> {
+        self.inner.loglikelihood_rolling(text)
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! lm-eval calls them): BLEU-4 over the `13a` tokenization with `exp` smoothing; chrF with
 //! character n-grams up to 6, β = 2, whitespace removed. `f1` is scikit-learn's binary F1 of
 //! choice 1 (lm-eval's `f1_score`), `mcc` its Matthews correlation over any number of choices.
+//! `loglikelihood_rolling`'s `word_perplexity`, `byte_perplexity` and `bits_per_byte` are lm-eval's
+//! weighted perplexities: Σ log-likelihood over Σ words or bytes, not a mean of per-document ones.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -29,7 +31,14 @@ const BOOTSTRAP: usize = 1000;
 pub fn is_corpus(metric: Metric) -> bool {
     matches!(
         metric,
-        Metric::Bleu | Metric::Chrf | Metric::F1 | Metric::F1Weighted | Metric::Mcc
+        Metric::Bleu
+            | Metric::Chrf
+            | Metric::F1
+            | Metric::F1Weighted
+            | Metric::Mcc
+            | Metric::WordPerplexity
+            | Metric::BytePerplexity
+            | Metric::BitsPerByte
     )
 }
 
@@ -41,6 +50,19 @@ pub fn text_stats(metric: Metric, hypothesis: &str, reference: &str) -> Vec<f64>
         _ => Vec::new(),
     }
 }
+
+/// A document's statistics for the rolling metrics: its log-likelihood and its length in words
+/// (lm-eval's `len(re.split(r"\s+", text))`) or UTF-8 bytes.
+pub fn document_stats(metric: Metric, loglikelihood: f64, text: &str) -> Vec<f64> {
+    let n = match metric {
+        // Python's re.split keeps empty pieces at either end, so "a b " counts 3.
+        Metric::WordPerplexity => WHITESPACE.split(text).count(),
+        _ => text.len(),
+    };
+    vec![loglikelihood, n as f64]
+}
+
+static WHITESPACE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\s+").expect("pattern"));
 
 /// A multiple-choice doc's statistics for `f1` and `mcc`: its gold and predicted choice.
 pub fn choice_stats(gold: usize, pred: usize) -> Vec<f64> {
@@ -57,6 +79,14 @@ pub fn score(metric: Metric, stats: &[&[f64]]) -> f64 {
         Metric::F1 => f1(stats),
         Metric::F1Weighted => f1_weighted(stats),
         Metric::Mcc => mcc(stats),
+        Metric::WordPerplexity | Metric::BytePerplexity => {
+            let s = sum(stats, 2);
+            (-s[0] / s[1]).exp()
+        }
+        Metric::BitsPerByte => {
+            let s = sum(stats, 2);
+            -s[0] / s[1] / std::f64::consts::LN_2
+        }
         _ => f64::NAN,
     }
 }
@@ -439,5 +469,34 @@ mod tests {
         let perfect = text_stats(Metric::Bleu, "a b c d e", "a b c d e");
         let same = vec![perfect.as_slice(); 5];
         assert!(bootstrap_stderr(Metric::Bleu, &same, 7) < 1e-9);
+    }
+
+    /// Word and byte perplexities weigh documents by their length (Σ log-likelihood / Σ count),
+    /// words counted as Python's `re.split(r"\s+", …)` counts them.
+    #[test]
+    fn rolling_metrics_are_weighted_by_words_and_bytes() {
+        let docs = [(-10.0, "one two three"), (-2.0, " héllo ")];
+        let stats = |m| -> Vec<Vec<f64>> {
+            docs.iter()
+                .map(|(ll, t)| document_stats(m, *ll, t))
+                .collect()
+        };
+        let words = stats(Metric::WordPerplexity);
+        // " héllo " splits into ["", "héllo", ""]: 3 pieces, as in Python.
+        assert_eq!(words[1][1], 3.0);
+        fn all(v: &[Vec<f64>]) -> Vec<&[f64]> {
+            v.iter().map(Vec::as_slice).collect()
+        }
+        assert!((score(Metric::WordPerplexity, &all(&words)) - 2f64.exp()).abs() < 1e-12);
+        let bytes = stats(Metric::BytePerplexity);
+        assert_eq!(bytes[1][1], 8.0, "é is two bytes");
+        assert!(
+            (score(Metric::BytePerplexity, &all(&bytes)) - (12.0f64 / 21.0).exp()).abs() < 1e-12
+        );
+        let bpb = stats(Metric::BitsPerByte);
+        assert!(
+            (score(Metric::BitsPerByte, &all(&bpb)) - 12.0 / 21.0 / std::f64::consts::LN_2).abs()
+                < 1e-12
+        );
     }
 }

@@ -68,6 +68,8 @@ type Key = [u8; 32];
 struct Memo {
     choices: HashMap<Key, Vec<LogLikelihood>>,
     generated: HashMap<Key, String>,
+    /// `loglikelihood_rolling`: each document's log-likelihood.
+    documents: HashMap<Key, f64>,
 }
 
 /// Requests a block of docs needs that the memo cannot answer yet, each once, in first-need order.
@@ -76,6 +78,7 @@ struct Pending {
     queued: HashSet<Key>,
     choices: Vec<(Key, ChoiceRequest)>,
     generate: Vec<(Key, GenerateRequest)>,
+    documents: Vec<(Key, String)>,
 }
 
 impl Memo {
@@ -116,8 +119,21 @@ impl Memo {
         key
     }
 
+    /// The key of a whole document to score (`loglikelihood_rolling`), queued like the others.
+    fn need_document(&self, pending: &mut Pending, text: &str) -> Key {
+        let key = request_key(&["loglikelihood_rolling", text]);
+        if !self.documents.contains_key(&key) && pending.queued.insert(key) {
+            pending.documents.push((key, text.to_string()));
+        }
+        key
+    }
+
     /// Computes everything `pending` holds, in batches, and remembers the answers.
     fn answer(&mut self, backend: &mut dyn Backend, pending: Pending) -> Result<()> {
+        for (key, text) in pending.documents {
+            let ll = backend.loglikelihood_rolling(&text)?;
+            self.documents.insert(key, ll);
+        }
         let (keys, requests): (Vec<Key>, Vec<ChoiceRequest>) = pending.choices.into_iter().unzip();
         if !requests.is_empty() {
             let answers = backend.loglikelihood_batch(&requests)?;
@@ -179,6 +195,8 @@ enum Need {
     Inputs(Vec<Key>),
     /// `loglikelihood`: the continuation after the prompt.
     Continuation(Key),
+    /// `loglikelihood_rolling`: the document alone.
+    Document(Key),
 }
 
 /// One (doc, seed, label study, ordering, K) of a block, planned and waiting for its answers.
@@ -289,6 +307,18 @@ fn plan_doc<'t>(
                         )
                     };
                     if plan.done.is_some_and(|d| d.contains(&s)) {
+                        continue;
+                    }
+                    // A whole document is scored alone, as lm-eval does: no prompt, no
+                    // demonstrations, the same request at every K.
+                    if let Answer::Document(text) = &item.answer {
+                        s.k_effective = Some(0);
+                        let need = Need::Document(memo.need_document(pending, text));
+                        cells.push(Cell {
+                            item,
+                            sample: s,
+                            need,
+                        });
                         continue;
                     }
                     let demos = selector.demos(&ranking, k, item, seed, permutation, labels);
@@ -419,6 +449,8 @@ impl Requests<'_> {
                 }
                 Need::Inputs(keys)
             }
+            // Planned before any prompt is fitted (`plan_doc`).
+            Answer::Document(text) => Need::Document(memo.need_document(pending, text)),
             Answer::Continuation(_) => {
                 let conts = prompt::continuations(task, self.item, self.format);
                 Need::Continuation(memo.need_choices(
@@ -553,6 +585,19 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 })
                 .collect();
             s.logprobs = Some(vec![ll.logprob]);
+        }
+        (Need::Document(key), Answer::Document(text)) => {
+            let ll = *memo
+                .documents
+                .get(&key)
+                .context("internal: a document was planned but not scored")?;
+            for &m in &task.metrics {
+                let stats = crate::corpus::document_stats(m, ll, text);
+                s.metrics
+                    .insert(m.name().to_string(), crate::corpus::score(m, &[&stats]));
+                s.stats.insert(m.name().to_string(), stats);
+            }
+            s.logprobs = Some(vec![ll]);
         }
         (Need::Text(keys), Answer::Text(target)) => {
             let mut responses = keys

@@ -115,7 +115,8 @@ pub fn continuations(task: &Task, item: &Item, format: Format) -> Vec<String> {
         Answer::Inputs { continuation, .. } | Answer::Continuation(continuation) => {
             vec![format!("{delimiter}{continuation}")]
         }
-        Answer::Text(_) => Vec::new(),
+        // A document is scored alone, without a prompt (`evaluate.rs`).
+        Answer::Text(_) | Answer::Document(_) => Vec::new(),
     }
 }
 

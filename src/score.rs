@@ -134,7 +134,10 @@ impl ChoiceScore {
             | Metric::BrierScore
             | Metric::Perplexity
             | Metric::Bleu
-            | Metric::Chrf => None,
+            | Metric::Chrf
+            | Metric::WordPerplexity
+            | Metric::BytePerplexity
+            | Metric::BitsPerByte => None,
         }
     }
 }

@@ -710,3 +710,138 @@ fn sampled_repeats_are_reproducible_across_batches_and_limits() {
         "sampling at T = 1 varies between repeats: {a:?}"
     );
 }
+
+/// lm-eval's `loglikelihood_rolling` (its pile files' shape, read in place): each document is
+/// scored alone, the same at every K; its log-likelihood is the sum over lm-eval's disjoint
+/// windows (`get_rolling_token_windows`, ported here and scored window by window with one plain
+/// forward pass each); with a window longer than the document it is one pass after the start
+/// token; the summary's perplexities are Σ log-likelihood over Σ words or bytes.
+#[test]
+#[ignore = "needs the bundled SmolLM2 (scripts/fetch-models.sh)"]
+fn loglikelihood_rolling_scores_each_document_whole_in_windows() {
+    let d = common::tmp("rolling");
+    let tasks = d.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let texts = [
+        "The quick brown fox jumps over the lazy dog. It was not amused.",
+        "Paris is the capital of France.\nBerlin is the capital of Germany.",
+        "1 2 3 4 5 6 7 8 9 10",
+    ];
+    let docs: String = texts
+        .iter()
+        .map(|t| format!("{}\n", serde_json::json!({ "text": t })))
+        .collect();
+    std::fs::write(tasks.join("docs.jsonl"), docs).unwrap();
+    std::fs::write(
+        tasks.join("ppl.yaml"),
+        format!(
+            "task: ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {}/docs.jsonl\n\
+             output_type: loglikelihood_rolling\ntest_split: test\ndoc_to_text: \"\"\n\
+             doc_to_target: \"{{{{text}}}}\"\nmetric_list:\n  - metric: word_perplexity\n    \
+             aggregation: weighted_perplexity\n    higher_is_better: false\n  - metric: byte_perplexity\n    \
+             aggregation: weighted_perplexity\n    higher_is_better: false\n  - metric: bits_per_byte\n    \
+             aggregation: bits_per_byte\n    higher_is_better: false\n",
+            tasks.display()
+        ),
+    )
+    .unwrap();
+    let model = common::smollm2();
+    let out = d.join("run");
+    let o = common::icl_eval(&[
+        "run",
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--tasks",
+        "ppl",
+        "--models",
+        model.to_str().unwrap(),
+        "--shots",
+        "0,2",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = common::read_samples(&out);
+    assert_eq!(samples.len(), 6);
+    let ll = |doc: usize, k: usize| {
+        let s = samples
+            .iter()
+            .find(|s| s.doc_id == doc && s.k == k)
+            .unwrap();
+        assert_eq!(s.k_effective, Some(0), "a document is scored alone");
+        s.logprobs.as_ref().unwrap()[0]
+    };
+    let b = CandleBackend::load(&model, WeightsChoice::Auto).unwrap();
+    let start = b.start_token().unwrap();
+    let (mut total_ll, mut words, mut bytes) = (0.0, 0.0, 0.0);
+    for (doc, text) in texts.iter().enumerate() {
+        assert_eq!(ll(doc, 0), ll(doc, 2), "doc {doc}: the same at every K");
+        let mut tokens = b.encode(text).unwrap();
+        if tokens.first() == Some(&start) {
+            tokens.remove(0);
+        }
+        // One pass after the start token.
+        let mut ids = vec![start];
+        ids.extend(&tokens);
+        let one: f64 = b
+            .next_token_logprobs(&ids)
+            .unwrap()
+            .0
+            .iter()
+            .map(|&x| x as f64)
+            .sum();
+        assert!(
+            (ll(doc, 0) - one).abs() < 1e-3,
+            "doc {doc}: {} vs {one}",
+            ll(doc, 0)
+        );
+        // lm-eval's windows of 5 tokens, each scored by a plain pass over context + targets.
+        let window = 5;
+        let mut pairs: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
+        let first = window.min(tokens.len());
+        let mut ctx = vec![start];
+        ctx.extend(&tokens[..first - 1]);
+        pairs.push((ctx, tokens[..first].to_vec()));
+        let mut predicted = first;
+        while predicted < tokens.len() {
+            let n = (tokens.len() - predicted).min(window);
+            let end = predicted + n;
+            pairs.push((
+                tokens[end - window - 1..end - 1].to_vec(),
+                tokens[end - n..end].to_vec(),
+            ));
+            predicted = end;
+        }
+        let mut windowed = 0.0;
+        for (a, cont) in &pairs {
+            // make_disjoint_window: the context loses its overlap with the targets.
+            let ctx = &a[..a.len() - (cont.len() - 1)];
+            let mut ids = ctx.to_vec();
+            ids.extend(cont);
+            let lp = b.next_token_logprobs(&ids).unwrap().0;
+            windowed += lp[ctx.len() - 1..].iter().map(|&x| x as f64).sum::<f64>();
+        }
+        let ours = b.rolling_logprob(text, window).unwrap();
+        assert!(
+            (ours - windowed).abs() < 1e-3,
+            "doc {doc}: {ours} vs {windowed}"
+        );
+        assert!(pairs.len() > 2, "doc {doc}: several windows");
+        total_ll += ll(doc, 0);
+        words += text.split_whitespace().count() as f64;
+        bytes += text.len() as f64;
+    }
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let value = |metric: &str| -> f64 {
+        summary
+            .lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f[5] == "0" && f[6] == metric)
+            .unwrap_or_else(|| panic!("no {metric} in {summary}"))[7]
+            .parse()
+            .unwrap()
+    };
+    assert!((value("word_perplexity") - (-total_ll / words).exp()).abs() < 1e-6);
+    assert!((value("byte_perplexity") - (-total_ll / bytes).exp()).abs() < 1e-9);
+    assert!((value("bits_per_byte") - -total_ll / bytes / std::f64::consts::LN_2).abs() < 1e-9);
+}

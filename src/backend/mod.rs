@@ -243,6 +243,18 @@ pub trait Backend {
         max_tokens: usize,
     ) -> Result<String>;
 
+    /// lm-eval's `loglikelihood_rolling`: the log-likelihood of the whole of `text` after the
+    /// model's start token, in disjoint windows of the context length. Backends that cannot
+    /// score a document whole say so.
+    fn loglikelihood_rolling(&mut self, text: &str) -> Result<f64> {
+        let _ = text;
+        anyhow::bail!(
+            "model `{}`: this backend cannot score whole documents (output_type \
+             loglikelihood_rolling); run the task on the embedded backend",
+            self.info().name
+        )
+    }
+
     /// How many docs the run plans at once, answering all their requests in one batch: requests
     /// in flight for a server, docs whose forward passes are packed together in process. 1 for a
     /// backend that computes one request at a time.

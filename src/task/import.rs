@@ -404,12 +404,15 @@ impl Translation {
             "target_delimiter" => self.target_delimiter = self.string(key, v),
             "fewshot_delimiter" => self.fewshot_delimiter = self.string(key, v),
             "output_type" => match v.as_str() {
-                Some(o @ ("multiple_choice" | "generate_until" | "loglikelihood")) => {
+                Some(
+                    o @ ("multiple_choice" | "generate_until" | "loglikelihood"
+                    | "loglikelihood_rolling"),
+                ) => {
                     self.output_type = Some(o.into())
                 }
                 Some(o) => self.problem(
                     key,
-                    format!("`{o}` has no icl-eval equivalent (multiple_choice, generate_until, loglikelihood)"),
+                    format!("`{o}` has no icl-eval equivalent (multiple_choice, generate_until, loglikelihood, loglikelihood_rolling)"),
                 ),
                 None => self.problem(key, "should be a string"),
             },
@@ -525,8 +528,8 @@ impl Translation {
             let name = entry.get("metric").and_then(scalar).unwrap_or_default();
             match name.as_str() {
                 "acc" | "acc_norm" | "acc_bytes" | "exact_match" | "acc_mutual_info"
-                | "brier_score" | "perplexity" | "bleu" | "chrf" | "f1" | "f1_weighted" | "mcc" => {
-                }
+                | "brier_score" | "perplexity" | "bleu" | "chrf" | "f1" | "f1_weighted" | "mcc"
+                | "word_perplexity" | "byte_perplexity" | "bits_per_byte" => {}
                 other => {
                     self.problem(
                         "metric_list",
@@ -544,8 +547,11 @@ impl Translation {
                         if a == "perplexity" && name == "perplexity" => {}
                     // lm-eval's corpus aggregations, which icl-eval computes as it does.
                     ("aggregation", Value::String(a))
-                        if (a == "bleu" || a == "chrf" || a == "f1") && *a == name
-                            || a == "matthews_corrcoef" && name == "mcc" => {}
+                        if (a == "bleu" || a == "chrf" || a == "f1" || a == "bits_per_byte")
+                            && *a == name
+                            || a == "matthews_corrcoef" && name == "mcc"
+                            || a == "weighted_perplexity"
+                                && (name == "word_perplexity" || name == "byte_perplexity") => {}
                     // icl-eval knows each metric's direction; the flag changes nothing scored.
                     ("higher_is_better", Value::Bool(_)) => {}
                     // lm-eval reads `weight_by_size` only in a group's aggregate_metric_list.

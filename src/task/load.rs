@@ -590,8 +590,13 @@ fn metrics(cx: &mut Ctx, spec: &TaskSpec) -> Vec<Metric> {
                         .ok()
                 })
                 .collect();
-            // The headline decides each doc's `correct`; a lower-is-better score cannot.
-            if let Some(m) = parsed.first().filter(|m| m.lower_is_better()) {
+            // The headline decides each doc's `correct`; a lower-is-better score cannot (a
+            // rolling task's perplexities decide none).
+            if let Some(m) = parsed
+                .first()
+                .filter(|m| m.lower_is_better())
+                .filter(|_| spec.output_type != OutputType::LoglikelihoodRolling)
+            {
                 cx.problem(format!(
                     "field `metrics`: `{}` cannot be the headline (first) metric, since lower is \
                      better; list an accuracy first",

@@ -65,12 +65,26 @@ pub enum Metric {
     /// scikit-learn's support-weighted F1 of predicted and gold choices over a cell's docs (lm-eval's
     /// `f1` with the stock `weighted_f1_score` aggregation, recognized by `stock.rs`).
     F1Weighted,
+    /// `loglikelihood_rolling`: exp(−Σ log-likelihood / Σ words) over a cell's documents, words as
+    /// lm-eval counts them (`re.split(r"\s+", text)`).
+    WordPerplexity,
+    /// `loglikelihood_rolling`: exp(−Σ log-likelihood / Σ UTF-8 bytes).
+    BytePerplexity,
+    /// `loglikelihood_rolling`: −Σ log-likelihood / Σ UTF-8 bytes / ln 2.
+    BitsPerByte,
 }
 
 impl Metric {
     /// Whether lower values are better (and the metric cannot be a headline deciding `correct`).
     pub fn lower_is_better(self) -> bool {
-        matches!(self, Metric::BrierScore | Metric::Perplexity)
+        matches!(
+            self,
+            Metric::BrierScore
+                | Metric::Perplexity
+                | Metric::WordPerplexity
+                | Metric::BytePerplexity
+                | Metric::BitsPerByte
+        )
     }
 
     /// The metric's name in YAML and results.
@@ -90,6 +104,9 @@ impl Metric {
             Metric::F1 => "f1",
             Metric::Mcc => "mcc",
             Metric::F1Weighted => "f1_weighted",
+            Metric::WordPerplexity => "word_perplexity",
+            Metric::BytePerplexity => "byte_perplexity",
+            Metric::BitsPerByte => "bits_per_byte",
         }
     }
 
@@ -110,11 +127,14 @@ impl Metric {
             "f1" => Metric::F1,
             "mcc" => Metric::Mcc,
             "f1_weighted" => Metric::F1Weighted,
+            "word_perplexity" => Metric::WordPerplexity,
+            "byte_perplexity" => Metric::BytePerplexity,
+            "bits_per_byte" => Metric::BitsPerByte,
             other => {
                 return Err(format!(
                     "unknown metric `{other}` (known: acc, acc_norm, acc_bytes, acc_calibrated, \
                      acc_pmi, acc_mutual_info, brier_score, exact_match, perplexity, bleu, chrf, \
-                     f1, f1_weighted, mcc)"
+                     f1, f1_weighted, mcc, word_perplexity, byte_perplexity, bits_per_byte)"
                 ));
             }
         };
@@ -141,6 +161,10 @@ impl Metric {
                 Metric::Acc,
                 OutputType::MultipleInput | OutputType::Loglikelihood
             ) | (Metric::Perplexity, OutputType::Loglikelihood)
+                | (
+                    Metric::WordPerplexity | Metric::BytePerplexity | Metric::BitsPerByte,
+                    OutputType::LoglikelihoodRolling
+                )
         );
         if fits {
             Ok(m)
@@ -157,6 +181,11 @@ impl Metric {
             OutputType::MultipleChoice => vec![Metric::Acc, Metric::AccNorm],
             OutputType::GenerateUntil => vec![Metric::ExactMatch],
             OutputType::MultipleInput | OutputType::Loglikelihood => vec![Metric::Acc],
+            OutputType::LoglikelihoodRolling => vec![
+                Metric::WordPerplexity,
+                Metric::BytePerplexity,
+                Metric::BitsPerByte,
+            ],
         }
     }
 }
@@ -224,6 +253,8 @@ pub enum Answer {
     },
     /// `loglikelihood`: the continuation whose greedy match is scored.
     Continuation(String),
+    /// `loglikelihood_rolling`: the document scored whole.
+    Document(String),
 }
 
 /// One doc, rendered: its input text and its answer.
@@ -244,7 +275,7 @@ impl Item {
         match &self.answer {
             Answer::Choice { choices, gold } => &choices[*gold],
             Answer::Inputs { continuation, .. } => continuation,
-            Answer::Text(t) | Answer::Continuation(t) => t,
+            Answer::Text(t) | Answer::Continuation(t) | Answer::Document(t) => t,
         }
     }
 
@@ -262,7 +293,7 @@ impl Item {
         match &self.answer {
             Answer::Choice { choices, .. } => Some(choices),
             Answer::Inputs { inputs, .. } => Some(inputs),
-            Answer::Text(_) | Answer::Continuation(_) => None,
+            Answer::Text(_) | Answer::Continuation(_) | Answer::Document(_) => None,
         }
     }
 }

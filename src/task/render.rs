@@ -126,6 +126,7 @@ impl Renderer<'_> {
         let (text, answer) = match self.output_type {
             OutputType::GenerateUntil => (text, Answer::Text(target)),
             OutputType::Loglikelihood => (text, Answer::Continuation(target)),
+            OutputType::LoglikelihoodRolling => (text, Answer::Document(target)),
             OutputType::MultipleChoice => {
                 let choices = self.choices(&ctx)?;
                 let gold = resolve_gold("doc_to_target", &target, &choices)?;

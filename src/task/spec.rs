@@ -186,6 +186,10 @@ pub enum OutputType {
     /// One continuation (`doc_to_target`) scored after the input: `acc` is 1 when greedy decoding
     /// would produce it exactly (lm-eval's LAMBADA).
     Loglikelihood,
+    /// lm-eval's `loglikelihood_rolling`: the whole `doc_to_target` text scored on its own, in
+    /// windows of the context length, for word and byte perplexities (WikiText). Demonstrations
+    /// do not apply: every K scores the document alone.
+    LoglikelihoodRolling,
 }
 
 impl OutputType {
@@ -196,6 +200,7 @@ impl OutputType {
             OutputType::GenerateUntil => "generate_until",
             OutputType::MultipleInput => "multiple_input",
             OutputType::Loglikelihood => "loglikelihood",
+            OutputType::LoglikelihoodRolling => "loglikelihood_rolling",
         }
     }
 }

@@ -365,10 +365,15 @@ impl CandleBackend {
         if !ids.is_empty() {
             return Ok(ids);
         }
-        let start = self.tokenizer.bos_id.or(self.tokenizer.eos_id);
-        Ok(vec![start.context(
-            "empty context and the vocabulary has neither <bos> nor <eos>",
-        )?])
+        Ok(vec![self.start_token().context("empty context")?])
+    }
+
+    /// The token an empty context is: `<bos>`, else `<eos>` (lm-eval's `prefix_token_id`).
+    pub fn start_token(&self) -> Result<u32> {
+        self.tokenizer
+            .bos_id
+            .or(self.tokenizer.eos_id)
+            .context("the vocabulary has neither <bos> nor <eos>")
     }
 
     fn check_fits(&self, n: usize) -> Result<()> {
@@ -977,9 +982,63 @@ impl Backend for CandleBackend {
     fn generate_sampled(&mut self, request: &GenerateRequest) -> Result<String> {
         self.generate(request)
     }
+
+    fn loglikelihood_rolling(&mut self, text: &str) -> Result<f64> {
+        self.rolling_logprob(text, self.info.context_length)
+    }
 }
 
 impl CandleBackend {
+    /// lm-eval's rolling windows (`get_rolling_token_windows` with a context of 1, made disjoint)
+    /// over `text`'s tokens (no `<bos>`): the first window predicts up to `window` tokens after the
+    /// start token, each later one the next up to `window` tokens after as many earlier tokens as
+    /// fill the window. The sum of every token's log-probability.
+    pub fn rolling_logprob(&self, text: &str, window: usize) -> Result<f64> {
+        if window < 2 {
+            bail!("loglikelihood_rolling: a window of {window} tokens is too small");
+        }
+        let mut tokens = self.tokenizer.encode(text)?;
+        if self.tokenizer.bos_id.is_some() && tokens.first() == self.tokenizer.bos_id.as_ref() {
+            tokens.remove(0);
+        }
+        if tokens.is_empty() {
+            return Ok(0.0);
+        }
+        let start = self.start_token().context("loglikelihood_rolling")?;
+        let first = window.min(tokens.len());
+        let mut input = vec![start];
+        input.extend_from_slice(&tokens[..first - 1]);
+        let mut total = self.score_targets(&input, &tokens[..first])?;
+        let mut predicted = first;
+        while predicted < tokens.len() {
+            let n = (tokens.len() - predicted).min(window);
+            let end = predicted + n;
+            // `window` tokens ending just before the last target; the last `n` positions predict.
+            total +=
+                self.score_targets(&tokens[end - window - 1..end - 1], &tokens[end - n..end])?;
+            predicted = end;
+        }
+        Ok(total)
+    }
+
+    /// Σ log p(targets[i]) at the last `targets.len()` positions of one forward pass over `input`.
+    fn score_targets(&self, input: &[u32], targets: &[u32]) -> Result<f64> {
+        let (hidden, _) = self.model.forward(input, &self.model.empty_cache())?;
+        let from = input.len() - targets.len();
+        let mut total = 0.0;
+        // The vocabulary projection in slices, so a long window never holds all its logits.
+        for (c, chunk) in targets.chunks(256).enumerate() {
+            let rows: Vec<usize> = (0..chunk.len()).map(|i| from + c * 256 + i).collect();
+            let lp = self.model.log_probs(&hidden, &rows)?.to_vec2::<f32>()?;
+            total += chunk
+                .iter()
+                .zip(&lp)
+                .map(|(&t, row)| row[t as usize] as f64)
+                .sum::<f64>();
+        }
+        Ok(total)
+    }
+
     /// Greedy or sampled generation for one request, cut at its stop sequences.
     fn generate(&mut self, r: &GenerateRequest) -> Result<String> {
         let (context, breaks, until, max_tokens) = (&r.context, &r.breaks, &r.until, r.max_tokens);

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["seed", "hash", "hub", "chat", "shard"],
     // What a run is made of: tasks, and the models that score them.
     &["task", "backend"],
-    &["sampler", "score", "models", "cache"],
+    &["sampler", "score", "corpus", "models", "cache"],
     // Prompts from demonstrations; the run folder's data types.
     &["prompt", "encoder", "record"],
     &["resume", "report", "validate", "bench"],

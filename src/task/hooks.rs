@@ -102,26 +102,7 @@ pub(super) fn run(
     let mut hooks = serde_json::Map::new();
     let mut ran = Vec::new();
     for (name, v) in named {
-        let Some((file, function)) = v.rsplit_once(':') else {
-            cx.problem(format!(
-                "field `python.{name}`: `{v}` should be FILE.py:function"
-            ));
-            return None;
-        };
-        let path = resolve(&cx.base, file);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                use sha2::Digest;
-                cx.hasher.update(&bytes);
-            }
-            Err(e) => {
-                cx.problem(format!(
-                    "field `python.{name}`: cannot read {}: {e}",
-                    path.display()
-                ));
-                return None;
-            }
-        }
+        let (path, function) = hook_file(cx, &format!("python.{name}"), v)?;
         hooks.insert(
             name.into(),
             Value::String(format!("{}:{function}", path.display())),
@@ -180,26 +161,7 @@ pub(super) fn aggregations(
             ));
             return None;
         }
-        let Some((file, function)) = hook.rsplit_once(':') else {
-            cx.problem(format!(
-                "field `python.aggregations.{metric}`: `{hook}` should be FILE.py:function"
-            ));
-            return None;
-        };
-        let path = resolve(&cx.base, file);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                use sha2::Digest;
-                cx.hasher.update(&bytes);
-            }
-            Err(e) => {
-                cx.problem(format!(
-                    "field `python.aggregations.{metric}`: cannot read {}: {e}",
-                    path.display()
-                ));
-                return None;
-            }
-        }
+        let (path, function) = hook_file(cx, &format!("python.aggregations.{metric}"), hook)?;
         out.insert(metric.clone(), format!("{}:{function}", path.display()));
     }
     Some(out)
@@ -229,6 +191,32 @@ pub fn aggregate(
         ));
     }
     Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+}
+
+/// The file and function of a hook written `FILE.py:function` (the file relative to the task),
+/// its source hashed into the task; `None` after recording a problem naming `field`.
+fn hook_file<'h>(cx: &mut Ctx, field: &str, hook: &'h str) -> Option<(PathBuf, &'h str)> {
+    let Some((file, function)) = hook.rsplit_once(':') else {
+        cx.problem(format!(
+            "field `{field}`: `{hook}` should be FILE.py:function"
+        ));
+        return None;
+    };
+    let path = resolve(&cx.base, file);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            use sha2::Digest;
+            cx.hasher.update(&bytes);
+            Some((path, function))
+        }
+        Err(e) => {
+            cx.problem(format!(
+                "field `{field}`: cannot read {}: {e}",
+                path.display()
+            ));
+            None
+        }
+    }
 }
 
 fn resolve(base: &Path, file: &str) -> PathBuf {

@@ -626,11 +626,16 @@ impl Translation {
 
     fn finish(mut self, path: &Path) -> Result<Imported, Vec<String>> {
         let shown = path.display().to_string();
+        // lm-eval's `TaskConfig` defaults the output type to a generation (FLD's files omit it).
+        if self.output_type.is_none() && self.task.is_some() {
+            self.output_type = Some("generate_until".into());
+            self.notes
+                .push("no `output_type`: lm-eval's default, generate_until".into());
+        }
         for (field, missing) in [
             ("task", self.task.is_none()),
             ("doc_to_text", self.doc_to_text.is_none()),
             ("doc_to_target", self.doc_to_target.is_none()),
-            ("output_type", self.output_type.is_none()),
         ] {
             if missing {
                 self.problems.push(format!("key `{field}` is missing"));

@@ -26,8 +26,16 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// Metrics that are not shares of docs, written as they are rather than in percent.
+const RAW: &[&str] = &[
+    "perplexity",
+    "word_perplexity",
+    "byte_perplexity",
+    "bits_per_byte",
+];
+
 /// The summary as a `tabular`: one row per cell, value ± standard error in percent (± standard
-/// deviation over seeds when the run had several).
+/// deviation over seeds when the run had several); perplexities and bits per byte as they are.
 pub fn table(summary: &DataFrame) -> Result<String> {
     let c = SummaryColumns::of(summary)?;
     let mut out = String::from(if c.has_seeds() {
@@ -36,7 +44,8 @@ pub fn table(summary: &DataFrame) -> Result<String> {
         "% Value ± standard error over docs.\n"
     });
     out.push_str(
-        "% Written by icl-eval; needs \\usepackage{booktabs}.\n\
+        "% Written by icl-eval; needs \\usepackage{booktabs}. Perplexities and bits per byte are\n\
+         % not in percent.\n\
          \\begin{tabular}{lllrrr}\n\\toprule\n\
          Task & Model & Metric & $K$ & Value (\\%) & $n$ \\\\\n\\midrule\n",
     );
@@ -47,11 +56,15 @@ pub fn table(summary: &DataFrame) -> Result<String> {
             out.push_str("\\midrule\n");
         }
         last_task = Some(task);
+        // Perplexities and bits per byte are not shares: shown as they are.
+        let metric = c.metric.get(i).unwrap_or("");
+        let raw = RAW.contains(&metric.split(',').next().unwrap_or(""));
+        let scale = if raw { 1.0 } else { 100.0 };
         let value = match (c.value.get(i), c.error(i)) {
             (Some(v), Some(s)) if v.is_finite() && s.is_finite() => {
-                format!("{:.1} $\\pm$ {:.1}", 100.0 * v, 100.0 * s)
+                format!("{:.1} $\\pm$ {:.1}", scale * v, scale * s)
             }
-            (Some(v), _) if v.is_finite() => format!("{:.1}", 100.0 * v),
+            (Some(v), _) if v.is_finite() => format!("{:.1}", scale * v),
             _ => "--".to_string(),
         };
         out.push_str(&format!(
@@ -83,22 +96,22 @@ mod tests {
     fn escapes_and_formats_percent_with_stderr() {
         assert_eq!(escape("en_fr 100% & #1"), "en\\_fr 100\\% \\& \\#1");
         let df = df!(
-            "task" => ["two_digit_addition", "two_digit_addition", "z"],
-            "model" => ["m", "m", "m"],
-            "parameters" => [1u64, 1, 1],
-            "sampler" => ["random"; 3],
-            "demo_labels" => ["gold"; 3],
-            "k" => [0u32, 1, 0],
-            "metric" => ["exact_match", "exact_match", "acc"],
-            "value" => [0.5, 0.25, f64::NAN],
-            "stderr" => [0.1, f64::NAN, f64::NAN],
-            "seed_std" => [f64::NAN; 3],
-            "perm_std" => [f64::NAN; 3],
-            "seeds" => [1u32; 3],
-            "permutations" => [1u32; 3],
-            "n" => [4u32, 4, 0],
-            "skipped" => [0u32, 0, 4],
-            "mean_k_effective" => [0.0, 1.0, f64::NAN],
+            "task" => ["two_digit_addition", "two_digit_addition", "z", "z"],
+            "model" => ["m", "m", "m", "m"],
+            "parameters" => [1u64, 1, 1, 1],
+            "sampler" => ["random"; 4],
+            "demo_labels" => ["gold"; 4],
+            "k" => [0u32, 1, 0, 0],
+            "metric" => ["exact_match", "exact_match", "acc", "perplexity"],
+            "value" => [0.5, 0.25, f64::NAN, 58.65],
+            "stderr" => [0.1, f64::NAN, f64::NAN, 26.0],
+            "seed_std" => [f64::NAN; 4],
+            "perm_std" => [f64::NAN; 4],
+            "seeds" => [1u32; 4],
+            "permutations" => [1u32; 4],
+            "n" => [4u32, 4, 0, 40],
+            "skipped" => [0u32, 0, 4, 0],
+            "mean_k_effective" => [0.0, 1.0, f64::NAN, 0.0],
         )
         .unwrap();
         let t = table(&df).unwrap();
@@ -111,6 +124,11 @@ mod tests {
         assert!(t.contains("& 1 & 25.0 & 4 \\\\"), "{t}");
         assert!(
             t.contains("\\midrule\nz & m & acc & 0 & -- & 0 \\\\"),
+            "{t}"
+        );
+        // A perplexity is no share: as it is, not ×100.
+        assert!(
+            t.contains("z & m & perplexity & 0 & 58.6 $\\pm$ 26.0 & 40 \\\\"),
             "{t}"
         );
         assert!(t.ends_with("\\bottomrule\n\\end{tabular}\n"));

@@ -5,7 +5,7 @@
 //! Docs are planned a few at a time (as many as the backend can work on at once), so a server
 //! backend sees concurrent requests while results and their order stay those of a doc-by-doc run.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result, bail};
 
@@ -566,7 +566,16 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
             let hit = f64::from(u8::from(pred == *gold));
             s.prediction = Some(inputs[pred].clone());
             s.correct = Some(pred == *gold);
-            s.metrics = BTreeMap::from([(Metric::Acc.name().to_string(), hit)]);
+            for &m in &task.metrics {
+                // lm-eval scores `f1`/`mcc` of inputs on (gold input, predicted input).
+                if crate::corpus::is_corpus(m) {
+                    s.stats.insert(
+                        m.name().to_string(),
+                        crate::corpus::choice_stats(*gold, pred),
+                    );
+                }
+                s.metrics.insert(m.name().to_string(), hit);
+            }
             s.logprobs = Some(logprobs);
         }
         (Need::Continuation(key), Answer::Continuation(_)) => {
@@ -593,8 +602,12 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 .context("internal: a document was planned but not scored")?;
             for &m in &task.metrics {
                 let stats = crate::corpus::document_stats(m, ll, text);
-                s.metrics
-                    .insert(m.name().to_string(), crate::corpus::score(m, &[&stats]));
+                // An empty document has no bytes: no per-doc value (JSON has no NaN), while its
+                // statistics still add nothing to the cell's sums.
+                let alone = crate::corpus::score(m, &[&stats]);
+                if alone.is_finite() {
+                    s.metrics.insert(m.name().to_string(), alone);
+                }
                 s.stats.insert(m.name().to_string(), stats);
             }
             s.logprobs = Some(vec![ll]);

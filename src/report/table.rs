@@ -222,16 +222,19 @@ impl CorpusDraws {
 
     fn frame(self, python: Option<&std::path::Path>) -> Result<DataFrame> {
         // Every hooked draw goes to Python at once; lm-eval gives such scores no stderr.
+        // A draw whose docs were all skipped has no pairs: it stays empty, unsent.
         let hooked: Vec<(String, Vec<(usize, usize)>)> = self
             .draws
             .values()
             .filter_map(|d| {
-                let pairs = d
+                let pairs: Vec<(usize, usize)> = d
                     .docs
                     .iter()
-                    .filter_map(|(st, _)| st.as_ref().map(|v| (v[0] as usize, v[1] as usize)));
-                Some((d.hook.clone()?, pairs.collect()))
+                    .filter_map(|(st, _)| st.as_ref().map(|v| (v[0] as usize, v[1] as usize)))
+                    .collect();
+                Some((d.hook.clone()?, pairs))
             })
+            .filter(|(_, pairs)| !pairs.is_empty())
             .collect();
         let mut hooked_values = match python {
             Some(py) if !hooked.is_empty() => crate::task::hooks::aggregate(py, &hooked)
@@ -256,11 +259,18 @@ impl CorpusDraws {
             ]);
             let m = draw.metric;
             if draw.hook.is_some() {
-                let v = hooked_values.next().unwrap_or(f64::NAN);
+                let v = if stats.is_empty() {
+                    f64::NAN
+                } else {
+                    hooked_values.next().unwrap_or(f64::NAN)
+                };
                 value.push(Some(v).filter(|x| x.is_finite()));
                 stderr.push(None);
             } else {
-                value.push((!stats.is_empty()).then(|| crate::corpus::score(m, &stats)));
+                value.push(
+                    Some(crate::corpus::score(m, &stats))
+                        .filter(|v| !stats.is_empty() && v.is_finite()),
+                );
                 stderr.push(
                     Some(crate::corpus::bootstrap_stderr(m, &stats, draw_seed))
                         .filter(|x| x.is_finite()),

@@ -35,9 +35,16 @@ def plain(v):
 def main():
     req = json.load(sys.stdin)
     if "aggregate" in req:
-        # A cell's score from its (gold, prediction) pairs, as lm-eval calls an aggregation.
-        json.dump([plain(hook(c["hook"])([tuple(p) for p in c["items"]])) for c in req["aggregate"]],
-                  sys.stdout)
+        # A cell's score from its (gold, prediction) pairs, as lm-eval calls an aggregation; a cell
+        # the function fails on is left empty (null), named on stderr.
+        out = []
+        for c in req["aggregate"]:
+            try:
+                out.append(plain(hook(c["hook"])([tuple(p) for p in c["items"]])))
+            except Exception as e:
+                print(f"{c['hook']}: {type(e).__name__}: {e}", file=sys.stderr)
+                out.append(None)
+        json.dump(out, sys.stdout)
         return
     hooks = req["hooks"]
     out = {}

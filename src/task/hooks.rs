@@ -267,5 +267,11 @@ fn drive_raw(python: &Path, request: &Value) -> Result<Value, String> {
             .unwrap_or("");
         return Err(format!("{} failed: {last}", python.display()));
     }
+    // What the driver says beside its answer (a cell an aggregation failed on).
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if !line.trim().is_empty() {
+            eprintln!("note: Python: {line}");
+        }
+    }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable answer from Python: {e}"))
 }

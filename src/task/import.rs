@@ -541,7 +541,14 @@ impl Translation {
             for (k, val) in entry.as_mapping().into_iter().flatten() {
                 match (k.as_str().unwrap_or_default(), val) {
                     ("metric", _) => {}
-                    ("aggregation", Value::String(a)) if a == "mean" => {}
+                    // A mean of per-doc values, except where icl-eval scores the docs together
+                    // (lm-eval's mean over a corpus metric's per-doc items is another number).
+                    ("aggregation", Value::String(a))
+                        if a == "mean"
+                            && !matches!(
+                                name.as_str(),
+                                "bleu" | "chrf" | "f1" | "f1_weighted" | "mcc"
+                            ) => {}
                     // icl-eval's own aggregation of the metric (exp(−mean log-likelihood)).
                     ("aggregation", Value::String(a))
                         if a == "perplexity" && name == "perplexity" => {}
@@ -567,13 +574,13 @@ impl Translation {
                         self.exact_match
                             .insert("regexes_to_ignore".into(), val.clone());
                     }
-                    // lm-eval's multiple-choice f1 and mcc score (gold, prediction) pairs as
-                    // they are: their options reach no function.
                     // lm-eval scores choices and log-likelihoods itself (`acc`, `f1`, …): the
-                    // options of these metrics reach no function.
-                    (opt, _) if name != "exact_match" => self.notes.push(format!(
-                        "`metric_list.{name}.{opt}` dropped: lm-eval's {name} takes no options"
-                    )),
+                    // options of these metrics reach no function. Their aggregation does.
+                    (opt, _) if name != "exact_match" && opt != "aggregation" => {
+                        self.notes.push(format!(
+                            "`metric_list.{name}.{opt}` dropped: lm-eval's {name} takes no options"
+                        ))
+                    }
                     (opt, _) => self.problem(
                         &format!("metric_list.{name}.{opt}"),
                         "is not translated: icl-eval's metric has no such option",
@@ -1049,5 +1056,21 @@ mod tests {
             "{}",
             out.yaml
         );
+        // A mean of a corpus metric's per-doc items, or an aggregation icl-eval lacks, is refused.
+        for (metric, agg) in [("f1", "mean"), ("acc", "median")] {
+            fs::write(
+                d.join("t.yaml"),
+                yaml("x").replace(
+                    "  - metric: f1\n    aggregation: !function utils.x\n",
+                    &format!("  - metric: {metric}\n    aggregation: {agg}\n"),
+                ),
+            )
+            .unwrap();
+            let errs = import_lm_eval(&d.join("t.yaml")).unwrap_err().join("\n");
+            assert!(
+                errs.contains(&format!("metric_list.{metric}.aggregation")),
+                "{errs}"
+            );
+        }
     }
 }

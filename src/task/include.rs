@@ -75,9 +75,10 @@ fn last_key_wins(text: &str, shown: &str, notes: &mut Vec<String>) -> Result<Val
             let l = lines[end];
             let t = l.trim_start();
             let deeper = l.len() - t.len() > indent;
-            // A block list may sit at its key's own indent (`until:` then `- "\n"`).
-            let own_list = l.len() - t.len() == indent && t.starts_with("- ");
-            if !(t.is_empty() || deeper || own_list) {
+            // A block list may sit at its key's own indent (`until:` then `- "\n"`); comments
+            // inside the value go with it.
+            let own_list = l.len() - t.len() == indent && (t == "-" || t.starts_with("- "));
+            if !(t.is_empty() || t.starts_with('#') || deeper || own_list) {
                 break;
             }
             end += 1;
@@ -219,13 +220,16 @@ mod tests {
     fn a_repeated_key_is_the_last_one_in_lm_eval_files_only() {
         let lm_eval = "task: t\ndataset_path: x\nfilter_list:\n  - name: get\n    filter:\n      \
                        - function: regex\n        regex_pattern: first\n        regex_pattern: second\n      \
-                       - function: take_first\ndoc_to_text: a\ndoc_to_text: |\n  b\n  c\n";
+                       - function: take_first\ndoc_to_text: a\ndoc_to_text: |\n  b\n  c\n\
+                       until:\n- a\n# one more\n-\n- b\nuntil: [c]\n";
         let mut notes = Vec::new();
         let v = last_key_wins(lm_eval, "t.yaml", &mut notes).unwrap();
         assert_eq!(v["filter_list"][0]["filter"][0]["regex_pattern"], "second");
         assert_eq!(v["filter_list"][0]["filter"][1]["function"], "take_first");
         assert_eq!(v["doc_to_text"], "b\nc\n");
-        assert_eq!(notes.len(), 2, "{notes:?}");
+        // The earlier list went whole, its comment and bare item too.
+        assert_eq!(v["until"], serde_yaml::from_str::<Value>("[c]").unwrap());
+        assert_eq!(notes.len(), 3, "{notes:?}");
         assert!(notes[0].contains("regex_pattern") && notes[0].contains("PyYAML"));
         let own = "task: t\ndataset: {path: x.jsonl}\ndoc_to_text: a\ndoc_to_text: b\n";
         let e = last_key_wins(own, "t.yaml", &mut Vec::new()).unwrap_err();

@@ -84,10 +84,19 @@ pub fn load_with_problems_using(path: &Path, options: &LoadOptions) -> (Option<T
         data_dir, python, ..
     } = *options;
     let file = path.display().to_string();
-    let (merged, mut texts) = match include::read_merged(path) {
+    let (merged, mut texts, repeated) = match include::read_merged_noting(path) {
         Ok(m) => m,
         Err(e) => return (None, vec![e]),
     };
+    // PyYAML's last-key-wins is lm-eval's reading; in icl-eval's own format a repeated key is a
+    // slip, whichever file of the includes holds it.
+    if !repeated.is_empty() && !is_lm_eval(&merged) {
+        let errors = repeated
+            .into_iter()
+            .map(|n| format!("{n}; icl-eval's own task files may not repeat a key"))
+            .collect();
+        return (None, errors);
+    }
     // An lm-eval task file found in a task folder is read in place: translated as `tasks import`
     // would write it (refusals are the load's problems), then loaded from its own folder.
     if is_lm_eval(&merged) {
@@ -183,7 +192,7 @@ fn build_spec(
     if spec.generation.is_some() && spec.output_type != OutputType::GenerateUntil {
         cx.problem("field `generation` applies only to output_type generate_until");
     }
-    let metrics = metrics(cx, &spec);
+    let mut metrics = metrics(cx, &spec);
     let exact_match = exact_match_options(cx, &spec);
     let filters = filters(cx, &spec);
     let (until, max_tokens) = match &spec.generation {
@@ -250,6 +259,11 @@ fn build_spec(
         && inputs_named_by_index(&env, &splits[&spec.test_split])
     {
         spec.output_type = OutputType::MultipleInput;
+        // The metrics were read as multiple choice's; now they must fit the inputs.
+        metrics = self::metrics(cx, &spec);
+        if !cx.problems.is_empty() {
+            return None;
+        }
     }
     let render = Renderer {
         env: &env,
@@ -273,6 +287,21 @@ fn build_spec(
         render_split(cx, &render, &fewshot_split, &splits[&fewshot_split])
     };
     if !cx.problems.is_empty() {
+        return None;
+    }
+    // lm-eval's `f1` is scikit-learn's binary F1 (of choice 1), which refuses more labels.
+    if metrics.contains(&Metric::F1)
+        && let Some(item) = test
+            .iter()
+            .flatten()
+            .find(|i| i.options().is_some_and(|o| o.len() > 2))
+    {
+        cx.problem(format!(
+            "field `metrics`: `f1` is binary (scikit-learn's default, as lm-eval calls it), but doc \
+             {} has {} choices; use `f1_weighted` or `mcc`",
+            item.id,
+            item.options().map_or(0, <[String]>::len)
+        ));
         return None;
     }
     // Only `acc_calibrated` reads them; other tasks' templates may need real values (an `int`).
@@ -472,14 +501,36 @@ fn regex_replace(text: &str, pattern: &str, replacement: &str) -> Result<String,
         c.insert(pattern.to_string(), re.clone());
         Ok(re)
     })?;
-    // Python's `\1` becomes the regex crate's `${1}`; a literal `$` stays literal.
+    // Python's replacement syntax in the regex crate's: `\12` and `\g<name>` become `${12}` and
+    // `${name}`, `\\`, `\n`, `\t` their characters; a literal `$` stays literal.
     let mut expand = String::with_capacity(replacement.len());
     let mut chars = replacement.chars().peekable();
     while let Some(c) = chars.next() {
-        match c {
-            '$' => expand.push_str("$$"),
-            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
-                expand.push_str(&format!("${{{}}}", chars.next().unwrap_or('0')));
+        match (c, chars.peek().copied()) {
+            ('$', _) => expand.push_str("$$"),
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                let mut group = String::new();
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    group.push(d);
+                }
+                expand.push_str(&format!("${{{group}}}"));
+            }
+            ('\\', Some('g')) => {
+                chars.next();
+                if chars.next_if_eq(&'<').is_some() {
+                    let group: String = chars.by_ref().take_while(|&c| c != '>').collect();
+                    expand.push_str(&format!("${{{group}}}"));
+                } else {
+                    expand.push_str("\\g");
+                }
+            }
+            ('\\', Some(e @ ('\\' | 'n' | 't'))) => {
+                chars.next();
+                expand.push(match e {
+                    'n' => '\n',
+                    't' => '\t',
+                    _ => '\\',
+                });
             }
             _ => expand.push(c),
         }
@@ -1174,5 +1225,15 @@ mod tests {
         let t = load_task(&y, None).unwrap();
         assert_eq!(t.test[0].text, "b");
         assert_eq!(t.fewshot[0].text, "a");
+    }
+
+    /// `regex_replace` reads Python's replacement syntax: numbered and named groups, escapes.
+    #[test]
+    fn regex_replace_is_pythons_re_sub() {
+        let r = |text: &str, pattern: &str, with: &str| regex_replace(text, pattern, with).unwrap();
+        assert_eq!(r("a [title] b [x]", r"\[.*?\]", ""), "a  b ");
+        assert_eq!(r("2024-05", r"(\d+)-(\d+)", r"\2/\1 $5"), "05/2024 $5");
+        assert_eq!(r("ab", r"(?P<x>a)(b)", r"\g<x>\g<2>\n\\"), "ab\n\\");
+        assert!(regex_replace("a", "(", "").is_err());
     }
 }

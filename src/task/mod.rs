@@ -160,6 +160,9 @@ impl Metric {
             ) | (
                 Metric::Acc,
                 OutputType::MultipleInput | OutputType::Loglikelihood
+            ) | (
+                Metric::F1 | Metric::F1Weighted | Metric::Mcc,
+                OutputType::MultipleInput
             ) | (Metric::Perplexity, OutputType::Loglikelihood)
                 | (
                     Metric::WordPerplexity | Metric::BytePerplexity | Metric::BitsPerByte,

@@ -173,8 +173,13 @@ fn read_tree(base: &Path, dir: &Path, files: &mut HashMap<String, Vec<u8>>) {
 }
 
 /// The converted fixture, made once per version of the script (under `~/.cache/icl-eval/`) with
-/// the Python that has `datasets`.
+/// the Python that has `datasets`; once per process, whichever tests ask at the same time.
 fn fixture() -> PathBuf {
+    static FIXTURE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(build_fixture).clone()
+}
+
+fn build_fixture() -> PathBuf {
     let script = super::root().join("scripts/make-fake-hub.py");
     let hash = hex::encode(Sha256::digest(std::fs::read(&script).unwrap()));
     let home = PathBuf::from(std::env::var_os("HOME").unwrap());

@@ -144,18 +144,19 @@ struct MergeArgs {
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
     #[command(flatten)]
-    python: AggregationPython,
+    python: PythonOpt,
 }
 
-/// Tasks' Python aggregations (lm-eval's `aggregation: !function` of `f1`/`mcc`), which rebuilding
-/// a report runs again.
-#[derive(Args, Debug)]
-struct AggregationPython {
-    /// Run the tasks' Python aggregations (recorded in config.json) with your own Python; without
-    /// it their metrics are left empty, with a note.
+/// The opt-in to lm-eval task files' Python: loading tasks runs their `!function` hooks; building a
+/// report runs their recorded aggregations of `f1`/`mcc`.
+#[derive(Args, Debug, Clone)]
+struct PythonOpt {
+    /// Run the Python of lm-eval task files with your own Python: `!function` hooks that build docs
+    /// (process_docs, doc_to_text, doc_to_target, doc_to_choice) and aggregations of f1/mcc (a
+    /// report without it leaves those cells empty, with a note); runs record that they did.
     #[arg(long)]
     allow_python: bool,
-    /// The Python --allow-python runs.
+    /// The Python --allow-python runs (with the hooks' imports; `datasets` for process_docs).
     #[arg(
         long,
         value_name = "PATH",
@@ -165,7 +166,8 @@ struct AggregationPython {
     python: PathBuf,
 }
 
-impl AggregationPython {
+impl PythonOpt {
+    /// The Python to run, when the user opted in.
     fn python(&self) -> Option<&Path> {
         self.allow_python.then_some(self.python.as_path())
     }
@@ -183,7 +185,7 @@ struct ReportArgs {
     #[arg(long)]
     allow_mixed: bool,
     #[command(flatten)]
-    python: AggregationPython,
+    python: PythonOpt,
 }
 
 #[derive(Args, Debug)]
@@ -230,18 +232,8 @@ struct TaskDirs {
     /// Folder holding external datasets referenced as `${DATA_DIR}/...`.
     #[arg(long, value_name = "DIR", env = "ICL_EVAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Run the Python `!function` hooks of lm-eval task files (process_docs, doc_to_text,
-    /// doc_to_target, doc_to_choice) with your own Python; runs record that they did.
-    #[arg(long)]
-    allow_python: bool,
-    /// The Python --allow-python runs (with the hooks' imports; `datasets` for process_docs).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "python3",
-        requires = "allow_python"
-    )]
-    python: PathBuf,
+    #[command(flatten)]
+    python: PythonOpt,
 }
 
 impl TaskDirs {
@@ -256,7 +248,7 @@ impl TaskDirs {
 
     /// The Python to run task hooks with, when the user opted in.
     fn python(&self) -> Option<&Path> {
-        self.allow_python.then_some(self.python.as_path())
+        self.python.python()
     }
 }
 

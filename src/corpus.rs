@@ -296,14 +296,19 @@ fn f1(stats: &[&[f64]]) -> f64 {
     2.0 * tp / (2.0 * tp + fp + fn_)
 }
 
-/// scikit-learn's `f1_score(average="weighted")`: each label's F1 (0 where undefined) weighted by
-/// its count among the golds, over the labels golds and predictions use.
-fn f1_weighted(stats: &[&[f64]]) -> f64 {
-    let classes = stats
+/// How many choices (gold, predicted) pairs span: one past the largest index.
+fn classes(stats: &[&[f64]]) -> usize {
+    stats
         .iter()
         .map(|s| s[0].max(s[1]) as usize + 1)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// scikit-learn's `f1_score(average="weighted")`: each label's F1 (0 where undefined) weighted by
+/// its count among the golds, over the labels golds and predictions use.
+fn f1_weighted(stats: &[&[f64]]) -> f64 {
+    let classes = classes(stats);
     let (mut tp, mut fp, mut fn_) = (vec![0.0; classes], vec![0.0; classes], vec![0.0; classes]);
     for s in stats {
         let (g, p) = (s[0] as usize, s[1] as usize);
@@ -334,11 +339,7 @@ fn f1_weighted(stats: &[&[f64]]) -> f64 {
 
 /// scikit-learn's `matthews_corrcoef` for any number of classes (0 when undefined).
 fn mcc(stats: &[&[f64]]) -> f64 {
-    let classes = stats
-        .iter()
-        .map(|s| s[0].max(s[1]) as usize + 1)
-        .max()
-        .unwrap_or(0);
+    let classes = classes(stats);
     let (mut t, mut p) = (vec![0.0; classes], vec![0.0; classes]);
     let mut agree = 0.0;
     for s in stats {

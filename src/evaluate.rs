@@ -449,8 +449,9 @@ impl Requests<'_> {
                 }
                 Need::Inputs(keys)
             }
-            // Planned before any prompt is fitted (`plan_doc`).
-            Answer::Document(text) => Need::Document(memo.need_document(pending, text)),
+            Answer::Document(_) => {
+                bail!("internal: a document is planned before its prompt is fitted (plan_doc)")
+            }
             Answer::Continuation(_) => {
                 let conts = prompt::continuations(task, self.item, self.format);
                 Need::Continuation(memo.need_choices(

@@ -126,6 +126,20 @@ fn strip(v: &Value, key: &str) -> Value {
     Value::Mapping(m)
 }
 
+/// `!function MODULE.function`'s file and function: lm-eval finds `MODULE.py` beside the YAML
+/// that names it.
+fn module_file<'f>(
+    f: &'f serde_yaml::value::TaggedValue,
+    path: &Path,
+) -> Option<(std::path::PathBuf, &'f str)> {
+    let (module, function) = f.value.as_str()?.rsplit_once('.')?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    Some((
+        dir.join(format!("{}.py", module.replace('.', "/"))),
+        function,
+    ))
+}
+
 /// The `!function …` tag inside a value, if any.
 fn function_tag(v: &Value) -> Option<String> {
     match v {
@@ -220,20 +234,17 @@ impl Translation {
         self.problems.push(format!("key `{key}` {why}"));
     }
 
-    /// `!function MODULE.function` as `FILE.py:function`: lm-eval finds `MODULE.py` beside the
-    /// YAML that names it.
+    /// `!function MODULE.function` as `FILE.py:function` (see [`module_file`]).
     fn hook_file(
         &mut self,
         key: &str,
         f: &serde_yaml::value::TaggedValue,
         path: &Path,
     ) -> Option<String> {
-        let Some((module, function)) = f.value.as_str().and_then(|s| s.rsplit_once('.')) else {
+        let Some((file, function)) = module_file(f, path) else {
             self.problem(key, "should be `!function MODULE.function`");
             return None;
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let file = dir.join(format!("{}.py", module.replace('.', "/")));
         let file = std::fs::canonicalize(&file).unwrap_or(file);
         Some(format!("{}:{function}", file.display()))
     }
@@ -248,24 +259,21 @@ impl Translation {
         for entry in list {
             let name = entry.get("metric").and_then(scalar).unwrap_or_default();
             if let Some(Value::Tagged(f)) = entry.get("aggregation")
-                && let Some((module, function)) = f.value.as_str().and_then(|s| s.rsplit_once('.'))
+                && let Some((file, function)) = module_file(f, path)
+                && let Some(metric) = super::stock::metric_of(&file, function)
+                && name == "f1"
             {
-                let dir = path.parent().unwrap_or(Path::new("."));
-                let file = dir.join(format!("{}.py", module.replace('.', "/")));
-                if let Some(metric) = super::stock::metric_of(&file, function)
-                    && name == "f1"
-                {
-                    self.notes.push(format!(
-                        "`{name}` aggregated by {module}.{function} (recognized: scikit-learn's \
-                         weighted F1) is icl-eval's `{metric}`; no Python runs"
-                    ));
-                    let mut e = strip(entry, "aggregation");
-                    if let Value::Mapping(m) = &mut e {
-                        m.insert("metric".into(), metric.into());
-                    }
-                    out.push(e);
-                    continue;
+                self.notes.push(format!(
+                    "`{name}` aggregated by {} (recognized: scikit-learn's weighted F1) is \
+                     icl-eval's `{metric}`; no Python runs",
+                    f.value.as_str().unwrap_or_default()
+                ));
+                let mut e = strip(entry, "aggregation");
+                if let Value::Mapping(m) = &mut e {
+                    m.insert("metric".into(), metric.into());
                 }
+                out.push(e);
+                continue;
             }
             out.push(entry.clone());
         }
@@ -526,17 +534,24 @@ impl Translation {
         };
         for entry in list {
             let name = entry.get("metric").and_then(scalar).unwrap_or_default();
-            match name.as_str() {
-                "acc" | "acc_norm" | "acc_bytes" | "exact_match" | "acc_mutual_info"
-                | "brier_score" | "perplexity" | "bleu" | "chrf" | "f1" | "f1_weighted" | "mcc"
-                | "word_perplexity" | "byte_perplexity" | "bits_per_byte" => {}
-                other => {
-                    self.problem(
-                        "metric_list",
-                        format!("has metric `{other}`, which icl-eval does not compute (acc, acc_norm, acc_bytes, exact_match, acc_mutual_info, brier_score, perplexity, bleu, chrf, f1, mcc)"),
-                    );
-                    continue;
-                }
+            // lm-eval's metrics that icl-eval computes: all of its own but the two lm-eval lacks.
+            let lm_eval_metric = |m: &super::Metric| {
+                !matches!(m, super::Metric::AccCalibrated | super::Metric::AccPmi)
+            };
+            if !super::Metric::from_name(&name).is_some_and(|m| lm_eval_metric(&m)) {
+                let known: Vec<&str> = super::Metric::ALL
+                    .iter()
+                    .filter(|m| lm_eval_metric(m))
+                    .map(|m| m.name())
+                    .collect();
+                self.problem(
+                    "metric_list",
+                    format!(
+                        "has metric `{name}`, which icl-eval does not compute ({})",
+                        known.join(", ")
+                    ),
+                );
+                continue;
             }
             for (k, val) in entry.as_mapping().into_iter().flatten() {
                 match (k.as_str().unwrap_or_default(), val) {

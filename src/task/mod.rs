@@ -75,6 +75,32 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// Every metric, in the order error messages list them.
+    pub const ALL: &[Metric] = &[
+        Metric::Acc,
+        Metric::AccNorm,
+        Metric::AccBytes,
+        Metric::AccCalibrated,
+        Metric::AccPmi,
+        Metric::AccMutualInfo,
+        Metric::BrierScore,
+        Metric::ExactMatch,
+        Metric::Perplexity,
+        Metric::Bleu,
+        Metric::Chrf,
+        Metric::F1,
+        Metric::F1Weighted,
+        Metric::Mcc,
+        Metric::WordPerplexity,
+        Metric::BytePerplexity,
+        Metric::BitsPerByte,
+    ];
+
+    /// The metric named `name` in YAML and results.
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.iter().copied().find(|m| m.name() == name)
+    }
+
     /// Whether lower values are better (and the metric cannot be a headline deciding `correct`).
     pub fn lower_is_better(self) -> bool {
         matches!(
@@ -112,32 +138,10 @@ impl Metric {
 
     /// Parses a metric name, checking it applies to `output_type`.
     pub fn parse(name: &str, output_type: OutputType) -> Result<Self, String> {
-        let m = match name {
-            "acc" => Metric::Acc,
-            "acc_norm" => Metric::AccNorm,
-            "acc_bytes" => Metric::AccBytes,
-            "exact_match" => Metric::ExactMatch,
-            "acc_calibrated" => Metric::AccCalibrated,
-            "acc_pmi" => Metric::AccPmi,
-            "acc_mutual_info" => Metric::AccMutualInfo,
-            "brier_score" => Metric::BrierScore,
-            "perplexity" => Metric::Perplexity,
-            "bleu" => Metric::Bleu,
-            "chrf" => Metric::Chrf,
-            "f1" => Metric::F1,
-            "mcc" => Metric::Mcc,
-            "f1_weighted" => Metric::F1Weighted,
-            "word_perplexity" => Metric::WordPerplexity,
-            "byte_perplexity" => Metric::BytePerplexity,
-            "bits_per_byte" => Metric::BitsPerByte,
-            other => {
-                return Err(format!(
-                    "unknown metric `{other}` (known: acc, acc_norm, acc_bytes, acc_calibrated, \
-                     acc_pmi, acc_mutual_info, brier_score, exact_match, perplexity, bleu, chrf, \
-                     f1, f1_weighted, mcc, word_perplexity, byte_perplexity, bits_per_byte)"
-                ));
-            }
-        };
+        let m = Metric::from_name(name).ok_or_else(|| {
+            let known: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown metric `{name}` (known: {})", known.join(", "))
+        })?;
         // multiple_input scores one shared continuation, so acc_norm would equal acc and
         // calibration has no per-choice prior to divide out.
         let fits = matches!(

@@ -36,17 +36,8 @@ fn run_with_hub(endpoint: &str, cache: &Path, offline: bool, model: &str, out: &
     ])
     .arg(out)
     .current_dir(common::root())
-    .env("ICL_EVAL_NO_CACHE", "1")
-    .env("HF_ENDPOINT", endpoint)
-    .env("HF_HUB_CACHE", cache)
-    .env("NO_PROXY", "127.0.0.1")
-    .env_remove("HF_TOKEN")
-    .env_remove("ICL_EVAL_DATA_DIR");
-    if offline {
-        c.env("HF_HUB_OFFLINE", "1");
-    } else {
-        c.env_remove("HF_HUB_OFFLINE");
-    }
+    .env("ICL_EVAL_NO_CACHE", "1");
+    common::fake_hub::hub_env(&mut c, endpoint, cache, offline);
     c.output().unwrap()
 }
 
@@ -196,17 +187,8 @@ fn a_hub_dataset_is_read_from_its_parquet_conversion_then_offline_from_the_cache
             .arg(&model)
             .args(["--shots", "0,1", "--output"])
             .arg(tmp.join(out))
-            .env("ICL_EVAL_NO_CACHE", "1")
-            .env("HF_ENDPOINT", hub.endpoint())
-            .env("HF_HUB_CACHE", &cache)
-            .env("NO_PROXY", "127.0.0.1")
-            .env_remove("HF_TOKEN")
-            .env_remove("ICL_EVAL_DATA_DIR");
-        if offline {
-            c.env("HF_HUB_OFFLINE", "1");
-        } else {
-            c.env_remove("HF_HUB_OFFLINE");
-        }
+            .env("ICL_EVAL_NO_CACHE", "1");
+        hub.env(&mut c, &cache, offline);
         c.output().unwrap()
     };
     let o = run(false, "online");
@@ -355,18 +337,8 @@ fn hub_dataset_problems_name_the_task_dataset_and_field() {
     };
     let validate = |path: &Path, offline: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_icl-eval"));
-        c.arg("validate")
-            .arg(path)
-            .env("HF_ENDPOINT", hub.endpoint())
-            .env("HF_HUB_CACHE", tmp.join("cache"))
-            .env("NO_PROXY", "127.0.0.1")
-            .env_remove("HF_TOKEN")
-            .env_remove("ICL_EVAL_DATA_DIR");
-        if offline {
-            c.env("HF_HUB_OFFLINE", "1");
-        } else {
-            c.env_remove("HF_HUB_OFFLINE");
-        }
+        c.arg("validate").arg(path);
+        hub.env(&mut c, &tmp.join("cache"), offline);
         let o = c.output().unwrap();
         assert!(
             !o.status.success(),
@@ -446,17 +418,8 @@ fn a_hub_repositorys_own_csv_files_are_read_by_their_names() {
         let mut c = Command::new(env!("CARGO_BIN_EXE_icl-eval"));
         c.args(["prompt", "--tasks-dir"])
             .arg(&tasks)
-            .args(["--task", "sr", "--shots", "1", "--doc", "1"])
-            .env("HF_ENDPOINT", hub.endpoint())
-            .env("HF_HUB_CACHE", tmp.join("cache"))
-            .env("NO_PROXY", "127.0.0.1")
-            .env_remove("HF_TOKEN")
-            .env_remove("ICL_EVAL_DATA_DIR");
-        if offline {
-            c.env("HF_HUB_OFFLINE", "1");
-        } else {
-            c.env_remove("HF_HUB_OFFLINE");
-        }
+            .args(["--task", "sr", "--shots", "1", "--doc", "1"]);
+        hub.env(&mut c, &tmp.join("cache"), offline);
         let o = c.output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).to_string()

@@ -52,30 +52,24 @@ fn gsm8k_matches_lm_evals_logged_samples_item_by_item() {
     shots.dedup();
     let shots: Vec<String> = shots.iter().map(u64::to_string).collect();
     let out = d.join("run");
-    let o = common::icl_eval(&[
-        "run",
-        "--tasks-dir",
-        tasks.to_str().unwrap(),
-        "--tasks",
+    let ours: BTreeMap<(u64, u64), icl_eval::record::Sample> = common::run_smollm2(
+        &tasks,
         "gsm8k_parity",
-        "--models",
-        common::smollm2().to_str().unwrap(),
-        "--weights",
-        "f32",
-        "--sampler",
-        "first_n",
-        "--shots",
-        &shots.join(","),
-        "--limit",
-        &docs.to_string(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ours: BTreeMap<(u64, u64), icl_eval::record::Sample> = common::read_samples(&out)
-        .into_iter()
-        .map(|s| ((s.doc_id as u64, s.k as u64), s))
-        .collect();
+        &out,
+        &[
+            "--weights",
+            "f32",
+            "--sampler",
+            "first_n",
+            "--shots",
+            &shots.join(","),
+            "--limit",
+            &docs.to_string(),
+        ],
+    )
+    .into_iter()
+    .map(|s| ((s.doc_id as u64, s.k as u64), s))
+    .collect();
     let mut differ = Vec::new();
     for item in items {
         let key = (
@@ -127,26 +121,15 @@ fn lambada_perplexity_and_acc_match_lm_eval() {
     let (d, tasks, logged) =
         fixture_task("lambada_parity", &["lambada.jsonl"], "lambada_samples.json");
     let out = d.join("run");
-    let o = common::icl_eval(&[
-        "run",
-        "--tasks-dir",
-        tasks.to_str().unwrap(),
-        "--tasks",
+    let ours: BTreeMap<usize, icl_eval::record::Sample> = common::run_smollm2(
+        &tasks,
         "lambada_parity",
-        "--models",
-        common::smollm2().to_str().unwrap(),
-        "--weights",
-        "f32",
-        "--shots",
-        "0",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ours: BTreeMap<usize, icl_eval::record::Sample> = common::read_samples(&out)
-        .into_iter()
-        .map(|s| (s.doc_id, s))
-        .collect();
+        &out,
+        &["--weights", "f32", "--shots", "0"],
+    )
+    .into_iter()
+    .map(|s| (s.doc_id, s))
+    .collect();
     let items = logged["items"].as_array().unwrap();
     assert_eq!(ours.len(), items.len());
     for item in items {

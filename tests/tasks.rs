@@ -375,23 +375,7 @@ fn lm_eval_filters_groups_and_inline_samples_run_in_place() {
     )
     .unwrap();
     let out = d.join("run");
-    let o = common::icl_eval(&[
-        "run",
-        "--tasks-dir",
-        tasks.to_str().unwrap(),
-        "--tasks",
-        "sums",
-        "--models",
-        common::smollm2().to_str().unwrap(),
-        "--shots",
-        "0,2",
-        "--limit",
-        "4",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let samples = common::read_samples(&out);
+    let samples = common::run_smollm2(&tasks, "sums", &out, &["--shots", "0,2", "--limit", "4"]);
     assert_eq!(samples.len(), 2 * 2 * 4);
     let number = regex::Regex::new(r"(\d+)").unwrap();
     for s in &samples {
@@ -522,24 +506,12 @@ fn python_hooks_run_only_when_allowed_and_are_recorded() {
     );
 
     let out = d.join("run");
-    let o = common::icl_eval(&[
-        "run",
-        "--tasks-dir",
-        dir,
-        "--tasks",
+    let samples = common::run_smollm2(
+        &tasks,
         "colours",
-        "--models",
-        common::smollm2().to_str().unwrap(),
-        "--shots",
-        "0,1",
-        "--output",
-        out.to_str().unwrap(),
-        "--allow-python",
-        "--python",
-        py,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let samples = common::read_samples(&out);
+        &out,
+        &["--shots", "0,1", "--allow-python", "--python", py],
+    );
     assert_eq!(samples.len(), 6);
     let golds: Vec<&str> = samples
         .iter()
@@ -664,28 +636,9 @@ fn sampled_repeats_are_reproducible_across_batches_and_limits() {
     )
     .unwrap();
     let run = |out: &str, extra: &[&str]| {
-        let out = d.join(out);
-        let mut args = vec![
-            "run",
-            "--tasks-dir",
-            tasks.to_str().unwrap(),
-            "--tasks",
-            "sampled",
-            "--models",
-        ];
-        let model = common::smollm2();
-        args.push(model.to_str().unwrap());
-        args.extend([
-            "--shots",
-            "0,1",
-            "--output",
-            out.to_str().unwrap(),
-            "--no-cache",
-        ]);
+        let mut args = vec!["--shots", "0,1", "--no-cache"];
         args.extend(extra);
-        let o = common::icl_eval(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        common::read_samples(&out)
+        common::run_smollm2(&tasks, "sampled", &d.join(out), &args)
     };
     let a = run("a", &["--batch-size", "1"]);
     let b = run("b", &["--batch-size", "8", "--limit", "2"]);
@@ -747,21 +700,7 @@ fn loglikelihood_rolling_scores_each_document_whole_in_windows() {
     .unwrap();
     let model = common::smollm2();
     let out = d.join("run");
-    let o = common::icl_eval(&[
-        "run",
-        "--tasks-dir",
-        tasks.to_str().unwrap(),
-        "--tasks",
-        "ppl",
-        "--models",
-        model.to_str().unwrap(),
-        "--shots",
-        "0,2",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let samples = common::read_samples(&out);
+    let samples = common::run_smollm2(&tasks, "ppl", &out, &["--shots", "0,2"]);
     assert_eq!(samples.len(), 6);
     let ll = |doc: usize, k: usize| {
         let s = samples

@@ -131,17 +131,28 @@ impl FakeHub {
         cache: &Path,
         offline: bool,
     ) -> &'a mut Command {
-        command
-            .env("HF_ENDPOINT", self.endpoint())
-            .env("HF_HUB_CACHE", cache)
-            .env("NO_PROXY", "127.0.0.1")
-            .env_remove("HF_TOKEN")
-            .env_remove("ICL_EVAL_DATA_DIR");
-        if offline {
-            command.env("HF_HUB_OFFLINE", "1")
-        } else {
-            command.env_remove("HF_HUB_OFFLINE")
-        }
+        hub_env(command, &self.endpoint(), cache, offline)
+    }
+}
+
+/// `command` pointed at the hub at `endpoint` with a Hugging Face cache at `cache`, online unless
+/// `offline`; no token, no data folder.
+pub fn hub_env<'a>(
+    command: &'a mut Command,
+    endpoint: &str,
+    cache: &Path,
+    offline: bool,
+) -> &'a mut Command {
+    command
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_HUB_CACHE", cache)
+        .env("NO_PROXY", "127.0.0.1")
+        .env_remove("HF_TOKEN")
+        .env_remove("ICL_EVAL_DATA_DIR");
+    if offline {
+        command.env("HF_HUB_OFFLINE", "1")
+    } else {
+        command.env_remove("HF_HUB_OFFLINE")
     }
 }
 

@@ -85,6 +85,32 @@ pub fn command_in(dir: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `icl-eval run` of the task `task` found in the folder `tasks` on the bundled SmolLM2, into
+/// `out`, with `extra` arguments (shots, limit, flags); asserts it succeeded and returns its samples.
+pub fn run_smollm2(
+    tasks: &Path,
+    task: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Vec<icl_eval::record::Sample> {
+    let model = smollm2();
+    let mut args = vec![
+        "run",
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--tasks",
+        task,
+        "--models",
+        model.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let o = icl_eval(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    read_samples(out)
+}
+
 /// The samples of a finished run folder.
 pub fn read_samples(dir: &Path) -> Vec<icl_eval::record::Sample> {
     std::fs::read_to_string(dir.join("samples.jsonl"))

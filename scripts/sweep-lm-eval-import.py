@@ -36,6 +36,9 @@ REASONS = [
 ]
 
 
+NOT_A_TASK = "not a task: no `task` or `group` key (lm-eval's index skips it too)"
+
+
 def verdict(icl_eval, path, allow_python=False):
     """(accepted, [reason labels], first error line)."""
     with tempfile.TemporaryDirectory() as d:
@@ -51,6 +54,10 @@ def verdict(icl_eval, path, allow_python=False):
         for l in p.stderr.splitlines()
         if l.strip() and not l.startswith("note") and "cannot translate" not in l
     ]
+    # Without a `task` (or `group`) key a file is a base others include: lm-eval's task index
+    # skips it too ("Unknown config shape"), so it is no task that fails to import.
+    if "key `task` is missing" in lines:
+        return False, [NOT_A_TASK], lines[0]
     reasons = set()
     for line in lines:
         for label, pat in REASONS:
@@ -97,14 +104,21 @@ def main():
             by_reason[r] += 1
             row[2][r] += 1
     accepted = sum(ok for ok, _, _ in results)
-    print(f"{accepted} of {len(files)} task YAML files import ({100 * accepted / len(files):.1f}%), "
-          f"in {sum(1 for r in folders.values() if r[1])} of {len(folders)} folders.\n")
+    bases = by_reason[NOT_A_TASK]
+    tasks = len(files) - bases
+    print(f"{accepted} of {len(files)} YAML files import ({100 * accepted / len(files):.1f}%), "
+          f"in {sum(1 for r in folders.values() if r[1])} of {len(folders)} folders; "
+          f"{bases} files are no task or group (bases others include), so {accepted} of the "
+          f"{tasks} task and group files import ({100 * accepted / tasks:.1f}%).\n")
     no_python = {name: row for name, row in folders.items() if not row[2]["`!function` (Python)"]}
-    whole = sorted(name for name, row in no_python.items() if row[0] == row[1])
-    print(f"Folders without `!function`: {len(no_python)}; every file imports in {len(whole)}. "
-          "The others (imported / files: main refusal): " + "; ".join(
-              f"{name} ({row[1]}/{row[0]}: {row[2].most_common(1)[0][0]})"
-              for name, row in sorted(no_python.items()) if row[0] != row[1]) + ".\n")
+    whole = sorted(name for name, row in no_python.items()
+                   if row[0] == row[1] + row[2][NOT_A_TASK])
+    print(f"Folders without `!function`: {len(no_python)}; every task and group file imports in "
+          f"{len(whole)}. The others (imported / task and group files: main refusal): " + "; ".join(
+              f"{name} ({row[1]}/{row[0] - row[2][NOT_A_TASK]}: "
+              f"{(row[2] - collections.Counter({NOT_A_TASK: row[2][NOT_A_TASK]})).most_common(1)[0][0]})"
+              for name, row in sorted(no_python.items())
+              if name not in whole) + ".\n")
     # "alone": the files this is the only refusal of, i.e. what lifting it would gain.
     alone = collections.Counter(rs[0] for ok, rs, _ in results if len(rs) == 1)
     print("| refused because of | files | alone |\n|---|---:|---:|")

@@ -442,7 +442,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     }
     let selection = task::discover::select(&a.tasks, &a.dirs.dirs())?;
     let cfg = RunConfig {
-        tasks: selection.paths,
+        tasks: selection.tasks,
         groups: selection.groups,
         models: a.models,
         models_file: ModelsFile::find(a.source.models_file.as_deref())?,
@@ -588,6 +588,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         .map(|c| c.join("llama-venv/bin/python"));
     let llama_python = a.llama_python.or(default_python.filter(|p| p.is_file()));
     let task = task::discover::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
+    if task.yaml.is_some() {
+        bail!(
+            "--task: {} is not a task file; bench runs a task file as it is",
+            task.shown()
+        );
+    }
     let work_dir = a.work_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("icl-eval-bench-{}", std::process::id()))
     });
@@ -597,7 +603,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         tokens: a.tokens,
         reps: a.reps,
         llama_python,
-        task: task.display().to_string(),
+        task: task.path.display().to_string(),
         limit: a.limit,
         work_dir,
         data_dir: a.dirs.data_dir,
@@ -663,7 +669,11 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
                 src.name,
                 src.path.display(),
                 g.members.len(),
-                g.members.join(", ")
+                g.members
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             continue;
         }
@@ -676,7 +686,12 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
             );
             continue;
         }
-        match task::load_task_with(&src.path, d.data_dir.as_deref(), d.python()) {
+        let options = task::LoadOptions {
+            data_dir: d.data_dir.as_deref(),
+            python: d.python(),
+            hub: icl_eval::hub::HubOptions::from_env(),
+        };
+        match task::load_ref(&src.task_ref(), &options) {
             Ok(t) => println!(
                 "| {} | {} | {} | {} | {} | {} | {} |",
                 t.name,
@@ -702,12 +717,13 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
 }
 
 fn cmd_prompt(a: PromptArgs) -> Result<()> {
-    let path = task::discover::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
-    let tasks = [task::load_task_with(
-        &path,
-        a.dirs.data_dir.as_deref(),
-        a.dirs.python(),
-    )?];
+    let found = task::discover::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
+    let options = task::LoadOptions {
+        data_dir: a.dirs.data_dir.as_deref(),
+        python: a.dirs.python(),
+        hub: a.source.hub(),
+    };
+    let tasks = [task::load_ref(&found, &options)?];
     let t = &tasks[0];
     let Some(item) = t.test.get(a.doc) else {
         bail!(

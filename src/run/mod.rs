@@ -27,7 +27,7 @@ pub use setup::selectors;
 /// Everything a run needs, resolved from the command line.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub tasks: Vec<PathBuf>,
+    pub tasks: Vec<crate::task::include::TaskRef>,
     /// Tags named on `--tasks`, reported as group means besides their tasks.
     pub groups: Vec<crate::task::discover::Group>,
     /// Model references (`.gguf` path, checkpoint folder, models-file name, `hf:ORG/REPO[/FILE]`).

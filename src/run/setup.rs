@@ -50,7 +50,14 @@ pub(super) fn check_command(cfg: &RunConfig) -> Result<Vec<usize>> {
 pub(super) fn load_tasks(cfg: &RunConfig) -> Result<Vec<Task>> {
     cfg.tasks
         .iter()
-        .map(|p| crate::task::load_task_with(p, cfg.data_dir.as_deref(), cfg.python.as_deref()))
+        .map(|r| {
+            let options = crate::task::LoadOptions {
+                data_dir: cfg.data_dir.as_deref(),
+                python: cfg.python.as_deref(),
+                hub: cfg.hub.clone(),
+            };
+            crate::task::load_ref(r, &options)
+        })
         .collect()
 }
 

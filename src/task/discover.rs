@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{include, spec};
+use serde_yaml::{Mapping, Value};
 
-/// A task file found on disk.
+use super::include::{self, TaskRef};
+use super::spec;
+
+/// A task file found on disk, or a task defined inside a group file.
 #[derive(Debug, Clone)]
 pub struct TaskSource {
     pub name: String,
@@ -22,6 +25,16 @@ pub struct TaskSource {
     pub tags: Vec<String>,
     /// A group file (lm-eval's `group:` with a `task:` list) instead of a task.
     pub group: Option<GroupFile>,
+    /// A task defined inside the group file at `path` (a `{task: NAME, ...}` member whose name no
+    /// task file has): its keys, read as a task file there would be, and the group's name.
+    pub inline: Option<(Mapping, String)>,
+}
+
+impl TaskSource {
+    /// Where the task is read from, as it is.
+    pub fn task_ref(&self) -> TaskRef {
+        task_ref(self, &Mapping::new(), None)
+    }
 }
 
 /// A group file: `group: NAME` and `task:` a list of task, tag or group names (or inline groups),
@@ -30,14 +43,25 @@ pub struct TaskSource {
 pub struct GroupFile {
     /// `group_alias`, the name reports may show.
     pub alias: Option<String>,
-    /// Names of its tasks, tags and groups, in file order.
-    pub members: Vec<String>,
+    /// Its tasks, tags and groups, in file order.
+    pub members: Vec<Member>,
     /// `aggregate_metric_list`: `weight_by_size` per metric (`true`: a mean over docs, lm-eval's
     /// micro; `false`: a mean over members).
     pub weight_by_size: Vec<(String, bool)>,
+    /// The group's other keys: task settings lm-eval applies to every member (a member's own
+    /// keys win over them).
+    pub overrides: Mapping,
 }
 
-/// Keys a group file may carry.
+/// A group member: a task, tag or group name, and the task keys the group sets for it (lm-eval's
+/// `{task: NAME, KEY: VALUE}`); where no task file has the name, the keys define the task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub keys: Mapping,
+}
+
+/// Keys a group file may carry besides the task settings it passes to its members.
 const GROUP_KEYS: &[&str] = &[
     "group",
     "group_alias",
@@ -46,6 +70,10 @@ const GROUP_KEYS: &[&str] = &[
     "metadata",
     "tag",
 ];
+
+/// Keys of a member that change nothing icl-eval runs: a display name, and a default K (K comes
+/// from `--shots`). Kept out of the settings, so `{task: x, task_alias: X}` is task `x` itself.
+const INERT_MEMBER_KEYS: &[&str] = &["task", "task_alias", "num_fewshot"];
 
 /// Reads the group files of one YAML (the file's own group, then inline groups among its
 /// members, each registered under its own name); the error names the file and key.
@@ -56,18 +84,17 @@ pub fn read_groups(path: &Path, v: &serde_yaml::Value) -> Result<Vec<(String, Gr
     Ok(out)
 }
 
+/// `m` without the keys in `drop`.
+fn without(m: &Mapping, drop: &[&str]) -> Mapping {
+    m.iter()
+        .filter(|(k, _)| !k.as_str().is_some_and(|k| drop.contains(&k)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 fn group_of(v: &serde_yaml::Value, out: &mut Vec<(String, GroupFile)>) -> Result<String, String> {
     use serde_yaml::Value;
     let map = v.as_mapping().ok_or("a group is a mapping")?;
-    for k in map.keys() {
-        let k = k.as_str().unwrap_or_default();
-        if !GROUP_KEYS.contains(&k) {
-            return Err(format!(
-                "group key `{k}` is not read (a group file has {})",
-                GROUP_KEYS.join(", ")
-            ));
-        }
-    }
     let name = v
         .get("group")
         .and_then(Value::as_str)
@@ -82,33 +109,53 @@ fn group_of(v: &serde_yaml::Value, out: &mut Vec<(String, GroupFile)>) -> Result
             .get("group_alias")
             .and_then(Value::as_str)
             .map(str::to_string),
+        overrides: without(map, GROUP_KEYS),
         ..GroupFile::default()
     };
+    g.overrides = without(&g.overrides, INERT_MEMBER_KEYS);
     for (i, m) in list.iter().enumerate() {
-        match m {
-            Value::String(s) => g.members.push(s.clone()),
-            Value::Mapping(mm) if mm.contains_key("group") => g.members.push(group_of(m, out)?),
-            // `{task: NAME, task_alias: ...}` names a task; the alias is a display name.
+        let member = match m {
+            Value::String(s) => Member {
+                name: s.clone(),
+                keys: Mapping::new(),
+            },
+            // An inline group, or `{group: NAME, KEY: VALUE}` setting keys of a group defined
+            // elsewhere.
+            Value::Mapping(mm) if mm.contains_key("group") => match m.get("task") {
+                Some(_) => Member {
+                    name: group_of(m, out)?,
+                    keys: Mapping::new(),
+                },
+                None => Member {
+                    name: m
+                        .get("group")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| {
+                            format!("group `{name}`: key `task[{i}].group` should be a name")
+                        })?
+                        .to_string(),
+                    keys: without(mm, &["group", "group_alias"]),
+                },
+            },
             Value::Mapping(mm) => {
                 let task = m.get("task").and_then(Value::as_str).ok_or_else(|| {
-                    format!("group `{name}`: key `task[{i}]` should name a task or hold a group")
+                    format!(
+                        "group `{name}`: key `task[{i}]` has neither `task` (a task's name) nor \
+                         `group`; lm-eval reads no such member either"
+                    )
                 })?;
-                for k in mm.keys().filter_map(Value::as_str) {
-                    if !matches!(k, "task" | "task_alias" | "num_fewshot") {
-                        return Err(format!(
-                            "group `{name}`: key `task[{i}].{k}`: a task defined inside a group \
-                             is not read; give `{task}` a file of its own and name it here"
-                        ));
-                    }
+                Member {
+                    name: task.to_string(),
+                    keys: without(mm, INERT_MEMBER_KEYS),
                 }
-                g.members.push(task.to_string());
             }
             _ => {
                 return Err(format!(
                     "group `{name}`: key `task[{i}]` should be a name or a mapping"
                 ));
             }
-        }
+        };
+        g.members.push(member);
     }
     let aggs = match v.get("aggregate_metric_list") {
         None | Some(Value::Null) => Vec::new(),
@@ -180,6 +227,7 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                         problem: None,
                         tags: Vec::new(),
                         group: Some(g),
+                        inline: None,
                     })),
                     Err(e) => found.push(TaskSource {
                         name: stem,
@@ -188,6 +236,7 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                         problem: Some(e),
                         tags: Vec::new(),
                         group: None,
+                        inline: None,
                     }),
                 }
                 continue;
@@ -214,10 +263,50 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                 about,
                 tags,
                 group: None,
+                inline: None,
             });
         }
     }
+    define_inline_tasks(&mut found);
     Ok(found)
+}
+
+/// Registers the tasks group files define inline: a `{task: NAME, ...}` member whose name no
+/// task file, group or tag has (lm-eval's rule); the first definition of a name wins, as the
+/// first file of a name does.
+fn define_inline_tasks(found: &mut Vec<TaskSource>) {
+    let mut defined = Vec::new();
+    for src in found.iter() {
+        let Some(g) = &src.group else { continue };
+        for m in g.members.iter().filter(|m| !m.keys.is_empty()) {
+            let taken = |n: &str| {
+                found
+                    .iter()
+                    .any(|t| t.name == n || t.tags.iter().any(|x| x == n))
+                    || defined.iter().any(|t: &TaskSource| t.name == n)
+            };
+            if taken(&m.name) {
+                continue;
+            }
+            let mut keys = m.keys.clone();
+            keys.insert("task".into(), m.name.clone().into());
+            defined.push(TaskSource {
+                name: m.name.clone(),
+                path: src.path.clone(),
+                about: format!("defined inside group `{}`", src.name),
+                problem: None,
+                tags: keys
+                    .get("tag")
+                    .cloned()
+                    .and_then(|t| serde_yaml::from_value::<spec::Tags>(t).ok())
+                    .map(spec::Tags::into_vec)
+                    .unwrap_or_default(),
+                group: None,
+                inline: Some((keys, src.name.clone())),
+            });
+        }
+    }
+    found.extend(defined);
 }
 
 /// Every `*.yaml` / `*.yml` under `dir`; files named `_*` only where they are group files
@@ -256,31 +345,33 @@ pub struct Group {
     pub tasks: Vec<String>,
 }
 
-/// What `--tasks` selects: task files, and the groups among the names (tags).
+/// What `--tasks` selects: the tasks, and the groups among the names (tags).
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    pub paths: Vec<PathBuf>,
+    pub tasks: Vec<TaskRef>,
     pub groups: Vec<Group>,
 }
 
 /// Resolves `--tasks` entries: YAML paths are taken as they are, names are looked up in `dirs`.
-pub fn resolve(names: &[String], dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    Ok(select(names, dirs)?.paths)
+pub fn resolve(names: &[String], dirs: &[PathBuf]) -> Result<Vec<TaskRef>> {
+    Ok(select(names, dirs)?.tasks)
 }
 
 /// Resolves `--tasks` entries like [`resolve`], keeping each tag and group named as a group
-/// (nested groups each as their own). A task reached through several groups runs once.
+/// (nested groups each as their own). A task reached through several groups runs once; reached
+/// with different settings (a group's keys for it), it is an error naming both.
 pub fn select(names: &[String], dirs: &[PathBuf]) -> Result<Selection> {
     let mut known: Option<Vec<TaskSource>> = None;
-    let mut out: Vec<PathBuf> = Vec::with_capacity(names.len());
+    let mut out: Vec<TaskRef> = Vec::with_capacity(names.len());
     let mut groups = Vec::new();
     for n in names {
         let p = Path::new(n);
         if p.is_file() {
-            if out.contains(&p.to_path_buf()) {
+            let r = TaskRef::file(p);
+            if out.contains(&r) {
                 bail!("--tasks: {} is listed twice", p.display());
             }
-            out.push(p.to_path_buf());
+            out.push(r);
             continue;
         }
         if known.is_none() {
@@ -288,37 +379,97 @@ pub fn select(names: &[String], dirs: &[PathBuf]) -> Result<Selection> {
         }
         let known = known.as_deref().unwrap_or_default();
         let mut stack = Vec::new();
-        let found = expand(n, known, dirs, &mut stack, &mut groups)?;
+        let found = expand(n, &Mapping::new(), known, dirs, &mut stack, &mut groups)?;
         if names.iter().filter(|m| *m == n).count() > 1 {
             bail!("--tasks: `{n}` is listed twice");
         }
         for t in found {
-            if !out.contains(&t.path) {
-                out.push(t.path.clone());
+            if out.contains(&t) {
+                continue;
             }
+            if let Some(other) = out.iter().find(|o| o.name == t.name) {
+                bail!(
+                    "--tasks: task `{}` is reached twice with different settings: {} and {}; \
+                     results are keyed by task name, so run them separately",
+                    t.name,
+                    describe(other),
+                    describe(&t)
+                );
+            }
+            out.push(t);
         }
     }
     groups.dedup_by(|a, b| a.name == b.name);
-    Ok(Selection { paths: out, groups })
+    Ok(Selection { tasks: out, groups })
+}
+
+/// A selected task for an error message: its file, or the group keys it was given.
+fn describe(r: &TaskRef) -> String {
+    match &r.yaml {
+        None => format!("as {} has it", r.path.display()),
+        Some((v, group)) => format!(
+            "with group `{group}`'s keys {}",
+            serde_yaml::to_string(v)
+                .unwrap_or_default()
+                .trim()
+                .replace('\n', ", ")
+        ),
+    }
+}
+
+/// `base` with `keys` set over it.
+fn overlay(base: &Mapping, keys: &Mapping) -> Mapping {
+    let mut m = base.clone();
+    for (k, v) in keys {
+        m.insert(k.clone(), v.clone());
+    }
+    m
+}
+
+/// Where task `t` is read from, with `keys` (a group's settings, named by `via`) over its own.
+fn task_ref(t: &TaskSource, keys: &Mapping, via: Option<&str>) -> TaskRef {
+    let via = via.unwrap_or_default().to_string();
+    let yaml = match &t.inline {
+        // The definition's own keys win over the settings of groups around it.
+        Some((def, group)) => {
+            let mut m = overlay(keys, def);
+            m.insert("task".into(), t.name.clone().into());
+            Some((Value::Mapping(m), group.clone()))
+        }
+        None if keys.is_empty() => None,
+        None => {
+            let mut m = Mapping::new();
+            let file = t.path.file_name().map(|f| f.to_string_lossy().into_owned());
+            m.insert("include".into(), file.unwrap_or_default().into());
+            Some((Value::Mapping(overlay(&m, keys)), via))
+        }
+    };
+    TaskRef {
+        name: t.name.clone(),
+        path: t.path.clone(),
+        yaml,
+    }
 }
 
 /// The tasks a name stands for: a task itself, a group's members (recursively), or the tasks
-/// carrying a tag; groups and tags are recorded in `groups`. `stack` holds the groups being
-/// expanded, so a cycle is an error naming it.
-fn expand<'k>(
+/// carrying a tag; groups and tags are recorded in `groups`. `keys` are the settings the groups
+/// around give it; `stack` holds the groups being expanded, so a cycle is an error naming it.
+fn expand(
     n: &str,
-    known: &'k [TaskSource],
+    keys: &Mapping,
+    known: &[TaskSource],
     dirs: &[PathBuf],
     stack: &mut Vec<String>,
     groups: &mut Vec<Group>,
-) -> Result<Vec<&'k TaskSource>> {
+) -> Result<Vec<TaskRef>> {
     let usable = |t: &&TaskSource| t.problem.is_none();
+    let via = stack.last().map(String::as_str);
     if let Some(t) = known
         .iter()
         .filter(usable)
         .find(|t| t.name == n && t.group.is_none())
     {
-        return Ok(vec![t]);
+        return Ok(vec![task_ref(t, keys, via)]);
     }
     if let Some(src) = known.iter().filter(usable).find(|t| t.name == n)
         && let Some(g) = &src.group
@@ -331,12 +482,21 @@ fn expand<'k>(
             );
         }
         stack.push(n.to_string());
-        let mut tasks: Vec<&TaskSource> = Vec::new();
+        // The caller's settings win over the group's own.
+        let passed = overlay(&g.overrides, keys);
+        let mut tasks: Vec<TaskRef> = Vec::new();
         for m in &g.members {
-            for t in expand(m, known, dirs, stack, groups)
-                .map_err(|e| anyhow!("{e}\n(in group `{n}`, {})", src.path.display()))?
+            for t in expand(
+                &m.name,
+                &overlay(&passed, &m.keys),
+                known,
+                dirs,
+                stack,
+                groups,
+            )
+            .map_err(|e| anyhow!("{e}\n(in group `{n}`, {})", src.path.display()))?
             {
-                if !tasks.iter().any(|x| x.path == t.path) {
+                if !tasks.contains(&t) {
                     tasks.push(t);
                 }
             }
@@ -344,6 +504,7 @@ fn expand<'k>(
         stack.pop();
         let mut names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
         names.sort();
+        names.dedup();
         groups.push(Group {
             name: n.to_string(),
             tasks: names,
@@ -365,7 +526,7 @@ fn expand<'k>(
                 tasks: tagged.iter().map(|t| t.name.clone()).collect(),
             });
         }
-        return Ok(tagged);
+        return Ok(tagged.into_iter().map(|t| task_ref(t, keys, via)).collect());
     }
     let list: Vec<&str> = known
         .iter()

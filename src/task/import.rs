@@ -27,14 +27,34 @@ pub fn import_lm_eval(path: &Path) -> Result<Imported, Vec<String>> {
 /// [`import_lm_eval`]; with `allow_python`, `!function` hooks that build docs, text, target or
 /// choices become `python:` hooks (run by `--allow-python`) instead of refusals.
 pub fn import_lm_eval_with(path: &Path, allow_python: bool) -> Result<Imported, Vec<String>> {
-    let (merged, _, yaml_notes) = include::read_merged_noting(path).map_err(|e| vec![e])?;
+    import_lm_eval_ref(&include::TaskRef::file(path), allow_python)
+}
+
+/// [`import_lm_eval_with`] for a task file or a task a group file defines or sets keys of.
+pub fn import_lm_eval_ref(
+    r: &include::TaskRef,
+    allow_python: bool,
+) -> Result<Imported, Vec<String>> {
+    let path = r.path.as_path();
+    let (merged, _, yaml_notes) = include::read_ref_noting(r).map_err(|e| vec![e])?;
     if merged.get("task").is_some_and(Value::is_sequence) {
-        return import_group(path, &merged);
+        return import_group(path, &merged, allow_python);
     }
+    import_merged(r, merged, yaml_notes, allow_python)
+}
+
+/// The translation of one task's merged keys.
+fn import_merged(
+    r: &include::TaskRef,
+    merged: Value,
+    yaml_notes: Vec<String>,
+    allow_python: bool,
+) -> Result<Imported, Vec<String>> {
+    let path = r.path.as_path();
     let Some(map) = merged.as_mapping() else {
         return Err(vec![format!(
             "{}: not an lm-eval task (a mapping of keys)",
-            path.display()
+            r.shown()
         )]);
     };
     let mut t = Translation::default();
@@ -100,23 +120,90 @@ pub fn import_lm_eval_with(path: &Path, allow_python: bool) -> Result<Imported, 
         }
         t.key(&key, v);
     }
-    t.finish(path)
+    t.finish(&r.shown())
 }
 
 /// A group file: icl-eval reads lm-eval's group vocabulary as it is, so the import checks it and
-/// writes it back with its includes merged.
-fn import_group(path: &Path, merged: &Value) -> Result<Imported, Vec<String>> {
+/// writes it back with its includes merged; the tasks it defines inside (lm-eval's inline
+/// members) are checked as tasks and written with their own includes merged, so the copy stands
+/// alone.
+fn import_group(path: &Path, merged: &Value, allow_python: bool) -> Result<Imported, Vec<String>> {
     let groups = super::discover::read_groups(path, merged).map_err(|e| vec![e])?;
     let name = groups.last().map(|(n, _)| n.clone()).unwrap_or_default();
-    let body = serde_yaml::to_string(merged).map_err(|e| vec![e.to_string()])?;
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let whole = inline_tasks(path, merged, allow_python, &mut problems, &mut notes);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let body = serde_yaml::to_string(&whole).map_err(|e| vec![e.to_string()])?;
     Ok(Imported {
         task: name,
         yaml: format!(
             "# Imported from the lm-evaluation-harness group {} by `icl-eval tasks import`.\n{body}",
             path.display()
         ),
-        notes: Vec::new(),
+        notes,
     })
+}
+
+/// Keys only a task's own definition has: a member carrying one (after its includes) defines a
+/// task; other members set keys of a task defined elsewhere.
+const DEFINING_KEYS: &[&str] = &["dataset_path", "output_type", "doc_to_text"];
+
+/// The group `v` with each task defined inside it (here or in a nested group) merged with its
+/// includes and checked by the translation.
+fn inline_tasks(
+    path: &Path,
+    v: &Value,
+    allow_python: bool,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Value {
+    let mut v = v.clone();
+    let group = v
+        .get("group")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let Some(list) = v.get_mut("task").and_then(Value::as_sequence_mut) else {
+        return v;
+    };
+    for m in list.iter_mut().filter(|m| m.is_mapping()) {
+        if m.get("group").is_some() {
+            *m = inline_tasks(path, m, allow_python, problems, notes);
+            continue;
+        }
+        let Some(name) = m.get("task").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        let r = include::TaskRef {
+            name: name.clone(),
+            path: path.to_path_buf(),
+            yaml: Some((m.clone(), group.clone())),
+        };
+        let (full, _, yaml_notes) = match include::read_ref_noting(&r) {
+            Ok(read) => read,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        if !DEFINING_KEYS.iter().any(|k| full.get(*k).is_some()) {
+            continue;
+        }
+        match import_merged(&r, full.clone(), yaml_notes, allow_python) {
+            Ok(imported) => notes.extend(
+                imported
+                    .notes
+                    .into_iter()
+                    .map(|n| format!("task `{name}` (inside group `{group}`): {n}")),
+            ),
+            Err(p) => problems.extend(p),
+        }
+        *m = full;
+    }
+    v
 }
 
 /// A mapping without one key.
@@ -534,6 +621,12 @@ impl Translation {
         };
         for entry in list {
             let name = entry.get("metric").and_then(scalar).unwrap_or_default();
+            if entry.get("hf_evaluate").and_then(Value::as_bool) == Some(true)
+                && entry.get("aggregation").and_then(Value::as_str) == Some("mean")
+            {
+                self.hf_evaluate_mean(entry, &name);
+                continue;
+            }
             // lm-eval's metrics that icl-eval computes: all of its own but the two lm-eval lacks.
             let lm_eval_metric = |m: &super::Metric| {
                 !matches!(m, super::Metric::AccCalibrated | super::Metric::AccPmi)
@@ -613,6 +706,56 @@ impl Translation {
         }
     }
 
+    /// A Hugging Face `evaluate` metric lm-eval runs on each doc's one (gold, prediction) pair,
+    /// averaged (`hf_evaluate: true`, `aggregation: mean`): `accuracy`, and `f1` averaged over
+    /// the labels present (`micro`, `macro`, `weighted`), are 1 where the two are equal and 0
+    /// elsewhere, so the mean is the generation's exact_match (lm-eval casts the gold to the
+    /// prediction's type; both are compared here as the text the filters give).
+    fn hf_evaluate_mean(&mut self, entry: &Value, name: &str) {
+        let average = entry.get("average").and_then(Value::as_str);
+        let per_doc_equality = match name {
+            "accuracy" => average.is_none(),
+            "f1" => matches!(average, Some("micro" | "macro" | "weighted")),
+            _ => false,
+        };
+        if !per_doc_equality {
+            return self.problem(
+                &format!("metric_list.{name}"),
+                format!(
+                    "is Hugging Face evaluate's `{name}`{} averaged over docs, which icl-eval does \
+                     not compute (it reads `accuracy`, and `f1` with average micro, macro or \
+                     weighted: per doc, whether the prediction equals the gold)",
+                    average
+                        .map(|a| format!(" (average {a})"))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+        for k in entry
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, _)| k.as_str())
+        {
+            if !matches!(
+                k,
+                "metric" | "aggregation" | "hf_evaluate" | "average" | "higher_is_better"
+            ) {
+                self.problem(
+                    &format!("metric_list.{name}.{k}"),
+                    "is not translated: Hugging Face evaluate's metric is read without options",
+                );
+            }
+        }
+        self.notes.push(format!(
+            "Hugging Face evaluate's `{name}` on each doc's (gold, prediction) pair, averaged, is \
+             1 where they are equal: scored as exact_match"
+        ));
+        if !self.metrics.iter().any(|m| m == "exact_match") {
+            self.metrics.push("exact_match".into());
+        }
+    }
+
     fn fewshot_config(&mut self, v: &Value) {
         for (k, val) in v.as_mapping().into_iter().flatten() {
             match (k.as_str().unwrap_or_default(), val.as_str()) {
@@ -646,8 +789,7 @@ impl Translation {
         }
     }
 
-    fn finish(mut self, path: &Path) -> Result<Imported, Vec<String>> {
-        let shown = path.display().to_string();
+    fn finish(mut self, shown: &str) -> Result<Imported, Vec<String>> {
         // lm-eval's `TaskConfig` defaults the output type to a generation (FLD's files omit it).
         if self.output_type.is_none() && self.task.is_some() {
             self.output_type = Some("generate_until".into());
@@ -688,7 +830,7 @@ impl Translation {
             self.problems.push(
                 "neither `test_split` nor `validation_split` is set: nothing to evaluate".into(),
             );
-            return Err(self.located(&shown));
+            return Err(self.located(shown));
         };
         let fewshot = fewshot.unwrap_or_else(|| test.clone());
         let checked = if self.samples.is_some() || self.hooks.contains_key("fewshot_samples") {
@@ -698,7 +840,7 @@ impl Translation {
         };
         let dataset = self.dataset(&test, &checked);
         if !self.problems.is_empty() {
-            return Err(self.located(&shown));
+            return Err(self.located(shown));
         }
         let task = self.task.clone().unwrap_or_default();
         let mut out = Mapping::new();
@@ -811,7 +953,7 @@ impl Translation {
             if output_type != "generate_until" {
                 self.problems
                     .push("key `repeats` applies only to output_type generate_until".into());
-                return Err(self.located(&shown));
+                return Err(self.located(shown));
             }
             put("repeats", n.into());
         }
@@ -824,7 +966,7 @@ impl Translation {
             if output_type != "generate_until" {
                 self.problems
                     .push("key `filter_list` applies only to output_type generate_until".into());
-                return Err(self.located(&shown));
+                return Err(self.located(shown));
             }
             put("filter_list", f);
         }
@@ -954,6 +1096,87 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Hugging Face evaluate's `accuracy` and micro `f1` on one pair a doc, averaged (polemo2),
+    /// are the generation's exact_match, scored once; a binary `f1` per doc is no such thing.
+    #[test]
+    fn hf_evaluate_means_of_one_pair_are_exact_match() {
+        let d = tmp("hf-evaluate");
+        let task = |metrics: &str| {
+            format!(
+                "task: t\ndataset_path: json\ndataset_kwargs: {{data_files: {{test: t.jsonl, train: t.jsonl}}}}\n\
+                 test_split: test\ntraining_split: train\noutput_type: generate_until\n\
+                 doc_to_text: \"{{{{q}}}}\"\ndoc_to_target: \"{{{{a}}}}\"\nmetric_list:\n{metrics}"
+            )
+        };
+        let y = d.join("t.yaml");
+        fs::write(
+            &y,
+            task("  - {metric: f1, aggregation: mean, hf_evaluate: true, average: micro}\n  \
+                  - {metric: accuracy, aggregation: mean, hf_evaluate: true, higher_is_better: true}\n"),
+        )
+        .unwrap();
+        let imported = import_lm_eval(&y).unwrap();
+        let v: Value = serde_yaml::from_str(&imported.yaml).unwrap();
+        assert_eq!(
+            v["metrics"],
+            serde_yaml::from_str::<Value>("[exact_match]").unwrap()
+        );
+        assert_eq!(
+            imported
+                .notes
+                .iter()
+                .filter(|n| n.contains("Hugging Face evaluate"))
+                .count(),
+            2
+        );
+        fs::write(
+            &y,
+            task("  - {metric: f1, aggregation: mean, hf_evaluate: true}\n"),
+        )
+        .unwrap();
+        let e = import_lm_eval(&y).unwrap_err().join("\n");
+        assert!(
+            e.contains("metric_list.f1") && e.contains("average micro"),
+            "{e}"
+        );
+    }
+
+    /// A group file's tasks defined inside it are checked as tasks and written with their
+    /// includes merged (the copy stands alone); members setting keys of other tasks are kept.
+    #[test]
+    fn a_groups_inline_tasks_are_checked_and_written_whole() {
+        let d = tmp("group-inline");
+        fs::write(
+            d.join("_base_yaml"),
+            "dataset_path: super_glue\ndataset_name: rte\ntest_split: validation\n\
+             output_type: generate_until\ndoc_to_target: \"{{label}}\"\n",
+        )
+        .unwrap();
+        let g = d.join("g.yaml");
+        fs::write(
+            &g,
+            "group: g\ntask:\n  - task: p0\n    include: _base_yaml\n    doc_to_text: \"{{q}}\"\n\
+             \x20 - task: arc_easy\n    fewshot_split: train\n",
+        )
+        .unwrap();
+        let imported = import_lm_eval(&g).unwrap();
+        let v: Value = serde_yaml::from_str(&imported.yaml).unwrap();
+        assert_eq!(v["task"][0]["dataset_name"], "rte");
+        assert!(v["task"][0].get("include").is_none());
+        assert_eq!(v["task"][1]["fewshot_split"], "train");
+        fs::write(
+            &g,
+            "group: g\ntask:\n  - task: p0\n    include: _base_yaml\n    doc_to_text: \"{{q}}\"\n\
+             \x20   metric_list: [{metric: rouge}]\n",
+        )
+        .unwrap();
+        let e = import_lm_eval(&g).unwrap_err().join("\n");
+        assert!(
+            e.contains("g.yaml (task `p0` as group `g` sets it)") && e.contains("rouge"),
+            "{e}"
+        );
     }
 
     #[test]

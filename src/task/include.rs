@@ -3,12 +3,65 @@
 //! shares one definition.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
 /// Includes deeper than this are taken for a cycle.
 const MAX_DEPTH: usize = 8;
+
+/// Where one task's YAML is read: a task file, or keys a group file gives in its place (a task
+/// defined inside the group, or a task file's keys overridden by the group, lm-eval's
+/// `{task: NAME, KEY: VALUE}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRef {
+    /// The task's name.
+    pub name: String,
+    /// The file relative names resolve against: the task file, or the group file defining it.
+    pub path: PathBuf,
+    /// Keys read in place of the file's (their `include:` relative to `path`), and the group
+    /// that gave them; `None`: the file as it is.
+    pub yaml: Option<(Value, String)>,
+}
+
+impl TaskRef {
+    /// The task file at `path`, as it is (named by its file stem until loaded).
+    pub fn file(path: &Path) -> Self {
+        TaskRef {
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: path.to_path_buf(),
+            yaml: None,
+        }
+    }
+
+    /// How errors name it: the file, or the group file and the task it defines or overrides.
+    pub fn shown(&self) -> String {
+        match &self.yaml {
+            None => self.path.display().to_string(),
+            Some((_, group)) => format!(
+                "{} (task `{}` as group `{group}` sets it)",
+                self.path.display(),
+                self.name
+            ),
+        }
+    }
+}
+
+/// The YAML of a [`TaskRef`] with its includes merged in, the texts read (for hashing) and the
+/// notes of [`read_merged_noting`].
+pub fn read_ref_noting(r: &TaskRef) -> Result<(Value, Vec<String>, Vec<String>), String> {
+    let Some((v, _)) = &r.yaml else {
+        return read_merged_noting(&r.path);
+    };
+    let text = serde_yaml::to_string(v).map_err(|e| format!("{}: {e}", r.shown()))?;
+    let mut texts = vec![text];
+    let mut notes = Vec::new();
+    let v = merge_includes(&r.path, &r.shown(), v.clone(), 0, &mut texts, &mut notes)?;
+    Ok((v, texts, notes))
+}
 
 /// The YAML of `path` with its includes merged in (the including file's keys win), and the text
 /// of every file read, for hashing.
@@ -132,8 +185,20 @@ fn read_level(
         ));
     }
     let text = fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
-    let mut v = last_key_wins(&text, &shown.to_string(), notes)?;
+    let v = last_key_wins(&text, &shown.to_string(), notes)?;
     texts.push(text);
+    merge_includes(path, &shown.to_string(), v, depth, texts, notes)
+}
+
+/// `v` (read from, or given in place of, `path`) with its `include:` files merged in.
+fn merge_includes(
+    path: &Path,
+    shown: &str,
+    mut v: Value,
+    depth: usize,
+    texts: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Result<Value, String> {
     let Some(map) = v.as_mapping_mut() else {
         return Ok(v);
     };

@@ -10,6 +10,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::include::TaskRef;
 use super::problems::Ctx;
 use super::render::{Renderer, blank_strings, render_split, template_context, template_source};
 use super::spec::{ChoiceSpec, OutputType, TaskSpec};
@@ -71,7 +72,12 @@ pub struct LoadOptions<'a> {
 
 /// [`load_task`] with every option given rather than read from the environment.
 pub fn load_task_using(path: &Path, options: &LoadOptions) -> Result<Task> {
-    let (task, problems) = load_with_problems_using(path, options);
+    load_ref(&TaskRef::file(path), options)
+}
+
+/// [`load_task_using`] for a task file or a task a group file defines or sets keys of.
+pub fn load_ref(r: &TaskRef, options: &LoadOptions) -> Result<Task> {
+    let (task, problems) = load_ref_with_problems(r, options);
     match task {
         Some(t) if problems.is_empty() => Ok(t),
         _ => bail!("{}", problems.join("\n")),
@@ -80,11 +86,17 @@ pub fn load_task_using(path: &Path, options: &LoadOptions) -> Result<Task> {
 
 /// [`load_with_problems`] with every option given rather than read from the environment.
 pub fn load_with_problems_using(path: &Path, options: &LoadOptions) -> (Option<Task>, Vec<String>) {
+    load_ref_with_problems(&TaskRef::file(path), options)
+}
+
+/// [`load_with_problems_using`] for a task file or a task a group file defines or sets keys of.
+pub fn load_ref_with_problems(r: &TaskRef, options: &LoadOptions) -> (Option<Task>, Vec<String>) {
     let LoadOptions {
         data_dir, python, ..
     } = *options;
-    let file = path.display().to_string();
-    let (merged, mut texts, repeated) = match include::read_merged_noting(path) {
+    let path = r.path.as_path();
+    let file = r.shown();
+    let (merged, mut texts, repeated) = match include::read_ref_noting(r) {
         Ok(m) => m,
         Err(e) => return (None, vec![e]),
     };
@@ -100,7 +112,7 @@ pub fn load_with_problems_using(path: &Path, options: &LoadOptions) -> (Option<T
     // An lm-eval task file found in a task folder is read in place: translated as `tasks import`
     // would write it (refusals are the load's problems), then loaded from its own folder.
     if is_lm_eval(&merged) {
-        match super::import::import_lm_eval_with(path, python.is_some()) {
+        match super::import::import_lm_eval_ref(r, python.is_some()) {
             Ok(imported) => texts = vec![imported.yaml],
             Err(problems) => return (None, problems),
         }
@@ -745,6 +757,12 @@ mod tests {
     use crate::task::Answer;
     use crate::task::discover::*;
 
+    /// The files of resolved tasks read as they are.
+    fn files(refs: Vec<TaskRef>) -> Vec<PathBuf> {
+        assert!(refs.iter().all(|r| r.yaml.is_none()), "{refs:?}");
+        refs.into_iter().map(|r| r.path).collect()
+    }
+
     fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);
         fs::write(&p, body).unwrap();
@@ -1023,7 +1041,7 @@ mod tests {
                 .any(|s| s.name == "draft" && s.problem.is_some())
         );
         assert_eq!(
-            resolve(&["c".into()], std::slice::from_ref(&d)).unwrap(),
+            files(resolve(&["c".into()], std::slice::from_ref(&d)).unwrap()),
             vec![y.clone()]
         );
         let e = resolve(&["c".into(), y.display().to_string()], &[d])
@@ -1088,12 +1106,12 @@ mod tests {
             "the base is no task; subfolders are searched"
         );
         assert_eq!(
-            resolve(&["fam".into()], std::slice::from_ref(&d)).unwrap(),
+            files(resolve(&["fam".into()], std::slice::from_ref(&d)).unwrap()),
             vec![b.clone()],
             "a's own `tag` replaces the base's"
         );
         assert_eq!(
-            resolve(&["all".into()], std::slice::from_ref(&d)).unwrap(),
+            files(resolve(&["all".into()], std::slice::from_ref(&d)).unwrap()),
             vec![a.clone(), b.clone()]
         );
         let t = load_task(&a, None).unwrap();
@@ -1120,7 +1138,12 @@ mod tests {
         let sel =
             super::super::discover::select(&["g".into(), "a".into()], std::slice::from_ref(&d));
         let sel = sel.unwrap();
-        assert_eq!(sel.paths, vec![a.clone(), b.clone(), c.clone()], "a once");
+        let files: Vec<&PathBuf> = sel.tasks.iter().map(|t| &t.path).collect();
+        assert_eq!(files, vec![&a, &b, &c], "a once");
+        assert!(
+            sel.tasks.iter().all(|t| t.yaml.is_none()),
+            "an alias sets nothing"
+        );
         let groups: Vec<(&str, Vec<&str>)> = sel
             .groups
             .iter()
@@ -1159,14 +1182,86 @@ mod tests {
         write(
             &d,
             "z.yaml",
-            "group: z\ntask:\n  - task: q\n    dataset_path: foo\n",
+            "group: z\ntask:\n  - dataset_path: foo\n    use_prompt: promptsource\n",
         );
         let found = discover(std::slice::from_ref(&d)).unwrap();
         let z = found.iter().find(|t| t.path.ends_with("z.yaml")).unwrap();
         let problem = z.problem.as_deref().unwrap();
         assert!(
-            problem.contains("z.yaml: group `z`: key `task[0].dataset_path`"),
+            problem.contains("z.yaml: group `z`: key `task[0]` has neither `task`"),
             "{problem}"
+        );
+    }
+
+    /// lm-eval's group members with keys: `{task: NAME, KEY: VALUE}` sets keys of a task file
+    /// (the group's own task keys too, the member's winning), a name no file has is a task
+    /// defined in the group (its `include:` beside the group file), and one task reached with
+    /// two settings is an error naming both.
+    #[test]
+    fn group_members_set_keys_and_define_tasks() {
+        let d = tmp("group-keys");
+        write(&d, "docs.jsonl", DOCS);
+        let base = "dataset: {path: docs.jsonl}\ntest_split: all\ndoc_to_text: \"{{ q }}\"\n\
+                    doc_to_target: \"{{ label }}\"\ndoc_to_choice: [no, yes]\noutput_type: multiple_choice\n";
+        write(&d, "a.yaml", &format!("task: a\ndescription: own\n{base}"));
+        write(&d, "b.yaml", &format!("task: b\n{base}"));
+        fs::create_dir_all(d.join("g")).unwrap();
+        write(&d.join("g"), "_base_yaml", base);
+        // Relative paths of a task defined in a group are the group file's.
+        write(&d.join("g"), "docs.jsonl", DOCS);
+        write(
+            &d.join("g"),
+            "g.yaml",
+            "group: g\ndescription: \"group says \"\ntask:\n  - task: a\n    task_alias: A\n\
+             \x20 - task: b\n    description: \"b says \"\n    num_fewshot: 3\n\
+             \x20 - task: q\n    include: _base_yaml\n    doc_to_text: \"Q: {{ q }}\"\n",
+        );
+        let dirs = std::slice::from_ref(&d);
+        let sel = select(&["g".into()], dirs).unwrap();
+        let names: Vec<&str> = sel.tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "q"]);
+        let options = LoadOptions {
+            data_dir: None,
+            python: None,
+            hub: crate::hub::HubOptions::from_env(),
+        };
+        let tasks: Vec<Task> = sel
+            .tasks
+            .iter()
+            .map(|r| load_ref(r, &options).unwrap())
+            .collect();
+        let descriptions: Vec<&str> = tasks
+            .iter()
+            .map(|t| t.test[0].description.as_str())
+            .collect();
+        assert_eq!(descriptions, ["group says ", "b says ", "group says "]);
+        assert_eq!(tasks[2].test[0].text, "Q: good");
+        // The task files themselves are unchanged, and a defined task runs by its name too.
+        let plain = load_ref(&resolve(&["a".into()], dirs).unwrap()[0], &options).unwrap();
+        assert_eq!(plain.test[0].description, "own");
+        let q = resolve(&["q".into()], dirs).unwrap();
+        assert_eq!(load_ref(&q[0], &options).unwrap().test[0].text, "Q: good");
+        // Two settings of one task in one run cannot share its results.
+        let e = select(&["g".into(), "a".into()], dirs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("task `a` is reached twice with different settings")
+                && e.contains("group `g`")
+                && e.contains("a.yaml"),
+            "{e}"
+        );
+        // A problem in a member's keys names the group file and the task.
+        write(
+            &d,
+            "h.yaml",
+            "group: h\ntask:\n  - task: b\n    doc_to_txt: x\n",
+        );
+        let r = &resolve(&["h".into()], dirs).unwrap()[0];
+        let e = load_ref(r, &options).unwrap_err().to_string();
+        assert!(
+            e.contains("b.yaml (task `b` as group `h` sets it)") && e.contains("doc_to_txt"),
+            "{e}"
         );
     }
 

@@ -21,9 +21,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use discover::{TaskSource, discover};
+pub use include::TaskRef;
 pub use load::{
-    LoadOptions, load_task, load_task_using, load_task_with, load_with_problems,
-    load_with_problems_using, load_with_problems_with,
+    LoadOptions, load_ref, load_ref_with_problems, load_task, load_task_using, load_task_with,
+    load_with_problems, load_with_problems_using, load_with_problems_with,
 };
 pub use spec::OutputType;
 

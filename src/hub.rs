@@ -162,18 +162,27 @@ fn dataset_cache(hub: &HubOptions, repo: &str) -> PathBuf {
 /// The revision a dataset repository's own files are read at.
 pub const MAIN_REVISION: &str = "main";
 
-/// One of a dataset repository's own files (`path` in the repo at `main`), from the cache when it
-/// holds it (always when offline), else downloaded: its commit and local path.
-pub fn dataset_file(hub: &HubOptions, repo: &str, path: &str) -> Result<(String, PathBuf)> {
-    let shown = format!("dataset {repo}, file `{path}`");
+/// One of a dataset repository's own files (`path` in the repo at `revision`), from the cache
+/// when it holds it (always when offline), else downloaded: its commit and local path.
+pub fn dataset_file(
+    hub: &HubOptions,
+    repo: &str,
+    revision: &str,
+    path: &str,
+) -> Result<(String, PathBuf)> {
+    let shown = if revision == MAIN_REVISION {
+        format!("dataset {repo}, file `{path}`")
+    } else {
+        format!("dataset {repo} at {revision}, file `{path}`")
+    };
     let root = dataset_cache(hub, repo);
-    if let Ok(commit) = std::fs::read_to_string(root.join("refs").join(MAIN_REVISION)) {
+    if let Ok(commit) = std::fs::read_to_string(root.join("refs").join(revision)) {
         let local = root.join("snapshots").join(commit.trim()).join(path);
         if local.is_file() {
             return Ok((commit.trim().to_string(), local));
         }
     }
-    let remote = online_dataset(hub, repo, MAIN_REVISION, &shown)?;
+    let remote = online_dataset(hub, repo, revision, &shown)?;
     let fail = |e: hf_hub::api::sync::ApiError| {
         anyhow::anyhow!("{shown}: the Hub at {} answered: {e}", hub.endpoint)
     };

@@ -135,6 +135,7 @@ impl ChoiceScore {
             | Metric::Perplexity
             | Metric::Bleu
             | Metric::Chrf
+            | Metric::Ter
             | Metric::WordPerplexity
             | Metric::BytePerplexity
             | Metric::BitsPerByte => None,

@@ -431,3 +431,67 @@ fn a_hub_repositorys_own_csv_files_are_read_by_their_names() {
     );
     assert_eq!(prompt(true), online, "offline from the cache");
 }
+
+/// lm-eval's `dataset_kwargs.revision` with `data_files` (indicxnli reads the parquet
+/// conversion's own files by name): the files at that revision, offline from the cache; without
+/// `data_files` a revision is refused, naming what to write.
+#[test]
+fn data_files_are_read_at_the_revision_a_task_pins() {
+    let test = [
+        ("Which is a colour?", ["red", "run", "seven"], "A"),
+        ("Which is a verb?", ["green", "nine", "jump"], "C"),
+    ];
+    let train = [("Which is an animal?", ["cat", "rock", "two"], "A")];
+    let files = HashMap::from([
+        ("gu/test/0000.parquet".to_string(), arc_parquet(&test)),
+        ("gu/train/0000.parquet".to_string(), arc_parquet(&train)),
+    ]);
+    // Served at `refs/convert/parquet` only: a read at `main` would fail.
+    let hub = FakeHub::serving(vec![Served::parquet("org/pinned", files)]);
+    let tmp = common::tmp("hub-revision");
+    let tasks = tmp.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let task = |kwargs: &str| {
+        format!(
+            "task: pinned\ndataset_path: org/pinned\ndataset_kwargs:\n{kwargs}output_type: multiple_choice\n\
+             training_split: train\ntest_split: test\ndoc_to_text: \"{{{{question}}}}\\nAnswer:\"\n\
+             doc_to_choice: \"{{{{choices.text}}}}\"\ndoc_to_target: \"{{{{choices.label.index(answerKey)}}}}\"\n\
+             fewshot_config:\n  sampler: first_n\nmetric_list:\n  - metric: acc\n"
+        )
+    };
+    std::fs::write(
+        tasks.join("pinned.yaml"),
+        task(
+            "  revision: refs/convert/parquet\n  data_files:\n    train: gu/train/0000.parquet\n\
+             \x20   test: gu/test/0000.parquet\n",
+        ),
+    )
+    .unwrap();
+    let prompt = |offline: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_icl-eval"));
+        c.args(["prompt", "--tasks-dir"])
+            .arg(&tasks)
+            .args(["--task", "pinned", "--shots", "1", "--doc", "1"]);
+        hub.env(&mut c, &tmp.join("cache"), offline);
+        c.output().unwrap()
+    };
+    let o = prompt(false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let online = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(
+        online,
+        "Which is an animal?\nAnswer: cat\n\nWhich is a verb?\nAnswer:"
+    );
+    let o = prompt(true);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        online,
+        "offline from the cache"
+    );
+    std::fs::write(tasks.join("pinned.yaml"), task("  revision: 0123abc\n")).unwrap();
+    let e = String::from_utf8_lossy(&prompt(false).stderr).to_string();
+    assert!(
+        e.contains("dataset_kwargs.revision") && e.contains("name the files as `data_files`"),
+        "{e}"
+    );
+}

@@ -269,6 +269,8 @@ struct Translation {
     tags: Vec<String>,
     description: Option<String>,
     dataset_path: Option<String>,
+    /// `dataset_kwargs.revision`: the commit or branch a Hub repository's own files are read at.
+    revision: Option<String>,
     dataset_name: Option<String>,
     data_files: Option<Value>,
     splits: [Option<String>; 4],
@@ -555,6 +557,7 @@ impl Translation {
                     _ => self.problem("dataset_kwargs.column_names", "should be a list of names"),
                 },
                 "header" if val.is_null() => self.headerless = true,
+                "revision" => self.revision = self.string("dataset_kwargs.revision", val),
                 "trust_remote_code" => self.notes.push(
                     "`dataset_kwargs.trust_remote_code` dropped: icl-eval reads the Hub's parquet \
                      conversion and runs no dataset script"
@@ -655,14 +658,18 @@ impl Translation {
                         if a == "mean"
                             && !matches!(
                                 name.as_str(),
-                                "bleu" | "chrf" | "f1" | "f1_weighted" | "mcc"
+                                "bleu" | "chrf" | "ter" | "f1" | "f1_weighted" | "mcc"
                             ) => {}
                     // icl-eval's own aggregation of the metric (exp(−mean log-likelihood)).
                     ("aggregation", Value::String(a))
                         if a == "perplexity" && name == "perplexity" => {}
                     // lm-eval's corpus aggregations, which icl-eval computes as it does.
                     ("aggregation", Value::String(a))
-                        if (a == "bleu" || a == "chrf" || a == "f1" || a == "bits_per_byte")
+                        if (a == "bleu"
+                            || a == "chrf"
+                            || a == "ter"
+                            || a == "f1"
+                            || a == "bits_per_byte")
                             && *a == name
                             || a == "matthews_corrcoef" && name == "mcc"
                             || a == "weighted_perplexity"
@@ -1021,6 +1028,16 @@ impl Translation {
             if let Some(n) = self.dataset_name.take() {
                 d.insert("name".into(), n.into());
             }
+            if let Some(r) = self.revision.take() {
+                self.problem(
+                    "dataset_kwargs.revision",
+                    format!(
+                        "({r}) pins the repository's own files, but without `data_files` icl-eval \
+                         reads the Hub's parquet conversion, made from the latest commit; name the \
+                         files as `data_files` to read them at {r}"
+                    ),
+                );
+            }
             return Value::Mapping(d);
         }
         let mut files = Mapping::new();
@@ -1063,6 +1080,14 @@ impl Translation {
             .filter(|p| !matches!(p.as_str(), "json" | "csv" | "parquet" | "text" | "arrow"))
         {
             d.insert("hub".into(), repo.into());
+            if let Some(r) = self.revision.take() {
+                d.insert("revision".into(), r.into());
+            }
+        }
+        if let Some(r) = self.revision.take() {
+            self.notes.push(format!(
+                "`dataset_kwargs.revision` ({r}) dropped: the data files are local"
+            ));
         }
         d.insert("files".into(), Value::Mapping(files));
         match (self.columns.take(), self.headerless) {

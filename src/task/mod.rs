@@ -59,6 +59,9 @@ pub enum Metric {
     Bleu,
     /// lm-eval's `chrf` of generations: sacreBLEU's corpus chrF over a cell's docs.
     Chrf,
+    /// lm-eval's `ter` of generations: sacreBLEU's corpus Translation Edit Rate over a cell's
+    /// docs (edits per reference word; lower is better).
+    Ter,
     /// lm-eval's `f1` of multiple-choice predictions: binary F1 of choice 1 over a cell's docs.
     F1,
     /// lm-eval's `mcc`: the Matthews correlation of predicted and gold choices over a cell's docs.
@@ -89,6 +92,7 @@ impl Metric {
         Metric::Perplexity,
         Metric::Bleu,
         Metric::Chrf,
+        Metric::Ter,
         Metric::F1,
         Metric::F1Weighted,
         Metric::Mcc,
@@ -108,6 +112,7 @@ impl Metric {
             self,
             Metric::BrierScore
                 | Metric::Perplexity
+                | Metric::Ter
                 | Metric::WordPerplexity
                 | Metric::BytePerplexity
                 | Metric::BitsPerByte
@@ -128,6 +133,7 @@ impl Metric {
             Metric::Perplexity => "perplexity",
             Metric::Bleu => "bleu",
             Metric::Chrf => "chrf",
+            Metric::Ter => "ter",
             Metric::F1 => "f1",
             Metric::Mcc => "mcc",
             Metric::F1Weighted => "f1_weighted",
@@ -160,7 +166,7 @@ impl Metric {
                     | Metric::Mcc,
                 OutputType::MultipleChoice
             ) | (
-                Metric::ExactMatch | Metric::Bleu | Metric::Chrf,
+                Metric::ExactMatch | Metric::Bleu | Metric::Chrf | Metric::Ter,
                 OutputType::GenerateUntil
             ) | (
                 Metric::Acc,

@@ -148,6 +148,9 @@ pub struct DatasetSpec {
     pub hub: Option<String>,
     /// The Hub dataset's configuration (lm-eval's `dataset_name`; default `default`).
     pub name: Option<String>,
+    /// The revision (branch, tag or commit) a Hub dataset's own `files` are read at (lm-eval's
+    /// `dataset_kwargs.revision`); default `main`.
+    pub revision: Option<String>,
 }
 
 /// A seeded built-in data generator.

@@ -74,6 +74,10 @@ pub(super) fn load_splits(
         cx.problem("field `dataset.name` (the Hub configuration) applies only with `dataset.hub`");
         return None;
     }
+    if ds.revision.is_some() && ds.hub.is_none() {
+        cx.problem("field `dataset.revision` applies only with `dataset.hub` and its `files`");
+        return None;
+    }
     if let Some(repo) = &ds.hub {
         if let Some(files) = &ds.files {
             return load_repo_files(cx, ds, repo, files, wanted);
@@ -147,7 +151,8 @@ fn load_repo_files(
             ));
             return None;
         };
-        let (commit, local) = match crate::hub::dataset_file(&cx.hub, repo, path) {
+        let revision = ds.revision.as_deref().unwrap_or(crate::hub::MAIN_REVISION);
+        let (commit, local) = match crate::hub::dataset_file(&cx.hub, repo, revision, path) {
             Ok(f) => f,
             Err(e) => {
                 cx.problem(format!("field `dataset.files.{split}`: {e:#}"));
@@ -184,6 +189,13 @@ fn load_hub_splits(
     wanted: &[&str],
 ) -> Option<BTreeMap<String, Vec<Value>>> {
     let config = ds.name.as_deref().unwrap_or("default");
+    if let Some(r) = &ds.revision {
+        cx.problem(format!(
+            "field `dataset.revision` ({r}) pins a repository's own `files`; the Hub's parquet \
+             conversion is made from its latest commit, so name the files to read them at {r}"
+        ));
+        return None;
+    }
     if ds.format.is_some() || ds.columns.is_some() || ds.split_column.is_some() {
         cx.problem(
             "field `dataset.hub`: the Hub's parquet files take no `format`, `columns` or \

@@ -1,4 +1,4 @@
-//! Corpus-level metrics, lm-eval's `bleu`, `chrf`, `f1` and `mcc`: a cell's score is not a mean of
+//! Corpus-level metrics, lm-eval's `bleu`, `chrf`, `ter`, `f1` and `mcc`: a cell's score is not a mean of
 //! per-doc values but a function of the whole set of (answer, reference) pairs. Each doc records
 //! its sufficient statistics (sacreBLEU's n-gram counts, or the gold and predicted choice); a cell's
 //! score is computed from its docs' statistics together, and its standard error by a seeded
@@ -6,7 +6,7 @@
 //!
 //! BLEU and chrF follow sacreBLEU 2.x's `corpus_bleu` and `corpus_chrf` with their defaults (as
 //! lm-eval calls them): BLEU-4 over the `13a` tokenization with `exp` smoothing; chrF with
-//! character n-grams up to 6, β = 2, whitespace removed. `f1` is scikit-learn's binary F1 of
+//! character n-grams up to 6, β = 2, whitespace removed; TER in `ter.rs`. `f1` is scikit-learn's binary F1 of
 //! choice 1 (lm-eval's `f1_score`), `mcc` its Matthews correlation over any number of choices.
 //! `loglikelihood_rolling`'s `word_perplexity`, `byte_perplexity` and `bits_per_byte` are lm-eval's
 //! weighted perplexities: Σ log-likelihood over Σ words or bytes, not a mean of per-document ones.
@@ -17,6 +17,8 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use crate::task::Metric;
+
+mod ter;
 
 /// BLEU's n-gram orders.
 const BLEU_ORDER: usize = 4;
@@ -33,6 +35,7 @@ pub fn is_corpus(metric: Metric) -> bool {
         metric,
         Metric::Bleu
             | Metric::Chrf
+            | Metric::Ter
             | Metric::F1
             | Metric::F1Weighted
             | Metric::Mcc
@@ -42,11 +45,12 @@ pub fn is_corpus(metric: Metric) -> bool {
     )
 }
 
-/// A generation's statistics for `metric` (`bleu` or `chrf`) against its reference.
+/// A generation's statistics for `metric` (`bleu`, `chrf` or `ter`) against its reference.
 pub fn text_stats(metric: Metric, hypothesis: &str, reference: &str) -> Vec<f64> {
     match metric {
         Metric::Bleu => bleu_stats(hypothesis, reference),
         Metric::Chrf => chrf_stats(hypothesis, reference),
+        Metric::Ter => ter::ter_stats(hypothesis, reference),
         _ => Vec::new(),
     }
 }
@@ -69,13 +73,14 @@ pub fn choice_stats(gold: usize, pred: usize) -> Vec<f64> {
     vec![gold as f64, pred as f64]
 }
 
-/// The score of a set of docs from their statistics (an empty set scores 0). BLEU and chrF are
-/// on the accuracies' scale, 0–1 (sacreBLEU's and lm-eval's points divided by 100), so reports
+/// The score of a set of docs from their statistics (an empty set scores 0). BLEU, chrF and TER
+/// are on the accuracies' scale, 0–1 (TER may pass 1) (sacreBLEU's and lm-eval's points divided by 100), so reports
 /// show them as percentages like every other metric.
 pub fn score(metric: Metric, stats: &[&[f64]]) -> f64 {
     match metric {
         Metric::Bleu => bleu_score(&sum(stats, 2 + 2 * BLEU_ORDER)) / 100.0,
         Metric::Chrf => chrf_score(&sum(stats, 3 * CHRF_ORDER)) / 100.0,
+        Metric::Ter => ter::ter_score(&sum(stats, 2)) / 100.0,
         Metric::F1 => f1(stats),
         Metric::F1Weighted => f1_weighted(stats),
         Metric::Mcc => mcc(stats),

@@ -73,11 +73,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=12)
     ap.add_argument("--shots", default="0,3")
-    ap.add_argument("--parts", default="gsm8k,lambada")
+    ap.add_argument("--parts", default="gsm8k,lambada,wmt16")
     ap.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     a = ap.parse_args()
     if "lambada" in a.parts.split(","):
         lambada(a)
+    if "wmt16" in a.parts.split(","):
+        wmt16(a)
     if "gsm8k" not in a.parts.split(","):
         return
     import lm_eval
@@ -198,6 +200,87 @@ def lambada(a):
                    "items": sorted(items, key=lambda i: i["doc_id"])}, f, indent=1)
     shutil.rmtree(work)
     print(f"lambada: {len(items)} items, perplexity {agg['perplexity,none']}")
+
+
+SUBJECTS = [("Der Hund", "The dog"), ("Die Katze", "The cat"), ("Mein Bruder", "My brother"),
+            ("Das Kind", "The child"), ("Meine Mutter", "My mother"), ("Der Lehrer", "The teacher")]
+PREDICATES = [("trinkt Wasser", "drinks water"), ("liest ein Buch", "reads a book"),
+              ("spielt im Garten", "plays in the garden"), ("isst einen Apfel", "eats an apple"),
+              ("wohnt in Berlin", "lives in Berlin"), ("schreibt einen Brief", "writes a letter")]
+TIMES = [("", ""), (" heute", " today"), (" jeden Tag", " every day"), (" am Abend", " in the evening")]
+
+
+def sentences(n, rng):
+    """WMT-shaped docs: `translation: {de, en}`, short sentences from seeded word lists."""
+    out = []
+    for _ in range(n):
+        (sd, se), (pd, pe), (td, te) = rng.choice(SUBJECTS), rng.choice(PREDICATES), rng.choice(TIMES)
+        out.append({"translation": {"de": f"{sd} {pd}{td}.", "en": f"{se} {pe}{te}."}})
+    return out
+
+
+def wmt16(a):
+    """lm-eval's own translation/wmt16_de-en.yaml (with wmt_common_yaml: bleu, ter, chrf over
+    greedy generations) on generated German-English pairs, `first_n` demonstrations, K = 0 and 2:
+    each item's generation, and the three corpus scores lm-eval reports."""
+    import lm_eval
+
+    lm_eval_tasks = os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "translation")
+    with open(os.path.join(lm_eval_tasks, "wmt_common_yaml")) as f:
+        cfg = yaml.safe_load(f)
+    with open(os.path.join(lm_eval_tasks, "wmt16_de-en.yaml")) as f:
+        own = yaml.safe_load(f)
+    own.pop("include")
+    cfg.update(own)
+    rng = random.Random(20261206)
+    splits = {"train": sentences(8, rng), "validation": sentences(8, rng), "test": sentences(a.docs, rng)}
+    work = tempfile.mkdtemp(prefix="lm-eval-parity-wmt16-")
+    for name, docs in splits.items():
+        with open(os.path.join(work, f"{name}.jsonl"), "w") as f:
+            for d in docs:
+                f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    cfg.update(task="wmt16_parity", dataset_path="json", fewshot_config={"sampler": "first_n"},
+               dataset_kwargs={"data_files": {n: os.path.join(work, f"{n}.jsonl") for n in splits}})
+    cfg.pop("dataset_name", None)
+    cfg.pop("tag", None)
+    with open(os.path.join(work, "wmt16_parity.yaml"), "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
+    items, scores = [], {}
+    for k in [int(x) for x in a.shots.split(",")]:
+        k = min(k, 2)
+        out = os.path.join(work, f"out-{k}")
+        subprocess.run([
+            sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+            f"pretrained={os.path.dirname(MODEL)},gguf_file={os.path.basename(MODEL)},dtype=float32",
+            "--tasks", "wmt16_parity", "--include_path", work, "--num_fewshot", str(k),
+            "--device", "cpu", "--batch_size", "1", "--log_samples", "--output_path", out,
+            "--seed", "1234",
+        ], check=True)
+        [samples] = glob.glob(os.path.join(out, "**", "samples_wmt16_parity_*.jsonl"), recursive=True)
+        [results] = glob.glob(os.path.join(out, "**", "results_*.json"), recursive=True)
+        with open(results) as f:
+            agg = json.load(f)["results"]["wmt16_parity"]
+        scores[str(k)] = {m: agg[f"{m},none"] for m in ("bleu", "chrf", "ter")}
+        with open(samples) as f:
+            for line in f:
+                s = json.loads(line)
+                prompt = s["arguments"]["gen_args_0"]["arg_0"]
+                items.append({"doc_id": s["doc_id"], "k": k,
+                              "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+                              "generation": s["resps"][0][0], "target": s["target"]})
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "wmt16_parity.yaml"), "w") as f:
+        f.write("# lm-evaluation-harness 0.4.13's translation/wmt16_de-en.yaml with wmt_common_yaml; "
+                "dataset lines point at DATA/, demonstrations first_n (scripts/lm-eval-parity.py)\n")
+        cfg["dataset_kwargs"]["data_files"] = {n: f"DATA/wmt16_{n}.jsonl" for n in splits}
+        yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
+    for name in splits:
+        shutil.copy(os.path.join(work, f"{name}.jsonl"), os.path.join(OUT, f"wmt16_{name}.jsonl"))
+    with open(os.path.join(OUT, "wmt16_samples.json"), "w") as f:
+        json.dump({"scores": scores, "items": sorted(items, key=lambda i: (i["k"], i["doc_id"]))},
+                  f, indent=1, ensure_ascii=False)
+    shutil.rmtree(work)
+    print(f"wmt16: {len(items)} items, scores {scores}")
 
 
 if __name__ == "__main__":

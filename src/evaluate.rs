@@ -804,7 +804,7 @@ mod tests {
         );
     }
 
-    /// `bleu` and `chrf` score the generation (or each filter's answer) against the target: each
+    /// `bleu`, `chrf` and `ter` score the generation (or each filter's answer) against the target: each
     /// sample records the sacreBLEU statistics the summary sums, and the doc's own score.
     #[test]
     fn corpus_metrics_record_their_statistics_per_answer() {
@@ -816,7 +816,7 @@ mod tests {
         }];
         let t = Task::for_tests(
             OutputType::GenerateUntil,
-            vec![Metric::Bleu, Metric::Chrf, Metric::ExactMatch],
+            vec![Metric::Bleu, Metric::Chrf, Metric::Ter, Metric::ExactMatch],
             docs,
         );
         let selector = Selector::new(&t, t.sampler, t.demo_order, None).unwrap();
@@ -836,7 +836,7 @@ mod tests {
         )
         .unwrap();
         let s = &emitted[0];
-        // The statistics themselves are checked against sacreBLEU in corpus.rs.
+        // The statistics themselves are checked against sacreBLEU in corpus/
         let bleu = crate::corpus::text_stats(
             Metric::Bleu,
             " The cat is sitting on the mat.",
@@ -849,6 +849,9 @@ mod tests {
         );
         assert!(s.metrics["bleu"] > 0.2 && s.metrics["bleu"] < 0.9);
         assert_eq!(s.stats["chrf"].len(), 18);
+        // "sat" → "is sitting": one substitution, one insertion, over 6 reference words.
+        assert_eq!(s.stats["ter"], [2.0, 6.0]);
+        assert!((s.metrics["ter"] - 2.0 / 6.0).abs() < 1e-12);
         assert_eq!(s.metrics["exact_match"], 0.0);
         assert_eq!(s.correct, Some(false), "`correct` is the exact match");
     }

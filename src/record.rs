@@ -78,7 +78,7 @@ pub struct Sample {
     /// Metric name → 1.0 / 0.0.
     pub metrics: BTreeMap<String, f64>,
     /// Corpus metrics (`bleu`, `chrf`, `f1`, `mcc`): this doc's sufficient statistics by reported
-    /// name; a cell's score comes from its docs' statistics together (`corpus.rs`), and the
+    /// name; a cell's score comes from its docs' statistics together (`corpus/`), and the
     /// per-doc value in `metrics` is this doc scored alone.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub stats: BTreeMap<String, Vec<f64>>,

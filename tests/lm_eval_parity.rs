@@ -3,7 +3,9 @@
 //! SmolLM2 dequantized to float32, its logged samples kept as a fixture by
 //! `scripts/lm-eval-parity.py`. icl-eval reads the same YAML in place and must give the same
 //! prompt, generation, answer under each filter (`strict-match`, `flexible-extract`) and
-//! `exact_match` (with the file's `ignore_case` and `regexes_to_ignore`) on every item.
+//! `exact_match` (with the file's `ignore_case` and `regexes_to_ignore`) on every item. Also its
+//! `lambada_openai.yaml` (log-likelihoods, `perplexity`) and `translation/wmt16_de-en.yaml`
+//! (generations, corpus `bleu`, `chrf`, `ter`).
 
 mod common;
 
@@ -148,21 +150,81 @@ fn lambada_perplexity_and_acc_match_lm_eval() {
             s.doc_id
         );
     }
-    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
-    let row = summary
-        .lines()
-        .find(|l| l.contains(",perplexity,"))
-        .unwrap_or_else(|| panic!("{summary}"));
-    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
-    let value: f64 = row
-        .split(',')
-        .nth(header.iter().position(|h| *h == "value").unwrap())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let value = summary_value(&out, "0", "perplexity");
     let theirs = logged["perplexity"].as_f64().unwrap();
     assert!(
         (value / theirs - 1.0).abs() < 1e-4,
         "perplexity {value} vs lm-eval {theirs}"
     );
+}
+
+/// A value of the run's `summary.csv`: the row of K `k` and metric `metric`.
+fn summary_value(out: &std::path::Path, k: &str, metric: &str) -> f64 {
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let header: Vec<&str> = summary.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let row: Vec<&str> = summary
+        .lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|r| r[col("k")] == k && r[col("metric")] == metric)
+        .unwrap_or_else(|| panic!("no K={k} {metric} in\n{summary}"));
+    row[col("value")].parse().unwrap()
+}
+
+/// lm-eval's own `translation/wmt16_de-en.yaml` (with `wmt_common_yaml`) on generated
+/// German-English pairs, K = 0 and 2 (`first_n`): the same prompt and generation on every item,
+/// and the cell's corpus BLEU, chrF and TER (sacreBLEU's, over the cell's docs together) equal to
+/// lm-eval's, which reports them in points.
+#[test]
+#[ignore = "needs the bundled SmolLM2 (scripts/fetch-models.sh)"]
+fn wmt16_generations_and_corpus_scores_match_lm_eval() {
+    let (d, tasks, logged) = fixture_task(
+        "wmt16_parity",
+        &[
+            "wmt16_train.jsonl",
+            "wmt16_validation.jsonl",
+            "wmt16_test.jsonl",
+        ],
+        "wmt16_samples.json",
+    );
+    let out = d.join("run");
+    let ours: BTreeMap<(u64, u64), icl_eval::record::Sample> = common::run_smollm2(
+        &tasks,
+        "wmt16_parity",
+        &out,
+        &["--weights", "f32", "--sampler", "first_n", "--shots", "0,2"],
+    )
+    .into_iter()
+    .map(|s| ((s.doc_id as u64, s.k as u64), s))
+    .collect();
+    let items = logged["items"].as_array().unwrap();
+    assert_eq!(ours.len(), items.len());
+    let mut differ = Vec::new();
+    for item in items {
+        let key = (
+            item["doc_id"].as_u64().unwrap(),
+            item["k"].as_u64().unwrap(),
+        );
+        let s = &ours[&key];
+        let prompt = &item["prompt_sha256"].as_str().unwrap()[..16];
+        if s.prompt_hash.as_deref() != Some(prompt)
+            || s.generated.as_deref() != item["generation"].as_str()
+        {
+            differ.push(format!(
+                "doc {} K={}: lm-eval {:?}, icl-eval {:?}",
+                key.0, key.1, item["generation"], s.generated
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    for (k, scores) in logged["scores"].as_object().unwrap() {
+        for metric in ["bleu", "chrf", "ter"] {
+            let theirs = scores[metric].as_f64().unwrap();
+            let value = 100.0 * summary_value(&out, k, metric);
+            assert!(
+                (value - theirs).abs() < 1e-9,
+                "K={k} {metric}: {value} vs lm-eval {theirs}"
+            );
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::record::Sample;
 /// and standard deviation (`seed_std`, n − 1). `stderr` is the mean per-draw standard error, so
 /// doc sampling noise and demonstration noise are reported apart.
 ///
-/// Corpus metrics (`corpus.rs`) are scored per draw from their docs' statistics together; one
+/// Corpus metrics (`corpus/`) are scored per draw from their docs' statistics together; one
 /// with a Python aggregation (`TaskMeta::aggregations`) is scored by it with `python`, and left
 /// empty without it.
 pub fn summarize(

@@ -558,6 +558,10 @@ impl Translation {
                 },
                 "header" if val.is_null() => self.headerless = true,
                 "revision" => self.revision = self.string("dataset_kwargs.revision", val),
+                "streaming" => self.notes.push(
+                    "`dataset_kwargs.streaming` dropped: how `datasets` reads the data, not which"
+                        .into(),
+                ),
                 "trust_remote_code" => self.notes.push(
                     "`dataset_kwargs.trust_remote_code` dropped: icl-eval reads the Hub's parquet \
                      conversion and runs no dataset script"

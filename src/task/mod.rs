@@ -55,7 +55,7 @@ pub enum Metric {
     /// target) over a cell's docs. Each sample records its log-likelihood under this name; the
     /// summary turns the mean into the perplexity (not a mean of per-doc values; lower is better).
     Perplexity,
-    /// lm-eval's `bleu` of generations: sacreBLEU's corpus BLEU over a cell's docs (`corpus.rs`).
+    /// lm-eval's `bleu` of generations: sacreBLEU's corpus BLEU over a cell's docs (`corpus/`).
     Bleu,
     /// lm-eval's `chrf` of generations: sacreBLEU's corpus chrF over a cell's docs.
     Chrf,

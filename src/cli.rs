@@ -263,9 +263,10 @@ struct RunArgs {
     models: Vec<String>,
     #[command(flatten)]
     source: ModelSource,
-    /// Numbers of demonstrations, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "0,1,32", value_parser = parse_shots, allow_negative_numbers = true)]
-    shots: Vec<usize>,
+    /// Numbers of demonstrations, comma-separated; `task`: each task's own K (its lm-eval
+    /// `num_fewshot`, 0 where it has none).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,32", value_parser = parse_shot, allow_negative_numbers = true)]
+    shots: Vec<Shot>,
     /// Evaluate only the first N test docs of each task.
     #[arg(long)]
     limit: Option<usize>,
@@ -400,6 +401,23 @@ struct ValidateArgs {
     dirs: TaskDirs,
 }
 
+/// One `--shots` entry of `run`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shot {
+    K(usize),
+    /// Each task's own `num_fewshot`.
+    Task,
+}
+
+fn parse_shot(s: &str) -> Result<Shot, String> {
+    match s.trim() {
+        "task" => Ok(Shot::Task),
+        _ => parse_shots(s)
+            .map(Shot::K)
+            .map_err(|e| format!("{e}, or `task` (each task's own num_fewshot)")),
+    }
+}
+
 fn parse_shots(s: &str) -> Result<usize, String> {
     s.trim().parse::<usize>().map_err(|_| {
         format!(
@@ -441,13 +459,27 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         use_threads(n);
     }
     let selection = task::discover::select(&a.tasks, &a.dirs.dirs())?;
+    let task_shots = a.shots.contains(&Shot::Task);
+    if task_shots && a.shots.len() > 1 {
+        bail!(
+            "--shots task runs each task at its own num_fewshot; give it alone, not with numbers"
+        );
+    }
     let cfg = RunConfig {
         tasks: selection.tasks,
         groups: selection.groups,
         models: a.models,
         models_file: ModelsFile::find(a.source.models_file.as_deref())?,
         hub: a.source.hub(),
-        shots: a.shots,
+        shots: a
+            .shots
+            .iter()
+            .filter_map(|s| match s {
+                Shot::K(k) => Some(*k),
+                Shot::Task => None,
+            })
+            .collect(),
+        task_shots,
         limit: a.limit,
         seed: a.seed,
         protocol: Protocol {

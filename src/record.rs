@@ -291,6 +291,9 @@ pub struct RunRecord {
     pub tasks: Vec<TaskRecord>,
     pub models: Vec<ModelInfo>,
     pub shots: Vec<usize>,
+    /// `--shots task`: each task ran at its own K (its `num_fewshot`), not every K of `shots`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub task_shots: bool,
     /// The first seed.
     pub seed: u64,
     /// Every seed of the run (`--seeds N`: `seed .. seed + N`).

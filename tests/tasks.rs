@@ -420,6 +420,51 @@ fn lm_eval_filters_groups_and_inline_samples_run_in_place() {
             .any(|l| l.starts_with("sums,") && l.contains("exact_match,first-number")),
         "{groups}"
     );
+
+    // A group setting its members' keys (lm-eval's `{task: NAME, num_fewshot: K}`, and a
+    // `description` for all of them), run with `--shots task`: each task at its own K, the group
+    // averaged across them.
+    std::fs::write(
+        tasks.join("_board.yaml"),
+        "group: board\ndescription: \"Add the numbers.\\n\\n\"\ntask:\n  - task: sums_plus\n    num_fewshot: 2\n\
+         \x20 - task: sums_and\n    num_fewshot: 1\n",
+    )
+    .unwrap();
+    let out = d.join("board");
+    let samples = common::run_smollm2(&tasks, "board", &out, &["--shots", "task", "--limit", "2"]);
+    let ks: std::collections::BTreeSet<(&str, usize)> =
+        samples.iter().map(|s| (s.task.as_str(), s.k)).collect();
+    assert_eq!(
+        ks.into_iter().collect::<Vec<_>>(),
+        [("sums_and", 1), ("sums_plus", 2)]
+    );
+    let examples = std::fs::read_to_string(out.join("examples.json")).unwrap();
+    assert!(
+        examples.contains("Add the numbers.\\n\\nQuestion: What is 2 plus 3?"),
+        "{examples}"
+    );
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("\"task_shots\": true"), "{config}");
+    let groups = std::fs::read_to_string(out.join("groups.csv")).unwrap();
+    assert!(
+        groups
+            .lines()
+            .any(|l| l.starts_with("board,") && l.contains(",,\"exact_match,first-number\",")),
+        "one row across the two tasks' own K, its K empty:\n{groups}"
+    );
+    let o = common::icl_eval(&[
+        "run",
+        "--tasks-dir",
+        tasks.to_str().unwrap(),
+        "--tasks",
+        "board",
+        "--models",
+        "x.gguf",
+        "--shots",
+        "task,1",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("give it alone"), "{e}");
 }
 
 /// lm-eval's `!function` hooks run only when the user opts in: without `--allow-python` the task

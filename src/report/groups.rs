@@ -24,7 +24,9 @@ pub struct GroupRow {
     pub model: String,
     pub sampler: String,
     pub demo_labels: String,
-    pub k: u32,
+    /// `None`: each task at its own K (`--shots task` over tasks whose `num_fewshot` differ), as
+    /// lm-eval averages a group like the Open LLM Leaderboard's.
+    pub k: Option<u32>,
     pub metric: String,
     /// Tasks of the group (all of them: a cell missing a task is not reported).
     pub tasks: usize,
@@ -53,6 +55,25 @@ pub fn summarize(summary: &DataFrame, groups: &[Group]) -> Result<Vec<GroupRow>>
         return Ok(Vec::new());
     }
     let c = SummaryColumns::of(summary)?;
+    // The K's each task has; a group whose tasks each ran at one K, not all the same, is averaged
+    // across them.
+    let mut task_ks: Vec<(&str, Vec<u32>)> = Vec::new();
+    for i in 0..summary.height() {
+        let (task, k) = (c.task.get(i).unwrap_or(""), c.k.get(i).unwrap_or(0));
+        match task_ks.iter_mut().find(|(t, _)| *t == task) {
+            Some((_, ks)) if !ks.contains(&k) => ks.push(k),
+            Some(_) => {}
+            None => task_ks.push((task, vec![k])),
+        }
+    }
+    let own_k = |g: &Group| {
+        let ks: Vec<&Vec<u32>> = g
+            .tasks
+            .iter()
+            .filter_map(|t| task_ks.iter().find(|(x, _)| x == t).map(|(_, ks)| ks))
+            .collect();
+        ks.iter().all(|ks| ks.len() == 1) && ks.windows(2).any(|w| w[0] != w[1])
+    };
     let mut cells: Vec<(GroupRow, Acc)> = Vec::new();
     for i in 0..summary.height() {
         let task = c.task.get(i).unwrap_or("");
@@ -69,7 +90,7 @@ pub fn summarize(summary: &DataFrame, groups: &[Group]) -> Result<Vec<GroupRow>>
                 model: c.model.get(i).unwrap_or("").to_string(),
                 sampler: c.sampler.get(i).unwrap_or("").to_string(),
                 demo_labels: c.demo_labels.get(i).unwrap_or("").to_string(),
-                k: c.k.get(i).unwrap_or(0),
+                k: (!own_k(g)).then(|| c.k.get(i).unwrap_or(0)),
                 metric: c.metric.get(i).unwrap_or("").to_string(),
                 tasks: 0,
                 n: 0,
@@ -160,7 +181,7 @@ pub fn markdown(rows: &[GroupRow]) -> String {
             r.model,
             r.sampler,
             r.demo_labels,
-            r.k,
+            r.k.map_or("each task's".to_string(), |k| k.to_string()),
             r.metric,
             r.micro,
             f(r.micro_stderr),
@@ -238,7 +259,7 @@ mod tests {
         let rows = summarize(&summary, std::slice::from_ref(&g)).unwrap();
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
-        assert_eq!((r.tasks, r.n, r.k), (2, 6, 0));
+        assert_eq!((r.tasks, r.n, r.k), (2, 6, Some(0)));
         assert!((r.micro - 0.5).abs() < 1e-12);
         assert!((r.macro_ - 0.625).abs() < 1e-12);
         // se(a) = sd([1,0,0,0]) / 2 = 0.25; se(b) = 0: macro √(0.0625) / 2, micro √((4·0.25)²) / 6.
@@ -252,5 +273,35 @@ mod tests {
             tasks: vec!["a".into(), "c".into()],
         };
         assert!(summarize(&summary, &[partial]).unwrap().is_empty());
+    }
+
+    /// `--shots task`: tasks each at their own K (a at 25, b at 5) average into one row across
+    /// them; tasks run at several K's keep one row per K.
+    #[test]
+    fn tasks_at_their_own_k_average_across_k() {
+        let at = |task: &str, doc: usize, k: usize, acc: f64| {
+            let mut s = Sample::for_tests("m", doc, k, Some(acc));
+            s.task = task.into();
+            s
+        };
+        let samples = vec![at("a", 0, 25, 1.0), at("a", 1, 25, 0.0), at("b", 0, 5, 1.0)];
+        let tasks = [meta("a"), meta("b")];
+        let models = [crate::backend::ModelInfo::for_tests("m", 1)];
+        let summary = crate::report::table::summarize(&samples, &tasks, &models, None).unwrap();
+        let g = Group {
+            name: "g".into(),
+            tasks: vec!["a".into(), "b".into()],
+        };
+        let rows = summarize(&summary, std::slice::from_ref(&g)).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].k, rows[0].tasks, rows[0].n), (None, 2, 3));
+        assert!((rows[0].macro_ - 0.75).abs() < 1e-12);
+        assert!(markdown(&rows).contains("| g | m | random | gold | each task's | acc |"));
+        // b also at 25: a sweep, one row per K where every task has a value.
+        let mut swept = samples.clone();
+        swept.push(at("b", 0, 25, 0.0));
+        let summary = crate::report::table::summarize(&swept, &tasks, &models, None).unwrap();
+        let rows = summarize(&summary, std::slice::from_ref(&g)).unwrap();
+        assert_eq!(rows.iter().map(|r| r.k).collect::<Vec<_>>(), [Some(25)]);
     }
 }

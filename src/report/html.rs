@@ -65,7 +65,7 @@ struct GroupView {
     model: String,
     sampler: String,
     demo_labels: String,
-    k: u32,
+    k: String,
     metric: String,
     micro: String,
     micro_stderr: String,
@@ -150,12 +150,13 @@ pub fn render(
             dir: d.display().to_string(),
             started: r.started.clone(),
             seed: r.seed,
-            shots: r
-                .shots
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            shots: {
+                let ks: Vec<String> = r.shots.iter().map(usize::to_string).collect();
+                match r.task_shots {
+                    true => format!("each task's own (num_fewshot): {}", ks.join(", ")),
+                    false => ks.join(", "),
+                }
+            },
             limit: r.limit.map_or("all".into(), |l| l.to_string()),
             weights: if r.device == "cpu" {
                 r.weights.clone()
@@ -210,7 +211,7 @@ pub fn render(
             model: g.model,
             sampler: g.sampler,
             demo_labels: g.demo_labels,
-            k: g.k,
+            k: g.k.map_or("each task's".to_string(), |k| k.to_string()),
             metric: g.metric,
             tasks: g.tasks,
             n: g.n,

@@ -341,6 +341,7 @@ mod tests {
                 tasks: vec![t],
                 models: vec![ModelInfo::for_tests(model, 1000)],
                 shots: vec![0],
+                task_shots: false,
                 seed: 1,
                 seeds: vec![1],
                 permutations: 1,

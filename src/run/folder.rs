@@ -50,7 +50,7 @@ impl RunFolder {
         cfg: &RunConfig,
         tasks: &[Task],
         selectors: &[Selector],
-        shots: &[usize],
+        shots: &[Vec<usize>],
         run_id: String,
         n_models: usize,
     ) -> Result<(Self, Done)> {
@@ -70,12 +70,13 @@ impl RunFolder {
         };
         fs::create_dir_all(&dir)
             .with_context(|| format!("--output: cannot create {}", dir.display()))?;
-        let n_docs: usize = tasks
+        let cells: usize = tasks
             .iter()
-            .map(|t| doc_count(t, cfg.limit, cfg.shard))
+            .zip(shots)
+            .map(|(t, k)| doc_count(t, cfg.limit, cfg.shard) * k.len())
             .sum();
         let p = &cfg.protocol;
-        let per_model = n_docs * shots.len() * p.seeds * p.permutations * p.demo_labels.len();
+        let per_model = cells * p.seeds * p.permutations * p.demo_labels.len();
         let total = (per_model * n_models) as u64;
         let mut record = new_record(cfg, tasks, selectors, shots, run_id, &now);
         let partial = dir.join(resume::PARTIAL);
@@ -281,7 +282,7 @@ fn new_record(
     cfg: &RunConfig,
     tasks: &[Task],
     selectors: &[Selector],
-    shots: &[usize],
+    shots: &[Vec<usize>],
     run_id: String,
     now: &chrono::DateTime<chrono::Utc>,
 ) -> RunRecord {
@@ -298,7 +299,8 @@ fn new_record(
             .map(|(t, s)| TaskRecord::of(t, s.sampler()))
             .collect(),
         models: Vec::new(),
-        shots: shots.to_vec(),
+        shots: setup::all_shots(shots),
+        task_shots: cfg.task_shots,
         seed: cfg.seed,
         seeds: p.seed_list(cfg.seed),
         permutations: p.permutations,

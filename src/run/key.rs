@@ -32,6 +32,10 @@ fn run_key(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> String {
         protocol(&cfg.protocol),
         cfg.encoder,
     );
+    let key = match cfg.task_shots {
+        true => format!("{key}|task-shots"),
+        false => key,
+    };
     // A GPU's answers round differently: never resume a CPU run on it (CPU keys stay as before).
     match cfg.device {
         DeviceChoice::Cpu => key,

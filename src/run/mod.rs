@@ -36,6 +36,9 @@ pub struct RunConfig {
     pub models_file: Option<ModelsFile>,
     pub hub: HubOptions,
     pub shots: Vec<usize>,
+    /// `--shots task`: each task at its own K (`num_fewshot`, 0 where it has none); `shots` is
+    /// then empty.
+    pub task_shots: bool,
     pub limit: Option<usize>,
     /// The first seed; `--seeds N` runs seeds `seed .. seed + N`.
     pub seed: u64,
@@ -156,9 +159,10 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     let tasks = setup::load_tasks(cfg)?;
     let selectors = selectors(&tasks, &cfg.protocol, cfg.encoder.as_deref(), cfg.limit)?;
     setup::check_task_names(&tasks)?;
+    let shots = setup::task_shots(cfg, &tasks, &shots);
     // Every reference resolves (and downloads) before any work starts.
     let sources = setup::resolve_models(cfg)?;
-    let run_id = key::run_id(cfg, &tasks, &shots);
+    let run_id = key::run_id(cfg, &tasks, &setup::all_shots(&shots));
     let (mut folder, done) =
         folder::RunFolder::open(cfg, &tasks, &selectors, &shots, run_id, sources.len())?;
     let cache = cfg
@@ -196,6 +200,7 @@ impl RunConfig {
                 token: None,
             },
             shots: vec![0],
+            task_shots: false,
             limit: None,
             seed: 1234,
             protocol: Protocol::default(),

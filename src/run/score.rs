@@ -23,7 +23,7 @@ pub(super) fn score_model(
     cfg: &RunConfig,
     source: &Source,
     selectors: &[Selector],
-    shots: &[usize],
+    shots: &[Vec<usize>],
     done: &Done,
     cache: Option<&RequestCache>,
     folder: &mut RunFolder,
@@ -42,7 +42,7 @@ pub(super) fn score_model(
     folder.add_model(backend.info().clone(), true)?;
     let p = &cfg.protocol;
     let mut result = Ok(());
-    for selector in selectors {
+    for (selector, shots) in selectors.iter().zip(shots) {
         folder.bar.set_message(format!(
             "{} / {}",
             backend.info().name,

@@ -31,7 +31,7 @@ impl Source {
 
 /// Checks the command's own settings; returns its shot counts sorted and deduplicated.
 pub(super) fn check_command(cfg: &RunConfig) -> Result<Vec<usize>> {
-    if cfg.shots.is_empty() {
+    if cfg.shots.is_empty() && !cfg.task_shots {
         bail!("--shots: give at least one shot count, e.g. --shots 0,1,32");
     }
     if cfg.models.is_empty() {
@@ -44,6 +44,26 @@ pub(super) fn check_command(cfg: &RunConfig) -> Result<Vec<usize>> {
     shots.sort_unstable();
     shots.dedup();
     Ok(shots)
+}
+
+/// The K's each task runs, in task order: `--shots` for every task, or with `--shots task` the
+/// task's own `num_fewshot` (lm-eval's default; 0 where the task names none).
+pub(super) fn task_shots(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> Vec<Vec<usize>> {
+    tasks
+        .iter()
+        .map(|t| match cfg.task_shots {
+            true => vec![t.num_fewshot.unwrap_or(0)],
+            false => shots.to_vec(),
+        })
+        .collect()
+}
+
+/// Every K of the run, sorted, once.
+pub(super) fn all_shots(shots: &[Vec<usize>]) -> Vec<usize> {
+    let mut all: Vec<usize> = shots.iter().flatten().copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
 }
 
 /// Loads and validates every task of the command.
@@ -146,13 +166,13 @@ pub fn selectors<'t>(
 pub(super) fn examples(
     tasks: &[Task],
     selectors: &[Selector],
-    shots: &[usize],
+    shots: &[Vec<usize>],
     seed: u64,
 ) -> Vec<Example> {
-    let k_max = shots.iter().copied().max().unwrap_or(0);
     let mut out = Vec::new();
-    for (t, sel) in tasks.iter().zip(selectors) {
+    for ((t, sel), shots) in tasks.iter().zip(selectors).zip(shots) {
         let Some(item) = t.test.first() else { continue };
+        let k_max = shots.iter().copied().max().unwrap_or(0);
         let ranking = sel.ranking(item, seed, k_max);
         for &k in shots {
             let demos = sel.demos(&ranking, k, item, seed, 0, DemoLabels::Gold);

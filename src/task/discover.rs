@@ -71,9 +71,9 @@ const GROUP_KEYS: &[&str] = &[
     "tag",
 ];
 
-/// Keys of a member that change nothing icl-eval runs: a display name, and a default K (K comes
-/// from `--shots`). Kept out of the settings, so `{task: x, task_alias: X}` is task `x` itself.
-const INERT_MEMBER_KEYS: &[&str] = &["task", "task_alias", "num_fewshot"];
+/// Keys of a member that change nothing icl-eval runs: its name and a display name. Kept out of
+/// the settings, so `{task: x, task_alias: X}` is task `x` itself.
+const INERT_MEMBER_KEYS: &[&str] = &["task", "task_alias"];
 
 /// Reads the group files of one YAML (the file's own group, then inline groups among its
 /// members, each registered under its own name); the error names the file and key.

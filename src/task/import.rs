@@ -289,6 +289,8 @@ struct Translation {
     sampling: Mapping,
     /// lm-eval's `repeats`.
     repeats: Option<u64>,
+    /// `num_fewshot`: the task's own K, which `--shots task` runs.
+    num_fewshot: Option<u64>,
     /// `dataset_kwargs.column_names` (csv without a header row) and `header: null`.
     columns: Option<Value>,
     headerless: bool,
@@ -515,10 +517,13 @@ impl Translation {
             },
             "generation_kwargs" => self.generation(v),
             "metric_list" => self.metric_list(v),
-            "num_fewshot" => self.notes.push(format!(
-                "`num_fewshot: {}` dropped: icl-eval takes K from --shots",
-                scalar(v).unwrap_or_default()
-            )),
+            "num_fewshot" => match v {
+                Value::Null => {}
+                _ => match v.as_u64() {
+                    Some(n) => self.num_fewshot = Some(n),
+                    None => self.problem(key, "should be a whole number of demonstrations"),
+                },
+            },
             "fewshot_config" => self.fewshot_config(v),
             "repeats" => match v.as_u64() {
                 Some(n) if n >= 1 => self.repeats = Some(n),
@@ -967,6 +972,9 @@ impl Translation {
                 return Err(self.located(shown));
             }
             put("repeats", n.into());
+        }
+        if let Some(n) = self.num_fewshot {
+            put("num_fewshot", n.into());
         }
         if let Some(v) = self.version.take() {
             let mut m = Mapping::new();

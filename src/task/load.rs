@@ -357,6 +357,7 @@ fn build_spec(
         repeats: spec.repeats,
         gen_prefix: spec.gen_prefix.is_some(),
         sampling,
+        num_fewshot: spec.num_fewshot,
     })
 }
 

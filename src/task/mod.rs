@@ -363,6 +363,8 @@ pub struct Task {
     pub gen_prefix: bool,
     /// `generate_until` with `do_sample`: temperature and top-p; `None` decodes greedily.
     pub sampling: Option<(f64, f64)>,
+    /// The task's own K (lm-eval's `num_fewshot`), run by `--shots task`.
+    pub num_fewshot: Option<usize>,
 }
 
 /// `exact_match`'s options, compiled from `task::spec::ExactMatchSpec`.
@@ -457,6 +459,7 @@ impl Task {
             doc_choices: Vec::new(),
             repeats: 1,
             gen_prefix: false,
+            num_fewshot: None,
             sampling: None,
         }
     }

@@ -62,6 +62,9 @@ pub struct TaskSpec {
     pub gen_prefix: Option<String>,
     /// lm-eval's `!function` hooks, run through the user's Python only with `--allow-python`.
     pub python: Option<super::hooks::HookSpec>,
+    /// The task's own K (lm-eval's `num_fewshot`), which `--shots task` runs; `--shots` with
+    /// numbers runs those instead.
+    pub num_fewshot: Option<usize>,
 }
 
 /// `exact_match:` — lm-eval's (Hugging Face `evaluate`'s) options of the metric, applied to the

@@ -35,6 +35,31 @@ fn fixture_task(task: &str, data: &[&str], samples: &str) -> (PathBuf, PathBuf, 
     (d, tasks, logged)
 }
 
+/// icl-eval's samples of `task` on float32 SmolLM2 with `first_n` demonstrations at `shots`, by
+/// (doc, K).
+fn run_first_n(
+    tasks: &std::path::Path,
+    task: &str,
+    out: &std::path::Path,
+    shots: &str,
+    extra: &[&str],
+) -> BTreeMap<(u64, u64), icl_eval::record::Sample> {
+    let mut args = vec!["--weights", "f32", "--sampler", "first_n", "--shots", shots];
+    args.extend(extra);
+    common::run_smollm2(tasks, task, out, &args)
+        .into_iter()
+        .map(|s| ((s.doc_id as u64, s.k as u64), s))
+        .collect()
+}
+
+/// A logged item's (doc, K).
+fn item_key(item: &serde_json::Value) -> (u64, u64) {
+    (
+        item["doc_id"].as_u64().unwrap(),
+        item["k"].as_u64().unwrap(),
+    )
+}
+
 #[test]
 #[ignore = "needs the bundled SmolLM2 (scripts/fetch-models.sh)"]
 fn gsm8k_matches_lm_evals_logged_samples_item_by_item() {
@@ -53,31 +78,16 @@ fn gsm8k_matches_lm_evals_logged_samples_item_by_item() {
     shots.sort();
     shots.dedup();
     let shots: Vec<String> = shots.iter().map(u64::to_string).collect();
-    let out = d.join("run");
-    let ours: BTreeMap<(u64, u64), icl_eval::record::Sample> = common::run_smollm2(
+    let ours = run_first_n(
         &tasks,
         "gsm8k_parity",
-        &out,
-        &[
-            "--weights",
-            "f32",
-            "--sampler",
-            "first_n",
-            "--shots",
-            &shots.join(","),
-            "--limit",
-            &docs.to_string(),
-        ],
-    )
-    .into_iter()
-    .map(|s| ((s.doc_id as u64, s.k as u64), s))
-    .collect();
+        &d.join("run"),
+        &shots.join(","),
+        &["--limit", &docs.to_string()],
+    );
     let mut differ = Vec::new();
     for item in items {
-        let key = (
-            item["doc_id"].as_u64().unwrap(),
-            item["k"].as_u64().unwrap(),
-        );
+        let key = item_key(item);
         let s = &ours[&key];
         let filter = item["filtered"].as_object().unwrap();
         let (name, answer) = filter.iter().next().unwrap();
@@ -188,23 +198,12 @@ fn wmt16_generations_and_corpus_scores_match_lm_eval() {
         "wmt16_samples.json",
     );
     let out = d.join("run");
-    let ours: BTreeMap<(u64, u64), icl_eval::record::Sample> = common::run_smollm2(
-        &tasks,
-        "wmt16_parity",
-        &out,
-        &["--weights", "f32", "--sampler", "first_n", "--shots", "0,2"],
-    )
-    .into_iter()
-    .map(|s| ((s.doc_id as u64, s.k as u64), s))
-    .collect();
+    let ours = run_first_n(&tasks, "wmt16_parity", &out, "0,2", &[]);
     let items = logged["items"].as_array().unwrap();
     assert_eq!(ours.len(), items.len());
     let mut differ = Vec::new();
     for item in items {
-        let key = (
-            item["doc_id"].as_u64().unwrap(),
-            item["k"].as_u64().unwrap(),
-        );
+        let key = item_key(item);
         let s = &ours[&key];
         let prompt = &item["prompt_sha256"].as_str().unwrap()[..16];
         if s.prompt_hash.as_deref() != Some(prompt)

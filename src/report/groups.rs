@@ -240,6 +240,19 @@ mod tests {
         s
     }
 
+    /// The summary of `samples` over the tasks `names` (model `m`), and group `g` = {a, b}'s rows.
+    fn group_ab(samples: &[Sample], names: &[&str]) -> (DataFrame, Vec<GroupRow>) {
+        let tasks: Vec<TaskMeta> = names.iter().map(|n| meta(n)).collect();
+        let models = [crate::backend::ModelInfo::for_tests("m", 1)];
+        let summary = crate::report::table::summarize(samples, &tasks, &models, None).unwrap();
+        let g = Group {
+            name: "g".into(),
+            tasks: vec!["a".into(), "b".into()],
+        };
+        let rows = summarize(&summary, std::slice::from_ref(&g)).unwrap();
+        (summary, rows)
+    }
+
     #[test]
     fn micro_weighs_docs_and_macro_weighs_tasks() {
         // a: 1 of 4 right; b: 2 of 2 right. micro = 3/6, macro = (0.25 + 1) / 2.
@@ -249,14 +262,7 @@ mod tests {
             .map(|(d, &v)| scored("a", d, v))
             .collect();
         samples.extend([scored("b", 0, 1.0), scored("b", 1, 1.0)]);
-        let tasks = [meta("a"), meta("b"), meta("c")];
-        let models = [crate::backend::ModelInfo::for_tests("m", 1)];
-        let summary = crate::report::table::summarize(&samples, &tasks, &models, None).unwrap();
-        let g = Group {
-            name: "g".into(),
-            tasks: vec!["a".into(), "b".into()],
-        };
-        let rows = summarize(&summary, std::slice::from_ref(&g)).unwrap();
+        let (summary, rows) = group_ab(&samples, &["a", "b", "c"]);
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
         assert_eq!((r.tasks, r.n, r.k), (2, 6, Some(0)));
@@ -285,14 +291,7 @@ mod tests {
             s
         };
         let samples = vec![at("a", 0, 25, 1.0), at("a", 1, 25, 0.0), at("b", 0, 5, 1.0)];
-        let tasks = [meta("a"), meta("b")];
-        let models = [crate::backend::ModelInfo::for_tests("m", 1)];
-        let summary = crate::report::table::summarize(&samples, &tasks, &models, None).unwrap();
-        let g = Group {
-            name: "g".into(),
-            tasks: vec!["a".into(), "b".into()],
-        };
-        let rows = summarize(&summary, std::slice::from_ref(&g)).unwrap();
+        let (_, rows) = group_ab(&samples, &["a", "b"]);
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].k, rows[0].tasks, rows[0].n), (None, 2, 3));
         assert!((rows[0].macro_ - 0.75).abs() < 1e-12);
@@ -300,8 +299,7 @@ mod tests {
         // b also at 25: a sweep, one row per K where every task has a value.
         let mut swept = samples.clone();
         swept.push(at("b", 0, 25, 0.0));
-        let summary = crate::report::table::summarize(&swept, &tasks, &models, None).unwrap();
-        let rows = summarize(&summary, std::slice::from_ref(&g)).unwrap();
+        let (_, rows) = group_ab(&swept, &["a", "b"]);
         assert_eq!(rows.iter().map(|r| r.k).collect::<Vec<_>>(), [Some(25)]);
     }
 }

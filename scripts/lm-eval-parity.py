@@ -72,7 +72,8 @@ def task_yaml(lm_eval_tasks, data_dir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=12)
-    ap.add_argument("--shots", default="0,3")
+    ap.add_argument("--shots", default="0,3", help="gsm8k's K's")
+    ap.add_argument("--wmt16-shots", default="0,2", help="wmt16's K's (its few-shot split has 8 docs)")
     ap.add_argument("--parts", default="gsm8k,lambada,wmt16")
     ap.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     a = ap.parse_args()
@@ -246,8 +247,9 @@ def wmt16(a):
     with open(os.path.join(work, "wmt16_parity.yaml"), "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False, allow_unicode=True)
     items, scores = [], {}
-    for k in [int(x) for x in a.shots.split(",")]:
-        k = min(k, 2)
+    for k in sorted({int(x) for x in a.wmt16_shots.split(",")}):
+        if k > len(splits["validation"]):
+            sys.exit(f"--wmt16-shots: {k} is more than the {len(splits['validation'])} few-shot docs")
         out = os.path.join(work, f"out-{k}")
         subprocess.run([
             sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",

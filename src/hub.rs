@@ -176,10 +176,17 @@ pub fn dataset_file(
         format!("dataset {repo} at {revision}, file `{path}`")
     };
     let root = dataset_cache(hub, repo);
-    if let Ok(commit) = std::fs::read_to_string(root.join("refs").join(revision)) {
-        let local = root.join("snapshots").join(commit.trim()).join(path);
+    // A commit is its own snapshot (Python's `huggingface_hub` writes no ref for one).
+    let commit = match revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit()) {
+        true => Some(revision.to_string()),
+        false => std::fs::read_to_string(root.join("refs").join(revision))
+            .ok()
+            .map(|c| c.trim().to_string()),
+    };
+    if let Some(commit) = commit {
+        let local = root.join("snapshots").join(&commit).join(path);
         if local.is_file() {
-            return Ok((commit.trim().to_string(), local));
+            return Ok((commit, local));
         }
     }
     let remote = online_dataset(hub, repo, revision, &shown)?;

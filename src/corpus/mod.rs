@@ -156,7 +156,14 @@ fn tokenize_13a(line: &str) -> String {
     for (re, with) in RULES.iter() {
         line = re.replace_all(&line, *with).into_owned();
     }
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
+    python_split(&line).collect::<Vec<_>>().join(" ")
+}
+
+/// Python's `str.split()`: Unicode whitespace and the separators U+001C–U+001F, which Rust's
+/// `split_whitespace` keeps inside words.
+pub(crate) fn python_split(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c))
+        .filter(|w| !w.is_empty())
 }
 
 fn word_ngrams(tokens: &[&str]) -> HashMap<Vec<String>, usize> {
@@ -174,8 +181,8 @@ fn word_ngrams(tokens: &[&str]) -> HashMap<Vec<String>, usize> {
 fn bleu_stats(hypothesis: &str, reference: &str) -> Vec<f64> {
     let hyp = tokenize_13a(hypothesis.trim_end());
     let reference = tokenize_13a(reference.trim_end());
-    let hyp: Vec<&str> = hyp.split_whitespace().collect();
-    let reference: Vec<&str> = reference.split_whitespace().collect();
+    let hyp: Vec<&str> = python_split(&hyp).collect();
+    let reference: Vec<&str> = python_split(&reference).collect();
     let ref_ngrams = word_ngrams(&reference);
     let mut correct = [0.0; BLEU_ORDER];
     let mut total = [0.0; BLEU_ORDER];

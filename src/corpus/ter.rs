@@ -48,10 +48,9 @@ pub fn ter_score(s: &[f64]) -> f64 {
     }
 }
 
-/// sacreBLEU's `TercomTokenizer` with its defaults: lower-cased, split on whitespace.
+/// sacreBLEU's `TercomTokenizer` with its defaults: lower-cased, split as Python splits.
 fn words(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split_whitespace()
+    super::python_split(&text.to_lowercase())
         .map(str::to_string)
         .collect()
 }
@@ -336,6 +335,8 @@ mod tests {
                 11.11111111111111,
             ),
             ("Nothing", "", 1.0, 0.0, 100.0),
+            // Python's split separates words at U+001C–U+001F too.
+            ("a\x1fb", "a b", 0.0, 2.0, 0.0),
             ("", "", 0.0, 0.0, 0.0),
         ] {
             assert_eq!(edits(h, r), (want_edits, want_len), "{h:?} / {r:?}");

@@ -81,7 +81,40 @@ pub fn read_groups(path: &Path, v: &serde_yaml::Value) -> Result<Vec<(String, Gr
     let shown = path.display();
     let mut out = Vec::new();
     group_of(v, &mut out).map_err(|e| format!("{shown}: {e}"))?;
+    // The task keys a group sets name Python beside the group file, wherever the task's own file
+    // is (lm-eval resolves `!function` from the YAML that holds it).
+    let dir = path.parent().unwrap_or(Path::new("."));
+    for (_, g) in &mut out {
+        functions_beside(&mut g.overrides, dir);
+        for m in &mut g.members {
+            functions_beside(&mut m.keys, dir);
+        }
+    }
     Ok(out)
+}
+
+/// `!function MODULE.function` values in `keys` rewritten to the module's path in `dir`
+/// (`!function DIR/MODULE.function`), so they resolve there from any task file.
+fn functions_beside(keys: &mut Mapping, dir: &Path) {
+    fn walk(v: &mut Value, dir: &Path) {
+        match v {
+            Value::Tagged(t) => {
+                if let Some((module, function)) = t
+                    .value
+                    .as_str()
+                    .filter(|s| !s.contains('/'))
+                    .and_then(|s| s.rsplit_once('.'))
+                {
+                    let file = dir.join(module.replace('.', "/"));
+                    t.value = Value::String(format!("{}.{function}", file.display()));
+                }
+            }
+            Value::Sequence(s) => s.iter_mut().for_each(|x| walk(x, dir)),
+            Value::Mapping(m) => m.iter_mut().for_each(|(_, x)| walk(x, dir)),
+            _ => {}
+        }
+    }
+    keys.iter_mut().for_each(|(_, v)| walk(v, dir));
 }
 
 /// `m` without the keys in `drop`.
@@ -134,7 +167,7 @@ fn group_of(v: &serde_yaml::Value, out: &mut Vec<(String, GroupFile)>) -> Result
                             format!("group `{name}`: key `task[{i}].group` should be a name")
                         })?
                         .to_string(),
-                    keys: without(mm, &["group", "group_alias"]),
+                    keys: without(mm, &["group", "group_alias", "task_alias"]),
                 },
             },
             Value::Mapping(mm) => {
@@ -279,16 +312,19 @@ fn define_inline_tasks(found: &mut Vec<TaskSource>) {
     for src in found.iter() {
         let Some(g) = &src.group else { continue };
         for m in g.members.iter().filter(|m| !m.keys.is_empty()) {
+            // Files that are no task (a base without `task:`) take no name, as in lm-eval's index.
             let taken = |n: &str| {
                 found
                     .iter()
+                    .filter(|t| t.problem.is_none())
                     .any(|t| t.name == n || t.tags.iter().any(|x| x == n))
                     || defined.iter().any(|t: &TaskSource| t.name == n)
             };
             if taken(&m.name) {
                 continue;
             }
-            let mut keys = m.keys.clone();
+            // lm-eval builds it over its group's own task keys, run by name too.
+            let mut keys = overlay(&g.overrides, &m.keys);
             keys.insert("task".into(), m.name.clone().into());
             defined.push(TaskSource {
                 name: m.name.clone(),
@@ -380,6 +416,9 @@ pub fn select(names: &[String], dirs: &[PathBuf]) -> Result<Selection> {
         let known = known.as_deref().unwrap_or_default();
         let mut stack = Vec::new();
         let found = expand(n, &Mapping::new(), known, dirs, &mut stack, &mut groups)?;
+        if found.is_empty() {
+            bail!("--tasks: group `{n}` holds no task");
+        }
         if names.iter().filter(|m| *m == n).count() > 1 {
             bail!("--tasks: `{n}` is listed twice");
         }
@@ -407,8 +446,8 @@ pub fn select(names: &[String], dirs: &[PathBuf]) -> Result<Selection> {
 fn describe(r: &TaskRef) -> String {
     match &r.yaml {
         None => format!("as {} has it", r.path.display()),
-        Some((v, group)) => format!(
-            "with group `{group}`'s keys {}",
+        Some((v, groups)) => format!(
+            "with keys from group {groups}: {}",
             serde_yaml::to_string(v)
                 .unwrap_or_default()
                 .trim()
@@ -434,14 +473,18 @@ fn task_ref(t: &TaskSource, keys: &Mapping, via: Option<&str>) -> TaskRef {
         Some((def, group)) => {
             let mut m = overlay(keys, def);
             m.insert("task".into(), t.name.clone().into());
-            Some((Value::Mapping(m), group.clone()))
+            let groups = match via.as_str() {
+                "" => format!("`{group}`"),
+                chain => format!("`{chain}`"),
+            };
+            Some((Value::Mapping(m), groups))
         }
         None if keys.is_empty() => None,
         None => {
             let mut m = Mapping::new();
             let file = t.path.file_name().map(|f| f.to_string_lossy().into_owned());
             m.insert("include".into(), file.unwrap_or_default().into());
-            Some((Value::Mapping(overlay(&m, keys)), via))
+            Some((Value::Mapping(overlay(&m, keys)), format!("`{via}`")))
         }
     };
     TaskRef {
@@ -463,7 +506,8 @@ fn expand(
     groups: &mut Vec<Group>,
 ) -> Result<Vec<TaskRef>> {
     let usable = |t: &&TaskSource| t.problem.is_none();
-    let via = stack.last().map(String::as_str);
+    let chain = stack.join(" › ");
+    let via = (!stack.is_empty()).then_some(chain.as_str());
     if let Some(t) = known
         .iter()
         .filter(usable)

@@ -147,9 +147,10 @@ fn import_group(path: &Path, merged: &Value, allow_python: bool) -> Result<Impor
     })
 }
 
-/// Keys only a task's own definition has: a member carrying one (after its includes) defines a
-/// task; other members set keys of a task defined elsewhere.
-const DEFINING_KEYS: &[&str] = &["dataset_path", "output_type", "doc_to_text"];
+/// Keys a member defining a task inside the group has (its data, or a base it includes); other
+/// members set keys of a task defined elsewhere, which the import cannot see, so they are kept
+/// as written.
+const DEFINING_KEYS: &[&str] = &["dataset_path", "include"];
 
 /// The group `v` with each task defined inside it (here or in a nested group) merged with its
 /// includes and checked by the translation.
@@ -180,8 +181,11 @@ fn inline_tasks(
         let r = include::TaskRef {
             name: name.clone(),
             path: path.to_path_buf(),
-            yaml: Some((m.clone(), group.clone())),
+            yaml: Some((m.clone(), format!("`{group}`"))),
         };
+        if !DEFINING_KEYS.iter().any(|k| m.get(*k).is_some()) {
+            continue;
+        }
         let (full, _, yaml_notes) = match include::read_ref_noting(&r) {
             Ok(read) => read,
             Err(e) => {
@@ -189,9 +193,6 @@ fn inline_tasks(
                 continue;
             }
         };
-        if !DEFINING_KEYS.iter().any(|k| full.get(*k).is_some()) {
-            continue;
-        }
         match import_merged(&r, full.clone(), yaml_notes, allow_python) {
             Ok(imported) => notes.extend(
                 imported
@@ -220,6 +221,11 @@ fn module_file<'f>(
     path: &Path,
 ) -> Option<(std::path::PathBuf, &'f str)> {
     let (module, function) = f.value.as_str()?.rsplit_once('.')?;
+    // A path (a group's keys name modules beside the group file, see `discover`) is taken as it
+    // is; a dotted module name lies beside the YAML.
+    if module.contains('/') {
+        return Some((std::path::PathBuf::from(format!("{module}.py")), function));
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     Some((
         dir.join(format!("{}.py", module.replace('.', "/"))),
@@ -291,6 +297,8 @@ struct Translation {
     repeats: Option<u64>,
     /// `num_fewshot`: the task's own K, which `--shots task` runs.
     num_fewshot: Option<u64>,
+    /// A Hugging Face evaluate mean became `exact_match`, which must then compare exactly.
+    hf_equality: bool,
     /// `dataset_kwargs.column_names` (csv without a header row) and `header: null`.
     columns: Option<Value>,
     headerless: bool,
@@ -718,7 +726,9 @@ impl Translation {
                         .into(),
                 );
             }
-            self.metrics.push(name);
+            if !self.metrics.contains(&name) {
+                self.metrics.push(name);
+            }
         }
     }
 
@@ -770,6 +780,7 @@ impl Translation {
         if !self.metrics.iter().any(|m| m == "exact_match") {
             self.metrics.push("exact_match".into());
         }
+        self.hf_equality = true;
     }
 
     fn fewshot_config(&mut self, v: &Value) {
@@ -975,6 +986,15 @@ impl Translation {
         }
         if let Some(n) = self.num_fewshot {
             put("num_fewshot", n.into());
+        }
+        if self.hf_equality && !self.exact_match.is_empty() {
+            self.problems.push(
+                "key `metric_list`: a Hugging Face evaluate `accuracy`/`f1` (exact equality) and \
+                 an `exact_match` with options (case, punctuation, regexes) would be one metric \
+                 here; icl-eval scores them as one `exact_match`, so it cannot give both"
+                    .into(),
+            );
+            return Err(self.located(shown));
         }
         if let Some(v) = self.version.take() {
             let mut m = Mapping::new();
@@ -1211,7 +1231,7 @@ mod tests {
         .unwrap();
         let e = import_lm_eval(&g).unwrap_err().join("\n");
         assert!(
-            e.contains("g.yaml (task `p0` as group `g` sets it)") && e.contains("rouge"),
+            e.contains("g.yaml (task `p0` with keys from group `g`)") && e.contains("rouge"),
             "{e}"
         );
     }

@@ -13,36 +13,49 @@ const MAX_DEPTH: usize = 8;
 /// Where one task's YAML is read: a task file, or keys a group file gives in its place (a task
 /// defined inside the group, or a task file's keys overridden by the group, lm-eval's
 /// `{task: NAME, KEY: VALUE}`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TaskRef {
     /// The task's name.
     pub name: String,
     /// The file relative names resolve against: the task file, or the group file defining it.
     pub path: PathBuf,
-    /// Keys read in place of the file's (their `include:` relative to `path`), and the group
-    /// that gave them; `None`: the file as it is.
+    /// Keys read in place of the file's (their `include:` relative to `path`), and the groups
+    /// that gave them (outermost first); `None`: the file as it is.
     pub yaml: Option<(Value, String)>,
 }
 
+/// The same task read the same way: its file and keys (which groups gave the keys, and how a file
+/// named by path is called before loading, do not matter).
+impl PartialEq for TaskRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.yaml.as_ref().map(|(v, _)| v) == other.yaml.as_ref().map(|(v, _)| v)
+    }
+}
+
 impl TaskRef {
-    /// The task file at `path`, as it is (named by its file stem until loaded).
+    /// The task file at `path`, as it is, named by its `task:` (its file stem when it has none).
     pub fn file(path: &Path) -> Self {
+        let named = read_merged(path)
+            .ok()
+            .and_then(|(v, _)| v.get("task").and_then(Value::as_str).map(str::to_string));
         TaskRef {
-            name: path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name: named.unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }),
             path: path.to_path_buf(),
             yaml: None,
         }
     }
 
-    /// How errors name it: the file, or the group file and the task it defines or overrides.
+    /// How errors name it: the file it is read from, the task, and the groups whose keys it has.
     pub fn shown(&self) -> String {
         match &self.yaml {
             None => self.path.display().to_string(),
-            Some((_, group)) => format!(
-                "{} (task `{}` as group `{group}` sets it)",
+            Some((_, groups)) => format!(
+                "{} (task `{}` with keys from group {groups})",
                 self.path.display(),
                 self.name
             ),

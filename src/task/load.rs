@@ -1241,7 +1241,40 @@ mod tests {
         let plain = load_ref(&resolve(&["a".into()], dirs).unwrap()[0], &options).unwrap();
         assert_eq!(plain.test[0].description, "own");
         let q = resolve(&["q".into()], dirs).unwrap();
-        assert_eq!(load_ref(&q[0], &options).unwrap().test[0].text, "Q: good");
+        let alone = load_ref(&q[0], &options).unwrap();
+        assert_eq!(alone.test[0].text, "Q: good");
+        assert_eq!(
+            alone.test[0].description, "group says ",
+            "its group's keys too"
+        );
+        assert_eq!(
+            select(&["g".into(), "q".into()], dirs).unwrap().tasks.len(),
+            3
+        );
+        // The same keys reached through two groups, or a file named by path and by name: once.
+        write(
+            &d,
+            "g2.yaml",
+            "group: g2\ntask:\n  - task: a\n    description: \"group says \"\n",
+        );
+        let both = select(&["g".into(), "g2".into()], dirs).unwrap();
+        assert_eq!(both.tasks.len(), 3, "{:?}", both.tasks);
+        let a_path = d.join("a.yaml").display().to_string();
+        assert_eq!(resolve(&[a_path, "a".into()], dirs).unwrap().len(), 1);
+        // Python a group names lies beside the group file, wherever the task's file is.
+        write(
+            &d.join("g"),
+            "py.yaml",
+            "group: py\nprocess_docs: !function utils.docs\ntask: [a]\n",
+        );
+        let found = discover(dirs).unwrap();
+        let py = found.iter().find(|t| t.name == "py").unwrap();
+        let hook = &py.group.as_ref().unwrap().overrides["process_docs"];
+        let want = format!("{}.docs", d.join("g").join("utils").display());
+        assert!(
+            matches!(hook, serde_yaml::Value::Tagged(t) if t.value == want.as_str()),
+            "{hook:?}"
+        );
         // Two settings of one task in one run cannot share its results.
         let e = select(&["g".into(), "a".into()], dirs)
             .unwrap_err()
@@ -1261,7 +1294,7 @@ mod tests {
         let r = &resolve(&["h".into()], dirs).unwrap()[0];
         let e = load_ref(r, &options).unwrap_err().to_string();
         assert!(
-            e.contains("b.yaml (task `b` as group `h` sets it)") && e.contains("doc_to_txt"),
+            e.contains("b.yaml (task `b` with keys from group `h`)") && e.contains("doc_to_txt"),
             "{e}"
         );
     }

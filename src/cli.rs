@@ -250,6 +250,15 @@ impl TaskDirs {
     fn python(&self) -> Option<&Path> {
         self.python.python()
     }
+
+    /// What loading a task reads besides its file, with Hub datasets read through `hub`.
+    fn load_options(&self, hub: HubOptions) -> task::LoadOptions<'_> {
+        task::LoadOptions {
+            data_dir: self.data_dir.as_deref(),
+            python: self.python(),
+            hub,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -692,6 +701,7 @@ fn cmd_import(path: &Path, output: Option<&Path>, allow_python: bool) -> Result<
 }
 
 fn cmd_tasks(d: &TaskDirs) -> Result<()> {
+    let options = d.load_options(HubOptions::from_env());
     println!("| task | tags | output type | test docs | few-shot docs | file | description |");
     println!("|---|---|---|---:|---:|---|---|");
     for src in discover(&d.dirs())? {
@@ -718,11 +728,6 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
             );
             continue;
         }
-        let options = task::LoadOptions {
-            data_dir: d.data_dir.as_deref(),
-            python: d.python(),
-            hub: icl_eval::hub::HubOptions::from_env(),
-        };
         match task::load_ref(&src.task_ref(), &options) {
             Ok(t) => println!(
                 "| {} | {} | {} | {} | {} | {} | {} |",
@@ -750,12 +755,10 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
 
 fn cmd_prompt(a: PromptArgs) -> Result<()> {
     let found = task::discover::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
-    let options = task::LoadOptions {
-        data_dir: a.dirs.data_dir.as_deref(),
-        python: a.dirs.python(),
-        hub: a.source.hub(),
-    };
-    let tasks = [task::load_ref(&found, &options)?];
+    let tasks = [task::load_ref(
+        &found,
+        &a.dirs.load_options(a.source.hub()),
+    )?];
     let t = &tasks[0];
     let Some(item) = t.test.get(a.doc) else {
         bail!(

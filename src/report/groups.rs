@@ -66,14 +66,17 @@ pub fn summarize(summary: &DataFrame, groups: &[Group]) -> Result<Vec<GroupRow>>
             None => task_ks.push((task, vec![k])),
         }
     }
-    let own_k = |g: &Group| {
-        let ks: Vec<&Vec<u32>> = g
-            .tasks
-            .iter()
-            .filter_map(|t| task_ks.iter().find(|(x, _)| x == t).map(|(_, ks)| ks))
-            .collect();
-        ks.iter().all(|ks| ks.len() == 1) && ks.windows(2).any(|w| w[0] != w[1])
-    };
+    let own_k: Vec<bool> = groups
+        .iter()
+        .map(|g| {
+            let ks: Vec<&Vec<u32>> = g
+                .tasks
+                .iter()
+                .filter_map(|t| task_ks.iter().find(|(x, _)| x == t).map(|(_, ks)| ks))
+                .collect();
+            ks.iter().all(|ks| ks.len() == 1) && ks.windows(2).any(|w| w[0] != w[1])
+        })
+        .collect();
     let mut cells: Vec<(GroupRow, Acc)> = Vec::new();
     for i in 0..summary.height() {
         let task = c.task.get(i).unwrap_or("");
@@ -84,13 +87,17 @@ pub fn summarize(summary: &DataFrame, groups: &[Group]) -> Result<Vec<GroupRow>>
             continue;
         }
         let se = c.stderr.get(i).filter(|x| x.is_finite());
-        for g in groups.iter().filter(|g| g.tasks.iter().any(|t| t == task)) {
+        for (g, &own_k) in groups
+            .iter()
+            .zip(&own_k)
+            .filter(|(g, _)| g.tasks.iter().any(|t| t == task))
+        {
             let key = GroupRow {
                 group: g.name.clone(),
                 model: c.model.get(i).unwrap_or("").to_string(),
                 sampler: c.sampler.get(i).unwrap_or("").to_string(),
                 demo_labels: c.demo_labels.get(i).unwrap_or("").to_string(),
-                k: (!own_k(g)).then(|| c.k.get(i).unwrap_or(0)),
+                k: (!own_k).then(|| c.k.get(i).unwrap_or(0)),
                 metric: c.metric.get(i).unwrap_or("").to_string(),
                 tasks: 0,
                 n: 0,

@@ -142,10 +142,9 @@ fn group_of(v: &serde_yaml::Value, out: &mut Vec<(String, GroupFile)>) -> Result
             .get("group_alias")
             .and_then(Value::as_str)
             .map(str::to_string),
-        overrides: without(map, GROUP_KEYS),
+        overrides: without(&without(map, GROUP_KEYS), INERT_MEMBER_KEYS),
         ..GroupFile::default()
     };
-    g.overrides = without(&g.overrides, INERT_MEMBER_KEYS);
     for (i, m) in list.iter().enumerate() {
         let member = match m {
             Value::String(s) => Member {
@@ -278,13 +277,7 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
                 .as_ref()
                 .ok()
                 .and_then(|v| v.get("task").and_then(|t| t.as_str()).map(str::to_string));
-            let tags = merged
-                .as_ref()
-                .ok()
-                .and_then(|v| v.get("tag").cloned())
-                .and_then(|t| serde_yaml::from_value::<spec::Tags>(t).ok())
-                .map(spec::Tags::into_vec)
-                .unwrap_or_default();
+            let tags = merged.as_ref().map(tags_of).unwrap_or_default();
             found.push(TaskSource {
                 problem: match (&merged, &name) {
                     (Err(e), _) => Some(e.clone()),
@@ -302,6 +295,15 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
     }
     define_inline_tasks(&mut found);
     Ok(found)
+}
+
+/// The `tag:` names of a task's keys (none when absent or malformed; loading names the problem).
+fn tags_of(v: &Value) -> Vec<String> {
+    v.get("tag")
+        .cloned()
+        .and_then(|t| serde_yaml::from_value::<spec::Tags>(t).ok())
+        .map(spec::Tags::into_vec)
+        .unwrap_or_default()
 }
 
 /// Registers the tasks group files define inline: a `{task: NAME, ...}` member whose name no
@@ -331,12 +333,7 @@ fn define_inline_tasks(found: &mut Vec<TaskSource>) {
                 path: src.path.clone(),
                 about: format!("defined inside group `{}`", src.name),
                 problem: None,
-                tags: keys
-                    .get("tag")
-                    .cloned()
-                    .and_then(|t| serde_yaml::from_value::<spec::Tags>(t).ok())
-                    .map(spec::Tags::into_vec)
-                    .unwrap_or_default(),
+                tags: tags_of(&Value::Mapping(keys.clone())),
                 group: None,
                 inline: Some((keys, src.name.clone())),
             });
@@ -403,7 +400,7 @@ pub fn select(names: &[String], dirs: &[PathBuf]) -> Result<Selection> {
     for n in names {
         let p = Path::new(n);
         if p.is_file() {
-            let r = TaskRef::file(p);
+            let r = TaskRef::named(p);
             if out.contains(&r) {
                 bail!("--tasks: {} is listed twice", p.display());
             }

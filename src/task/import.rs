@@ -35,10 +35,20 @@ pub fn import_lm_eval_ref(
     r: &include::TaskRef,
     allow_python: bool,
 ) -> Result<Imported, Vec<String>> {
-    let path = r.path.as_path();
     let (merged, _, yaml_notes) = include::read_ref_noting(r).map_err(|e| vec![e])?;
+    translate(r, merged, yaml_notes, allow_python)
+}
+
+/// [`import_lm_eval_ref`] of keys already read (`merged`, its includes merged in, with the notes
+/// of reading them), so a loader that read them need not read them again.
+pub fn translate(
+    r: &include::TaskRef,
+    merged: Value,
+    yaml_notes: Vec<String>,
+    allow_python: bool,
+) -> Result<Imported, Vec<String>> {
     if merged.get("task").is_some_and(Value::is_sequence) {
-        return import_group(path, &merged, allow_python);
+        return import_group(&r.path, &merged, allow_python);
     }
     import_merged(r, merged, yaml_notes, allow_python)
 }
@@ -178,14 +188,14 @@ fn inline_tasks(
         let Some(name) = m.get("task").and_then(Value::as_str).map(str::to_string) else {
             continue;
         };
+        if !DEFINING_KEYS.iter().any(|k| m.get(*k).is_some()) {
+            continue;
+        }
         let r = include::TaskRef {
             name: name.clone(),
             path: path.to_path_buf(),
             yaml: Some((m.clone(), format!("`{group}`"))),
         };
-        if !DEFINING_KEYS.iter().any(|k| m.get(*k).is_some()) {
-            continue;
-        }
         let (full, _, yaml_notes) = match include::read_ref_noting(&r) {
             Ok(read) => read,
             Err(e) => {
@@ -726,9 +736,14 @@ impl Translation {
                         .into(),
                 );
             }
-            if !self.metrics.contains(&name) {
-                self.metrics.push(name);
-            }
+            self.add_metric(name);
+        }
+    }
+
+    /// Reports `name`, once however often the file lists it.
+    fn add_metric(&mut self, name: String) {
+        if !self.metrics.contains(&name) {
+            self.metrics.push(name);
         }
     }
 
@@ -777,9 +792,7 @@ impl Translation {
             "Hugging Face evaluate's `{name}` on each doc's (gold, prediction) pair, averaged, is \
              1 where they are equal: scored as exact_match"
         ));
-        if !self.metrics.iter().any(|m| m == "exact_match") {
-            self.metrics.push("exact_match".into());
-        }
+        self.add_metric("exact_match".into());
         self.hf_equality = true;
     }
 

@@ -34,20 +34,29 @@ impl PartialEq for TaskRef {
 }
 
 impl TaskRef {
-    /// The task file at `path`, as it is, named by its `task:` (its file stem when it has none).
+    /// The task file at `path`, as it is, named by its file stem (loading reads its `task:`).
     pub fn file(path: &Path) -> Self {
-        let named = read_merged(path)
-            .ok()
-            .and_then(|(v, _)| v.get("task").and_then(Value::as_str).map(str::to_string));
         TaskRef {
-            name: named.unwrap_or_else(|| {
-                path.file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            }),
+            name: path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             path: path.to_path_buf(),
             yaml: None,
         }
+    }
+
+    /// [`TaskRef::file`] named by the file's `task:` (its stem when it has none), for selections
+    /// that compare tasks by name before loading.
+    pub fn named(path: &Path) -> Self {
+        let mut r = TaskRef::file(path);
+        if let Some(name) = read_merged(path)
+            .ok()
+            .and_then(|(v, _)| v.get("task").and_then(Value::as_str).map(str::to_string))
+        {
+            r.name = name;
+        }
+        r
     }
 
     /// How errors name it: the file it is read from, the task, and the groups whose keys it has.
@@ -69,10 +78,11 @@ pub fn read_ref_noting(r: &TaskRef) -> Result<(Value, Vec<String>, Vec<String>),
     let Some((v, _)) = &r.yaml else {
         return read_merged_noting(&r.path);
     };
-    let text = serde_yaml::to_string(v).map_err(|e| format!("{}: {e}", r.shown()))?;
+    let shown = r.shown();
+    let text = serde_yaml::to_string(v).map_err(|e| format!("{shown}: {e}"))?;
     let mut texts = vec![text];
     let mut notes = Vec::new();
-    let v = merge_includes(&r.path, &r.shown(), v.clone(), 0, &mut texts, &mut notes)?;
+    let v = merge_includes(&r.path, &shown, v.clone(), 0, &mut texts, &mut notes)?;
     Ok((v, texts, notes))
 }
 

@@ -96,7 +96,7 @@ pub fn load_ref_with_problems(r: &TaskRef, options: &LoadOptions) -> (Option<Tas
     } = *options;
     let path = r.path.as_path();
     let file = r.shown();
-    let (merged, mut texts, repeated) = match include::read_ref_noting(r) {
+    let (mut merged, mut texts, repeated) = match include::read_ref_noting(r) {
         Ok(m) => m,
         Err(e) => return (None, vec![e]),
     };
@@ -112,7 +112,7 @@ pub fn load_ref_with_problems(r: &TaskRef, options: &LoadOptions) -> (Option<Tas
     // An lm-eval task file found in a task folder is read in place: translated as `tasks import`
     // would write it (refusals are the load's problems), then loaded from its own folder.
     if is_lm_eval(&merged) {
-        match super::import::import_lm_eval_ref(r, python.is_some()) {
+        match super::import::translate(r, std::mem::take(&mut merged), repeated, python.is_some()) {
             Ok(imported) => texts = vec![imported.yaml],
             Err(problems) => return (None, problems),
         }

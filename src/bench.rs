@@ -7,6 +7,9 @@
 //! - Sweep reuse: a `--shots 0,1,8,32` run against a `--shots 32` run of the same docs, for the
 //!   `random` and `fixed` samplers: wall time and tokens forwarded, as ratios.
 //! - Peak RSS of a run with float32 and with quantized weights.
+//! - Many-shot: a `fixed`-sampler sweep to 1,024 shots with default flags (time, peak RSS, tokens
+//!   computed against the least a sweep can compute), and on a few docs its answers against the
+//!   same sweep without prefix reuse.
 //!
 //! Runs are child processes of this binary, so each has its own memory high-water mark and
 //! thread pool.
@@ -45,6 +48,18 @@ pub struct BenchConfig {
     pub parts: Vec<BenchPart>,
     /// Where icl-eval's forward passes run (llama.cpp stays on the CPU).
     pub device: DeviceChoice,
+    /// The many-shot sweep: its K's, its docs, and the docs checked against no prefix reuse
+    /// (0: no check).
+    pub manyshot: ManyShotConfig,
+}
+
+/// The many-shot part's sweep.
+#[derive(Debug, Clone)]
+pub struct ManyShotConfig {
+    /// `--shots` of the sweep, e.g. `0,1,4,16,64,256,1024`.
+    pub shots: String,
+    pub limit: usize,
+    pub check_docs: usize,
 }
 
 /// One of `bench`'s three measurements (`--parts`).
@@ -56,6 +71,24 @@ pub enum BenchPart {
     Sweep,
     /// Peak RSS of a run.
     Memory,
+    /// A `fixed` sweep to 1,024 shots with default flags: time, peak RSS, tokens computed.
+    Manyshot,
+    /// Prompt processing at 2k, 8k, 16k and 32k tokens, against the float32 ceiling.
+    Long,
+}
+
+/// Prompt lengths of the long-context measurement.
+const LONG_TOKENS: [usize; 4] = [2048, 8192, 16384, 32768];
+
+/// One long prompt's processing speed.
+#[derive(Debug, Clone)]
+pub struct LongSpeed {
+    pub model: String,
+    pub tokens: usize,
+    pub tps: f64,
+    /// The pass's operations per second over the measured matrix-product rate.
+    pub ceiling_share: f64,
+    pub llama_tps: Result<f64, String>,
 }
 
 /// Prompt-processing speed of one model.
@@ -86,9 +119,29 @@ pub struct BenchReport {
     pub threads: usize,
     pub speeds: Vec<PromptSpeed>,
     /// (sampler, sweep run, K = 32 alone run, how their K = 32 samples compare).
-    pub sweeps: Vec<(String, RunCost, RunCost, K32Agreement)>,
+    pub sweeps: Vec<(String, RunCost, RunCost, Agreement)>,
     /// (weights, run, memory of the weights in MB).
     pub memory: Vec<(String, RunCost, f64)>,
+    pub manyshot: Option<ManyShot>,
+    pub long: Vec<LongSpeed>,
+    /// The matrix-product rate the long-context shares are of, in GFLOP/s.
+    pub matmul_gflops: Option<f64>,
+}
+
+/// What the many-shot part measured.
+#[derive(Debug, Clone)]
+pub struct ManyShot {
+    pub shots: String,
+    pub docs: usize,
+    pub run: RunCost,
+    /// The issue's yardstick of a sweep that computes its prefix once: each seed's largest
+    /// prompt once (without its query), plus every sample's query and continuation (its doc's
+    /// 0-shot prompt's tokens, start token included, so a little more than the queries add).
+    pub ideal_tokens: u64,
+    /// Tokens of the largest K's prompt of the first doc (with its longest continuation).
+    pub largest_prompt: usize,
+    /// The same sweep on the first docs, with prefix reuse and without: how their answers agree.
+    pub check: Option<Agreement>,
 }
 
 /// Measures everything in `cfg`.
@@ -111,9 +164,20 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
                 "0,1,8,32",
                 "auto",
                 &format!("sweep-{sampler}"),
+                cfg.limit,
+                &[],
             )?;
-            let alone = child_run(cfg, path, sampler, "32", "auto", &format!("k32-{sampler}"))?;
-            let same = compare_k32(&sweep.dir, &alone.dir)?;
+            let alone = child_run(
+                cfg,
+                path,
+                sampler,
+                "32",
+                "auto",
+                &format!("k32-{sampler}"),
+                cfg.limit,
+                &[],
+            )?;
+            let same = compare_runs(&sweep.dir, &alone.dir, Some(32))?;
             sweeps.push((sampler.to_string(), sweep, alone, same));
         }
     }
@@ -137,10 +201,16 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
                 "0,1",
                 weights,
                 &format!("rss-{weights}"),
+                cfg.limit,
+                &[],
             )?;
             memory.push((weights.to_string(), run, size));
         }
     }
+    let manyshot = match wants(BenchPart::Manyshot) {
+        true => Some(many_shot(cfg, path)?),
+        false => None,
+    };
     let mut speeds = Vec::new();
     if wants(BenchPart::Speed) {
         for (name, path) in &cfg.models {
@@ -148,11 +218,156 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport> {
             speeds.push(prompt_speed(cfg, name, path)?);
         }
     }
+    let (mut long, mut matmul_gflops) = (Vec::new(), None);
+    if wants(BenchPart::Long) {
+        for (name, path) in &cfg.models {
+            eprintln!("long prompts: {name}");
+            let (rate, speeds) = long_speed(cfg, name, path)?;
+            matmul_gflops = Some(rate / 1e9);
+            long.extend(speeds);
+        }
+    }
     Ok(BenchReport {
         threads: cfg.threads,
         speeds,
         sweeps,
         memory,
+        manyshot,
+        long,
+        matmul_gflops,
+    })
+}
+
+/// Float32 matrix products per second on this machine, through candle's kernel, at the shape of a
+/// long prompt's MLP: 1,024 rows of the model's width times a 4× wider matrix; the fastest of 5.
+fn matmul_rate(hidden: usize) -> Result<f64> {
+    use candle_core::{DType, Device, Tensor};
+    let (m, k, n) = (1024, hidden, 4 * hidden);
+    let a = Tensor::ones((m, k), DType::F32, &Device::Cpu)?;
+    let b = Tensor::ones((k, n), DType::F32, &Device::Cpu)?;
+    a.matmul(&b)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        std::hint::black_box(&c);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best)
+}
+
+/// One pass at each of [`LONG_TOKENS`] that fits the context (float32 weights, no prefix
+/// reuse): tokens/s, the share of the matrix-product rate the pass's arithmetic reaches, and
+/// llama.cpp's tokens/s on the same ids. Returns the rate too.
+fn long_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<(f64, Vec<LongSpeed>)> {
+    let mut b =
+        CandleBackend::load_on(path, WeightsChoice::F32, None, cfg.device)?.with_kv_cache_mb(0);
+    let rate = matmul_rate(b.hidden_size())?;
+    let fits = b.info().context_length.saturating_sub(2);
+    b.loglikelihood("Warm up.", &[], &[" x".to_string()])?;
+    let mut out = Vec::new();
+    for n in LONG_TOKENS.into_iter().filter(|&n| n <= fits) {
+        let ids = bench_ids(&b, n)?;
+        let text = b.decode(&ids)?;
+        // Long passes take minutes on a laptop: one timed pass beyond 8k.
+        let reps = if n > 8192 { 1 } else { cfg.reps.max(1) };
+        let (mut best, mut computed) = (f64::INFINITY, 0);
+        for _ in 0..reps {
+            let (_, before) = b.token_counts();
+            let t = Instant::now();
+            b.loglikelihood(&text, &[], &[" x".to_string()])?;
+            best = best.min(t.elapsed().as_secs_f64());
+            computed = (b.token_counts().1 - before) as usize;
+        }
+        let llama_tps = match &cfg.llama_python {
+            _ if path.is_dir() => Err("a checkpoint folder (llama.cpp reads GGUF)".to_string()),
+            None => Err("no Python with llama_cpp given (--llama-python)".to_string()),
+            Some(py) => llama_cpp_speed(py, path, &ids, cfg),
+        };
+        out.push(LongSpeed {
+            model: name.to_string(),
+            tokens: computed,
+            tps: computed as f64 / best,
+            ceiling_share: b.prefill_flops(computed) / best / rate,
+            llama_tps,
+        });
+    }
+    Ok((rate, out))
+}
+
+/// The many-shot sweep with default flags, then (on `check_docs` docs) with and without reuse.
+fn many_shot(cfg: &BenchConfig, path: &Path) -> Result<ManyShot> {
+    let m = &cfg.manyshot;
+    eprintln!("many-shot sweep: --shots {} over {} docs", m.shots, m.limit);
+    let run = child_run(
+        cfg,
+        path,
+        "fixed",
+        &m.shots,
+        "auto",
+        "manyshot",
+        m.limit,
+        &[],
+    )?;
+    let samples = crate::record::read_run(&run.dir)?.samples;
+    let zero_shot: std::collections::HashMap<(String, usize), usize> = samples
+        .iter()
+        .filter(|s| s.k == 0)
+        .filter_map(|s| Some(((s.task.clone(), s.doc_id), s.tokens?)))
+        .collect();
+    let k_max = samples.iter().map(|s| s.k).max().unwrap_or(0);
+    let largest = samples
+        .iter()
+        .filter(|s| s.k == k_max)
+        .min_by_key(|s| (s.doc_id, s.seed))
+        .context("the many-shot sweep scored no sample at its largest K")?;
+    let largest_prompt = largest.tokens.unwrap_or(0);
+    let query = zero_shot
+        .get(&(largest.task.clone(), largest.doc_id))
+        .copied()
+        .unwrap_or(0);
+    let seeds: std::collections::BTreeSet<u64> = samples.iter().map(|s| s.seed).collect();
+    let queries: usize = samples
+        .iter()
+        .filter_map(|s| zero_shot.get(&(s.task.clone(), s.doc_id)))
+        .sum();
+    let ideal_tokens = (largest_prompt.saturating_sub(query) * seeds.len() + queries) as u64;
+    let check = if m.check_docs == 0 {
+        None
+    } else {
+        eprintln!(
+            "many-shot check: {} docs with and without prefix reuse",
+            m.check_docs
+        );
+        let with = child_run(
+            cfg,
+            path,
+            "fixed",
+            &m.shots,
+            "auto",
+            "manyshot-reuse",
+            m.check_docs,
+            &[],
+        )?;
+        let without = child_run(
+            cfg,
+            path,
+            "fixed",
+            &m.shots,
+            "auto",
+            "manyshot-no-reuse",
+            m.check_docs,
+            &["--kv-cache-mb", "0"],
+        )?;
+        Some(compare_runs(&with.dir, &without.dir, None)?)
+    };
+    Ok(ManyShot {
+        shots: m.shots.clone(),
+        docs: m.limit,
+        run,
+        ideal_tokens,
+        largest_prompt,
+        check,
     })
 }
 
@@ -278,6 +493,7 @@ fn llama_cpp_speed(
 }
 
 /// Runs `icl-eval run` as a child and measures its wall time, tokens forwarded and peak RSS.
+#[allow(clippy::too_many_arguments)]
 fn child_run(
     cfg: &BenchConfig,
     model: &Path,
@@ -285,6 +501,8 @@ fn child_run(
     shots: &str,
     weights: &str,
     label: &str,
+    limit: usize,
+    extra: &[&str],
 ) -> Result<RunCost> {
     let dir = cfg.work_dir.join(label);
     let _ = std::fs::remove_dir_all(&dir);
@@ -293,7 +511,8 @@ fn child_run(
     cmd.args(["run", "--tasks", &cfg.task, "--models"])
         .arg(model)
         .args(["--shots", shots, "--sampler", sampler, "--weights", weights])
-        .args(["--limit", &cfg.limit.to_string()])
+        .args(["--limit", &limit.to_string()])
+        .args(extra)
         .args(["--device", &cfg.device.to_string()])
         .args([
             "--threads",
@@ -356,57 +575,58 @@ fn wait_with_peak_rss(mut child: std::process::Child) -> Result<(bool, i64)> {
     Ok((ok, usage.ru_maxrss))
 }
 
-/// How a sweep's K = 32 samples compare with a K = 32 run's. The prompts are the same, but a sweep
-/// also cuts them after 1 and 8 demonstrations (where its shorter prompts end), and float sums over
-/// other chunk boundaries round differently in the last bits; the same sweep without prefix reuse
-/// (`--kv-cache-mb 0`) is bit-identical, which `tests/protocol.rs` checks.
+/// How two runs' samples of the same cells compare. A sweep's K = 32 prompts are those of a
+/// K = 32 run, but a sweep also cuts them after 1 and 8 demonstrations (where its shorter prompts
+/// end), and float sums over other chunk boundaries round differently in the last bits; the same
+/// sweep without prefix reuse (`--kv-cache-mb 0`) is bit-identical, which `tests/protocol.rs`
+/// checks.
 #[derive(Debug, Clone, Copy)]
-pub struct K32Agreement {
-    pub docs: usize,
-    /// Docs with the same prompt, K used and prediction.
+pub struct Agreement {
+    pub samples: usize,
+    /// Samples with the same prompt, K used and prediction.
     pub same_answers: usize,
     /// Largest difference between their log-probabilities.
     pub max_logprob_diff: f64,
 }
 
-fn compare_k32(a: &Path, b: &Path) -> Result<K32Agreement> {
+/// Compares the samples of two runs cell by cell (only K = `k` when given).
+fn compare_runs(a: &Path, b: &Path, k: Option<usize>) -> Result<Agreement> {
     let pick = |d: &Path| -> Result<Vec<crate::record::Sample>> {
         let mut v: Vec<_> = crate::record::read_run(d)?
             .samples
             .into_iter()
-            .filter(|s| s.k == 32)
+            .filter(|s| k.is_none_or(|k| s.k == k))
             .collect();
-        v.sort_by(|x, y| (&x.task, x.doc_id).cmp(&(&y.task, y.doc_id)));
+        v.sort_by(|x, y| (&x.task, x.doc_id, x.k, x.seed).cmp(&(&y.task, y.doc_id, y.k, y.seed)));
         Ok(v)
     };
     let (x, y) = (pick(a)?, pick(b)?);
     if x.len() != y.len() {
         bail!(
-            "the sweep scored {} K = 32 docs, the K = 32 run {}",
+            "{} scored {} samples, {} scored {}",
+            a.display(),
             x.len(),
+            b.display(),
             y.len()
         );
     }
-    let mut out = K32Agreement {
-        docs: x.len(),
+    let mut out = Agreement {
+        samples: x.len(),
         same_answers: 0,
         max_logprob_diff: 0.0,
     };
     for (s, t) in x.iter().zip(&y) {
-        let same = (
-            &s.task,
-            s.doc_id,
-            &s.prompt_hash,
-            s.k_effective,
-            &s.prediction,
-        ) == (
-            &t.task,
-            t.doc_id,
-            &t.prompt_hash,
-            t.k_effective,
-            &t.prediction,
-        );
-        out.same_answers += usize::from(same);
+        let key = |s: &crate::record::Sample| {
+            (
+                s.task.clone(),
+                s.doc_id,
+                s.k,
+                s.prompt_hash.clone(),
+                s.k_effective,
+                s.prediction.clone(),
+            )
+        };
+        out.same_answers += usize::from(key(s) == key(t));
         for (p, q) in s.logprobs.iter().flatten().zip(t.logprobs.iter().flatten()) {
             out.max_logprob_diff = out.max_logprob_diff.max((p - q).abs());
         }
@@ -463,8 +683,34 @@ impl BenchReport {
                 alone.tokens,
                 sweep.tokens as f64 / alone.tokens.max(1) as f64,
                 same.same_answers,
-                same.docs,
+                same.samples,
                 same.max_logprob_diff
+            );
+        }
+        if let Some(m) = &self.manyshot {
+            let _ = write!(
+                out,
+                "\nMany-shot sweep `--shots {}`, `--sampler fixed`, {} docs, default flags:\n\n\
+                 | wall s | peak RSS MB | tokens computed | largest prompt + queries | ratio | largest prompt (tokens) | same answers without reuse | max \\|Δ log p\\| |\n\
+                 |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                m.shots, m.docs
+            );
+            let (same, diff) = match &m.check {
+                Some(c) => (
+                    format!("{}/{}", c.same_answers, c.samples),
+                    format!("{:.1e}", c.max_logprob_diff),
+                ),
+                None => ("–".into(), "–".into()),
+            };
+            let _ = writeln!(
+                out,
+                "| {:.1} | {:.0} | {} | {} | {:.3} | {} | {same} | {diff} |",
+                m.run.seconds,
+                m.run.peak_rss_mb,
+                m.run.tokens,
+                m.ideal_tokens,
+                m.run.tokens as f64 / m.ideal_tokens.max(1) as f64,
+                m.largest_prompt,
             );
         }
         if !self.memory.is_empty() {
@@ -480,6 +726,31 @@ impl BenchReport {
                 "| {weights} | {size:.0} | {:.0} | {limit:.0} | {:.2} |",
                 run.peak_rss_mb,
                 run.peak_rss_mb / limit
+            );
+        }
+        if let Some(rate) = self.matmul_gflops {
+            let _ = write!(
+                out,
+                "\nLong prompts, float32 weights, {} thread(s), one pass each (share: the pass's \
+                 operations per second over candle's float32 matrix-product rate here, \
+                 {rate:.0} GFLOP/s):\n\n\
+                 | model | tokens | icl-eval tok/s | share of the ceiling | llama.cpp tok/s | icl-eval / llama.cpp |\n\
+                 |---|---:|---:|---:|---:|---:|\n",
+                self.threads
+            );
+        }
+        for l in &self.long {
+            let (llama, ratio) = match &l.llama_tps {
+                Ok(t) => (format!("{t:.0}"), format!("{:.2}×", l.tps / t)),
+                Err(e) => (format!("skipped: {e}"), "–".into()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.0}% | {llama} | {ratio} |",
+                l.model,
+                l.tokens,
+                l.tps,
+                100.0 * l.ceiling_share
             );
         }
         // Each later table starts with a blank line; the first one printed must not.

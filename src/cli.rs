@@ -84,6 +84,15 @@ struct BenchArgs {
     /// Where icl-eval's forward passes run: cpu, cuda or cuda:N.
     #[arg(long, default_value_t = DeviceChoice::Cpu, value_name = "DEVICE")]
     device: DeviceChoice,
+    /// `manyshot`: the K's of its `fixed` sweep.
+    #[arg(long, default_value = "0,1,4,16,64,256,1024", value_name = "SHOTS")]
+    manyshot_shots: String,
+    /// `manyshot`: docs of the sweep.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    manyshot_limit: usize,
+    /// `manyshot`: docs scored again without prefix reuse to compare answers (0: none).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    check_docs: usize,
     #[command(flatten)]
     source: ModelSource,
     #[command(flatten)]
@@ -272,8 +281,9 @@ struct RunArgs {
     models: Vec<String>,
     #[command(flatten)]
     source: ModelSource,
-    /// Numbers of demonstrations, comma-separated; `task`: each task's own K (its lm-eval
-    /// `num_fewshot`, 0 where it has none).
+    /// Numbers of demonstrations, comma-separated, each K or a range (A..B, A..B:+STEP,
+    /// A..B:xFACTOR: `0,1..2048:x2` is 0, 1, 2, 4, …, 2048); `task`: each task's own K (its
+    /// lm-eval `num_fewshot`, 0 where it has none).
     #[arg(long, value_delimiter = ',', default_value = "0,1,32", value_parser = parse_shot, allow_negative_numbers = true)]
     shots: Vec<Shot>,
     /// Evaluate only the first N test docs of each task.
@@ -289,7 +299,8 @@ struct RunArgs {
     /// How demonstrations are chosen, overriding each task's `fewshot.sampler`.
     #[arg(long, value_enum)]
     sampler: Option<Sampler>,
-    /// Order of bm25 / knn demonstrations, overriding each task's `fewshot.order`.
+    /// Order of the demonstrations, overriding each task's `fewshot.order`: bm25 / knn's nearest
+    /// last or first, or grouped by label (multiple choice).
     #[arg(long, value_enum)]
     demo_order: Option<DemoOrder>,
     /// What answers demonstrations show, comma-separated for several studies: gold, random,
@@ -309,9 +320,10 @@ struct RunArgs {
     /// With --chat-template: each demonstration a user turn and an assistant turn.
     #[arg(long, requires = "chat_template")]
     fewshot_as_multiturn: bool,
-    /// Memory for reusing prompt prefixes across K, docs and seeds, in MiB (0 turns reuse off).
-    #[arg(long, default_value_t = icl_eval::backend::candle::DEFAULT_KV_CACHE_MB, value_name = "MIB")]
-    kv_cache_mb: usize,
+    /// Memory for reusing prompt prefixes across K, docs and seeds, in MiB (0 turns reuse off;
+    /// default: an eighth of the memory available, at least 512).
+    #[arg(long, value_name = "MIB")]
+    kv_cache_mb: Option<usize>,
     /// In-process models: docs scored together, sharing their matrix products (answers are the
     /// same for any size; Ctrl-C stops after the current batch).
     #[arg(long, default_value_t = icl_eval::backend::candle::DEFAULT_BATCH_DOCS, value_name = "DOCS")]
@@ -383,6 +395,9 @@ struct PromptArgs {
     /// How demonstrations are chosen, overriding the task's `fewshot.sampler`.
     #[arg(long, value_enum)]
     sampler: Option<Sampler>,
+    /// Order of the demonstrations, overriding the task's `fewshot.order`.
+    #[arg(long, value_enum)]
+    demo_order: Option<DemoOrder>,
     /// What answers the demonstrations show.
     #[arg(long, value_enum, default_value = "gold")]
     demo_labels: DemoLabels,
@@ -411,9 +426,10 @@ struct ValidateArgs {
 }
 
 /// One `--shots` entry of `run`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Shot {
-    K(usize),
+    /// A K, or the K's of a range.
+    Ks(Vec<usize>),
     /// Each task's own `num_fewshot`.
     Task,
 }
@@ -421,8 +437,8 @@ enum Shot {
 fn parse_shot(s: &str) -> Result<Shot, String> {
     match s.trim() {
         "task" => Ok(Shot::Task),
-        _ => parse_shots(s)
-            .map(Shot::K)
+        _ => icl_eval::run::shots::parse_entry(s)
+            .map(Shot::Ks)
             .map_err(|e| format!("{e}, or `task` (each task's own num_fewshot)")),
     }
 }
@@ -483,9 +499,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         shots: a
             .shots
             .iter()
-            .filter_map(|s| match s {
-                Shot::K(k) => Some(*k),
-                Shot::Task => None,
+            .flat_map(|s| match s {
+                Shot::Ks(ks) => ks.clone(),
+                Shot::Task => Vec::new(),
             })
             .collect(),
         task_shots,
@@ -650,6 +666,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         data_dir: a.dirs.data_dir,
         parts: a.parts,
         device: a.device,
+        manyshot: icl_eval::bench::ManyShotConfig {
+            shots: a.manyshot_shots,
+            limit: a.manyshot_limit,
+            check_docs: a.check_docs,
+        },
     };
     let report = icl_eval::bench::bench(&cfg)?;
     println!("{}", report.markdown());
@@ -770,6 +791,7 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
     };
     let protocol = Protocol {
         sampler: a.sampler,
+        demo_order: a.demo_order,
         demo_labels: vec![a.demo_labels],
         ..Protocol::default()
     };

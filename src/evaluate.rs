@@ -70,6 +70,8 @@ struct Memo {
     generated: HashMap<Key, String>,
     /// `loglikelihood_rolling`: each document's log-likelihood.
     documents: HashMap<Key, f64>,
+    /// K's whose prompts were already reported cut to fit the context.
+    cut_noted: std::cell::RefCell<HashSet<usize>>,
 }
 
 /// Requests a block of docs needs that the memo cannot answer yet, each once, in first-need order.
@@ -347,6 +349,17 @@ fn plan_doc<'t>(
                             item.id
                         ),
                         Some(f) => {
+                            if f.k < demos.len() && memo.cut_noted.borrow_mut().insert(k) {
+                                eprintln!(
+                                    "note: task {}, {}: {k} demonstrations do not fit the \
+                                     {ctx_len}-token context; doc {}'s prompt holds {} (each \
+                                     sample records the K it used)",
+                                    task.name,
+                                    backend.info().name,
+                                    item.id,
+                                    f.k
+                                );
+                            }
                             s.k_effective = Some(f.k);
                             s.prompt_hash = Some(short_hash(&f.prompt));
                             s.tokens = Some(f.tokens);

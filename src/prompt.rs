@@ -160,6 +160,10 @@ pub struct Fitted {
 /// ranks the later one), so a similarity sampler loses its farthest demonstrations first and a
 /// cut K-shot prompt shows the (K−1)-shot set. The kept ones stay in the order given. `None`
 /// when even the 0-shot prompt does not fit.
+///
+/// The number to drop is found by bisection over whole demonstrations (a prompt's tokens fall as
+/// demonstrations go), so a 2,048-shot prompt that overflows costs a dozen renders, not one per
+/// demonstration dropped.
 pub fn fit(
     task: &Task,
     item: &Item,
@@ -171,23 +175,35 @@ pub fn fit(
     // Positions in the order they are dropped: the lowest-ranked first.
     let mut drop_order: Vec<usize> = (0..demos.len()).collect();
     drop_order.sort_by_key(|&i| (std::cmp::Reverse(demos[i].rank), std::cmp::Reverse(i)));
-    for dropped in 0..=demos.len() {
+    let attempt = |dropped: usize| -> Result<Option<Fitted>> {
         let mut kept: Vec<usize> = drop_order[dropped..].to_vec();
         kept.sort_unstable();
         let shown: Vec<Demo> = kept.iter().map(|&i| demos[i].clone()).collect();
-        let tokens = prompt_tokens(task, item, &shown, count_tokens, format)?;
-        if tokens.1 <= context_length {
-            let (prompt, breaks) = tokens.0;
-            return Ok(Some(Fitted {
-                prompt,
-                breaks,
-                k: kept.len(),
-                kept,
-                tokens: tokens.1,
-            }));
+        let ((prompt, breaks), tokens) = prompt_tokens(task, item, &shown, count_tokens, format)?;
+        Ok((tokens <= context_length).then_some(Fitted {
+            prompt,
+            breaks,
+            k: kept.len(),
+            kept,
+            tokens,
+        }))
+    };
+    if let Some(f) = attempt(0)? {
+        return Ok(Some(f));
+    }
+    // `fits` holds the fewest drops known to fit; `lo` drops are known not to.
+    let (mut lo, mut hi) = (0, demos.len());
+    let Some(mut fits) = (if hi == 0 { None } else { attempt(hi)? }) else {
+        return Ok(None);
+    };
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match attempt(mid)? {
+            Some(f) => (hi, fits) = (mid, f),
+            None => lo = mid,
         }
     }
-    Ok(None)
+    Ok(Some(fits))
 }
 
 /// The rendered prompt with its breaks, and its tokens plus the longest continuation (or the
@@ -319,6 +335,55 @@ mod tests {
             fit(&t, &d[2], &both[..1], 5, &count, Format::Plain)
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    /// The bisection finds what dropping one demonstration at a time finds, for every context
+    /// length from too short for any prompt to long enough for all, and ranks in any order.
+    #[test]
+    fn fit_by_bisection_matches_dropping_one_at_a_time() {
+        let (t, d) = mc_task();
+        let count = |s: &str| Ok(s.len());
+        let pool: Vec<Item> = (0..13)
+            .map(|i| {
+                let mut it = d[i % 2].clone();
+                it.id = 10 + i;
+                it.text = format!("Review: {}\nSentiment:", "x".repeat(1 + (i * 7) % 5));
+                it
+            })
+            .collect();
+        let demos: Vec<Demo> = pool
+            .iter()
+            .enumerate()
+            .map(|(i, it)| {
+                let mut demo = Demo::gold(it);
+                demo.rank = (i * 5) % 13;
+                demo
+            })
+            .collect();
+        let linear = |context: usize| -> Option<(usize, Vec<usize>, String)> {
+            let mut order: Vec<usize> = (0..demos.len()).collect();
+            order.sort_by_key(|&i| (std::cmp::Reverse(demos[i].rank), std::cmp::Reverse(i)));
+            (0..=demos.len()).find_map(|dropped| {
+                let mut kept = order[dropped..].to_vec();
+                kept.sort_unstable();
+                let shown: Vec<Demo> = kept.iter().map(|&i| demos[i].clone()).collect();
+                let p = build(&t, &d[2], &shown);
+                (p.len() + " positive".len() <= context).then_some((kept.len(), kept, p))
+            })
+        };
+        let all = build(&t, &d[2], &demos).len() + " positive".len();
+        let mut seen = std::collections::BTreeSet::new();
+        for context in 0..=all + 1 {
+            let f = fit(&t, &d[2], &demos, context, &count, Format::Plain).unwrap();
+            let got = f.map(|f| (f.k, f.kept, f.prompt));
+            assert_eq!(got, linear(context), "context {context}");
+            seen.insert(got.map(|g| g.0));
+        }
+        assert_eq!(
+            seen.len(),
+            demos.len() + 2,
+            "every K from none to all was reached"
         );
     }
 

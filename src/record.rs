@@ -152,6 +152,9 @@ pub struct TaskRecord {
     /// The demonstration sampler the run used for this task.
     #[serde(default)]
     pub sampler: Sampler,
+    /// The order the demonstrations were shown in (`fewshot.order`, `--demo-order`).
+    #[serde(default)]
+    pub demo_order: crate::sampler::DemoOrder,
     /// The label set, when every doc has the same choices (classification).
     #[serde(default)]
     pub labels: Option<Vec<String>>,
@@ -172,7 +175,7 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     /// The record of a loaded task.
-    pub fn of(t: &Task, sampler: Sampler) -> Self {
+    pub fn of(t: &Task, sampler: Sampler, demo_order: crate::sampler::DemoOrder) -> Self {
         Self {
             name: t.name.clone(),
             path: t.source.display().to_string(),
@@ -184,6 +187,7 @@ impl TaskRecord {
             fewshot_from_test_split: t.fewshot_is_test,
             chance: chance(t),
             sampler,
+            demo_order,
             labels: labels(t),
             data: t.data.clone(),
             version: t.version.clone(),

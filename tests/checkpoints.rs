@@ -152,6 +152,31 @@ fn branching_equals_full_passes(mut b: CandleBackend) -> CandleBackend {
     b
 }
 
+/// A sliding-window layer keeps only the keys a later query can see (window − 1), a global
+/// layer every key: tiny gemma3 has one of each, 1 key/value head of 16 dims, an 8-token window.
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn sliding_layers_keep_only_their_window() {
+    let b = CandleBackend::load(&checkpoint("gemma3"), WeightsChoice::F32).unwrap();
+    let text = "The quick brown fox jumps over the lazy dog, and then it sat down in the shade.";
+    let n = b.encode(text).unwrap().len();
+    assert!(n > 20);
+    let per_token = 2 * 16 * 4;
+    let (held, every) = b.cache_footprint(text).unwrap();
+    assert_eq!(every, 2 * n * per_token);
+    assert_eq!(
+        held,
+        (n + 7) * per_token,
+        "global: all {n} keys; sliding: the last 7"
+    );
+    // Mistral slides on every layer: its cache stops growing at the window.
+    let m = CandleBackend::load(&checkpoint("mistral"), WeightsChoice::F32).unwrap();
+    let short = m.cache_footprint("a").unwrap().0;
+    let long = m.cache_footprint(text).unwrap().0;
+    let longer = m.cache_footprint(&format!("{text} {text}")).unwrap().0;
+    assert!(short < long && long == longer, "{short} {long} {longer}");
+}
+
 #[test]
 #[ignore = "needs ../shared/reference/tiny-hf"]
 fn tiny_llama_checkpoint_matches_transformers() {

@@ -115,6 +115,118 @@ fn negative_shot_count_is_rejected() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// `--shots` ranges expand before anything loads: a K the few-shot split cannot fill is one note
+/// naming how many exist; a malformed range is a one-line error saying what to write.
+#[test]
+fn shot_ranges_expand_and_a_k_beyond_the_split_is_noted() {
+    let run = |shots: &str| {
+        icl_eval(&[
+            "run",
+            "--tasks",
+            "two_digit_addition",
+            "--models",
+            "missing.gguf",
+            "--shots",
+            shots,
+        ])
+    };
+    let o = run("0,1..2048:x2");
+    let e = stderr(&o);
+    assert!(!o.status.success() && !e.contains("panicked"), "{e}");
+    let notes: Vec<&str> = e.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(
+        notes,
+        vec![
+            "note: task two_digit_addition: K=2048 asks for more demonstrations than its \
+             few-shot split holds (200); those prompts show all 200"
+        ],
+        "{e}"
+    );
+    assert!(e.contains("missing.gguf"), "{e}");
+    assert!(!run("0,1..128:x2").stderr.starts_with(b"note:"));
+    for (bad, says) in [
+        ("0..2048:x2", "start ≥ 1"),
+        ("1..8:/2", "neither +STEP nor xFACTOR"),
+        ("8..2", "ends (2) before it starts (8)"),
+    ] {
+        assert_one_line_error(&run(bad), &["--shots", bad, says]);
+    }
+}
+
+/// `icl-eval prompt --demo-order by_label` shows the same demonstrations grouped by label.
+#[test]
+fn prompt_groups_demonstrations_by_label() {
+    let prompt = |order: &[&str]| {
+        let mut args = vec![
+            "prompt",
+            "--task",
+            "sentiment_reviews",
+            "--shots",
+            "12",
+            "--sampler",
+            "fixed",
+        ];
+        args.extend_from_slice(order);
+        let o = icl_eval(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let labels = |p: &str| -> Vec<String> {
+        p.lines()
+            .filter_map(|l| l.strip_prefix("Sentiment: "))
+            .map(str::to_string)
+            .collect()
+    };
+    let (own, grouped) = (prompt(&[]), prompt(&["--demo-order", "by_label"]));
+    let (a, b) = (labels(&own), labels(&grouped));
+    assert_eq!(b.len(), 12);
+    let mut sorted = a.clone();
+    sorted.sort();
+    assert_eq!(b, sorted, "negative first, then positive");
+    assert_ne!(a, b, "the fixed draw is not already grouped");
+    let lines = |p: &str| {
+        let mut v: Vec<String> = p.lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(lines(&own), lines(&grouped), "the same demonstrations");
+}
+
+/// A K whose prompts overflow the model's context is noted once per K, naming what fits; the
+/// run still finishes, each sample recording the K it used.
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn a_k_beyond_the_context_is_noted_with_what_fits() {
+    let model = common::reference_dir().join("tiny-hf/llama");
+    let d = tmp("k-beyond-context");
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "sentiment_reviews",
+        "--models",
+        model.to_str().unwrap(),
+        "--shots",
+        "0,1,16,32",
+        "--limit",
+        "3",
+        "--no-cache",
+        "--output",
+        d.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    let notes: Vec<&str> = e.lines().filter(|l| l.contains("do not fit")).collect();
+    assert_eq!(notes.len(), 2, "one note each for K=16 and K=32: {e}");
+    assert_eq!(
+        notes[0],
+        "note: task sentiment_reviews, llama: 16 demonstrations do not fit the 256-token \
+         context; doc 0's prompt holds 3 (each sample records the K it used)",
+    );
+    let samples = read_samples(&d);
+    let cut = samples.iter().find(|s| s.k == 32 && s.doc_id == 0).unwrap();
+    assert_eq!(cut.k_effective, Some(3));
+}
+
 fn gguf_header(tensor_count: u64, kv: &[u8]) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());

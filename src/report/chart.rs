@@ -49,6 +49,9 @@ struct Panel {
     /// Dashed reference line (chance accuracy, or y = K for the effective-K chart).
     reference: Option<Reference>,
     lines: Vec<Line>,
+    /// Per model whose prompts were cut: the K its longest prompts held (the context limit on
+    /// the K axis), drawn as a dotted vertical line in the model's colour.
+    limits: Vec<(String, RGBColor, f64)>,
 }
 
 enum Reference {
@@ -77,11 +80,12 @@ fn color_of(colors: &[(String, RGBColor)], model: &str, fallback: usize) -> RGBC
 /// Position of K on the demonstrations axis: 0 at 0, then log₂ spacing (1, 2, 4, … one step apart),
 /// so both the zero-shot point and large K stay readable.
 fn k_position(k: u32) -> f64 {
-    if k == 0 {
-        0.0
-    } else {
-        1.0 + f64::from(k).log2()
-    }
+    k_position_f(f64::from(k))
+}
+
+/// [`k_position`] of a mean K, which need not be whole.
+fn k_position_f(k: f64) -> f64 {
+    if k <= 0.0 { 0.0 } else { 1.0 + k.log2() }
 }
 
 /// The K label at an axis position (integer positions only).
@@ -190,6 +194,7 @@ pub fn calibration(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Resul
                 y_desc: format!("accuracy ({bars})"),
                 reference: t.chance.map(Reference::Chance),
                 lines,
+                limits: Vec::new(),
             }
         })
         .collect();
@@ -254,6 +259,7 @@ pub fn accuracy_vs_shots(
             y_desc: format!("{} ({bars})", t.primary_metric().name()),
             reference: t.chance.map(Reference::Chance),
             lines: line(&|k, m| cell(&c, t, k, m)),
+            limits: limits(&c, t, &ks, &models, colors),
         })
         .filter(|p| p.lines.iter().any(|l| !l.2.is_empty()))
         .collect();
@@ -268,11 +274,34 @@ pub fn accuracy_vs_shots(
             reference: (chances.len() == tasks.len())
                 .then(|| Reference::Chance(chances.iter().sum::<f64>() / chances.len() as f64)),
             lines: line(&|k, m| mean_cell(&c, tasks, k, m)),
+            limits: Vec::new(),
         });
     }
     let x_max = k_position(ks.last().copied().unwrap_or(1)).max(1.0);
     render(dir, "accuracy_vs_shots", &panels, x_max, None)?;
     Ok(true)
+}
+
+/// Each model's context limit on a task's K axis: at the largest K whose prompts were cut (mean
+/// K used below the K asked), the mean K they held.
+fn limits(
+    c: &SummaryColumns,
+    t: &TaskMeta,
+    ks: &[u32],
+    models: &[String],
+    colors: &[(String, RGBColor)],
+) -> Vec<(String, RGBColor, f64)> {
+    models
+        .iter()
+        .enumerate()
+        .filter_map(|(mi, m)| {
+            let used = ks.iter().rev().find_map(|&k| {
+                let u = row_of(c, t, k, m).and_then(|i| c.mean_k_effective.get(i))?;
+                (u.is_finite() && u + 1e-9 < f64::from(k)).then_some(u)
+            })?;
+            Some((m.clone(), color_of(colors, m, mi), used))
+        })
+        .collect()
 }
 
 /// Writes `effective_k.png` and `.svg` when some prompts hold fewer demonstrations than asked (a
@@ -305,6 +334,7 @@ pub fn effective_k(
             y_desc: "demonstrations used (mean)".into(),
             reference: Some(Reference::Diagonal),
             lines: model_lines(&ks, &models, colors, &|k, m| used(t, k, m)),
+            limits: Vec::new(),
         })
         .collect();
     let k_max = ks.last().copied().unwrap_or(1);
@@ -355,7 +385,7 @@ where
     let (x_lo, x_hi) = (-0.4, x_max + 0.4);
     let entries = panels
         .iter()
-        .map(|p| p.lines.len() + usize::from(p.reference.is_some()))
+        .map(|p| p.lines.len() + p.limits.len() + usize::from(p.reference.is_some()))
         .max()
         .unwrap_or(1);
     let top = y_max.unwrap_or(1.0) * headroom(entries);
@@ -411,6 +441,22 @@ where
                     });
             }
             None => {}
+        }
+        for (model, color, used) in &panel.limits {
+            let x = k_position_f(*used);
+            let color = *color;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(x, 0.0), (x, top)],
+                    3,
+                    5,
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(format!("{model}: context holds ≈{used:.0}"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
         for (name, color, pts) in &panel.lines {
             if !pts.is_empty() {
@@ -831,5 +877,13 @@ mod tests {
             .filter(|l| l.contains("<circle") && l.contains("fill=\"#"))
             .count();
         assert_eq!(markers, 6);
+        // The accuracy chart marks where "large"'s context ended, and only its.
+        accuracy_vs_shots(&dir, &summary, &meta, &colors).unwrap();
+        let svg = std::fs::read_to_string(dir.join("accuracy_vs_shots.svg")).unwrap();
+        assert!(
+            svg.contains("large: context holds ≈"),
+            "no context limit drawn"
+        );
+        assert!(!svg.contains("small: context holds"));
     }
 }

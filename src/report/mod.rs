@@ -328,7 +328,7 @@ mod tests {
             vec![Metric::Acc],
             vec![Item::blank(0)],
         );
-        let mut t = TaskRecord::of(&task, Default::default());
+        let mut t = TaskRecord::of(&task, Default::default(), Default::default());
         t.hash = hash.into();
         RunData {
             dir: PathBuf::from(dir),

@@ -296,7 +296,7 @@ fn new_record(
         tasks: tasks
             .iter()
             .zip(selectors)
-            .map(|(t, s)| TaskRecord::of(t, s.sampler()))
+            .map(|(t, s)| TaskRecord::of(t, s.sampler(), s.order()))
             .collect(),
         models: Vec::new(),
         shots: setup::all_shots(shots),

@@ -73,6 +73,7 @@ fn protocol(p: &Protocol) -> String {
     let order = p.demo_order.map(|o| match o {
         DemoOrder::NearestLast => "NearestLast",
         DemoOrder::NearestFirst => "NearestFirst",
+        DemoOrder::ByLabel => "ByLabel",
     });
     let chat = p.chat.map(|c| match c {
         ChatMode::Folded => "Folded",
@@ -153,7 +154,7 @@ mod tests {
         let other = RunConfig {
             threads: Some(7),
             batch_docs: 1,
-            kv_cache_mb: 0,
+            kv_cache_mb: Some(0),
             ..config()
         };
         assert_eq!(run_id(&other, &tasks, &[0]), run_id(&cfg, &tasks, &[0]));

@@ -8,6 +8,7 @@ mod folder;
 mod key;
 mod score;
 mod setup;
+pub mod shots;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,8 +45,9 @@ pub struct RunConfig {
     pub seed: u64,
     /// The demonstration protocol besides the first seed.
     pub protocol: Protocol,
-    /// Budget of the prompt-prefix KV cache in MiB.
-    pub kv_cache_mb: usize,
+    /// Budget of the prompt-prefix KV cache in MiB (`None`: an eighth of the memory available
+    /// when a model loads, see [`crate::backend::candle::default_kv_cache_mb`]).
+    pub kv_cache_mb: Option<usize>,
     /// Docs scored together by in-process models.
     pub batch_docs: usize,
     /// Sentence-encoder folder for `knn` (default `models/all-minilm-l6-v2`).
@@ -160,6 +162,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     let selectors = selectors(&tasks, &cfg.protocol, cfg.encoder.as_deref(), cfg.limit)?;
     setup::check_task_names(&tasks)?;
     let shots = setup::task_shots(cfg, &tasks, &shots);
+    for note in setup::small_pools(&tasks, &shots) {
+        eprintln!("{note}");
+    }
     // Every reference resolves (and downloads) before any work starts.
     let sources = setup::resolve_models(cfg)?;
     let run_id = key::run_id(cfg, &tasks, &setup::all_shots(&shots));
@@ -204,7 +209,7 @@ impl RunConfig {
             limit: None,
             seed: 1234,
             protocol: Protocol::default(),
-            kv_cache_mb: 256,
+            kv_cache_mb: Some(256),
             batch_docs: 8,
             encoder: None,
             threads: None,

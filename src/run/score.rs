@@ -89,7 +89,14 @@ fn load(cfg: &RunConfig, source: &Source) -> Result<Box<dyn Backend>> {
                 loaded?
                     .named(&m.name(), &m.reference)
                     .with_family(m.family.as_deref())
-                    .with_kv_cache_mb(cfg.kv_cache_mb)
+                    .with_kv_cache_mb(cfg.kv_cache_mb.unwrap_or_else(|| {
+                        let mb = crate::backend::candle::default_kv_cache_mb();
+                        eprintln!(
+                            "prefix cache: {mb} MiB (an eighth of the memory available; \
+                             --kv-cache-mb sets it)"
+                        );
+                        mb
+                    }))
                     .with_batch_docs(cfg.batch_docs),
             )
         }

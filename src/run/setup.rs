@@ -58,6 +58,27 @@ pub(super) fn task_shots(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> Ve
         .collect()
 }
 
+/// One line per task whose largest K asks for more demonstrations than its few-shot split can
+/// give (those prompts show them all, and each sample records the K it used).
+pub(super) fn small_pools(tasks: &[Task], shots: &[Vec<usize>]) -> Vec<String> {
+    tasks
+        .iter()
+        .zip(shots)
+        .filter_map(|(t, ks)| {
+            let k = ks.iter().copied().max()?;
+            // A test doc never shows itself, so a test split lends one fewer.
+            let pool = t.fewshot.len() - usize::from(t.fewshot_is_test && !t.fewshot.is_empty());
+            (k > pool).then(|| {
+                format!(
+                    "note: task {}: K={k} asks for more demonstrations than its few-shot split \
+                     holds ({pool}); those prompts show all {pool}",
+                    t.name
+                )
+            })
+        })
+        .collect()
+}
+
 /// Every K of the run, sorted, once.
 pub(super) fn all_shots(shots: &[Vec<usize>]) -> Vec<usize> {
     let mut all: Vec<usize> = shots.iter().flatten().copied().collect();

@@ -103,6 +103,14 @@ impl<'t> Selector<'t> {
         order: DemoOrder,
         embeddings: Option<Embeddings>,
     ) -> Result<Self> {
+        if order == DemoOrder::ByLabel && task.output_type != OutputType::MultipleChoice {
+            bail!(
+                "task `{}`: demonstration order `by_label` groups demonstrations by label, but \
+                 the task is {}, which has none; use the sampler's own order",
+                task.name,
+                task.output_type.name()
+            );
+        }
         if sampler == Sampler::Balanced && task.output_type != OutputType::MultipleChoice {
             bail!(
                 "task `{}`: sampler `balanced` draws by label, but the task is {}; use random, \
@@ -151,6 +159,11 @@ impl<'t> Selector<'t> {
     /// The sampler in use.
     pub fn sampler(&self) -> Sampler {
         self.sampler
+    }
+
+    /// The order demonstrations are shown in.
+    pub fn order(&self) -> DemoOrder {
+        self.order
     }
 
     /// Few-shot docs for `item` under `seed`, best first, at most `k_max`: the K-shot prompt draws
@@ -218,7 +231,8 @@ impl<'t> Selector<'t> {
 
     /// The K demonstrations of a prompt: the first K of `ranking`, ordered (nearest last for the
     /// similarity samplers unless told otherwise; `permutation` p > 0 is a seeded reordering of the
-    /// same set), each showing the answer `labels` asks for.
+    /// same set; `by_label` then groups them by the label shown, stably), each showing the answer
+    /// `labels` asks for.
     pub fn demos(
         &self,
         ranking: &[&'t Item],
@@ -234,7 +248,7 @@ impl<'t> Selector<'t> {
             .enumerate()
             .collect();
         if matches!(self.sampler, Sampler::Bm25 | Sampler::Knn)
-            && self.order == DemoOrder::NearestLast
+            && self.order != DemoOrder::NearestFirst
         {
             set.reverse();
         }
@@ -253,13 +267,24 @@ impl<'t> Selector<'t> {
             ]);
             set.sort_by_key(|(_, c)| (combine(&[base, c.id as u64]), c.id));
         }
-        set.into_iter()
+        let mut demos: Vec<Demo<'t>> = set
+            .into_iter()
             .map(|(rank, d)| Demo {
                 item: d,
                 answer: shown_answer(&self.task.name, d, seed, labels),
                 rank,
             })
-            .collect()
+            .collect();
+        if self.order == DemoOrder::ByLabel {
+            // Shown labels in choice order; a demonstration showing none goes last.
+            demos.sort_by_key(|d| match (&d.item.answer, d.answer) {
+                (Answer::Choice { choices, .. }, Some(a)) => {
+                    choices.iter().position(|c| c == a).unwrap_or(usize::MAX)
+                }
+                _ => usize::MAX,
+            });
+        }
+        demos
     }
 }
 
@@ -394,6 +419,42 @@ mod tests {
 
     fn ids(v: &[&Item]) -> Vec<usize> {
         v.iter().map(|d| d.id).collect()
+    }
+
+    /// `by_label` shows the same set as the sampler's own order, grouped by the label each
+    /// demonstration shows (choice order), each group in the sampler's order.
+    #[test]
+    fn by_label_groups_the_same_demonstrations_by_label() {
+        let t = labelled(40);
+        let own = Selector::new(&t, Sampler::Fixed, DemoOrder::default(), None).unwrap();
+        let grouped = Selector::new(&t, Sampler::Fixed, DemoOrder::ByLabel, None).unwrap();
+        let item = &t.test[0];
+        let ranking = own.ranking(item, 7, 16);
+        let plain = own.demos(&ranking, 16, item, 7, 0, DemoLabels::Gold);
+        let by = grouped.demos(&ranking, 16, item, 7, 0, DemoLabels::Gold);
+        let labels = |ds: &[Demo]| ds.iter().map(|d| d.answer.unwrap()).collect::<String>();
+        let mut want: Vec<&Demo> = plain.iter().collect();
+        want.sort_by_key(|d| d.answer.unwrap());
+        assert_eq!(
+            by.iter().map(|d| d.item.id).collect::<Vec<_>>(),
+            want.iter().map(|d| d.item.id).collect::<Vec<_>>()
+        );
+        let shown = labels(&by);
+        assert!(shown.starts_with('a') && shown.contains('b'), "{shown}");
+        assert!(labels(&plain) != shown, "the draw was not already sorted");
+        // Flipped labels group by what the prompt shows.
+        let flipped = grouped.demos(&ranking, 16, item, 7, 0, DemoLabels::Flipped);
+        let f = labels(&flipped);
+        let mut sorted: Vec<char> = f.chars().collect();
+        sorted.sort_unstable();
+        assert_eq!(f, sorted.into_iter().collect::<String>());
+        // A generation task has no labels to group by.
+        let mut g = labelled(4);
+        g.output_type = OutputType::GenerateUntil;
+        let e = Selector::new(&g, Sampler::Random, DemoOrder::ByLabel, None)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("`by_label`"), "{e}");
     }
 
     #[test]

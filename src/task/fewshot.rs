@@ -44,7 +44,8 @@ impl Sampler {
     }
 }
 
-/// Where the most similar demonstration goes, for `bm25` and `knn`.
+/// The order demonstrations are shown in: where the most similar goes, for `bm25` and `knn`;
+/// or grouped by label (Bertsch et al. 2024's many-shot ablation), for any sampler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
@@ -54,4 +55,18 @@ pub enum DemoOrder {
     NearestLast,
     /// Most similar first.
     NearestFirst,
+    /// Grouped by the label each shows, in the order of the choices (within a label, the
+    /// sampler's order); multiple-choice tasks only.
+    ByLabel,
+}
+
+impl DemoOrder {
+    /// The YAML / CLI spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            DemoOrder::NearestLast => "nearest_last",
+            DemoOrder::NearestFirst => "nearest_first",
+            DemoOrder::ByLabel => "by_label",
+        }
+    }
 }

@@ -70,10 +70,24 @@ struct Layer {
 }
 
 /// Keys and values of every layer for the tokens seen so far; cheap to clone (tensors are shared).
+///
+/// A sliding-window layer keeps only the keys a later query can still see (the last
+/// `window - 1`), so a long prompt's cache grows with its global layers alone: for Gemma 3,
+/// 3 of 18 layers.
 #[derive(Clone)]
 pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>,
+    layers: Vec<LayerKv>,
     len: usize,
+}
+
+/// One layer's keys and values, as pieces `[1, nkv, n, hd]` in position order: a cache that
+/// continues another shares its pieces instead of copying them, so the caches of a sweep's
+/// nested prefixes (and the chunks of a long one) hold each key once.
+#[derive(Clone)]
+struct LayerKv {
+    pieces: Vec<(Tensor, Tensor)>,
+    /// Leading positions of the cache's span no longer held (they fell out of the window).
+    dropped: usize,
 }
 
 impl KvCache {
@@ -91,6 +105,7 @@ impl KvCache {
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
+            .flat_map(|l| &l.pieces)
             .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
             .sum()
     }
@@ -269,9 +284,55 @@ impl Decoder {
         Ok(out)
     }
 
-    /// Bytes of keys and values one token adds to a cache.
-    pub fn cache_bytes_per_token(&self) -> usize {
-        self.layers.len() * 2 * self.cfg.n_kv_heads * self.cfg.head_dim * 4
+    /// Floating-point operations (a multiply-add counts two) of one pass over `tokens` tokens
+    /// from an empty cache, with logits at the last position only: every layer's projections,
+    /// and attention over the keys each position sees (the causal triangle, within the window
+    /// for sliding layers). What a pass must do, whatever its kernels: the benchmark divides it
+    /// by the time taken and by the machine's matrix-product rate.
+    pub fn prefill_flops(&self, tokens: usize) -> f64 {
+        let mac = |p: &Proj| (p.w.in_features() * p.w.out_features()) as f64;
+        let n = tokens as f64;
+        let mut total = 2.0 * (self.cfg.hidden * self.vocab_size()) as f64;
+        for (li, l) in self.layers.iter().enumerate() {
+            let mut per_token = mac(&l.o) + mac(&l.up) + mac(&l.down);
+            per_token += match &l.qkv {
+                Qkv::Split(q, k, v) => mac(q) + mac(k) + mac(v),
+                Qkv::Fused(p) => mac(p),
+            };
+            per_token += l.gate.as_ref().map_or(0.0, mac);
+            let w = self
+                .cfg
+                .sliding_window
+                .filter(|_| self.cfg.sliding_layers[li])
+                .unwrap_or(tokens)
+                .min(tokens) as f64;
+            // Σ over positions p of min(p + 1, w): the keys each query sees.
+            let seen = w * (w + 1.0) / 2.0 + (n - w) * w;
+            let attention = 2.0 * (self.cfg.n_heads * self.cfg.head_dim) as f64 * seen;
+            total += 2.0 * per_token * n + 2.0 * attention;
+        }
+        total
+    }
+
+    /// Bytes of keys and values a cache of `tokens` tokens holds: every token in a global layer,
+    /// at most the window's last `window - 1` in a sliding-window layer.
+    pub fn cache_bytes(&self, tokens: usize) -> usize {
+        let per_token = 2 * self.cfg.n_kv_heads * self.cfg.head_dim * 4;
+        (0..self.layers.len())
+            .map(|li| self.held(li, tokens) * per_token)
+            .sum()
+    }
+
+    /// Keys layer `li` keeps after `tokens` tokens: what the next query can still see.
+    fn held(&self, li: usize, tokens: usize) -> usize {
+        match self
+            .cfg
+            .sliding_window
+            .filter(|_| self.cfg.sliding_layers[li])
+        {
+            Some(w) => tokens.min(w.saturating_sub(1)),
+            None => tokens,
+        }
     }
 
     fn forward_segments(
@@ -336,8 +397,7 @@ impl Decoder {
             None
         };
         let (nh, nkv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let mut kept: Vec<Vec<(Tensor, Tensor)>> =
-            vec![Vec::with_capacity(self.layers.len()); spans.len()];
+        let mut kept: Vec<Vec<LayerKv>> = vec![Vec::with_capacity(self.layers.len()); spans.len()];
         for (li, layer) in self.layers.iter().enumerate() {
             let sliding = self.cfg.sliding_layers[li];
             let h = self.pre_norm(&layer.attn_norm, &x)?;
@@ -382,14 +442,28 @@ impl Decoder {
                     })
                 };
                 let (q, k_own, v_own) = (part(&q)?, part(&k)?, part(&v)?);
+                // Position of the first key held: only the first past cache may have dropped
+                // keys (a full cache continued by its own tokens), so the rest follow on.
                 let mut ks: Vec<&Tensor> = Vec::new();
                 let mut vs: Vec<&Tensor> = Vec::new();
+                let (mut at, mut first) = (0, None);
                 for c in &segments[si].past {
-                    if let Some((pk, pv)) = c.layers.get(li) {
-                        ks.push(pk);
-                        vs.push(pv);
+                    if let Some(l) = c.layers.get(li) {
+                        match first {
+                            None => first = Some(at + l.dropped),
+                            Some(_) if l.dropped > 0 => {
+                                bail!("a cache with dropped keys continues another cache")
+                            }
+                            Some(_) => {}
+                        }
+                        for (k, v) in &l.pieces {
+                            ks.push(k);
+                            vs.push(v);
+                        }
                     }
+                    at += c.len;
                 }
+                let offset = first.unwrap_or(at);
                 let (k_all, v_all) = if ks.is_empty() {
                     (k_own.clone(), v_own.clone())
                 } else {
@@ -397,11 +471,38 @@ impl Decoder {
                     vs.push(&v_own);
                     (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?)
                 };
-                outs.push(self.attention(&q, &k_all, &v_all, window)?); // [1, nh, t, hd]
-                match keep {
-                    CacheOut::Full => kept[si].push((k_all, v_all)),
-                    CacheOut::Own => kept[si].push((k_own, v_own)),
-                }
+                outs.push(self.attention(&q, &k_all, &v_all, window, offset)?); // [1, nh, t, hd]
+                kept[si].push(match keep {
+                    CacheOut::Full => {
+                        let end = at + t;
+                        let held = k_all.dim(2)?;
+                        let keep = self.held(li, end);
+                        if keep < held {
+                            // A copy, so the dropped keys' memory goes with the pass.
+                            let tail = |x: &Tensor| x.narrow(2, held - keep, keep)?.contiguous();
+                            LayerKv {
+                                pieces: vec![(tail(&k_all)?, tail(&v_all)?)],
+                                dropped: end - keep,
+                            }
+                        } else {
+                            let mut pieces: Vec<(Tensor, Tensor)> = segments[si]
+                                .past
+                                .iter()
+                                .filter_map(|c| c.layers.get(li))
+                                .flat_map(|l| l.pieces.iter().cloned())
+                                .collect();
+                            pieces.push((k_own, v_own));
+                            LayerKv {
+                                pieces,
+                                dropped: offset,
+                            }
+                        }
+                    }
+                    CacheOut::Own => LayerKv {
+                        pieces: vec![(k_own, v_own)],
+                        dropped: 0,
+                    },
+                });
             }
             let attn = if outs.len() == 1 {
                 outs.pop().expect("one segment")
@@ -527,17 +628,21 @@ impl Decoder {
     /// keys a block can see (the causal triangle's far side and, with a sliding window, what
     /// fell out of it are never computed). The blocks depend only on t and s, never on what else
     /// runs, so results stay those of the same chunk anywhere.
+    ///
+    /// The keys held start at position `offset` (those before it fell out of the window); a
+    /// block reads the same keys, in the same product, whether or not older ones are held.
     fn attention(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         window: Option<usize>,
+        offset: usize,
     ) -> Result<Tensor> {
         let (_, nh, t, hd) = q.dims4()?;
         let (nkv, s) = (k.dim(1)?, k.dim(2)?);
         let groups = nh / nkv;
-        let past = s - t;
+        let past = offset + s - t;
         let q = q.reshape((nkv, groups, t, hd))?;
         let (k, v) = (k.squeeze(0)?, v.squeeze(0)?);
         let mut blocks = Vec::with_capacity(t.div_ceil(QUERY_BLOCK));
@@ -547,13 +652,16 @@ impl Decoder {
             // first query sees.
             let to = past + b0 + len;
             let from = window.map_or(0, |w| (past + b0 + 1).saturating_sub(w));
+            if from < offset {
+                bail!("attention needs key {from}, but the cache holds keys from {offset} on");
+            }
             let keys = to - from;
             let qb = q
                 .narrow(2, b0, len)?
                 .contiguous()?
                 .reshape((nkv, groups * len, hd))?;
-            let kbt = transposed_keys(&k.narrow(1, from, keys)?)?;
-            let vb = v.narrow(1, from, keys)?.contiguous()?;
+            let kbt = transposed_keys(&k.narrow(1, from - offset, keys)?)?;
+            let vb = v.narrow(1, from - offset, keys)?.contiguous()?;
             let scores = qb.matmul(&kbt)?;
             let vis = Visibility {
                 queries: len,

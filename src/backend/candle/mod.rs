@@ -112,7 +112,7 @@ const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 /// Revision of this backend's numerics, part of every request-cache key: bump it with any change
 /// to tokenization, the forward pass or scoring that changes a returned number, so no cached
 /// answer of the old code is served.
-pub const NUMERICS: u32 = 4;
+pub const NUMERICS: u32 = 5;
 
 /// GGUF architectures the decoder runs.
 pub fn supported_architectures() -> Vec<&'static str> {
@@ -154,8 +154,35 @@ pub struct Loaded {
     pub chat_template: Option<String>,
 }
 
-/// Default budget of the prompt-prefix KV cache (`--kv-cache-mb`).
+/// Budget of the prompt-prefix KV cache on a machine whose free memory is unknown, and the
+/// least [`default_kv_cache_mb`] gives.
 pub const DEFAULT_KV_CACHE_MB: usize = 512;
+
+/// Budget of the prompt-prefix KV cache when `--kv-cache-mb` is not given: an eighth of the
+/// memory available now (Linux's `MemAvailable`), at least [`DEFAULT_KV_CACHE_MB`]. An
+/// eighth keeps a 1,024-shot prefix of every bundled model on a laptop, while leaving the
+/// weights and the passes' activations room.
+pub fn default_kv_cache_mb() -> usize {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_available_kib(&m));
+    kv_budget_for(available)
+}
+
+/// [`default_kv_cache_mb`] for `available` KiB of free memory.
+fn kv_budget_for(available_kib: Option<u64>) -> usize {
+    available_kib.map_or(DEFAULT_KV_CACHE_MB, |kib| {
+        ((kib / 1024 / 8) as usize).max(DEFAULT_KV_CACHE_MB)
+    })
+}
+
+/// `MemAvailable` in KiB from the text of `/proc/meminfo`.
+fn mem_available_kib(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
 
 /// A model with its tokenizer, ready to score.
 pub struct CandleBackend {
@@ -279,6 +306,27 @@ impl CandleBackend {
         self.info.name = name.to_string();
         self.info.reference = reference.to_string();
         self
+    }
+
+    /// Floating-point operations of one pass over `tokens` tokens (see
+    /// [`Decoder::prefill_flops`]).
+    pub fn prefill_flops(&self, tokens: usize) -> f64 {
+        self.model.prefill_flops(tokens)
+    }
+
+    /// Bytes of keys and values held after running `text` from an empty cache, and the bytes
+    /// they would take if every layer kept every key: what a cached prefix of it costs.
+    pub fn cache_footprint(&self, text: &str) -> Result<(usize, usize)> {
+        let ids = self.tokenizer.encode(text)?;
+        let (_, cache) = self.model.forward(&ids, &self.model.empty_cache())?;
+        let c = self.model.config();
+        let every_key = c.n_layers * ids.len() * 2 * c.n_kv_heads * c.head_dim * 4;
+        Ok((cache.bytes(), every_key))
+    }
+
+    /// Width of the model's hidden states.
+    pub fn hidden_size(&self) -> usize {
+        self.model.config().hidden
     }
 
     /// Token ids of `text` as the model sees it (`<bos>` included when the model adds one).
@@ -947,7 +995,6 @@ impl Backend for CandleBackend {
             .iter()
             .map(|r| self.tokenize(r))
             .collect::<Result<Vec<_>>>()?;
-        let per_token = self.model.cache_bytes_per_token();
         let mut out = Vec::with_capacity(requests.len());
         while !pending.is_empty() {
             // Requests sharing demonstrations share one base cache: count its bytes once.
@@ -958,7 +1005,7 @@ impl Backend for CandleBackend {
                 let t = &pending[take];
                 let len = t.base_len();
                 if len > 0 && bases.insert(&t.wholes[0][..len]) {
-                    base_bytes += len * per_token;
+                    base_bytes += self.model.cache_bytes(len);
                 }
                 take += 1;
             }
@@ -1059,5 +1106,21 @@ impl CandleBackend {
             generated.pop();
         }
         Ok(cut_at_stop(&tok.decode(&generated)?, until).0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_prefix_budget_is_an_eighth_of_available_memory() {
+        let meminfo = "MemTotal:       24000000 kB\nMemAvailable:   16777216 kB\n";
+        assert_eq!(mem_available_kib(meminfo), Some(16_777_216));
+        assert_eq!(kv_budget_for(Some(16_777_216)), 2048);
+        // A small or unknown machine keeps the old floor.
+        assert_eq!(kv_budget_for(Some(1 << 20)), DEFAULT_KV_CACHE_MB);
+        assert_eq!(kv_budget_for(None), DEFAULT_KV_CACHE_MB);
+        assert_eq!(mem_available_kib("MemTotal: 1 kB\n"), None);
     }
 }

@@ -22,6 +22,8 @@ pub struct PrefixCache {
     /// Tokens taken from the cache and tokens computed, for benchmarks and tests.
     pub reused_tokens: u64,
     pub computed_tokens: u64,
+    /// Whether a prefix too large for the budget was already reported.
+    warned: bool,
 }
 
 impl PrefixCache {
@@ -34,6 +36,7 @@ impl PrefixCache {
             clock: 0,
             reused_tokens: 0,
             computed_tokens: 0,
+            warned: false,
         }
     }
 
@@ -54,7 +57,14 @@ impl PrefixCache {
 
     fn put(&mut self, key: Vec<u32>, cache: KvCache) {
         let size = cache.bytes();
-        if size > self.budget || self.entries.contains_key(&key) {
+        if size > self.budget {
+            if !self.warned {
+                self.warned = true;
+                eprintln!("{}", too_large(key.len(), size, self.budget));
+            }
+            return;
+        }
+        if self.entries.contains_key(&key) {
             return;
         }
         self.clock += 1;
@@ -107,6 +117,11 @@ impl PrefixCache {
     /// prompts with their own demonstrations costs a few long passes instead of a short pass
     /// per chunk and prompt. A chunk another job computed earlier comes from the cache, and
     /// identical chunks in one pass are computed once, as running the jobs in order would.
+    ///
+    /// A stretch between two cuts longer than [`MAX_CHUNK`] tokens runs in pieces of that
+    /// length counted from its cut (the last chunk too), so a many-shot prefix never needs a
+    /// pass's activations over tens of thousands of tokens; the pieces depend only on the cuts,
+    /// never on the cache, and only chunks ending at a cut are cached.
     pub fn prepare(&mut self, model: &Decoder, jobs: &[Job<'_>]) -> Result<Vec<(usize, KvCache)>> {
         let cuts: Vec<Vec<usize>> = jobs
             .iter()
@@ -117,6 +132,11 @@ impl PrefixCache {
                     .filter(|&c| c > 0 && c < j.end)
                     .collect()
             })
+            .collect();
+        let stops: Vec<Vec<Stop>> = jobs
+            .iter()
+            .zip(&cuts)
+            .map(|(j, cuts)| stops(cuts, j.end, MAX_CHUNK))
             .collect();
         let mut state: Vec<(usize, KvCache)> = Vec::with_capacity(jobs.len());
         for (job, cuts) in jobs.iter().zip(&cuts) {
@@ -132,32 +152,35 @@ impl PrefixCache {
             state.push(at);
         }
         loop {
-            // (job, the cut its next chunk ends at, the job whose pass computes it).
+            // (job, the stop its next chunk ends at, the job whose pass computes it).
             let mut next: Vec<(usize, usize, usize)> = Vec::new();
-            let mut computing: HashMap<&[u32], usize> = HashMap::new();
-            let mut runs: Vec<(usize, usize)> = Vec::new();
+            let mut computing: HashMap<(usize, &[u32]), usize> = HashMap::new();
+            let mut runs: Vec<(usize, Stop)> = Vec::new();
             let mut pending = false;
-            for (i, cuts) in cuts.iter().enumerate() {
+            for (i, stops) in stops.iter().enumerate() {
                 let start = state[i].0;
-                let Some(&c) = cuts.iter().find(|&&c| c > start) else {
+                let Some(&stop) = stops.iter().find(|s| s.at > start) else {
                     continue;
                 };
                 pending = true;
+                let c = stop.at;
                 let key = &jobs[i].ids[..c];
                 if self.budget > 0 {
-                    if let Some(hit) = self.get(key) {
+                    if stop.cut
+                        && let Some(hit) = self.get(key)
+                    {
                         self.reused_tokens += (c - start) as u64;
                         state[i] = (c, hit);
                         continue;
                     }
-                    if let Some(&r) = computing.get(key) {
+                    if let Some(&r) = computing.get(&(start, key)) {
                         next.push((i, c, r));
                         continue;
                     }
-                    computing.insert(key, runs.len());
+                    computing.insert((start, key), runs.len());
                 }
                 next.push((i, c, runs.len()));
-                runs.push((i, c));
+                runs.push((i, stop));
             }
             if !pending {
                 break;
@@ -168,8 +191,8 @@ impl PrefixCache {
             }
             let segments: Vec<Segment<'_>> = runs
                 .iter()
-                .map(|&(i, c)| Segment {
-                    ids: &jobs[i].ids[state[i].0..c],
+                .map(|&(i, stop)| Segment {
+                    ids: &jobs[i].ids[state[i].0..stop.at],
                     past: vec![&state[i].1],
                 })
                 .collect();
@@ -179,10 +202,10 @@ impl PrefixCache {
                 .map(|(_, cache)| cache)
                 .collect();
             drop(segments);
-            for (&(i, c), cache) in runs.iter().zip(&done) {
-                self.computed_tokens += (c - state[i].0) as u64;
-                if self.budget > 0 {
-                    self.put(jobs[i].ids[..c].to_vec(), cache.clone());
+            for (&(i, stop), cache) in runs.iter().zip(&done) {
+                self.computed_tokens += (stop.at - state[i].0) as u64;
+                if self.budget > 0 && stop.cut {
+                    self.put(jobs[i].ids[..stop.at].to_vec(), cache.clone());
                 }
             }
             for (i, c, r) in next {
@@ -196,6 +219,53 @@ impl PrefixCache {
     }
 }
 
+/// Most tokens of one prompt in one forward pass: longer stretches between cuts run in pieces
+/// of this length, which bounds a pass's activations (about 50 MB for Gemma 3 270M) whatever K.
+pub const MAX_CHUNK: usize = 2048;
+
+/// A point a prompt's chunk ends at before its last chunk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stop {
+    at: usize,
+    /// A demonstration boundary, whose cache is kept; else a piece of a long stretch.
+    cut: bool,
+}
+
+/// The chunk ends of a prefix of `end` tokens cut at `cuts` (ascending, in `(0, end)`): each cut,
+/// and within each stretch from a cut (or 0) to the next cut (or `end`) a piece end every `max`
+/// tokens, so no chunk, the last included, is longer than `max`.
+fn stops(cuts: &[usize], end: usize, max: usize) -> Vec<Stop> {
+    let mut out = Vec::with_capacity(cuts.len());
+    let mut from = 0;
+    for (to, cut) in cuts.iter().map(|&c| (c, true)).chain([(end, false)]) {
+        let mut at = from + max;
+        while at < to {
+            out.push(Stop { at, cut: false });
+            at += max;
+        }
+        if cut {
+            out.push(Stop { at: to, cut: true });
+        }
+        from = to;
+    }
+    out
+}
+
+/// The one-time warning for a shared prefix the budget cannot keep: every prompt after it
+/// recomputes it, which turns a sweep over K quadratic.
+fn too_large(tokens: usize, bytes: usize, budget: usize) -> String {
+    let mib = |b: usize| b.div_ceil(1 << 20);
+    // Room for the prefix and the smaller ones of the same sweep beside it.
+    format!(
+        "warning: a shared prompt prefix of {tokens} tokens needs {} MiB of keys and values, more \
+         than the prefix cache's {} MiB: prompts that share it compute it again each time; pass \
+         --kv-cache-mb {} to keep it",
+        mib(bytes),
+        mib(budget),
+        mib(bytes * 2)
+    )
+}
+
 /// A prompt prefix to compute: `ids[..end]`, in chunks split at `cuts`.
 pub struct Job<'a> {
     /// The prompt's tokens (at least `end`).
@@ -204,4 +274,29 @@ pub struct Job<'a> {
     pub cuts: &'a [usize],
     /// Where the prefix ends.
     pub end: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Stop, stops};
+
+    #[test]
+    fn long_stretches_run_in_pieces_counted_from_their_cut() {
+        let at = |v: Vec<Stop>| v.iter().map(|s| (s.at, s.cut)).collect::<Vec<_>>();
+        assert_eq!(at(stops(&[3, 7], 9, 4)), vec![(3, true), (7, true)]);
+        assert_eq!(
+            at(stops(&[10], 21, 4)),
+            vec![(4, false), (8, false), (10, true), (14, false), (18, false)]
+        );
+        // A stretch of exactly `max` needs no piece; the last chunk is at most `max` long.
+        assert_eq!(at(stops(&[4], 8, 4)), vec![(4, true)]);
+        assert_eq!(at(stops(&[], 9, 4)), vec![(4, false), (8, false)]);
+        assert!(stops(&[], 0, 4).is_empty());
+    }
+    #[test]
+    fn the_warning_names_the_budget_to_pass() {
+        let w = super::too_large(30_000, 300 << 20, 256 << 20);
+        assert!(w.contains("30000 tokens needs 300 MiB"), "{w}");
+        assert!(w.contains("--kv-cache-mb 600"), "{w}");
+    }
 }

@@ -403,9 +403,22 @@ struct Requests<'a> {
     seed: u64,
 }
 
+/// Demonstrations between the shared prefixes of prompts cut to fit a context.
+const CUT_STEP: usize = 64;
+
 impl Requests<'_> {
     fn breaks(&self, all: &[usize]) -> Vec<usize> {
-        prompt::kept_breaks(all, self.shots)
+        let shown = all.len().saturating_sub(1);
+        if shown == 0 || self.shots.contains(&shown) {
+            return prompt::kept_breaks(all, self.shots);
+        }
+        // A prompt cut to fit the context shows a K no one asked for, a little different per
+        // doc: its docs also share the prefix up to the last multiple of CUT_STEP before it, so
+        // each computes at most that many demonstrations of its own, not everything after the
+        // largest K that fit.
+        let mut shots = self.shots.to_vec();
+        shots.push(shown / CUT_STEP * CUT_STEP);
+        prompt::kept_breaks(all, &shots)
     }
 
     fn plan(&self, memo: &Memo, pending: &mut Pending, fitted: &prompt::Fitted) -> Result<Need> {

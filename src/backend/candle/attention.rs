@@ -288,4 +288,37 @@ mod tests {
             "the score product is the same bit for bit"
         );
     }
+
+    /// The attention transposes a layer's keys once and multiplies each query block by a range
+    /// of them in place (rows `s` apart): bit for bit the product with that range copied out,
+    /// and likewise for the values' range.
+    #[test]
+    fn products_read_key_and_value_ranges_in_place() {
+        for heads in [1, 2] {
+            let k = Tensor::randn(0f32, 1.0, (heads, 300, 64), &Device::Cpu).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (heads, 300, 64), &Device::Cpu).unwrap();
+            let all = transposed_keys(&k).unwrap();
+            let q = Tensor::randn(0f32, 1.0, (heads, 130, 64), &Device::Cpu).unwrap();
+            for (from, keys) in [(0, 300), (37, 200), (171, 129)] {
+                let copied = transposed_keys(&k.narrow(1, from, keys).unwrap()).unwrap();
+                let scores = q.matmul(&copied).unwrap();
+                assert_eq!(
+                    q.matmul(&all.narrow(2, from, keys).unwrap())
+                        .unwrap()
+                        .to_vec3::<f32>()
+                        .unwrap(),
+                    scores.to_vec3::<f32>().unwrap()
+                );
+                let vb = v.narrow(1, from, keys).unwrap();
+                assert_eq!(
+                    scores.matmul(&vb).unwrap().to_vec3::<f32>().unwrap(),
+                    scores
+                        .matmul(&vb.contiguous().unwrap())
+                        .unwrap()
+                        .to_vec3::<f32>()
+                        .unwrap()
+                );
+            }
+        }
+    }
 }

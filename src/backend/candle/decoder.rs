@@ -645,6 +645,10 @@ impl Decoder {
         let past = offset + s - t;
         let q = q.reshape((nkv, groups, t, hd))?;
         let (k, v) = (k.squeeze(0)?, v.squeeze(0)?);
+        // Keys transposed once for every block: each block's product reads its range in place
+        // (rows of the transposed keys are `s` apart), where a copy per block would gather the
+        // keys again for each of a long prompt's hundreds of blocks.
+        let kt = transposed_keys(&k)?;
         let mut blocks = Vec::with_capacity(t.div_ceil(QUERY_BLOCK));
         for b0 in (0..t).step_by(QUERY_BLOCK) {
             let len = QUERY_BLOCK.min(t - b0);
@@ -660,8 +664,13 @@ impl Decoder {
                 .narrow(2, b0, len)?
                 .contiguous()?
                 .reshape((nkv, groups * len, hd))?;
-            let kbt = transposed_keys(&k.narrow(1, from - offset, keys)?)?;
-            let vb = v.narrow(1, from - offset, keys)?.contiguous()?;
+            let (mut kbt, mut vb) = (
+                kt.narrow(2, from - offset, keys)?,
+                v.narrow(1, from - offset, keys)?,
+            );
+            if !self.device.is_cpu() {
+                (kbt, vb) = (kbt.contiguous()?, vb.contiguous()?);
+            }
             let scores = qb.matmul(&kbt)?;
             let vis = Visibility {
                 queries: len,

@@ -80,6 +80,10 @@ pub enum BenchPart {
 /// Prompt lengths of the long-context measurement.
 const LONG_TOKENS: [usize; 4] = [2048, 8192, 16384, 32768];
 
+/// The longest prompt llama.cpp is timed on: its float16 attention makes longer passes take
+/// minutes on a laptop.
+const LLAMA_MAX_TOKENS: usize = 8192;
+
 /// One long prompt's processing speed.
 #[derive(Debug, Clone)]
 pub struct LongSpeed {
@@ -282,6 +286,9 @@ fn long_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<(f64, Vec<Lo
         let llama_tps = match &cfg.llama_python {
             _ if path.is_dir() => Err("a checkpoint folder (llama.cpp reads GGUF)".to_string()),
             None => Err("no Python with llama_cpp given (--llama-python)".to_string()),
+            _ if n > LLAMA_MAX_TOKENS => Err(format!(
+                "beyond {LLAMA_MAX_TOKENS} tokens (llama.cpp's pass takes minutes on 2 cores)"
+            )),
             Some(py) => llama_cpp_speed(py, path, &ids, cfg),
         };
         out.push(LongSpeed {

@@ -415,9 +415,14 @@ impl Requests<'_> {
         // A prompt cut to fit the context shows a K no one asked for, a little different per
         // doc: its docs also share the prefix up to the last multiple of CUT_STEP before it, so
         // each computes at most that many demonstrations of its own, not everything after the
-        // largest K that fit.
+        // largest K that fit. Not where an asked-for K lies between: that K's prompts end a
+        // chunk there too, and must be chunked alike before it (a different chunking could
+        // round differently, and which one the cache held would then decide the bits).
+        let step = shown / CUT_STEP * CUT_STEP;
         let mut shots = self.shots.to_vec();
-        shots.push(shown / CUT_STEP * CUT_STEP);
+        if !self.shots.iter().any(|&k| k > step && k < shown) {
+            shots.push(step);
+        }
         prompt::kept_breaks(all, &shots)
     }
 

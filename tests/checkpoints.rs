@@ -177,6 +177,21 @@ fn sliding_layers_keep_only_their_window() {
     assert!(short < long && long == longer, "{short} {long} {longer}");
 }
 
+/// The operations the long-context benchmark divides by, counted by hand for tiny gemma3 (hidden
+/// 64, 4 query heads and 1 key/value head of 16, MLP 128, vocabulary 512, a sliding layer with an
+/// 8-token window and a global one) over 20 tokens: per token and layer 34,816 multiply-adds in
+/// the projections (q 64·64, k and v 64·16, o 64·64, gate, up and down 64·128); attention
+/// 2 · 2 · 64 per key seen (132 keys seen in the sliding layer, 210 in the global one); the
+/// vocabulary projection at the last position, 2 · 64 · 512.
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn prefill_operations_are_counted_by_what_each_position_sees() {
+    let b = CandleBackend::load(&checkpoint("gemma3"), WeightsChoice::F32).unwrap();
+    let want = 2.0 * 34_816.0 * 20.0 * 2.0 + 256.0 * (132.0 + 210.0) + 2.0 * 64.0 * 512.0;
+    assert_eq!(b.prefill_flops(20), want);
+    assert_eq!(want, 2_938_368.0);
+}
+
 #[test]
 #[ignore = "needs ../shared/reference/tiny-hf"]
 fn tiny_llama_checkpoint_matches_transformers() {

@@ -706,6 +706,41 @@ fn three_models_by_name_give_the_model_size_chart() {
 
 /// `bench` on a small budget: every table is there, the sweep forwards more tokens than K = 32
 /// alone but gives its K = 32 docs the same answers, and memory is measured per run.
+/// `bench --parts manyshot`: the sweep's tokens stay within 1.1 × its largest prompt plus the
+/// queries (the prefix once), and its answers equal those of the same sweep without reuse.
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh)"]
+fn bench_many_shot_computes_the_prefix_once() {
+    let d = tmp("bench-manyshot");
+    let o = icl_eval(&[
+        "bench",
+        "--parts",
+        "manyshot",
+        "--threads",
+        "1",
+        "--task",
+        "sentiment_reviews",
+        "--manyshot-shots",
+        "0,1..32:x4",
+        "--manyshot-limit",
+        "6",
+        "--check-docs",
+        "2",
+        "--work-dir",
+        d.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let row = out
+        .lines()
+        .rfind(|l| l.starts_with("| ") && !l.starts_with("| wall"))
+        .unwrap_or_else(|| panic!("no row in {out}"));
+    let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+    let (computed, bound): (f64, f64) = (cols[3].parse().unwrap(), cols[4].parse().unwrap());
+    assert!(computed > 0.0 && computed <= 1.1 * bound, "{row}");
+    assert_eq!(cols[7], "8/8", "2 docs × K 0, 1, 4, 16: {row}");
+}
+
 #[test]
 #[ignore = "needs models/ (scripts/fetch-models.sh)"]
 fn bench_prints_speed_reuse_and_memory_tables() {

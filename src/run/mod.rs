@@ -162,7 +162,11 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     let selectors = selectors(&tasks, &cfg.protocol, cfg.encoder.as_deref(), cfg.limit)?;
     setup::check_task_names(&tasks)?;
     let shots = setup::task_shots(cfg, &tasks, &shots);
-    for note in setup::small_pools(&tasks, &shots) {
+    let notes = setup::small_pools(&tasks, &shots);
+    for note in notes
+        .iter()
+        .chain(&setup::multiturn_cost(&cfg.protocol, &shots))
+    {
         eprintln!("{note}");
     }
     // Every reference resolves (and downloads) before any work starts.

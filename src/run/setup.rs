@@ -79,6 +79,22 @@ pub(super) fn small_pools(tasks: &[Task], shots: &[Vec<usize>]) -> Vec<String> {
         .collect()
 }
 
+/// A line when `--fewshot-as-multiturn` meets many shots: the template wraps each demonstration
+/// in its own turns, so prompts have no demonstration boundaries to share a prefix at.
+pub(super) fn multiturn_cost(protocol: &Protocol, shots: &[Vec<usize>]) -> Option<String> {
+    let k = shots.iter().flatten().copied().max()?;
+    (protocol.chat == Some(crate::record::ChatMode::Multiturn) && k >= MANY_SHOTS).then(|| {
+        format!(
+            "note: --fewshot-as-multiturn wraps each demonstration in the chat template's turns, \
+             so prompts share no demonstration prefix: at K={k} each doc computes its whole \
+             prompt (--chat-template alone folds them into one turn, whose prefix is shared)"
+        )
+    })
+}
+
+/// Where a K counts as many shots for the notes above.
+const MANY_SHOTS: usize = 32;
+
 /// Every K of the run, sorted, once.
 pub(super) fn all_shots(shots: &[Vec<usize>]) -> Vec<usize> {
     let mut all: Vec<usize> = shots.iter().flatten().copied().collect();
@@ -206,4 +222,52 @@ pub(super) fn examples(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::ChatMode;
+    use crate::task::{Answer, Item, Metric, OutputType};
+
+    fn task(docs: usize) -> Task {
+        let items = (0..docs)
+            .map(|id| Item {
+                id,
+                text: format!("doc {id}"),
+                answer: Answer::Text("x".into()),
+                description: String::new(),
+            })
+            .collect();
+        Task::for_tests(OutputType::GenerateUntil, vec![Metric::ExactMatch], items)
+    }
+
+    #[test]
+    fn a_k_beyond_the_split_is_noted_with_what_exists() {
+        // Demonstrations from the test split: a doc never shows itself, so 10 docs lend 9.
+        let tasks = [task(10)];
+        assert!(small_pools(&tasks, &[vec![0, 9]]).is_empty());
+        assert_eq!(
+            small_pools(&tasks, &[vec![0, 32]]),
+            vec![
+                "note: task t: K=32 asks for more demonstrations than its few-shot split holds \
+                 (9); those prompts show all 9"
+            ]
+        );
+    }
+
+    #[test]
+    fn multiturn_at_many_shots_is_noted() {
+        let multiturn = Protocol {
+            chat: Some(ChatMode::Multiturn),
+            ..Protocol::default()
+        };
+        assert!(multiturn_cost(&multiturn, &[vec![0, 8]]).is_none());
+        assert!(multiturn_cost(&Protocol::default(), &[vec![1024]]).is_none());
+        let note = multiturn_cost(&multiturn, &[vec![0, 1024]]).unwrap();
+        assert!(
+            note.contains("at K=1024 each doc computes its whole prompt"),
+            "{note}"
+        );
+    }
 }

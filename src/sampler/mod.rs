@@ -342,6 +342,8 @@ fn balanced<'t>(
         v.sort_unstable_by_key(|(k, c)| (*k, c.id));
     }
     by_label.sort_by_key(|(l, _)| combine(&[base, hash_str(l)]));
+    let total: usize = by_label.iter().map(|(_, v)| v.len()).sum();
+    let k_max = k_max.min(total);
     let mut out = Vec::with_capacity(k_max);
     let mut round = 0;
     while out.len() < k_max {

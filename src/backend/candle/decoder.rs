@@ -101,6 +101,16 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Each piece of keys or values with its bytes, by tensor id: pieces that several caches
+    /// share have one id, so a holder of many caches can count each once.
+    pub fn pieces(&self) -> impl Iterator<Item = (candle_core::TensorId, usize)> + '_ {
+        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.layers
+            .iter()
+            .flat_map(|l| &l.pieces)
+            .flat_map(move |(k, v)| [(k.id(), size(k)), (v.id(), size(v))])
+    }
+
     /// Bytes held by the keys and values.
     pub fn bytes(&self) -> usize {
         self.layers

@@ -14,9 +14,11 @@ use candle_core::Tensor;
 use super::decoder::{CacheOut, Decoder, KvCache, Segment};
 
 /// Least-recently-used KV caches keyed by the exact token prefix they hold, within a byte budget.
+/// The caches of nested prefixes share their keys and values (see [`KvCache`]): the budget counts
+/// what they hold together, each piece once.
 pub struct PrefixCache {
     entries: HashMap<Vec<u32>, (KvCache, u64)>,
-    bytes: usize,
+    held: Shared<candle_core::TensorId>,
     budget: usize,
     clock: u64,
     /// Tokens taken from the cache and tokens computed, for benchmarks and tests.
@@ -31,7 +33,7 @@ impl PrefixCache {
     pub fn new(budget: usize) -> Self {
         Self {
             entries: HashMap::new(),
-            bytes: 0,
+            held: Shared::default(),
             budget,
             clock: 0,
             reused_tokens: 0,
@@ -68,13 +70,13 @@ impl PrefixCache {
             return;
         }
         self.clock += 1;
-        self.bytes += size;
+        self.held.add(cache.pieces());
         self.entries.insert(key, (cache, self.clock));
         self.evict();
     }
 
     fn evict(&mut self) {
-        while self.bytes > self.budget {
+        while self.held.bytes > self.budget {
             let Some(oldest) = self
                 .entries
                 .iter()
@@ -84,7 +86,7 @@ impl PrefixCache {
                 break;
             };
             if let Some((c, _)) = self.entries.remove(&oldest) {
-                self.bytes -= c.bytes();
+                self.held.remove(c.pieces());
             }
         }
     }
@@ -219,6 +221,47 @@ impl PrefixCache {
     }
 }
 
+/// Pieces of memory held by several entries, each counted once: (bytes, entries holding it) by id.
+struct Shared<I> {
+    held: HashMap<I, (usize, usize)>,
+    bytes: usize,
+}
+
+impl<I> Default for Shared<I> {
+    fn default() -> Self {
+        Self {
+            held: HashMap::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<I: std::hash::Hash + Eq> Shared<I> {
+    /// An entry holding `pieces` arrives: the pieces no other entry holds add their bytes.
+    fn add(&mut self, pieces: impl Iterator<Item = (I, usize)>) {
+        for (id, size) in pieces {
+            let e = self.held.entry(id).or_insert((size, 0));
+            if e.1 == 0 {
+                self.bytes += size;
+            }
+            e.1 += 1;
+        }
+    }
+
+    /// An entry holding `pieces` leaves: the pieces no other entry holds free their bytes.
+    fn remove(&mut self, pieces: impl Iterator<Item = (I, usize)>) {
+        for (id, _) in pieces {
+            if let Some(e) = self.held.get_mut(&id) {
+                e.1 -= 1;
+                if e.1 == 0 {
+                    self.bytes -= e.0;
+                    self.held.remove(&id);
+                }
+            }
+        }
+    }
+}
+
 /// Most tokens of one prompt in one forward pass: longer stretches between cuts run in pieces
 /// of this length, which bounds a pass's activations (about 50 MB for Gemma 3 270M) whatever K.
 pub const MAX_CHUNK: usize = 2048;
@@ -278,7 +321,28 @@ pub struct Job<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Stop, stops};
+    use super::{Shared, Stop, stops};
+
+    /// Nested prefixes share pieces: the budget sees each piece once, and frees it only when the
+    /// last entry holding it goes.
+    #[test]
+    fn shared_pieces_count_once() {
+        let mut s = Shared::default();
+        let short = [(1, 100), (2, 100)];
+        let long = [(1, 100), (2, 100), (3, 50), (4, 50)];
+        s.add(short.into_iter());
+        assert_eq!(s.bytes, 200);
+        s.add(long.into_iter());
+        assert_eq!(s.bytes, 300, "the longer prefix adds only its own pieces");
+        s.remove(short.into_iter());
+        assert_eq!(
+            s.bytes, 300,
+            "the longer prefix still holds the shared ones"
+        );
+        s.remove(long.into_iter());
+        assert_eq!(s.bytes, 0);
+        assert!(s.held.is_empty());
+    }
 
     #[test]
     fn long_stretches_run_in_pieces_counted_from_their_cut() {

@@ -281,28 +281,19 @@ fn long_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<(f64, Vec<Lo
         let ids = bench_ids(&b, n)?;
         let text = b.decode(&ids)?;
         // Long passes take minutes on a laptop: one timed pass beyond 8k.
-        let reps = if n > 8192 { 1 } else { cfg.reps.max(1) };
-        let (mut best, mut computed) = (f64::INFINITY, 0);
-        for _ in 0..reps {
-            let (_, before) = b.token_counts();
-            let t = Instant::now();
-            b.loglikelihood(&text, &[], &[" x".to_string()])?;
-            best = best.min(t.elapsed().as_secs_f64());
-            computed = (b.token_counts().1 - before) as usize;
-        }
-        let llama_tps = match &cfg.llama_python {
-            _ if path.is_dir() => Err("a checkpoint folder (llama.cpp reads GGUF)".to_string()),
-            None => Err("no Python with llama_cpp given (--llama-python)".to_string()),
-            _ if n > LLAMA_MAX_TOKENS => Err(format!(
+        let reps = if n > 8192 { 1 } else { cfg.reps };
+        let (tps, computed) = fastest_pass(&mut b, &text, reps)?;
+        let llama_tps = match n > LLAMA_MAX_TOKENS && !path.is_dir() {
+            true => Err(format!(
                 "beyond {LLAMA_MAX_TOKENS} tokens (llama.cpp's pass takes minutes on 2 cores)"
             )),
-            Some(py) => llama_cpp_speed(py, path, &ids, cfg),
+            false => llama_speed(cfg, path, &ids),
         };
         out.push(LongSpeed {
             model: name.to_string(),
             tokens: computed,
-            tps: computed as f64 / best,
-            ceiling_share: b.prefill_flops(computed) / best / rate,
+            tps,
+            ceiling_share: b.prefill_flops(computed) * tps / computed as f64 / rate,
             llama_tps,
         });
     }
@@ -421,22 +412,9 @@ fn prompt_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<PromptSpee
         }
         let text = b.decode(&ids)?;
         b.loglikelihood("Warm up.", &[], &[" x".to_string()])?;
-        let mut best = f64::INFINITY;
-        for _ in 0..cfg.reps.max(1) {
-            let (_, before) = b.token_counts();
-            let t = Instant::now();
-            b.loglikelihood(&text, &[], &[" x".to_string()])?;
-            let secs = t.elapsed().as_secs_f64();
-            let (_, after) = b.token_counts();
-            best = best.min(secs / (after - before).max(1) as f64);
-        }
-        tps.push(1.0 / best);
+        tps.push(fastest_pass(&mut b, &text, cfg.reps)?.0);
     }
-    let llama_tps = match &cfg.llama_python {
-        _ if path.is_dir() => Err("a checkpoint folder (llama.cpp reads GGUF)".to_string()),
-        None => Err("no Python with llama_cpp given (--llama-python)".to_string()),
-        Some(py) => llama_cpp_speed(py, path, &ids, cfg),
-    };
+    let llama_tps = llama_speed(cfg, path, &ids);
     Ok(PromptSpeed {
         model: name.to_string(),
         tokens: ids.len(),
@@ -444,6 +422,30 @@ fn prompt_speed(cfg: &BenchConfig, name: &str, path: &Path) -> Result<PromptSpee
         quantized_tps: tps.get(1).copied(),
         llama_tps,
     })
+}
+
+/// The fastest of `reps` passes (at least one) over `text` with a one-token continuation:
+/// tokens per second and tokens computed.
+fn fastest_pass(b: &mut CandleBackend, text: &str, reps: usize) -> Result<(f64, usize)> {
+    let (mut best, mut computed) = (0f64, 0);
+    for _ in 0..reps.max(1) {
+        let (_, before) = b.token_counts();
+        let t = Instant::now();
+        b.loglikelihood(text, &[], &[" x".to_string()])?;
+        let secs = t.elapsed().as_secs_f64();
+        computed = (b.token_counts().1 - before).max(1) as usize;
+        best = best.max(computed as f64 / secs);
+    }
+    Ok((best, computed))
+}
+
+/// llama.cpp's tokens per second on `ids`, or why it was not measured.
+fn llama_speed(cfg: &BenchConfig, path: &Path, ids: &[u32]) -> Result<f64, String> {
+    match &cfg.llama_python {
+        _ if path.is_dir() => Err("a checkpoint folder (llama.cpp reads GGUF)".to_string()),
+        None => Err("no Python with llama_cpp given (--llama-python)".to_string()),
+        Some(py) => llama_cpp_speed(py, path, ids, cfg),
+    }
 }
 
 /// llama.cpp's prompt processing of `ids` (logits of the last position only, as icl-eval's scoring

@@ -403,27 +403,9 @@ struct Requests<'a> {
     seed: u64,
 }
 
-/// Demonstrations between the shared prefixes of prompts cut to fit a context.
-const CUT_STEP: usize = 64;
-
 impl Requests<'_> {
     fn breaks(&self, all: &[usize]) -> Vec<usize> {
-        let shown = all.len().saturating_sub(1);
-        if shown == 0 || self.shots.contains(&shown) {
-            return prompt::kept_breaks(all, self.shots);
-        }
-        // A prompt cut to fit the context shows a K no one asked for, a little different per
-        // doc: its docs also share the prefix up to the last multiple of CUT_STEP before it, so
-        // each computes at most that many demonstrations of its own, not everything after the
-        // largest K that fit. Not where an asked-for K lies between: that K's prompts end a
-        // chunk there too, and must be chunked alike before it (a different chunking could
-        // round differently, and which one the cache held would then decide the bits).
-        let step = shown / CUT_STEP * CUT_STEP;
-        let mut shots = self.shots.to_vec();
-        if !self.shots.iter().any(|&k| k > step && k < shown) {
-            shots.push(step);
-        }
-        prompt::kept_breaks(all, &shots)
+        prompt::kept_breaks(all, self.shots)
     }
 
     fn plan(&self, memo: &Memo, pending: &mut Pending, fitted: &prompt::Fitted) -> Result<Need> {

@@ -132,14 +132,28 @@ pub fn queries(item: &Item) -> &[String] {
 /// K-th demonstration for each K of the sweep — the only prefixes other prompts of the sweep share
 /// (nested draws) — so the cache holds a few entries per demonstration set, not one per
 /// demonstration. The same breaks whatever the prompt, so chunking never depends on the cache.
+///
+/// A prompt cut to fit the context shows a K no one asked for, a little different per doc: its
+/// docs also share the prefix up to the last multiple of [`CUT_STEP`] before it, so each computes
+/// at most that many demonstrations of its own, not everything after the largest K that fit. Not
+/// where an asked-for K lies between: that K's prompts end a chunk there too, and must be chunked
+/// alike before it (a different chunking could round differently, and which one the cache held
+/// would then decide the bits).
 pub fn kept_breaks(breaks: &[usize], shots: &[usize]) -> Vec<usize> {
+    let shown = breaks.len().saturating_sub(1);
+    let step = shown / CUT_STEP * CUT_STEP;
+    let cut_at =
+        (!shots.contains(&shown) && !shots.iter().any(|&k| k > step && k < shown)).then_some(step);
     breaks
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i == 0 || shots.contains(i))
+        .filter(|(i, _)| *i == 0 || shots.contains(i) || cut_at == Some(*i))
         .map(|(_, b)| *b)
         .collect()
 }
+
+/// Demonstrations between the shared prefixes of prompts cut to fit a context.
+pub const CUT_STEP: usize = 64;
 
 /// A prompt that fits the model's context, and which demonstrations it kept.
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +324,17 @@ mod tests {
         assert_eq!(build_with_query(&t, "", &[], "Q").1, vec![0]);
         assert_eq!(kept_breaks(&breaks, &[0, 2]), vec![2, 63]);
         assert_eq!(kept_breaks(&breaks, &[1, 8]), vec![2, 28]);
+    }
+
+    /// A prompt cut to 200 demonstrations keeps a break at 192 as well, unless an asked-for K
+    /// lies between 192 and 200, whose own prompts end a chunk there.
+    #[test]
+    fn a_cut_prompt_shares_its_prefix_at_the_last_multiple_of_the_step() {
+        let breaks: Vec<usize> = (0..=200).map(|i| 10 * i).collect();
+        assert_eq!(kept_breaks(&breaks, &[0, 16, 256]), vec![0, 160, 1920]);
+        assert_eq!(kept_breaks(&breaks, &[0, 16, 195, 256]), vec![0, 160, 1950]);
+        // Uncut: only the K's asked for.
+        assert_eq!(kept_breaks(&breaks, &[0, 16, 200]), vec![0, 160, 2000]);
     }
 
     #[test]

@@ -59,14 +59,3 @@ pub enum DemoOrder {
     /// sampler's order); multiple-choice tasks only.
     ByLabel,
 }
-
-impl DemoOrder {
-    /// The YAML / CLI spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            DemoOrder::NearestLast => "nearest_last",
-            DemoOrder::NearestFirst => "nearest_first",
-            DemoOrder::ByLabel => "by_label",
-        }
-    }
-}

@@ -113,11 +113,7 @@ impl KvCache {
 
     /// Bytes held by the keys and values.
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flat_map(|l| &l.pieces)
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-            .sum()
+        self.pieces().map(|(_, size)| size).sum()
     }
 }
 
@@ -310,12 +306,7 @@ impl Decoder {
                 Qkv::Fused(p) => mac(p),
             };
             per_token += l.gate.as_ref().map_or(0.0, mac);
-            let w = self
-                .cfg
-                .sliding_window
-                .filter(|_| self.cfg.sliding_layers[li])
-                .unwrap_or(tokens)
-                .min(tokens) as f64;
+            let w = self.window(li).unwrap_or(tokens).min(tokens) as f64;
             // Σ over positions p of min(p + 1, w): the keys each query sees.
             let seen = w * (w + 1.0) / 2.0 + (n - w) * w;
             let attention = 2.0 * (self.cfg.n_heads * self.cfg.head_dim) as f64 * seen;
@@ -327,19 +318,26 @@ impl Decoder {
     /// Bytes of keys and values a cache of `tokens` tokens holds: every token in a global layer,
     /// at most the window's last `window - 1` in a sliding-window layer.
     pub fn cache_bytes(&self, tokens: usize) -> usize {
-        let per_token = 2 * self.cfg.n_kv_heads * self.cfg.head_dim * 4;
         (0..self.layers.len())
-            .map(|li| self.held(li, tokens) * per_token)
+            .map(|li| self.held(li, tokens) * self.token_bytes())
             .sum()
+    }
+
+    /// Bytes of keys and values one token adds to one layer's cache.
+    pub fn token_bytes(&self) -> usize {
+        2 * self.cfg.n_kv_heads * self.cfg.head_dim * 4
+    }
+
+    /// The sliding window of layer `li`, `None` for a global layer.
+    fn window(&self, li: usize) -> Option<usize> {
+        self.cfg
+            .sliding_window
+            .filter(|_| self.cfg.sliding_layers[li])
     }
 
     /// Keys layer `li` keeps after `tokens` tokens: what the next query can still see.
     fn held(&self, li: usize, tokens: usize) -> usize {
-        match self
-            .cfg
-            .sliding_window
-            .filter(|_| self.cfg.sliding_layers[li])
-        {
+        match self.window(li) {
             Some(w) => tokens.min(w.saturating_sub(1)),
             None => tokens,
         }
@@ -410,6 +408,7 @@ impl Decoder {
         let mut kept: Vec<Vec<LayerKv>> = vec![Vec::with_capacity(self.layers.len()); spans.len()];
         for (li, layer) in self.layers.iter().enumerate() {
             let sliding = self.cfg.sliding_layers[li];
+            let window = self.window(li);
             let h = self.pre_norm(&layer.attn_norm, &x)?;
             let (mut q, mut k, v) = match &layer.qkv {
                 Qkv::Split(q, k, v) => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
@@ -441,7 +440,6 @@ impl Decoder {
                 q = self.rotate(&q, c, s)?;
                 k = self.rotate(&k, c, s)?;
             }
-            let window = self.cfg.sliding_window.filter(|_| sliding);
             let mut outs = Vec::with_capacity(spans.len());
             for (si, &(off, t, _)) in spans.iter().enumerate() {
                 let part = |x: &Tensor| -> Result<Tensor> {
@@ -454,8 +452,7 @@ impl Decoder {
                 let (q, k_own, v_own) = (part(&q)?, part(&k)?, part(&v)?);
                 // Position of the first key held: only the first past cache may have dropped
                 // keys (a full cache continued by its own tokens), so the rest follow on.
-                let mut ks: Vec<&Tensor> = Vec::new();
-                let mut vs: Vec<&Tensor> = Vec::new();
+                let mut pieces: Vec<(Tensor, Tensor)> = Vec::new();
                 let (mut at, mut first) = (0, None);
                 for c in &segments[si].past {
                     if let Some(l) = c.layers.get(li) {
@@ -466,19 +463,17 @@ impl Decoder {
                             }
                             Some(_) => {}
                         }
-                        for (k, v) in &l.pieces {
-                            ks.push(k);
-                            vs.push(v);
-                        }
+                        pieces.extend(l.pieces.iter().cloned());
                     }
                     at += c.len;
                 }
                 let offset = first.unwrap_or(at);
-                let (k_all, v_all) = if ks.is_empty() {
-                    (k_own.clone(), v_own.clone())
+                pieces.push((k_own, v_own));
+                let (k_all, v_all) = if pieces.len() == 1 {
+                    pieces[0].clone()
                 } else {
-                    ks.push(&k_own);
-                    vs.push(&v_own);
+                    let (ks, vs): (Vec<&Tensor>, Vec<&Tensor>) =
+                        pieces.iter().map(|(k, v)| (k, v)).unzip();
                     (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?)
                 };
                 outs.push(self.attention(&q, &k_all, &v_all, window, offset)?); // [1, nh, t, hd]
@@ -495,13 +490,6 @@ impl Decoder {
                                 dropped: end - keep,
                             }
                         } else {
-                            let mut pieces: Vec<(Tensor, Tensor)> = segments[si]
-                                .past
-                                .iter()
-                                .filter_map(|c| c.layers.get(li))
-                                .flat_map(|l| l.pieces.iter().cloned())
-                                .collect();
-                            pieces.push((k_own, v_own));
                             LayerKv {
                                 pieces,
                                 dropped: offset,
@@ -509,7 +497,7 @@ impl Decoder {
                         }
                     }
                     CacheOut::Own => LayerKv {
-                        pieces: vec![(k_own, v_own)],
+                        pieces: vec![pieces.pop().expect("the segment's own piece")],
                         dropped: 0,
                     },
                 });

@@ -319,8 +319,7 @@ impl CandleBackend {
     pub fn cache_footprint(&self, text: &str) -> Result<(usize, usize)> {
         let ids = self.tokenizer.encode(text)?;
         let (_, cache) = self.model.forward(&ids, &self.model.empty_cache())?;
-        let c = self.model.config();
-        let every_key = c.n_layers * ids.len() * 2 * c.n_kv_heads * c.head_dim * 4;
+        let every_key = self.model.config().n_layers * ids.len() * self.model.token_bytes();
         Ok((cache.bytes(), every_key))
     }
 

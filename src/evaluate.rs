@@ -12,11 +12,13 @@ use anyhow::{Context, Result, bail};
 use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood, Sampling};
 use crate::cache::request_key;
 use crate::hash::short_hash;
+use crate::metric::choice::{self, hit};
+use crate::metric::{Needs, PerDoc};
 use crate::record::{ChatMode, Sample};
 use crate::resume::Done;
 use crate::sampler::{self, DemoLabels, Selector};
 use crate::shard::Shard;
-use crate::task::{Answer, Item, Metric, PMI_CONTEXT, Task};
+use crate::task::{Answer, Item, PMI_CONTEXT, Task};
 use crate::{prompt, score};
 
 /// What to evaluate of one task: shot counts, seeds, orderings, label studies, docs.
@@ -415,7 +417,7 @@ impl Requests<'_> {
                 let conts = prompt::continuations(task, self.item, self.format);
                 let prompt =
                     memo.need_choices(pending, &fitted.prompt, self.breaks(&fitted.breaks), &conts);
-                let content_free = if task.metrics.contains(&Metric::AccCalibrated) {
+                let content_free = if task.needs(Needs::ContentFree) {
                     let mut keys = Vec::with_capacity(task.content_free.len());
                     for query in &task.content_free {
                         let (p, breaks) = prompt::render(
@@ -432,13 +434,11 @@ impl Requests<'_> {
                     None
                 };
                 let unconditional = task
-                    .metrics
-                    .contains(&Metric::AccPmi)
+                    .needs(Needs::Neutral)
                     .then(|| memo.need_choices(pending, PMI_CONTEXT, Vec::new(), &conts));
                 // lm-eval scores ("", continuation): the start token alone as context.
                 let mutual_info = task
-                    .metrics
-                    .contains(&Metric::AccMutualInfo)
+                    .needs(Needs::EmptyContext)
                     .then(|| memo.need_choices(pending, "", Vec::new(), &conts));
                 Need::Choices {
                     prompt,
@@ -536,37 +536,30 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                         .iter()
                         .map(|k| memo.choices(k))
                         .collect::<Result<Vec<_>>>()?;
-                    Ok::<_, anyhow::Error>(score::content_free_prior(&cf))
+                    Ok::<_, anyhow::Error>(choice::content_free_prior(&cf))
                 })
                 .transpose()?;
             let unconditional = unconditional.map(|k| memo.choices(&k)).transpose()?;
-            let mut cs = score::score_choices(
+            let mut cs = choice::score_choices(
                 &logprobs,
                 choices,
                 prior.as_deref(),
                 unconditional.as_deref(),
             );
             if let Some(k) = mutual_info {
-                cs.pred_mutual_info = Some(score::pred_mutual_info(&logprobs, &memo.choices(&k)?));
+                cs.pred_mutual_info = Some(choice::pred_mutual_info(&logprobs, &memo.choices(&k)?));
             }
-            let metrics = score::choice_metrics(&task.metrics, &cs, *gold);
-            for &m in task
-                .metrics
-                .iter()
-                .filter(|&&m| crate::corpus::is_corpus(m))
-            {
-                s.stats.insert(
-                    m.name().to_string(),
-                    crate::corpus::choice_stats(*gold, cs.pred),
-                );
+            for &m in &task.metrics {
+                if let PerDoc::ChoiceStats(stats) = m.spec().per_doc {
+                    s.stats.insert(m.name().to_string(), stats(&cs, *gold));
+                }
+                if let Some(v) = m.choice_value(&cs, *gold) {
+                    s.metrics.insert(m.name().to_string(), v);
+                }
             }
-            let pred = cs.pred_for(primary).unwrap_or(cs.pred);
+            let pred = primary.pick(&cs).unwrap_or(cs.pred);
             s.prediction = Some(choices[pred].clone());
-            s.correct = Some(metrics[&primary] > 0.5);
-            s.metrics = metrics
-                .into_iter()
-                .map(|(m, v)| (m.name().to_string(), v))
-                .collect();
+            s.correct = Some(s.metrics.get(primary.name()).is_some_and(|&v| v > 0.5));
             s.logprobs = Some(logprobs);
             s.calibration = prior;
             s.unconditional = unconditional;
@@ -576,19 +569,18 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 .iter()
                 .map(|k| Ok(memo.single(k)?.logprob))
                 .collect::<Result<Vec<f64>>>()?;
-            let pred = score::argmax(logprobs.iter().copied());
-            let hit = f64::from(u8::from(pred == *gold));
-            s.prediction = Some(inputs[pred].clone());
-            s.correct = Some(pred == *gold);
+            // Inputs are scored as one choice score over the inputs' log-likelihoods of the
+            // shared continuation: `acc` picks the likeliest; lm-eval scores `f1`/`mcc` of
+            // inputs on (gold input, predicted input).
+            let cs = choice::score_choices(&logprobs, inputs, None, None);
+            s.prediction = Some(inputs[cs.pred].clone());
+            s.correct = Some(cs.pred == *gold);
             for &m in &task.metrics {
-                // lm-eval scores `f1`/`mcc` of inputs on (gold input, predicted input).
-                if crate::corpus::is_corpus(m) {
-                    s.stats.insert(
-                        m.name().to_string(),
-                        crate::corpus::choice_stats(*gold, pred),
-                    );
+                if let PerDoc::ChoiceStats(stats) = m.spec().per_doc {
+                    s.stats.insert(m.name().to_string(), stats(&cs, *gold));
                 }
-                s.metrics.insert(m.name().to_string(), hit);
+                s.metrics
+                    .insert(m.name().to_string(), hit(cs.pred == *gold));
             }
             s.logprobs = Some(logprobs);
         }
@@ -599,10 +591,10 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 .metrics
                 .iter()
                 .map(|&m| {
-                    let v = match m {
+                    let v = match m.spec().per_doc {
                         // The summary turns the mean log-likelihood into exp(−mean).
-                        Metric::Perplexity => ll.logprob,
-                        _ => f64::from(u8::from(ll.is_greedy)),
+                        PerDoc::LogLikelihood => ll.logprob,
+                        _ => hit(ll.is_greedy),
                     };
                     (m.name().to_string(), v)
                 })
@@ -615,10 +607,13 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 .get(&key)
                 .context("internal: a document was planned but not scored")?;
             for &m in &task.metrics {
-                let stats = crate::corpus::document_stats(m, ll, text);
+                let PerDoc::DocumentStats(stats) = m.spec().per_doc else {
+                    bail!("internal: `{}` does not score documents", m.name());
+                };
+                let stats = stats(ll, text);
                 // An empty document has no bytes: no per-doc value (JSON has no NaN), while its
                 // statistics still add nothing to the cell's sums.
-                let alone = crate::corpus::score(m, &[&stats]);
+                let alone = m.corpus_score(&[&stats]);
                 if alone.is_finite() {
                     s.metrics.insert(m.name().to_string(), alone);
                 }
@@ -663,13 +658,14 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
                 }
                 for &m in &task.metrics {
                     let name = crate::task::Reported::new(m, *filter).name().to_string();
-                    let value = if crate::corpus::is_corpus(m) {
-                        let stats = crate::corpus::text_stats(m, answer, target);
-                        let alone = crate::corpus::score(m, &[&stats]);
-                        s.stats.insert(name.clone(), stats);
-                        alone
-                    } else {
-                        em
+                    let value = match m.spec().per_doc {
+                        PerDoc::TextStats(stats) => {
+                            let stats = stats(answer, target);
+                            let alone = m.corpus_score(&[&stats]);
+                            s.stats.insert(name.clone(), stats);
+                            alone
+                        }
+                        _ => em,
                     };
                     s.metrics.insert(name, value);
                 }
@@ -696,6 +692,7 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
 mod tests {
     use super::*;
     use crate::backend::{LogLikelihood, ModelInfo};
+    use crate::metric::Metric;
     use crate::task::{Item, OutputType};
 
     /// Answers everything (generations: the text it holds); its context length is large.
@@ -850,16 +847,12 @@ mod tests {
         .unwrap();
         let s = &emitted[0];
         // The statistics themselves are checked against sacreBLEU in corpus/
-        let bleu = crate::corpus::text_stats(
-            Metric::Bleu,
+        let bleu = crate::metric::corpus::bleu_stats(
             " The cat is sitting on the mat.",
             "The cat sat on the mat.",
         );
         assert_eq!(s.stats["bleu"], bleu);
-        assert_eq!(
-            s.metrics["bleu"],
-            crate::corpus::score(Metric::Bleu, &[&bleu])
-        );
+        assert_eq!(s.metrics["bleu"], Metric::Bleu.corpus_score(&[&bleu]));
         assert!(s.metrics["bleu"] > 0.2 && s.metrics["bleu"] < 0.9);
         assert_eq!(s.stats["chrf"].len(), 18);
         // "sat" → "is sitting": one substitution, one insertion, over 6 reference words.

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // Foundations: no crate imports.
     &["seed", "hash", "hub", "chat", "shard"],
+    // What a metric is and computes: below the tasks that name metrics.
+    &["metric"],
     // What a run is made of: tasks, and the models that score them.
     &["task", "backend"],
     &["sampler", "score", "corpus", "models", "cache"],

@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 
 use super::TaskMeta;
 use crate::record::Sample;
-use crate::score;
 use crate::task::Metric;
 
 /// The label shares of one cell under one metric.
@@ -52,7 +51,7 @@ pub fn shares(samples: &[Sample], tasks: &[TaskMeta]) -> Vec<LabelShares> {
             s.demo_labels.name().to_string(),
             s.k,
         );
-        let cs = score::score_choices(
+        let cs = crate::metric::choice::score_choices(
             lps,
             labels,
             s.calibration.as_deref(),
@@ -69,7 +68,7 @@ pub fn shares(samples: &[Sample], tasks: &[TaskMeta]) -> Vec<LabelShares> {
         };
         add(0, labels.iter().position(|l| *l == s.gold));
         for (i, m) in t.metrics.iter().enumerate() {
-            add(i + 1, cs.pred_for(m.metric));
+            add(i + 1, m.metric.pick(&cs));
         }
     }
     let mut out = Vec::new();

@@ -26,14 +26,6 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// Metrics that are not shares of docs, written as they are rather than in percent.
-const RAW: &[&str] = &[
-    "perplexity",
-    "word_perplexity",
-    "byte_perplexity",
-    "bits_per_byte",
-];
-
 /// The summary as a `tabular`: one row per cell, value ± standard error in percent (± standard
 /// deviation over seeds when the run had several); perplexities and bits per byte as they are.
 pub fn table(summary: &DataFrame) -> Result<String> {
@@ -58,7 +50,8 @@ pub fn table(summary: &DataFrame) -> Result<String> {
         last_task = Some(task);
         // Perplexities and bits per byte are not shares: shown as they are.
         let metric = c.metric.get(i).unwrap_or("");
-        let raw = RAW.contains(&metric.split(',').next().unwrap_or(""));
+        // Metrics that are not shares of docs are written as they are, not in percent.
+        let raw = crate::metric::of_reported(metric).is_some_and(|m| !m.is_share());
         let scale = if raw { 1.0 } else { 100.0 };
         let value = match (c.value.get(i), c.error(i)) {
             (Some(v), Some(s)) if v.is_finite() && s.is_finite() => {

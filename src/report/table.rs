@@ -44,7 +44,7 @@ pub fn summarize(
             .find(|m| m.name == s.model)
             .map_or(0, |m| m.parameters);
         for m in &t.metrics {
-            if crate::corpus::is_corpus(m.metric) {
+            if m.metric.is_corpus() {
                 corpus.add(s, p, m, t.aggregations.get(m.name()));
                 continue;
             }
@@ -100,18 +100,28 @@ pub fn summarize(
                 .alias("skipped"),
             col("k_effective").mean().alias("mean_k_effective"),
         ]);
+    // Metrics the summary shows as exp(−mean) of their per-doc values (perplexity), not a mean
+    // of per-doc values; the standard error by the delta method, exp(−m) · se(m).
+    let exp_neg: Vec<String> = crate::metric::SPECS
+        .iter()
+        .filter(|s| matches!(s.summary, crate::metric::Summary::ExpNegMean))
+        .map(|s| s.name.to_string())
+        .collect();
+    let exp_neg = || {
+        exp_neg.iter().fold(lit(false), |any, name| {
+            any.or(col("metric").eq(lit(name.as_str())))
+        })
+    };
     let summary = concat(
         [per_draw, corpus.frame(python)?.lazy()],
         UnionArgs::default(),
     )?
-    // Perplexity is exp(−mean log-likelihood) over the cell's docs, not a mean of per-doc
-    // values; its standard error by the delta method, exp(−m) · se(m).
     .with_columns([
-        when(col("metric").eq(lit("perplexity")))
+        when(exp_neg())
             .then(lit(std::f64::consts::E).pow(lit(0.0) - col("value")))
             .otherwise(col("value"))
             .alias("value"),
-        when(col("metric").eq(lit("perplexity")))
+        when(exp_neg())
             .then(lit(std::f64::consts::E).pow(lit(0.0) - col("value")) * col("stderr"))
             .otherwise(col("stderr"))
             .alias("stderr"),
@@ -268,13 +278,9 @@ impl CorpusDraws {
                 stderr.push(None);
             } else {
                 value.push(
-                    Some(crate::corpus::score(m, &stats))
-                        .filter(|v| !stats.is_empty() && v.is_finite()),
+                    Some(m.corpus_score(&stats)).filter(|v| !stats.is_empty() && v.is_finite()),
                 );
-                stderr.push(
-                    Some(crate::corpus::bootstrap_stderr(m, &stats, draw_seed))
-                        .filter(|x| x.is_finite()),
-                );
+                stderr.push(Some(m.bootstrap_stderr(&stats, draw_seed)).filter(|x| x.is_finite()));
             }
             n.push(stats.len() as u32);
             skipped.push((draw.docs.len() - stats.len()) as u32);
@@ -558,7 +564,7 @@ mod tests {
                 s.seed = seed;
                 s.metrics.insert("f1".into(), f64::from(u8::from(g == p)));
                 s.stats
-                    .insert("f1".into(), crate::corpus::choice_stats(g, p));
+                    .insert("f1".into(), crate::metric::corpus::choice_stats(g, p));
                 s
             })
             .collect();

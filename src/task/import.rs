@@ -657,15 +657,15 @@ impl Translation {
                 self.hf_evaluate_mean(entry, &name);
                 continue;
             }
-            // lm-eval's metrics that icl-eval computes: all of its own but the two lm-eval lacks.
-            let lm_eval_metric = |m: &super::Metric| {
-                !matches!(m, super::Metric::AccCalibrated | super::Metric::AccPmi)
-            };
-            if !super::Metric::from_name(&name).is_some_and(|m| lm_eval_metric(&m)) {
-                let known: Vec<&str> = super::Metric::ALL
+            // lm-eval's metrics that icl-eval computes: the metric table's entries lm-eval has.
+            let Some(spec) = super::Metric::from_name(&name)
+                .map(super::Metric::spec)
+                .filter(|s| s.lm_eval.is_some())
+            else {
+                let known: Vec<&str> = crate::metric::SPECS
                     .iter()
-                    .filter(|m| lm_eval_metric(m))
-                    .map(|m| m.name())
+                    .filter(|s| s.lm_eval.is_some())
+                    .map(|s| s.name)
                     .collect();
                 self.problem(
                     "metric_list",
@@ -675,32 +675,15 @@ impl Translation {
                     ),
                 );
                 continue;
-            }
+            };
             for (k, val) in entry.as_mapping().into_iter().flatten() {
                 match (k.as_str().unwrap_or_default(), val) {
                     ("metric", _) => {}
-                    // A mean of per-doc values, except where icl-eval scores the docs together
-                    // (lm-eval's mean over a corpus metric's per-doc items is another number).
+                    // An aggregation that computes what icl-eval does: a mean of per-doc values
+                    // (not of a corpus metric's per-doc items), icl-eval's exp(−mean) perplexity,
+                    // or lm-eval's corpus aggregations (the metric table's `lm_eval`).
                     ("aggregation", Value::String(a))
-                        if a == "mean"
-                            && !matches!(
-                                name.as_str(),
-                                "bleu" | "chrf" | "ter" | "f1" | "f1_weighted" | "mcc"
-                            ) => {}
-                    // icl-eval's own aggregation of the metric (exp(−mean log-likelihood)).
-                    ("aggregation", Value::String(a))
-                        if a == "perplexity" && name == "perplexity" => {}
-                    // lm-eval's corpus aggregations, which icl-eval computes as it does.
-                    ("aggregation", Value::String(a))
-                        if (a == "bleu"
-                            || a == "chrf"
-                            || a == "ter"
-                            || a == "f1"
-                            || a == "bits_per_byte")
-                            && *a == name
-                            || a == "matthews_corrcoef" && name == "mcc"
-                            || a == "weighted_perplexity"
-                                && (name == "word_perplexity" || name == "byte_perplexity") => {}
+                        if spec.lm_eval.is_some_and(|aggs| aggs.contains(&a.as_str())) => {}
                     // icl-eval knows each metric's direction; the flag changes nothing scored.
                     ("higher_is_better", Value::Bool(_)) => {}
                     // lm-eval reads `weight_by_size` only in a group's aggregate_metric_list.
@@ -970,14 +953,23 @@ impl Translation {
             put("generation", Value::Mapping(g));
         }
         // icl-eval's headline (first) metric decides each doc's `correct`, so lower-is-better
-        // metrics (Brier score, perplexity) go last, after an accuracy.
+        // metrics (Brier score, perplexity, TER) go last, after an accuracy; a rolling task's
+        // perplexities decide nothing and stay as they are.
+        let rolling = output_type == "loglikelihood_rolling";
         let (lower, mut higher): (Vec<String>, Vec<String>) = std::mem::take(&mut self.metrics)
             .into_iter()
-            .partition(|m| m == "brier_score" || m == "perplexity");
+            .partition(|m| {
+                !rolling && super::Metric::from_name(m).is_some_and(super::Metric::lower_is_better)
+            });
         if higher.is_empty() && !lower.is_empty() {
-            higher.push("acc".into());
+            let headline = if output_type == "generate_until" {
+                "exact_match"
+            } else {
+                "acc"
+            };
+            higher.push(headline.into());
             self.notes.push(format!(
-                "`acc` added before `{}`: the first metric is the headline",
+                "`{headline}` added before `{}`: the first metric is the headline",
                 lower.join("`, `")
             ));
         }

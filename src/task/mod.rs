@@ -18,191 +18,13 @@ pub mod stock;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
-
+pub use crate::metric::{Metric, OutputType};
 pub use discover::{TaskSource, discover};
 pub use include::TaskRef;
 pub use load::{
     LoadOptions, load_ref, load_ref_with_problems, load_task, load_task_using, load_task_with,
     load_with_problems, load_with_problems_using, load_with_problems_with,
 };
-pub use spec::OutputType;
-
-/// A metric a task reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Metric {
-    /// Highest summed log-likelihood picks the answer.
-    Acc,
-    /// Highest log-likelihood per character of the choice picks the answer.
-    AccNorm,
-    /// Highest log-likelihood per UTF-8 byte of the choice picks the answer.
-    AccBytes,
-    /// Generated text equals the target after trimming whitespace.
-    ExactMatch,
-    /// Contextual calibration (Zhao et al. 2021): each choice's probability divided by its mean
-    /// probability on content-free inputs with the same demonstrations.
-    AccCalibrated,
-    /// Each choice's log-likelihood minus its log-likelihood after a neutral answer prefix.
-    AccPmi,
-    /// lm-eval's `acc_mutual_info`: each choice's log-likelihood minus its log-likelihood after an
-    /// empty context (the model's start token alone).
-    AccMutualInfo,
-    /// lm-eval's `brier_score`: Σ over choices of (p − 1[gold])², p the log-likelihoods softmaxed
-    /// over the choices; lower is better, a mean over docs like the accuracies.
-    BrierScore,
-    /// lm-eval's `perplexity` of `loglikelihood` tasks (LAMBADA): exp(−mean log-likelihood of the
-    /// target) over a cell's docs. Each sample records its log-likelihood under this name; the
-    /// summary turns the mean into the perplexity (not a mean of per-doc values; lower is better).
-    Perplexity,
-    /// lm-eval's `bleu` of generations: sacreBLEU's corpus BLEU over a cell's docs (`corpus/`).
-    Bleu,
-    /// lm-eval's `chrf` of generations: sacreBLEU's corpus chrF over a cell's docs.
-    Chrf,
-    /// lm-eval's `ter` of generations: sacreBLEU's corpus Translation Edit Rate over a cell's
-    /// docs (edits per reference word; lower is better).
-    Ter,
-    /// lm-eval's `f1` of multiple-choice predictions: binary F1 of choice 1 over a cell's docs.
-    F1,
-    /// lm-eval's `mcc`: the Matthews correlation of predicted and gold choices over a cell's docs.
-    Mcc,
-    /// scikit-learn's support-weighted F1 of predicted and gold choices over a cell's docs (lm-eval's
-    /// `f1` with the stock `weighted_f1_score` aggregation, recognized by `stock.rs`).
-    F1Weighted,
-    /// `loglikelihood_rolling`: exp(−Σ log-likelihood / Σ words) over a cell's documents, words as
-    /// lm-eval counts them (`re.split(r"\s+", text)`).
-    WordPerplexity,
-    /// `loglikelihood_rolling`: exp(−Σ log-likelihood / Σ UTF-8 bytes).
-    BytePerplexity,
-    /// `loglikelihood_rolling`: −Σ log-likelihood / Σ UTF-8 bytes / ln 2.
-    BitsPerByte,
-}
-
-impl Metric {
-    /// Every metric, in the order error messages list them.
-    pub const ALL: &[Metric] = &[
-        Metric::Acc,
-        Metric::AccNorm,
-        Metric::AccBytes,
-        Metric::AccCalibrated,
-        Metric::AccPmi,
-        Metric::AccMutualInfo,
-        Metric::BrierScore,
-        Metric::ExactMatch,
-        Metric::Perplexity,
-        Metric::Bleu,
-        Metric::Chrf,
-        Metric::Ter,
-        Metric::F1,
-        Metric::F1Weighted,
-        Metric::Mcc,
-        Metric::WordPerplexity,
-        Metric::BytePerplexity,
-        Metric::BitsPerByte,
-    ];
-
-    /// The metric named `name` in YAML and results.
-    pub fn from_name(name: &str) -> Option<Metric> {
-        Metric::ALL.iter().copied().find(|m| m.name() == name)
-    }
-
-    /// Whether lower values are better (and the metric cannot be a headline deciding `correct`).
-    pub fn lower_is_better(self) -> bool {
-        matches!(
-            self,
-            Metric::BrierScore
-                | Metric::Perplexity
-                | Metric::Ter
-                | Metric::WordPerplexity
-                | Metric::BytePerplexity
-                | Metric::BitsPerByte
-        )
-    }
-
-    /// The metric's name in YAML and results.
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Acc => "acc",
-            Metric::AccNorm => "acc_norm",
-            Metric::AccBytes => "acc_bytes",
-            Metric::ExactMatch => "exact_match",
-            Metric::AccCalibrated => "acc_calibrated",
-            Metric::AccPmi => "acc_pmi",
-            Metric::AccMutualInfo => "acc_mutual_info",
-            Metric::BrierScore => "brier_score",
-            Metric::Perplexity => "perplexity",
-            Metric::Bleu => "bleu",
-            Metric::Chrf => "chrf",
-            Metric::Ter => "ter",
-            Metric::F1 => "f1",
-            Metric::Mcc => "mcc",
-            Metric::F1Weighted => "f1_weighted",
-            Metric::WordPerplexity => "word_perplexity",
-            Metric::BytePerplexity => "byte_perplexity",
-            Metric::BitsPerByte => "bits_per_byte",
-        }
-    }
-
-    /// Parses a metric name, checking it applies to `output_type`.
-    pub fn parse(name: &str, output_type: OutputType) -> Result<Self, String> {
-        let m = Metric::from_name(name).ok_or_else(|| {
-            let known: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
-            format!("unknown metric `{name}` (known: {})", known.join(", "))
-        })?;
-        // multiple_input scores one shared continuation, so acc_norm would equal acc and
-        // calibration has no per-choice prior to divide out.
-        let fits = matches!(
-            (m, output_type),
-            (
-                Metric::Acc
-                    | Metric::AccNorm
-                    | Metric::AccBytes
-                    | Metric::AccCalibrated
-                    | Metric::AccPmi
-                    | Metric::AccMutualInfo
-                    | Metric::BrierScore
-                    | Metric::F1
-                    | Metric::F1Weighted
-                    | Metric::Mcc,
-                OutputType::MultipleChoice
-            ) | (
-                Metric::ExactMatch | Metric::Bleu | Metric::Chrf | Metric::Ter,
-                OutputType::GenerateUntil
-            ) | (
-                Metric::Acc,
-                OutputType::MultipleInput | OutputType::Loglikelihood
-            ) | (
-                Metric::F1 | Metric::F1Weighted | Metric::Mcc,
-                OutputType::MultipleInput
-            ) | (Metric::Perplexity, OutputType::Loglikelihood)
-                | (
-                    Metric::WordPerplexity | Metric::BytePerplexity | Metric::BitsPerByte,
-                    OutputType::LoglikelihoodRolling
-                )
-        );
-        if fits {
-            Ok(m)
-        } else {
-            Err(format!(
-                "metric `{name}` does not apply to output_type {output_type:?}"
-            ))
-        }
-    }
-
-    /// Metrics reported when the YAML names none.
-    pub fn defaults(output_type: OutputType) -> Vec<Metric> {
-        match output_type {
-            OutputType::MultipleChoice => vec![Metric::Acc, Metric::AccNorm],
-            OutputType::GenerateUntil => vec![Metric::ExactMatch],
-            OutputType::MultipleInput | OutputType::Loglikelihood => vec![Metric::Acc],
-            OutputType::LoglikelihoodRolling => vec![
-                Metric::WordPerplexity,
-                Metric::BytePerplexity,
-                Metric::BitsPerByte,
-            ],
-        }
-    }
-}
 
 /// A metric as reported: alone, or under one of the task's answer filters (`filter_list`), named
 /// as lm-eval names it (`exact_match,strict-match`).
@@ -391,6 +213,11 @@ pub const CONTENT_FREE: [&str; 3] = ["N/A", "", "[MASK]"];
 pub const PMI_CONTEXT: &str = "Answer:";
 
 impl Task {
+    /// Whether any of the task's metrics needs the requests `needs` names.
+    pub fn needs(&self, needs: crate::metric::Needs) -> bool {
+        self.metrics.iter().any(|m| m.spec().needs == needs)
+    }
+
     /// The headline metric (first listed).
     pub fn primary_metric(&self) -> Reported {
         self.reported().swap_remove(0)

@@ -177,39 +177,7 @@ pub enum ChoiceSpec {
     Expression(String),
 }
 
-/// How a doc is scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutputType {
-    /// Score each choice's log-likelihood; the highest wins.
-    MultipleChoice,
-    /// Generate greedily and compare with the target.
-    GenerateUntil,
-    /// Partial scoring (Trinh & Le 2018; lm-eval's WinoGrande): each choice is a different input
-    /// (`doc_to_choice`), the shared continuation (`doc_to_target`) is scored after each, and the
-    /// input it is likeliest after wins. `doc_to_text` names the gold input (index or text).
-    MultipleInput,
-    /// One continuation (`doc_to_target`) scored after the input: `acc` is 1 when greedy decoding
-    /// would produce it exactly (lm-eval's LAMBADA).
-    Loglikelihood,
-    /// lm-eval's `loglikelihood_rolling`: the whole `doc_to_target` text scored on its own, in
-    /// windows of the context length, for word and byte perplexities (WikiText). Demonstrations
-    /// do not apply: every K scores the document alone.
-    LoglikelihoodRolling,
-}
-
-impl OutputType {
-    /// The YAML spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            OutputType::MultipleChoice => "multiple_choice",
-            OutputType::GenerateUntil => "generate_until",
-            OutputType::MultipleInput => "multiple_input",
-            OutputType::Loglikelihood => "loglikelihood",
-            OutputType::LoglikelihoodRolling => "loglikelihood_rolling",
-        }
-    }
-}
+pub use crate::metric::OutputType;
 
 /// Generation settings for `generate_until`.
 #[derive(Debug, Clone, Deserialize)]

@@ -350,7 +350,7 @@ mod tests {
     /// edits equal sacreBLEU's, and the corpus score (163 edits over 1,477 words).
     #[test]
     fn shift_heavy_sentences_match_sacrebleu() {
-        let cases = include_str!("../../tests/fixtures/ter_sacrebleu.tsv");
+        let cases = include_str!("../../../tests/fixtures/ter_sacrebleu.tsv");
         let mut total = [0.0, 0.0];
         for (i, line) in cases.lines().enumerate() {
             let mut parts = line.split('\t');

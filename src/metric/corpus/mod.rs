@@ -16,8 +16,6 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::task::Metric;
-
 mod ter;
 
 /// BLEU's n-gram orders.
@@ -29,41 +27,19 @@ const CHRF_BETA: f64 = 2.0;
 /// Bootstrap resamples for a cell's standard error.
 const BOOTSTRAP: usize = 1000;
 
-/// Whether `metric` is scored over a cell's docs together (see the module doc).
-pub fn is_corpus(metric: Metric) -> bool {
-    matches!(
-        metric,
-        Metric::Bleu
-            | Metric::Chrf
-            | Metric::Ter
-            | Metric::F1
-            | Metric::F1Weighted
-            | Metric::Mcc
-            | Metric::WordPerplexity
-            | Metric::BytePerplexity
-            | Metric::BitsPerByte
-    )
+pub use self::ter::ter_stats;
+
+/// A rolling document's statistics for `word_perplexity`: its log-likelihood and its length in
+/// words (lm-eval's `len(re.split(r"\s+", text))`; Python's `re.split` keeps empty pieces at
+/// either end, so "a b " counts 3).
+pub fn word_stats(loglikelihood: f64, text: &str) -> Vec<f64> {
+    vec![loglikelihood, WHITESPACE.split(text).count() as f64]
 }
 
-/// A generation's statistics for `metric` (`bleu`, `chrf` or `ter`) against its reference.
-pub fn text_stats(metric: Metric, hypothesis: &str, reference: &str) -> Vec<f64> {
-    match metric {
-        Metric::Bleu => bleu_stats(hypothesis, reference),
-        Metric::Chrf => chrf_stats(hypothesis, reference),
-        Metric::Ter => ter::ter_stats(hypothesis, reference),
-        _ => Vec::new(),
-    }
-}
-
-/// A document's statistics for the rolling metrics: its log-likelihood and its length in words
-/// (lm-eval's `len(re.split(r"\s+", text))`) or UTF-8 bytes.
-pub fn document_stats(metric: Metric, loglikelihood: f64, text: &str) -> Vec<f64> {
-    let n = match metric {
-        // Python's re.split keeps empty pieces at either end, so "a b " counts 3.
-        Metric::WordPerplexity => WHITESPACE.split(text).count(),
-        _ => text.len(),
-    };
-    vec![loglikelihood, n as f64]
+/// A rolling document's statistics for `byte_perplexity` and `bits_per_byte`: its
+/// log-likelihood and its length in UTF-8 bytes.
+pub fn byte_stats(loglikelihood: f64, text: &str) -> Vec<f64> {
+    vec![loglikelihood, text.len() as f64]
 }
 
 static WHITESPACE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\s+").expect("pattern"));
@@ -73,32 +49,40 @@ pub fn choice_stats(gold: usize, pred: usize) -> Vec<f64> {
     vec![gold as f64, pred as f64]
 }
 
-/// The score of a set of docs from their statistics (an empty set scores 0). BLEU, chrF and TER
-/// are on the accuracies' scale, 0–1 (TER may pass 1) (sacreBLEU's and lm-eval's points divided by 100), so reports
-/// show them as percentages like every other metric.
-pub fn score(metric: Metric, stats: &[&[f64]]) -> f64 {
-    match metric {
-        Metric::Bleu => bleu_score(&sum(stats, 2 + 2 * BLEU_ORDER)) / 100.0,
-        Metric::Chrf => chrf_score(&sum(stats, 3 * CHRF_ORDER)) / 100.0,
-        Metric::Ter => ter::ter_score(&sum(stats, 2)) / 100.0,
-        Metric::F1 => f1(stats),
-        Metric::F1Weighted => f1_weighted(stats),
-        Metric::Mcc => mcc(stats),
-        Metric::WordPerplexity | Metric::BytePerplexity => {
-            let s = sum(stats, 2);
-            (-s[0] / s[1]).exp()
-        }
-        Metric::BitsPerByte => {
-            let s = sum(stats, 2);
-            -s[0] / s[1] / std::f64::consts::LN_2
-        }
-        _ => f64::NAN,
-    }
+// A set of docs scored from their statistics (an empty set scores 0). BLEU, chrF and TER are on
+// the accuracies' scale, 0–1 (TER may pass 1) (sacreBLEU's and lm-eval's points divided by 100),
+// so reports show them as percentages like every other metric.
+
+/// sacreBLEU's corpus BLEU, 0–1.
+pub fn bleu(stats: &[&[f64]]) -> f64 {
+    bleu_score(&sum(stats, 2 + 2 * BLEU_ORDER)) / 100.0
 }
 
-/// The bootstrap standard error of [`score`]: its standard deviation over resamples of the docs
+/// sacreBLEU's corpus chrF, 0–1.
+pub fn chrf(stats: &[&[f64]]) -> f64 {
+    chrf_score(&sum(stats, 3 * CHRF_ORDER)) / 100.0
+}
+
+/// sacreBLEU's corpus TER, edits per reference word.
+pub fn ter(stats: &[&[f64]]) -> f64 {
+    ter::ter_score(&sum(stats, 2)) / 100.0
+}
+
+/// exp(−Σ log-likelihood / Σ length).
+pub fn weighted_perplexity(stats: &[&[f64]]) -> f64 {
+    let s = sum(stats, 2);
+    (-s[0] / s[1]).exp()
+}
+
+/// −Σ log-likelihood / Σ bytes / ln 2.
+pub fn bits_per_byte(stats: &[&[f64]]) -> f64 {
+    let s = sum(stats, 2);
+    -s[0] / s[1] / std::f64::consts::LN_2
+}
+
+/// The bootstrap standard error of `score`: its standard deviation over resamples of the docs
 /// drawn with replacement, seeded by `seed` so a report is the same every time.
-pub fn bootstrap_stderr(metric: Metric, stats: &[&[f64]], seed: u64) -> f64 {
+pub fn bootstrap_stderr(score: fn(&[&[f64]]) -> f64, stats: &[&[f64]], seed: u64) -> f64 {
     if stats.len() < 2 {
         return f64::NAN;
     }
@@ -109,7 +93,7 @@ pub fn bootstrap_stderr(metric: Metric, stats: &[&[f64]], seed: u64) -> f64 {
         .map(|_| {
             draw.clear();
             draw.extend((0..stats.len()).map(|_| stats[rng.range(0, last) as usize]));
-            score(metric, &draw)
+            score(&draw)
         })
         .collect();
     let mean = scores.iter().sum::<f64>() / scores.len() as f64;
@@ -178,7 +162,7 @@ fn word_ngrams(tokens: &[&str]) -> HashMap<Vec<String>, usize> {
 }
 
 /// `[hypothesis length, reference length, correct n-grams × 4, total n-grams × 4]`.
-fn bleu_stats(hypothesis: &str, reference: &str) -> Vec<f64> {
+pub fn bleu_stats(hypothesis: &str, reference: &str) -> Vec<f64> {
     let hyp = tokenize_13a(hypothesis.trim_end());
     let reference = tokenize_13a(reference.trim_end());
     let hyp: Vec<&str> = python_split(&hyp).collect();
@@ -243,7 +227,7 @@ fn char_ngrams(chars: &[char], n: usize) -> HashMap<&[char], usize> {
 }
 
 /// `[hypothesis n-grams, reference n-grams, matches]` for each character order 1–6.
-fn chrf_stats(hypothesis: &str, reference: &str) -> Vec<f64> {
+pub fn chrf_stats(hypothesis: &str, reference: &str) -> Vec<f64> {
     let hyp: Vec<char> = hypothesis.chars().filter(|c| !c.is_whitespace()).collect();
     let reference: Vec<char> = reference.chars().filter(|c| !c.is_whitespace()).collect();
     let mut out = Vec::with_capacity(3 * CHRF_ORDER);
@@ -292,7 +276,7 @@ fn chrf_score(s: &[f64]) -> f64 {
 }
 
 /// scikit-learn's binary F1 of choice 1 (0 when it is never predicted nor gold).
-fn f1(stats: &[&[f64]]) -> f64 {
+pub fn f1(stats: &[&[f64]]) -> f64 {
     let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
     for s in stats {
         match (s[0] == 1.0, s[1] == 1.0) {
@@ -319,7 +303,7 @@ fn classes(stats: &[&[f64]]) -> usize {
 
 /// scikit-learn's `f1_score(average="weighted")`: each label's F1 (0 where undefined) weighted by
 /// its count among the golds, over the labels golds and predictions use.
-fn f1_weighted(stats: &[&[f64]]) -> f64 {
+pub fn f1_weighted(stats: &[&[f64]]) -> f64 {
     let classes = classes(stats);
     let (mut tp, mut fp, mut fn_) = (vec![0.0; classes], vec![0.0; classes], vec![0.0; classes]);
     for s in stats {
@@ -350,7 +334,7 @@ fn f1_weighted(stats: &[&[f64]]) -> f64 {
 }
 
 /// scikit-learn's `matthews_corrcoef` for any number of classes (0 when undefined).
-fn mcc(stats: &[&[f64]]) -> f64 {
+pub fn mcc(stats: &[&[f64]]) -> f64 {
     let classes = classes(stats);
     let (mut t, mut p) = (vec![0.0; classes], vec![0.0; classes]);
     let mut agree = 0.0;
@@ -376,6 +360,25 @@ fn mcc(stats: &[&[f64]]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metric::Metric;
+
+    fn text_stats(m: Metric, h: &str, r: &str) -> Vec<f64> {
+        match m.spec().per_doc {
+            crate::metric::PerDoc::TextStats(f) => f(h, r),
+            _ => unreachable!(),
+        }
+    }
+
+    fn document_stats(m: Metric, ll: f64, t: &str) -> Vec<f64> {
+        match m.spec().per_doc {
+            crate::metric::PerDoc::DocumentStats(f) => f(ll, t),
+            _ => unreachable!(),
+        }
+    }
+
+    fn score(m: Metric, stats: &[&[f64]]) -> f64 {
+        m.corpus_score(stats)
+    }
 
     /// Hypotheses and references with punctuation, entities, digits, an empty answer and a
     /// perfect one; the expected values are sacreBLEU 2.6.0's and scikit-learn's own.
@@ -476,12 +479,12 @@ mod tests {
             .map(|(h, r)| text_stats(Metric::Bleu, h, r))
             .collect();
         let stats: Vec<&[f64]> = stats.iter().map(Vec::as_slice).collect();
-        let a = bootstrap_stderr(Metric::Bleu, &stats, 7);
-        assert_eq!(a, bootstrap_stderr(Metric::Bleu, &stats, 7));
+        let a = Metric::Bleu.bootstrap_stderr(&stats, 7);
+        assert_eq!(a, Metric::Bleu.bootstrap_stderr(&stats, 7));
         assert!(a > 0.01 && a < 0.6, "{a}");
         let perfect = text_stats(Metric::Bleu, "a b c d e", "a b c d e");
         let same = vec![perfect.as_slice(); 5];
-        assert!(bootstrap_stderr(Metric::Bleu, &same, 7) < 1e-9);
+        assert!(Metric::Bleu.bootstrap_stderr(&same, 7) < 1e-9);
     }
 
     /// Word and byte perplexities weigh documents by their length (Σ log-likelihood / Σ count),

@@ -251,21 +251,25 @@ fn a_hub_dataset_is_read_from_its_parquet_conversion_then_offline_from_the_cache
         lm_eval.join("arc_easy.yaml"),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_icl-eval"))
-        .current_dir(&tmp)
-        .args(["run", "--tasks-dir"])
-        .arg(&lm_eval)
-        .args(["--tasks", "arc_easy", "--models"])
-        .arg(&model)
-        .args(["--shots", "0,1", "--offline", "--output"])
-        .arg(tmp.join("in-place"))
-        .env("ICL_EVAL_NO_CACHE", "1")
-        .env("HF_HUB_CACHE", &cache)
-        .env_remove("HF_HUB_OFFLINE")
-        .env_remove("ICL_EVAL_DATA_DIR")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let in_folder = |dir: &std::path::Path, out: &str, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_icl-eval"))
+            .current_dir(&tmp)
+            .args(["run", "--tasks-dir"])
+            .arg(dir)
+            .args(["--tasks", "arc_easy", "--models"])
+            .arg(&model)
+            .args(["--shots", "0,1", "--offline", "--output"])
+            .arg(tmp.join(out))
+            .args(extra)
+            .env("ICL_EVAL_NO_CACHE", "1")
+            .env("HF_HUB_CACHE", &cache)
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("ICL_EVAL_DATA_DIR")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    in_folder(&lm_eval, "in-place", &[]);
     let in_place = common::read_samples(&tmp.join("in-place"));
     assert_eq!(in_place.len(), online.len());
     for (a, b) in in_place.iter().zip(&online) {
@@ -275,6 +279,27 @@ fn a_hub_dataset_is_read_from_its_parquet_conversion_then_offline_from_the_cache
             (b.doc_id, b.k, &b.logprobs, &b.gold, &b.prediction)
         );
     }
+
+    // A task's identity is its source bytes, not its folder: the same file in a second folder
+    // (another machine's lm-eval install) runs shard 2/2 of the run whose shard 1/2 ran from the
+    // first, and the two merge into the unsharded run's folder.
+    let elsewhere = tmp.join("elsewhere").join("lm_eval").join("tasks");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(lm_eval.join("arc_easy.yaml"), elsewhere.join("arc_easy.yaml")).unwrap();
+    in_folder(&lm_eval, "shard-1", &["--shard", "1/2"]);
+    in_folder(&elsewhere, "shard-2", &["--shard", "2/2"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_icl-eval"))
+        .args(["merge", "--output"])
+        .arg(tmp.join("merged"))
+        .arg(tmp.join("shard-1"))
+        .arg(tmp.join("shard-2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(tmp.join("merged").join("samples.jsonl")).unwrap(),
+        std::fs::read(tmp.join("in-place").join("samples.jsonl")).unwrap()
+    );
 
     // A split the conversion lacks, offline and online: one line naming dataset, config and split.
     std::fs::write(

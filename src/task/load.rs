@@ -109,6 +109,10 @@ pub fn load_ref_with_problems(r: &TaskRef, options: &LoadOptions) -> (Option<Tas
             .collect();
         return (None, errors);
     }
+    // A task's identity is the bytes it was read from (here the YAML files, below the templates,
+    // hook files and data), never generated text or a path: the same folder at two paths is one
+    // task, so shards run from either merge and a moved folder resumes.
+    let source = texts.clone();
     // An lm-eval task file found in a task folder is read in place: translated as `tasks import`
     // would write it (refusals are the load's problems), then loaded from its own folder.
     if is_lm_eval(&merged) {
@@ -138,7 +142,7 @@ pub fn load_ref_with_problems(r: &TaskRef, options: &LoadOptions) -> (Option<Tas
         hub: options.hub.clone(),
         data: Vec::new(),
     };
-    for text in &texts {
+    for text in &source {
         cx.hasher.update(text.as_bytes());
     }
     let task = build_spec(&mut cx, spec, path, python);

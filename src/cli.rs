@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use icl_eval::backend::candle::{DeviceChoice, WeightsChoice, load_tokenizer};
+use icl_eval::backend::candle::{DeviceChoice, WeightsChoice, load_prompt_model};
 use icl_eval::merge;
 use icl_eval::models::{self, HubOptions, ModelsFile};
 use icl_eval::record::ChatMode;
-use icl_eval::run::{Protocol, RunConfig, run};
-use icl_eval::sampler::{DemoLabels, DemoOrder, Sampler};
+use icl_eval::run::{PromptFlags, Protocol, RunConfig, run};
+use icl_eval::sampler::DemoLabels;
 use icl_eval::shard::Shard;
 use icl_eval::task::{self, discover};
 use icl_eval::validate::validate_task;
@@ -296,13 +296,8 @@ struct RunArgs {
     /// standard deviation across them.
     #[arg(long, default_value_t = 1, value_name = "N")]
     seeds: usize,
-    /// How demonstrations are chosen, overriding each task's `fewshot.sampler`.
-    #[arg(long, value_enum)]
-    sampler: Option<Sampler>,
-    /// Order of the demonstrations, overriding each task's `fewshot.order`: bm25 / knn's nearest
-    /// last or first, or grouped by label (multiple choice).
-    #[arg(long, value_enum)]
-    demo_order: Option<DemoOrder>,
+    #[command(flatten)]
+    prompt: PromptFlags,
     /// What answers demonstrations show, comma-separated for several studies: gold, random,
     /// flipped, none.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "gold")]
@@ -310,16 +305,6 @@ struct RunArgs {
     /// Orderings of each demonstration set; the summary reports their spread.
     #[arg(long, default_value_t = 1, value_name = "N")]
     permutations: usize,
-    /// Sentence-encoder folder for --sampler knn (default: models/all-minilm-l6-v2).
-    #[arg(long, value_name = "DIR")]
-    encoder: Option<PathBuf>,
-    /// Render prompts through each model's own chat template (tokenizer.chat_template), the
-    /// demonstrations folded into one user turn.
-    #[arg(long)]
-    chat_template: bool,
-    /// With --chat-template: each demonstration a user turn and an assistant turn.
-    #[arg(long, requires = "chat_template")]
-    fewshot_as_multiturn: bool,
     /// Memory for reusing prompt prefixes across K, docs and seeds, in MiB (0 turns reuse off;
     /// default: an eighth of the memory available, at least 512).
     #[arg(long, value_name = "MIB")]
@@ -392,21 +377,14 @@ struct PromptArgs {
     /// Seed of the demonstration draw.
     #[arg(long, default_value_t = 1234)]
     seed: u64,
-    /// How demonstrations are chosen, overriding the task's `fewshot.sampler`.
-    #[arg(long, value_enum)]
-    sampler: Option<Sampler>,
-    /// Order of the demonstrations, overriding the task's `fewshot.order`.
-    #[arg(long, value_enum)]
-    demo_order: Option<DemoOrder>,
+    #[command(flatten)]
+    prompt: PromptFlags,
     /// What answers the demonstrations show.
     #[arg(long, value_enum, default_value = "gold")]
     demo_labels: DemoLabels,
     /// Ordering of the demonstration set (0 = the sampler's own order).
     #[arg(long, default_value_t = 0)]
     permutation: usize,
-    /// Sentence-encoder folder for --sampler knn (default: models/all-minilm-l6-v2).
-    #[arg(long, value_name = "DIR")]
-    encoder: Option<PathBuf>,
     /// A model (as in `run --models`): fit the prompt to its context and print the token count.
     #[arg(long)]
     model: Option<String>,
@@ -511,17 +489,10 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             seeds: a.seeds,
             permutations: a.permutations,
             demo_labels: a.demo_labels,
-            sampler: a.sampler,
-            demo_order: a.demo_order,
-            chat: a.chat_template.then_some(if a.fewshot_as_multiturn {
-                ChatMode::Multiturn
-            } else {
-                ChatMode::Folded
-            }),
+            flags: a.prompt,
         },
         kv_cache_mb: a.kv_cache_mb,
         batch_docs: a.batch_size,
-        encoder: a.encoder,
         threads: a.threads,
         output: a.output,
         results_root: PathBuf::from("results"),
@@ -790,14 +761,11 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
         );
     };
     let protocol = Protocol {
-        sampler: a.sampler,
-        demo_order: a.demo_order,
         demo_labels: vec![a.demo_labels],
+        flags: a.prompt.clone(),
         ..Protocol::default()
     };
-    let selector =
-        icl_eval::run::selectors(&tasks, &protocol, a.encoder.as_deref(), Some(a.doc + 1))?
-            .remove(0);
+    let selector = icl_eval::run::selectors(&tasks, &protocol, Some(a.doc + 1))?.remove(0);
     let ranking = selector.ranking(item, a.seed, a.shots);
     let demos = selector.demos(
         &ranking,
@@ -807,14 +775,44 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
         a.permutation,
         a.demo_labels,
     );
-    match a.model {
-        None => print!("{}", prompt::build(t, item, &demos)),
+    let model = match &a.model {
         Some(m) => {
             let file = ModelsFile::find(a.source.models_file.as_deref())?;
-            let resolved = models::resolve(&m, file.as_ref(), &a.source.hub())?;
-            let (tokenizer, ctx) = load_tokenizer(&resolved.path)?;
-            let count = |s: &str| Ok(tokenizer.encode(s)?.len());
-            match prompt::fit(t, item, &demos, ctx, &count, prompt::Format::Plain)? {
+            let resolved = models::resolve(m, file.as_ref(), &a.source.hub())?;
+            Some(load_prompt_model(&resolved.path)?)
+        }
+        None => None,
+    };
+    // A chat template is the model's: without one the prompt cannot be rendered as `run` would.
+    let template = match (a.prompt.chat(), &model) {
+        (None, _) => None,
+        (Some(_), None) => bail!(
+            "--chat-template: name the model whose chat template renders the prompt (--model)"
+        ),
+        (Some(_), Some(m)) => Some(m.chat_template.as_ref().with_context(|| {
+            format!(
+                "--chat-template: model `{}` ships no chat template (tokenizer.chat_template); \
+                 leave out --chat-template",
+                a.model.as_deref().unwrap_or_default()
+            )
+        })?),
+    };
+    let format = match (template, a.prompt.chat()) {
+        (Some(template), Some(mode)) => prompt::Format::Chat {
+            template,
+            multiturn: mode == ChatMode::Multiturn,
+        },
+        _ => prompt::Format::Plain,
+    };
+    match &model {
+        None => print!(
+            "{}",
+            prompt::render(t, &item.description, &demos, &item.text, format)?.0
+        ),
+        Some(m) => {
+            let count = |s: &str| Ok(m.tokenizer.encode(s)?.len());
+            let ctx = m.context;
+            match prompt::fit(t, item, &demos, ctx, &count, format)? {
                 Some(f) => {
                     print!("{}", f.prompt);
                     eprintln!(
@@ -835,7 +833,7 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
             "\n--- the query above is the gold input; each of these is scored in its place: {queries:?}"
         );
     }
-    let conts = prompt::continuations(t, item, prompt::Format::Plain);
+    let conts = prompt::continuations(t, item, format);
     if !conts.is_empty() {
         eprintln!("\n--- continuations scored after it: {conts:?}");
     }
@@ -931,4 +929,96 @@ fn cmd_compare(a: &CompareArgs) -> Result<()> {
         c.write_csv(path)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn flags(cmd: &clap::Command) -> BTreeSet<String> {
+        cmd.get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect()
+    }
+
+    /// `icl-eval prompt` shows the exact prompt of any run: it takes every flag of `run` that
+    /// changes prompts, and each study axis `run` varies in its one-point form.
+    #[test]
+    fn prompt_takes_every_flag_of_run_that_changes_prompts() {
+        let cli = Cli::command();
+        let run = flags(cli.find_subcommand("run").unwrap());
+        let prompt = flags(cli.find_subcommand("prompt").unwrap());
+        let changing = flags(&PromptFlags::augment_args(clap::Command::new("flags")));
+        assert!(changing.len() >= 5, "{changing:?}");
+        for f in &changing {
+            assert!(run.contains(f), "run lacks --{f}");
+            assert!(prompt.contains(f), "prompt lacks --{f}");
+        }
+        for (in_run, in_prompt) in [
+            ("tasks", "task"),
+            ("models", "model"),
+            ("shots", "shots"),
+            ("seed", "seed"),
+            ("seeds", "seed"),
+            ("permutations", "permutation"),
+            ("demo_labels", "demo_labels"),
+        ] {
+            assert!(
+                run.contains(in_run) && prompt.contains(in_prompt),
+                "{in_run}"
+            );
+        }
+        // How tasks and models are found and read (hooks, data) shapes prompts too.
+        let loading = [
+            "tasks_dir",
+            "data_dir",
+            "allow_python",
+            "python",
+            "models_file",
+            "offline",
+        ];
+        for f in loading {
+            assert!(run.contains(f) && prompt.contains(f), "{f}");
+        }
+        // Every other flag of `run` is named here as one that leaves the prompt text alone; a new
+        // flag must join PromptFlags or this list.
+        let other: BTreeSet<&str> = [
+            "tasks",
+            "models",
+            "shots",
+            "limit",
+            "seed",
+            "seeds",
+            "demo_labels",
+            "permutations",
+            "kv_cache_mb",
+            "batch_size",
+            "threads",
+            "output",
+            "shard",
+            "weights",
+            "device",
+            "cache",
+            "request_timeout",
+            "retries",
+            "api_key_env",
+            "context_length",
+            "concurrency",
+            "tokenizer",
+            "no_cache",
+        ]
+        .into_iter()
+        .chain(loading)
+        .collect();
+        for f in &run {
+            assert!(
+                changing.contains(f) || other.contains(f.as_str()),
+                "run --{f}: does it change prompts? add it to PromptFlags or to this list"
+            );
+        }
+    }
 }

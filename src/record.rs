@@ -9,8 +9,92 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::ModelInfo;
-use crate::sampler::{DemoLabels, Sampler};
+use crate::sampler::{DemoLabels, DemoOrder, Sampler};
 use crate::task::{Answer, OutputType, Reported, Task};
+
+/// The settings that change what prompts say, beside the study axes (seeds, orderings, labels):
+/// one struct that `run` and `prompt` both flatten into their flags, that `config.json` records
+/// whole, so `icl-eval prompt` shows the exact prompt of any run. A new such setting is one field.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptFlags {
+    /// How demonstrations are chosen, overriding each task's `fewshot.sampler`.
+    #[arg(long, value_enum)]
+    pub sampler: Option<Sampler>,
+    /// Order of the demonstrations, overriding each task's `fewshot.order`: bm25 / knn's nearest
+    /// last or first, or grouped by label (multiple choice).
+    #[arg(long, value_enum)]
+    pub demo_order: Option<DemoOrder>,
+    /// Sentence-encoder folder for --sampler knn (default: models/all-minilm-l6-v2).
+    #[arg(long, value_name = "DIR")]
+    pub encoder: Option<PathBuf>,
+    /// Render prompts through each model's own chat template (tokenizer.chat_template), the
+    /// demonstrations folded into one user turn.
+    #[arg(long)]
+    pub chat_template: bool,
+    /// With --chat-template: each demonstration a user turn and an assistant turn.
+    #[arg(long, requires = "chat_template")]
+    pub fewshot_as_multiturn: bool,
+}
+
+impl PromptFlags {
+    /// How prompts go through a chat template (`None`: plain text).
+    pub fn chat(&self) -> Option<ChatMode> {
+        self.chat_template.then_some(if self.fewshot_as_multiturn {
+            ChatMode::Multiturn
+        } else {
+            ChatMode::Folded
+        })
+    }
+}
+
+/// How demonstrations vary within a run: seeds, orderings, label studies, and the prompt flags.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Protocol {
+    /// Independent demonstration draws (`--seeds N`), at least 1.
+    pub seeds: usize,
+    /// Orderings of each demonstration set (`--permutations N`), at least 1; the first is the
+    /// sampler's own order.
+    pub permutations: usize,
+    /// Label studies (`--demo-labels`), at least one.
+    pub demo_labels: Vec<DemoLabels>,
+    /// Everything else that changes what the prompts say.
+    pub flags: PromptFlags,
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Self {
+            seeds: 1,
+            permutations: 1,
+            demo_labels: vec![DemoLabels::Gold],
+            flags: PromptFlags::default(),
+        }
+    }
+}
+
+impl Protocol {
+    /// The seeds of a run starting at `first`.
+    pub fn seed_list(&self, first: u64) -> Vec<u64> {
+        (0..self.seeds as u64)
+            .map(|i| first.wrapping_add(i))
+            .collect()
+    }
+
+    /// Rejects settings that cannot run.
+    pub fn check(&self) -> Result<()> {
+        if self.seeds == 0 {
+            bail!("--seeds: must be at least 1 (the number of independent demonstration draws)");
+        }
+        if self.permutations == 0 {
+            bail!("--permutations: must be at least 1 (1 keeps the sampler's order)");
+        }
+        if self.demo_labels.is_empty() {
+            bail!("--demo-labels: give at least one of gold, random, flipped, none");
+        }
+        Ok(())
+    }
+}
 
 /// How demonstrations enter a chat template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,6 +396,9 @@ pub struct RunRecord {
     /// Prompts went through each model's chat template (`--chat-template`), and how.
     #[serde(default)]
     pub chat: Option<ChatMode>,
+    /// Every setting that changed the prompts, whole (`icl-eval prompt` takes the same flags).
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Per model: prompt tokens run through the model, and tokens taken from the prefix cache.
     #[serde(default)]
     pub prompt_tokens: Vec<PromptTokens>,

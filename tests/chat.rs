@@ -82,7 +82,7 @@ fn chat_template_runs_fold_or_split_the_demonstrations() {
             "--output",
             out.to_str().unwrap(),
         ];
-        a.extend(extra);
+        a.extend(extra.iter().copied());
         let o = icl_eval(&a);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let samples = read_samples(&out);
@@ -91,6 +91,34 @@ fn chat_template_runs_fold_or_split_the_demonstrations() {
         let cfg: Value =
             serde_json::from_str(&fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
         assert_eq!(cfg["chat"], mode);
+        // config.json records every prompt flag, and `icl-eval prompt` given them prints the
+        // exact prompt the run sent (its hash is the sample's).
+        let flags = &cfg["protocol"]["flags"];
+        assert_eq!(flags["chat_template"], true);
+        assert_eq!(flags["fewshot_as_multiturn"], mode == "multiturn");
+        let s = samples.iter().find(|s| s.doc_id == 1 && s.k == 2).unwrap();
+        let mut p = vec![
+            "prompt",
+            "--task",
+            task,
+            "--shots",
+            "2",
+            "--doc",
+            "1",
+            "--model",
+            "smollm2-135m",
+            "--chat-template",
+        ];
+        p.extend(extra.iter().copied());
+        let o = icl_eval(&p);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            Some(icl_eval::hash::short_hash(&String::from_utf8_lossy(
+                &o.stdout
+            ))),
+            s.prompt_hash,
+            "{mode}"
+        );
         prompts.push(samples[1].prompt_hash.clone());
     }
     assert_ne!(

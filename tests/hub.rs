@@ -285,7 +285,11 @@ fn a_hub_dataset_is_read_from_its_parquet_conversion_then_offline_from_the_cache
     // first, and the two merge into the unsharded run's folder.
     let elsewhere = tmp.join("elsewhere").join("lm_eval").join("tasks");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    std::fs::copy(lm_eval.join("arc_easy.yaml"), elsewhere.join("arc_easy.yaml")).unwrap();
+    std::fs::copy(
+        lm_eval.join("arc_easy.yaml"),
+        elsewhere.join("arc_easy.yaml"),
+    )
+    .unwrap();
     in_folder(&lm_eval, "shard-1", &["--shard", "1/2"]);
     in_folder(&elsewhere, "shard-2", &["--shard", "2/2"]);
     let o = Command::new(env!("CARGO_BIN_EXE_icl-eval"))

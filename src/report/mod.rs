@@ -347,6 +347,7 @@ mod tests {
                 permutations: 1,
                 demo_labels: vec![Default::default()],
                 chat: None,
+                protocol: Default::default(),
                 prompt_tokens: Vec::new(),
                 limit: None,
                 threads: None,

@@ -30,7 +30,7 @@ fn run_key(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> String {
         cfg.limit,
         weights(cfg.weights),
         protocol(&cfg.protocol),
-        cfg.encoder,
+        cfg.protocol.flags.encoder,
     );
     let key = match cfg.task_shots {
         true => format!("{key}|task-shots"),
@@ -62,7 +62,7 @@ fn protocol(p: &Protocol) -> String {
             DemoLabels::None => "None",
         })
         .collect();
-    let sampler = p.sampler.map(|s| match s {
+    let sampler = p.flags.sampler.map(|s| match s {
         Sampler::Random => "Random",
         Sampler::Fixed => "Fixed",
         Sampler::Balanced => "Balanced",
@@ -70,12 +70,12 @@ fn protocol(p: &Protocol) -> String {
         Sampler::Bm25 => "Bm25",
         Sampler::Knn => "Knn",
     });
-    let order = p.demo_order.map(|o| match o {
+    let order = p.flags.demo_order.map(|o| match o {
         DemoOrder::NearestLast => "NearestLast",
         DemoOrder::NearestFirst => "NearestFirst",
         DemoOrder::ByLabel => "ByLabel",
     });
-    let chat = p.chat.map(|c| match c {
+    let chat = p.flags.chat().map(|c| match c {
         ChatMode::Folded => "Folded",
         ChatMode::Multiturn => "Multiturn",
     });
@@ -101,6 +101,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::run::PromptFlags;
 
     fn config() -> RunConfig {
         RunConfig {
@@ -133,11 +134,14 @@ mod tests {
                 seeds: 3,
                 permutations: 2,
                 demo_labels: vec![DemoLabels::Gold, DemoLabels::Random],
-                sampler: Some(Sampler::Knn),
-                demo_order: Some(DemoOrder::NearestFirst),
-                chat: Some(ChatMode::Multiturn),
+                flags: PromptFlags {
+                    sampler: Some(Sampler::Knn),
+                    demo_order: Some(DemoOrder::NearestFirst),
+                    encoder: Some(PathBuf::from("models/enc")),
+                    chat_template: true,
+                    fewshot_as_multiturn: true,
+                },
             },
-            encoder: Some(PathBuf::from("models/enc")),
             weights: WeightsChoice::Quantized,
             limit: None,
             device: DeviceChoice::Cuda(1),

@@ -14,15 +14,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::backend::candle::{DeviceChoice, WeightsChoice};
 use crate::backend::openai;
 use crate::models::{HubOptions, ModelsFile};
-use crate::record::ChatMode;
-use crate::sampler::{DemoLabels, DemoOrder, Sampler};
 use crate::shard::Shard;
 
+pub use crate::record::{PromptFlags, Protocol};
 pub use setup::selectors;
 
 /// Everything a run needs, resolved from the command line.
@@ -50,8 +49,6 @@ pub struct RunConfig {
     pub kv_cache_mb: Option<usize>,
     /// Docs scored together by in-process models.
     pub batch_docs: usize,
-    /// Sentence-encoder folder for `knn` (default `models/all-minilm-l6-v2`).
-    pub encoder: Option<PathBuf>,
     pub threads: Option<usize>,
     pub output: Option<PathBuf>,
     pub results_root: PathBuf,
@@ -92,60 +89,6 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// How demonstrations vary within a run: seeds, orderings, label studies, sampler overrides.
-#[derive(Debug, Clone)]
-pub struct Protocol {
-    /// Independent demonstration draws (`--seeds N`), at least 1.
-    pub seeds: usize,
-    /// Orderings of each demonstration set (`--permutations N`), at least 1; the first is the
-    /// sampler's own order.
-    pub permutations: usize,
-    /// Label studies (`--demo-labels`), at least one.
-    pub demo_labels: Vec<DemoLabels>,
-    /// `--sampler`, overriding each task's `fewshot.sampler`.
-    pub sampler: Option<Sampler>,
-    /// `--demo-order`, overriding each task's `fewshot.order`.
-    pub demo_order: Option<DemoOrder>,
-    /// `--chat-template`: render prompts through each model's chat template.
-    pub chat: Option<ChatMode>,
-}
-
-impl Default for Protocol {
-    fn default() -> Self {
-        Self {
-            seeds: 1,
-            permutations: 1,
-            demo_labels: vec![DemoLabels::Gold],
-            sampler: None,
-            demo_order: None,
-            chat: None,
-        }
-    }
-}
-
-impl Protocol {
-    /// The seeds of a run starting at `first`.
-    pub fn seed_list(&self, first: u64) -> Vec<u64> {
-        (0..self.seeds as u64)
-            .map(|i| first.wrapping_add(i))
-            .collect()
-    }
-
-    /// Rejects settings that cannot run.
-    pub fn check(&self) -> Result<()> {
-        if self.seeds == 0 {
-            bail!("--seeds: must be at least 1 (the number of independent demonstration draws)");
-        }
-        if self.permutations == 0 {
-            bail!("--permutations: must be at least 1 (1 keeps the sampler's order)");
-        }
-        if self.demo_labels.is_empty() {
-            bail!("--demo-labels: give at least one of gold, random, flipped, none");
-        }
-        Ok(())
-    }
-}
-
 /// What a finished run leaves behind.
 pub struct RunOutcome {
     pub dir: PathBuf,
@@ -159,7 +102,7 @@ pub struct RunOutcome {
 pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     let shots = setup::check_command(cfg)?;
     let tasks = setup::load_tasks(cfg)?;
-    let selectors = selectors(&tasks, &cfg.protocol, cfg.encoder.as_deref(), cfg.limit)?;
+    let selectors = selectors(&tasks, &cfg.protocol, cfg.limit)?;
     setup::check_task_names(&tasks)?;
     let shots = setup::task_shots(cfg, &tasks, &shots);
     let notes = setup::small_pools(&tasks, &shots);
@@ -215,7 +158,6 @@ impl RunConfig {
             protocol: Protocol::default(),
             kv_cache_mb: Some(256),
             batch_docs: 8,
-            encoder: None,
             threads: None,
             output: None,
             results_root: PathBuf::from("results"),

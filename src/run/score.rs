@@ -54,7 +54,7 @@ pub(super) fn score_model(
             permutations: p.permutations,
             demo_labels: &p.demo_labels,
             limit: cfg.limit,
-            chat: p.chat,
+            chat: p.flags.chat(),
             shard: cfg.shard,
             done: Some(done),
         };

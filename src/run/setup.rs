@@ -83,7 +83,7 @@ pub(super) fn small_pools(tasks: &[Task], shots: &[Vec<usize>]) -> Vec<String> {
 /// in its own turns, so prompts have no demonstration boundaries to share a prefix at.
 pub(super) fn multiturn_cost(protocol: &Protocol, shots: &[Vec<usize>]) -> Option<String> {
     let k = shots.iter().flatten().copied().max()?;
-    (protocol.chat == Some(crate::record::ChatMode::Multiturn) && k >= MANY_SHOTS).then(|| {
+    (protocol.flags.chat() == Some(crate::record::ChatMode::Multiturn) && k >= MANY_SHOTS).then(|| {
         format!(
             "note: --fewshot-as-multiturn wraps each demonstration in the chat template's turns, \
              so prompts share no demonstration prefix: at K={k} each doc computes its whole \
@@ -164,12 +164,12 @@ pub(super) fn resolve_models(cfg: &RunConfig) -> Result<Vec<Source>> {
 pub fn selectors<'t>(
     tasks: &'t [Task],
     protocol: &Protocol,
-    encoder: Option<&Path>,
     limit: Option<usize>,
 ) -> Result<Vec<Selector<'t>>> {
-    let sampler_of = |t: &Task| protocol.sampler.unwrap_or(t.sampler);
+    let sampler_of = |t: &Task| protocol.flags.sampler.unwrap_or(t.sampler);
     let encoder = if tasks.iter().any(|t| sampler_of(t) == Sampler::Knn) {
-        let dir = encoder.unwrap_or(Path::new(crate::encoder::DEFAULT_DIR));
+        let dir =
+            (protocol.flags.encoder.as_deref()).unwrap_or(Path::new(crate::encoder::DEFAULT_DIR));
         Some(crate::encoder::Encoder::load(dir).context("--sampler knn")?)
     } else {
         None
@@ -191,7 +191,7 @@ pub fn selectors<'t>(
             Selector::new(
                 t,
                 sampler_of(t),
-                protocol.demo_order.unwrap_or(t.demo_order),
+                protocol.flags.demo_order.unwrap_or(t.demo_order),
                 embeddings,
             )
         })
@@ -227,7 +227,6 @@ pub(super) fn examples(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::ChatMode;
     use crate::task::{Answer, Item, Metric, OutputType};
 
     fn task(docs: usize) -> Task {
@@ -259,7 +258,11 @@ mod tests {
     #[test]
     fn multiturn_at_many_shots_is_noted() {
         let multiturn = Protocol {
-            chat: Some(ChatMode::Multiturn),
+            flags: crate::run::PromptFlags {
+                chat_template: true,
+                fewshot_as_multiturn: true,
+                ..Default::default()
+            },
             ..Protocol::default()
         };
         assert!(multiturn_cost(&multiturn, &[vec![0, 8]]).is_none());

@@ -118,7 +118,7 @@ fn tokenizer_config(dir: &Path) -> Result<Option<serde_json::Value>> {
 }
 
 /// `chat_template` from `tokenizer_config.json`, when it is a single template string.
-fn chat_template(dir: &Path) -> Result<Option<String>> {
+pub(super) fn chat_template(dir: &Path) -> Result<Option<String>> {
     Ok(tokenizer_config(dir)?
         .as_ref()
         .and_then(|v| v.get("chat_template"))

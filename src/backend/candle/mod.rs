@@ -564,11 +564,7 @@ fn load_gguf(
             WeightFormat::F32 => "f32".into(),
             WeightFormat::Quantized => "quantized".into(),
         },
-        chat_template: content
-            .metadata
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned(),
+        chat_template: gguf_chat_template(&content),
     })
 }
 
@@ -625,16 +621,66 @@ fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>, String
 
 /// The tokenizer and context length of a GGUF file or checkpoint folder, without loading weights.
 pub fn load_tokenizer(path: &Path) -> Result<(TextTokenizer, usize)> {
-    if path.is_dir() {
+    let m = load_prompt_model(path)?;
+    Ok((m.tokenizer, m.context))
+}
+
+/// What rendering and fitting a prompt needs of a model, without its weights.
+pub struct PromptModel {
+    pub tokenizer: TextTokenizer,
+    /// Context length in tokens.
+    pub context: usize,
+    /// The model's chat template, if it ships one.
+    pub chat_template: Option<crate::chat::ChatTemplate>,
+}
+
+/// A model's tokenizer, context length and chat template, from a GGUF's header or a checkpoint
+/// folder's config and tokenizer files.
+pub fn load_prompt_model(path: &Path) -> Result<PromptModel> {
+    let (tokenizer, context, template) = if path.is_dir() {
         let c = hf::read_config(path)?;
         let context = c
             .context_length()
             .with_context(|| format!("{}/config.json", path.display()))?;
-        return Ok((hf::load_tokenizer(path, &c)?, context));
+        (
+            hf::load_tokenizer(path, &c)?,
+            context,
+            hf::chat_template(path)?,
+        )
+    } else {
+        let (content, _, arch) = open_gguf(path)?;
+        let cfg = gguf_config(&content, &arch)?;
+        (
+            TextTokenizer::for_gguf(path, &content)?,
+            cfg.context_length,
+            gguf_chat_template(&content),
+        )
+    };
+    let chat_template = template.map(|t| chat_template_of(&tokenizer, t));
+    Ok(PromptModel {
+        tokenizer,
+        context,
+        chat_template,
+    })
+}
+
+/// A GGUF's `tokenizer.chat_template`.
+fn gguf_chat_template(content: &gguf_file::Content) -> Option<String> {
+    content
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+}
+
+/// A chat template's source with the special tokens it may name, from the model's tokenizer.
+fn chat_template_of(tokenizer: &TextTokenizer, source: String) -> crate::chat::ChatTemplate {
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
+    crate::chat::ChatTemplate {
+        source,
+        bos_token: token(tokenizer.bos_id),
+        eos_token: token(tokenizer.eos_id),
     }
-    let (content, _, arch) = open_gguf(path)?;
-    let cfg = gguf_config(&content, &arch)?;
-    Ok((TextTokenizer::for_gguf(path, &content)?, cfg.context_length))
 }
 
 /// Free memory: MemAvailable, capped by a cgroup (container) limit when one is set.
@@ -952,17 +998,9 @@ impl Backend for CandleBackend {
     }
 
     fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {
-        let token = |id: Option<u32>| {
-            id.and_then(|i| self.tokenizer.token_text(i))
-                .unwrap_or_default()
-        };
         self.chat_template
-            .as_ref()
-            .map(|source| crate::chat::ChatTemplate {
-                source: source.clone(),
-                bos_token: token(self.tokenizer.bos_id),
-                eos_token: token(self.tokenizer.eos_id),
-            })
+            .clone()
+            .map(|source| chat_template_of(&self.tokenizer, source))
     }
 
     fn concurrency(&self) -> usize {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo, one};
+use crate::backend::{Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo};
 
 /// The cache file used when none is named: `$XDG_CACHE_HOME/icl-eval/requests.sqlite`, else
 /// `~/.cache/icl-eval/requests.sqlite`.
@@ -279,27 +279,6 @@ impl Backend for Cached<'_> {
         self.inner.concurrency()
     }
 
-    fn loglikelihood(
-        &mut self,
-        context: &str,
-        breaks: &[usize],
-        continuations: &[String],
-    ) -> Result<Vec<LogLikelihood>> {
-        let r = ChoiceRequest::new(context, breaks, continuations);
-        one(self.loglikelihood_batch(std::slice::from_ref(&r))?)
-    }
-
-    fn generate_until(
-        &mut self,
-        context: &str,
-        breaks: &[usize],
-        until: &[String],
-        max_tokens: usize,
-    ) -> Result<String> {
-        let r = GenerateRequest::new(context, breaks, until, max_tokens);
-        one(self.generate_batch(std::slice::from_ref(&r))?)
-    }
-
     fn loglikelihood_batch(
         &mut self,
         requests: &[ChoiceRequest],
@@ -358,33 +337,34 @@ mod tests {
         fn count_tokens(&self, text: &str) -> Result<usize> {
             Ok(text.len())
         }
-        fn loglikelihood(
+        fn loglikelihood_batch(
             &mut self,
-            context: &str,
-            _breaks: &[usize],
-            continuations: &[String],
-        ) -> Result<Vec<LogLikelihood>> {
-            self.calls += 1;
+            requests: &[ChoiceRequest],
+        ) -> Result<Vec<Vec<LogLikelihood>>> {
             let salt = self.info.sha256.len() as f64 + 0.1;
-            Ok(continuations
-                .iter()
-                .chain(continuations.iter().take(self.extra))
-                .map(|c| LogLikelihood {
-                    logprob: -((context.len() + c.len()) as f64) / salt,
-                    is_greedy: c.len() % 2 == 0,
-                    n_tokens: c.len(),
-                })
-                .collect())
+            let mut out = Vec::new();
+            for r in requests {
+                self.calls += 1;
+                out.push(
+                    r.continuations
+                        .iter()
+                        .chain(r.continuations.iter().take(self.extra))
+                        .map(|c| LogLikelihood {
+                            logprob: -((r.context.len() + c.len()) as f64) / salt,
+                            is_greedy: c.len() % 2 == 0,
+                            n_tokens: c.len(),
+                        })
+                        .collect(),
+                );
+            }
+            Ok(out)
         }
-        fn generate_until(
-            &mut self,
-            context: &str,
-            _breaks: &[usize],
-            _until: &[String],
-            _max_tokens: usize,
-        ) -> Result<String> {
-            self.calls += 1;
-            Ok(format!("{}:{}", self.info.sha256, context.len()))
+        fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
+            self.calls += requests.len();
+            Ok(requests
+                .iter()
+                .map(|r| format!("{}:{}", self.info.sha256, r.context.len()))
+                .collect())
         }
     }
 

@@ -502,7 +502,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         device: a.device,
         shard: a.shard,
         cache: (!a.no_cache).then(|| a.cache.unwrap_or_else(cache::default_path)),
-        server: icl_eval::backend::openai::Options {
+        server: icl_eval::backend::http::Options {
             timeout: std::time::Duration::from_secs(a.request_timeout.max(1)),
             retries: a.retries,
             api_key_env: a.api_key_env,

@@ -705,29 +705,26 @@ mod tests {
         fn count_tokens(&self, text: &str) -> Result<usize> {
             Ok(text.len())
         }
-        fn loglikelihood(
+        fn loglikelihood_batch(
             &mut self,
-            _context: &str,
-            _breaks: &[usize],
-            continuations: &[String],
-        ) -> Result<Vec<LogLikelihood>> {
-            Ok(continuations
+            requests: &[ChoiceRequest],
+        ) -> Result<Vec<Vec<LogLikelihood>>> {
+            Ok(requests
                 .iter()
-                .map(|_| LogLikelihood {
-                    logprob: -1.0,
-                    is_greedy: true,
-                    n_tokens: 1,
+                .map(|r| {
+                    r.continuations
+                        .iter()
+                        .map(|_| LogLikelihood {
+                            logprob: -1.0,
+                            is_greedy: true,
+                            n_tokens: 1,
+                        })
+                        .collect()
                 })
                 .collect())
         }
-        fn generate_until(
-            &mut self,
-            _context: &str,
-            _breaks: &[usize],
-            _until: &[String],
-            _max_tokens: usize,
-        ) -> Result<String> {
-            Ok(self.1.into())
+        fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
+            Ok(requests.iter().map(|_| self.1.to_string()).collect())
         }
     }
 
@@ -872,25 +869,17 @@ mod tests {
         fn count_tokens(&self, text: &str) -> Result<usize> {
             Ok(text.len())
         }
-        fn loglikelihood(
-            &mut self,
-            _: &str,
-            _: &[usize],
-            _: &[String],
-        ) -> Result<Vec<LogLikelihood>> {
+        fn loglikelihood_batch(&mut self, _: &[ChoiceRequest]) -> Result<Vec<Vec<LogLikelihood>>> {
             unreachable!("generation only")
         }
-        fn generate_until(
-            &mut self,
-            _: &str,
-            _: &[usize],
-            _: &[String],
-            _: usize,
-        ) -> Result<String> {
-            Ok("greedy".into())
-        }
-        fn generate_sampled(&mut self, r: &GenerateRequest) -> Result<String> {
-            Ok(format!("{}", r.sampling.unwrap().seed % 3))
+        fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
+            Ok(requests
+                .iter()
+                .map(|r| match r.sampling {
+                    Some(s) => format!("{}", s.seed % 3),
+                    None => "greedy".into(),
+                })
+                .collect())
         }
     }
 
@@ -968,34 +957,31 @@ mod tests {
         fn count_tokens(&self, text: &str) -> Result<usize> {
             Ok(text.len())
         }
-        fn loglikelihood(
+        fn loglikelihood_batch(
             &mut self,
-            context: &str,
-            _: &[usize],
-            continuations: &[String],
-        ) -> Result<Vec<LogLikelihood>> {
-            let lps = if context.is_empty() {
-                [0.0, -5.0]
-            } else {
-                [-1.0, -2.0]
-            };
-            Ok(continuations
+            requests: &[ChoiceRequest],
+        ) -> Result<Vec<Vec<LogLikelihood>>> {
+            Ok(requests
                 .iter()
-                .zip(lps)
-                .map(|(_, logprob)| LogLikelihood {
-                    logprob,
-                    is_greedy: false,
-                    n_tokens: 1,
+                .map(|r| {
+                    let lps = if r.context.is_empty() {
+                        [0.0, -5.0]
+                    } else {
+                        [-1.0, -2.0]
+                    };
+                    r.continuations
+                        .iter()
+                        .zip(lps)
+                        .map(|(_, logprob)| LogLikelihood {
+                            logprob,
+                            is_greedy: false,
+                            n_tokens: 1,
+                        })
+                        .collect()
                 })
                 .collect())
         }
-        fn generate_until(
-            &mut self,
-            _: &str,
-            _: &[usize],
-            _: &[String],
-            _: usize,
-        ) -> Result<String> {
+        fn generate_batch(&mut self, _: &[GenerateRequest]) -> Result<Vec<String>> {
             unreachable!("scoring only")
         }
     }

@@ -256,7 +256,13 @@ fn errors_429_500_drops_and_hangs_are_retried() {
 #[test]
 fn a_server_that_stays_down_is_a_clear_error_without_the_key() {
     let (addr, log) = common::fake_server(|_, p, b| match p {
-        "/v1/completions" => Act::Reply(503, vec![], "{\"error\":\"loading\"}".into()),
+        // A server that echoes the Authorization header in its error body: the key is blanked
+        // from what is shown.
+        "/v1/completions" => Act::Reply(
+            503,
+            vec![],
+            "{\"error\":\"loading\", \"auth\": \"Bearer sk-very-secret\"}".into(),
+        ),
         _ => healthy(p, b),
     });
     let mut opts = fast();
@@ -271,7 +277,10 @@ fn a_server_that_stays_down_is_a_clear_error_without_the_key() {
         e.contains("gave up after 4 attempts") && e.contains("HTTP 503"),
         "{e}"
     );
-    assert!(!e.contains("sk-very-secret"));
+    assert!(
+        !e.contains("sk-very-secret") && e.contains("<redacted>"),
+        "{e}"
+    );
     let seen = log.lock().unwrap();
     assert!(
         seen.iter()

@@ -1,10 +1,33 @@
 //! The model interface scoring talks to, and its implementations (one folder each).
 
 pub mod candle;
+pub mod http;
 pub mod openai;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+
+/// A kind of model reference a backend serves, `SCHEME:…` (`openai:http://HOST:PORT/v1#MODEL`):
+/// one entry of [`SCHEMES`] per backend behind an API. References without a scheme are local
+/// weights (the embedded backend).
+pub struct Scheme {
+    /// The prefix, colon included.
+    pub prefix: &'static str,
+    /// How to write a reference, for help and errors.
+    pub usage: &'static str,
+    /// The model's name in tables, from the reference alone (nothing contacted), checking it.
+    pub name: fn(&str) -> Result<String>,
+    /// Connects to the model the reference names, with the run's server options.
+    pub connect: fn(&str, &http::Options) -> Result<Box<dyn Backend>>,
+}
+
+/// Every backend reached by a reference's scheme.
+pub static SCHEMES: &[Scheme] = &[openai::SCHEME];
+
+/// The scheme a model reference names, if any.
+pub fn scheme_of(reference: &str) -> Option<&'static Scheme> {
+    SCHEMES.iter().find(|s| reference.starts_with(s.prefix))
+}
 
 /// What a run records about a model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,7 +104,7 @@ pub struct GenerateRequest {
     pub breaks: Vec<usize>,
     pub until: Vec<String>,
     pub max_tokens: usize,
-    /// Sample instead of decoding greedily (see [`Backend::generate_sampled`]).
+    /// Sample instead of decoding greedily (see [`Sampling`]).
     pub sampling: Option<Sampling>,
 }
 
@@ -223,26 +246,6 @@ pub trait Backend {
         None
     }
 
-    /// Scores each continuation after the shared `context`, computing the context once.
-    /// `breaks` are byte offsets in `context` where prompts sharing a prefix part (after the
-    /// description and each demonstration); a backend may reuse work there, never change results.
-    fn loglikelihood(
-        &mut self,
-        context: &str,
-        breaks: &[usize],
-        continuations: &[String],
-    ) -> Result<Vec<LogLikelihood>>;
-
-    /// Greedy generation from `context` until one of `until` appears (cut off), `max_tokens` tokens
-    /// or end of sequence. `breaks` as for [`Backend::loglikelihood`].
-    fn generate_until(
-        &mut self,
-        context: &str,
-        breaks: &[usize],
-        until: &[String],
-        max_tokens: usize,
-    ) -> Result<String>;
-
     /// lm-eval's `loglikelihood_rolling`: the log-likelihood of the whole of `text` after the
     /// model's start token, in disjoint windows of the context length. Backends that cannot
     /// score a document whole say so.
@@ -262,38 +265,43 @@ pub trait Backend {
         1
     }
 
-    /// Scores several requests, answers in request order. The answers must not depend on how
-    /// requests are grouped into batches.
+    /// Scores each request's continuations after its shared context, computing the context
+    /// once; answers in request order, one per continuation. `breaks` are byte offsets in the
+    /// context where prompts sharing a prefix part (after the description and each
+    /// demonstration); a backend may reuse work there, never change results. The answers must
+    /// not depend on how requests are grouped into batches.
     fn loglikelihood_batch(
         &mut self,
         requests: &[ChoiceRequest],
-    ) -> Result<Vec<Vec<LogLikelihood>>> {
-        requests
-            .iter()
-            .map(|r| self.loglikelihood(&r.context, &r.breaks, &r.continuations))
-            .collect()
+    ) -> Result<Vec<Vec<LogLikelihood>>>;
+
+    /// Generates for each request until one of its `until` appears (cut off), its `max_tokens`
+    /// or end of sequence: greedily, or sampled where the request says so (a backend that
+    /// decodes greedily only refuses such a request, naming the task's `do_sample`); answers in
+    /// request order, whatever the grouping.
+    fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>>;
+
+    /// [`Backend::loglikelihood_batch`] of one request.
+    fn loglikelihood(
+        &mut self,
+        context: &str,
+        breaks: &[usize],
+        continuations: &[String],
+    ) -> Result<Vec<LogLikelihood>> {
+        let r = ChoiceRequest::new(context, breaks, continuations);
+        one(self.loglikelihood_batch(std::slice::from_ref(&r))?)
     }
 
-    /// Sampled generation for a request with `sampling` set; a backend that decodes greedily
-    /// only says so.
-    fn generate_sampled(&mut self, request: &GenerateRequest) -> Result<String> {
-        let _ = request;
-        anyhow::bail!(
-            "model `{}`: this backend decodes greedily only, and the task asks for sampling \
-             (`do_sample: true`); set `do_sample: false` or use the in-process backend",
-            self.info().name
-        )
-    }
-
-    /// Generates for several requests, answers in request order; grouping changes no answer.
-    fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
-        requests
-            .iter()
-            .map(|r| match r.sampling {
-                Some(_) => self.generate_sampled(r),
-                None => self.generate_until(&r.context, &r.breaks, &r.until, r.max_tokens),
-            })
-            .collect()
+    /// [`Backend::generate_batch`] of one greedy request.
+    fn generate_until(
+        &mut self,
+        context: &str,
+        breaks: &[usize],
+        until: &[String],
+        max_tokens: usize,
+    ) -> Result<String> {
+        let r = GenerateRequest::new(context, breaks, until, max_tokens);
+        one(self.generate_batch(std::slice::from_ref(&r))?)
     }
 }
 

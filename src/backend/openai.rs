@@ -7,17 +7,27 @@
 //! exponential backoff. The API key is read from an environment variable and only ever sent as a
 //! header: it is in no record, message or cache key.
 
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use super::http::Client;
+pub use super::http::Options;
 use super::{
-    Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo, cut_at_stop, one,
+    Backend, ChoiceRequest, GenerateRequest, LogLikelihood, ModelInfo, cut_at_stop,
     split_trailing_whitespace,
+};
+
+/// `openai:` references.
+pub const SCHEME: super::Scheme = super::Scheme {
+    prefix: "openai:",
+    usage: "openai:http://HOST:PORT/v1#MODEL (an OpenAI-compatible completions server)",
+    name: |reference| Ok(Endpoint::parse(reference)?.model),
+    connect: |reference, opts| {
+        Ok(Box::new(OpenAiBackend::connect(
+            Endpoint::parse(reference)?,
+            opts.clone(),
+        )?))
+    },
 };
 
 /// Where the model is served: `openai:BASE#MODEL`.
@@ -58,59 +68,6 @@ impl Endpoint {
     }
 }
 
-/// How to talk to the server.
-#[derive(Clone)]
-pub struct Options {
-    /// Per-request time limit.
-    pub timeout: Duration,
-    /// Attempts after the first, on connection errors, time-outs, 429 and 5xx.
-    pub retries: u32,
-    /// First backoff; doubled on each retry, capped at 60 s.
-    pub backoff: Duration,
-    /// Environment variable holding the API key (sent as `Authorization: Bearer`).
-    pub api_key_env: String,
-    /// The API key itself, for library callers: when given, `api_key_env` is not read.
-    pub api_key: Option<String>,
-    /// The model's context length, when the server does not report it.
-    pub context_length: Option<usize>,
-    /// Requests in flight at once.
-    pub concurrency: usize,
-    /// A local `tokenizer.json` to count prompt tokens with, for servers without a tokenize
-    /// endpoint.
-    pub tokenizer: Option<PathBuf>,
-}
-
-// By hand, so that no debug print of a configuration shows the key.
-impl std::fmt::Debug for Options {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Options")
-            .field("timeout", &self.timeout)
-            .field("retries", &self.retries)
-            .field("backoff", &self.backoff)
-            .field("api_key_env", &self.api_key_env)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<hidden>"))
-            .field("context_length", &self.context_length)
-            .field("concurrency", &self.concurrency)
-            .field("tokenizer", &self.tokenizer)
-            .finish()
-    }
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(300),
-            retries: 6,
-            backoff: Duration::from_millis(500),
-            api_key_env: "OPENAI_API_KEY".into(),
-            api_key: None,
-            context_length: None,
-            concurrency: 4,
-            tokenizer: None,
-        }
-    }
-}
-
 /// How the server counts tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tokenize {
@@ -127,9 +84,7 @@ enum Tokenize {
 /// A model served over the OpenAI completions API.
 pub struct OpenAiBackend {
     endpoint: Endpoint,
-    agent: ureq::Agent,
-    key: Option<String>,
-    opts: Options,
+    client: Client,
     tokenize: Tokenize,
     local: Option<tokenizers::Tokenizer>,
     /// Whether the server's echoed log-probabilities were found aligned with their tokens.
@@ -137,28 +92,12 @@ pub struct OpenAiBackend {
     info: ModelInfo,
 }
 
-/// Why one attempt failed, and whether another may succeed.
-enum Failure {
-    Retry(String, Option<Duration>),
-    Fatal(String),
-}
-
 impl OpenAiBackend {
     /// Connects: checks the server serves `endpoint.model`, finds its context length and how it
     /// counts tokens. Fails with what to do when any of these is missing.
     pub fn connect(endpoint: Endpoint, opts: Options) -> Result<Self> {
-        let config = ureq::Agent::config_builder()
-            .timeout_global(Some(opts.timeout))
-            .http_status_as_error(false)
-            .build();
-        let key = opts
-            .api_key
-            .clone()
-            .or_else(|| std::env::var(&opts.api_key_env).ok())
-            .filter(|k| !k.is_empty());
         let mut b = Self {
-            agent: config.into(),
-            key,
+            client: Client::new(opts),
             tokenize: Tokenize::LlamaCpp,
             local: None,
             aligned: false,
@@ -176,9 +115,10 @@ impl OpenAiBackend {
                 weights: "server".into(),
             },
             endpoint,
-            opts,
         };
-        let models = b.call("GET", &format!("{}/models", b.endpoint.base), None)?;
+        let models = b
+            .client
+            .call("GET", &format!("{}/models", b.endpoint.base), None)?;
         let entry = models["data"]
             .as_array()
             .and_then(|d| d.iter().find(|m| m["id"] == b.endpoint.model.as_str()))
@@ -209,7 +149,12 @@ impl OpenAiBackend {
             "{}\n{}\n{}",
             b.endpoint.base, b.endpoint.model, entry
         ));
-        b.info.context_length = match b.opts.context_length.or_else(|| context_length(&b, &entry)) {
+        b.info.context_length = match b
+            .client
+            .opts
+            .context_length
+            .or_else(|| context_length(&b, &entry))
+        {
             Some(n) => n,
             None => bail!(
                 "{}: the server reports no context length for `{}`; give it with --context-length",
@@ -217,7 +162,7 @@ impl OpenAiBackend {
                 b.endpoint.model
             ),
         };
-        if let Some(path) = &b.opts.tokenizer {
+        if let Some(path) = &b.client.opts.tokenizer {
             let t = tokenizers::Tokenizer::from_file(path).map_err(|e| {
                 anyhow::anyhow!("--tokenizer {}: not a tokenizer.json ({e})", path.display())
             })?;
@@ -242,91 +187,9 @@ impl OpenAiBackend {
         Ok(b)
     }
 
-    /// One request with retries; `body` `None` is a GET.
-    fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Value> {
-        let mut last = String::new();
-        for attempt in 0..=self.opts.retries {
-            let wait = match self.attempt(method, url, body) {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(m)) => bail!("{url}: {m}"),
-                Err(Failure::Retry(m, after)) => {
-                    last = m;
-                    after.unwrap_or_else(|| {
-                        (self.opts.backoff * 2u32.saturating_pow(attempt))
-                            .min(Duration::from_secs(60))
-                    })
-                }
-            };
-            if attempt < self.opts.retries {
-                std::thread::sleep(wait);
-            }
-        }
-        bail!(
-            "{url}: gave up after {} attempts; last: {last}",
-            self.opts.retries + 1
-        )
-    }
-
-    fn attempt(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Value, Failure> {
-        let auth = self.key.as_ref().map(|k| format!("Bearer {k}"));
-        let sent = match (method, body) {
-            ("GET", _) => {
-                let mut r = self.agent.get(url);
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.call()
-            }
-            (_, b) => {
-                let mut r = self
-                    .agent
-                    .post(url)
-                    .header("Content-Type", "application/json");
-                if let Some(a) = &auth {
-                    r = r.header("Authorization", a);
-                }
-                r.send(b.map(Value::to_string).unwrap_or_default())
-            }
-        };
-        let mut resp = match sent {
-            Ok(r) => r,
-            // Refused, reset, timed out: the server may come back.
-            Err(e) => return Err(Failure::Retry(e.to_string(), None)),
-        };
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 600.0)));
-        let text = match resp.body_mut().read_to_string() {
-            Ok(t) => t,
-            Err(e) => return Err(Failure::Retry(format!("reading the response: {e}"), None)),
-        };
-        let snippet: String = text.chars().take(300).collect();
-        match status {
-            200..=299 => serde_json::from_str(&text)
-                .map_err(|e| Failure::Fatal(format!("response is not JSON ({e}): {snippet}"))),
-            429 => Err(Failure::Retry(
-                format!("HTTP 429 (rate limited): {snippet}"),
-                retry_after,
-            )),
-            500..=599 => Err(Failure::Retry(
-                format!("HTTP {status}: {snippet}"),
-                retry_after,
-            )),
-            401 | 403 => Err(Failure::Fatal(format!(
-                "HTTP {status}: the server refused the API key (set it in ${}): {snippet}",
-                self.opts.api_key_env
-            ))),
-            _ => Err(Failure::Fatal(format!("HTTP {status}: {snippet}"))),
-        }
-    }
-
     fn completions(&self, body: Value) -> Result<Value> {
         let url = format!("{}/completions", self.endpoint.base);
-        let v = self.call("POST", &url, Some(&body))?;
+        let v = self.client.call("POST", &url, Some(&body))?;
         v["choices"]
             .get(0)
             .cloned()
@@ -345,6 +208,7 @@ fn context_length(b: &OpenAiBackend, entry: &Value) -> Option<usize> {
         return Some(n as usize);
     }
     let props = b
+        .client
         .call("GET", &format!("{}/props", b.endpoint.root()), None)
         .ok()?;
     props["default_generation_settings"]["n_ctx"]
@@ -480,7 +344,7 @@ impl Backend for OpenAiBackend {
                 json!({"model": self.endpoint.model, "input": text}),
             ),
         };
-        let v = self.call("POST", &url, Some(&body))?;
+        let v = self.client.call("POST", &url, Some(&body))?;
         v["tokens"]
             .as_array()
             .map(Vec::len)
@@ -488,28 +352,7 @@ impl Backend for OpenAiBackend {
     }
 
     fn concurrency(&self) -> usize {
-        self.opts.concurrency.max(1)
-    }
-
-    fn loglikelihood(
-        &mut self,
-        context: &str,
-        breaks: &[usize],
-        continuations: &[String],
-    ) -> Result<Vec<LogLikelihood>> {
-        let r = ChoiceRequest::new(context, breaks, continuations);
-        one(self.loglikelihood_batch(std::slice::from_ref(&r))?)
-    }
-
-    fn generate_until(
-        &mut self,
-        context: &str,
-        breaks: &[usize],
-        until: &[String],
-        max_tokens: usize,
-    ) -> Result<String> {
-        let r = GenerateRequest::new(context, breaks, until, max_tokens);
-        one(self.generate_batch(std::slice::from_ref(&r))?)
+        self.client.opts.concurrency.max(1)
     }
 
     fn loglikelihood_batch(
@@ -526,6 +369,7 @@ impl Backend for OpenAiBackend {
             .flat_map(|r| r.continuations.iter().map(|c| (r.context.as_str(), c)))
             .collect();
         let mut scores = self
+            .client
             .in_parallel(&jobs, |&(context, c)| self.score(context, c))?
             .into_iter();
         Ok(requests
@@ -534,12 +378,8 @@ impl Backend for OpenAiBackend {
             .collect())
     }
 
-    fn generate_sampled(&mut self, request: &GenerateRequest) -> Result<String> {
-        self.generate(request)
-    }
-
     fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
-        self.in_parallel(requests, |r| self.generate(r))
+        self.client.in_parallel(requests, |r| self.generate(r))
     }
 }
 
@@ -574,48 +414,6 @@ impl OpenAiBackend {
             );
         }
         Ok(())
-    }
-
-    /// `f` on every job, at most `concurrency` at a time; answers in job order. The first failure
-    /// (in job order) is returned once the requests in flight have finished.
-    fn in_parallel<J: Sync, T: Send>(
-        &self,
-        jobs: &[J],
-        f: impl Fn(&J) -> Result<T> + Sync,
-    ) -> Result<Vec<T>> {
-        let workers = self.opts.concurrency.clamp(1, jobs.len().max(1));
-        if workers == 1 {
-            return jobs.iter().map(&f).collect();
-        }
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let done: Mutex<Vec<Option<Result<T>>>> =
-            Mutex::new((0..jobs.len()).map(|_| None).collect());
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| {
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(job) = jobs.get(i) else { break };
-                        let r = f(job);
-                        if r.is_err() {
-                            failed.store(true, Ordering::Relaxed);
-                        }
-                        done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
-                    }
-                });
-            }
-        });
-        let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::with_capacity(jobs.len());
-        for r in done {
-            match r {
-                Some(r) => out.push(r?),
-                // Not started because an earlier job failed; that failure was returned above.
-                None => bail!("internal: a request was neither sent nor failed"),
-            }
-        }
-        Ok(out)
     }
 
     /// One continuation's log-likelihood after `context`.

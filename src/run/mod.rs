@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Result;
 
 use crate::backend::candle::{DeviceChoice, WeightsChoice};
-use crate::backend::openai;
+use crate::backend::http;
 use crate::models::{HubOptions, ModelsFile};
 use crate::shard::Shard;
 
@@ -62,8 +62,8 @@ pub struct RunConfig {
     pub shard: Option<Shard>,
     /// The persistent request cache (`None`: `--no-cache`).
     pub cache: Option<PathBuf>,
-    /// How to talk to `openai:` servers.
-    pub server: openai::Options,
+    /// How to talk to models behind APIs (every backend of [`crate::backend::SCHEMES`]).
+    pub server: http::Options,
     /// Set (by Ctrl-C) to stop after the sample being scored, keeping everything finished.
     pub stop: Option<Arc<AtomicBool>>,
 }
@@ -167,7 +167,7 @@ impl RunConfig {
             device: DeviceChoice::Cpu,
             shard: None,
             cache: None,
-            server: openai::Options::default(),
+            server: http::Options::default(),
             stop: None,
         }
     }

@@ -10,7 +10,6 @@ use super::folder::{RunFolder, stopped};
 use super::setup::Source;
 use crate::backend::Backend;
 use crate::backend::candle::CandleBackend;
-use crate::backend::openai::OpenAiBackend;
 use crate::cache::{Cached, RequestCache};
 use crate::evaluate::{Plan, evaluate_task};
 use crate::record;
@@ -100,8 +99,8 @@ fn load(cfg: &RunConfig, source: &Source) -> Result<Box<dyn Backend>> {
                     .with_batch_docs(cfg.batch_docs),
             )
         }
-        Source::Server(e) => {
-            Box::new(OpenAiBackend::connect(e.clone(), cfg.server.clone()).context("--models")?)
-        }
+        Source::Remote {
+            reference, scheme, ..
+        } => (scheme.connect)(reference, &cfg.server).context("--models")?,
     })
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::{Protocol, RunConfig};
-use crate::backend::openai::Endpoint;
+use crate::backend::Scheme;
 use crate::models::ResolvedModel;
 use crate::prompt;
 use crate::record::Example;
@@ -16,7 +16,12 @@ use crate::task::Task;
 /// Where a model runs: in process, or behind an OpenAI-compatible server.
 pub(super) enum Source {
     Local(ResolvedModel),
-    Server(Endpoint),
+    /// A model behind an API, reached through its reference's scheme.
+    Remote {
+        reference: String,
+        scheme: &'static Scheme,
+        name: String,
+    },
 }
 
 impl Source {
@@ -24,7 +29,7 @@ impl Source {
     pub(super) fn name(&self) -> String {
         match self {
             Source::Local(m) => m.name(),
-            Source::Server(e) => e.model.clone(),
+            Source::Remote { name, .. } => name.clone(),
         }
     }
 }
@@ -138,9 +143,13 @@ pub(super) fn resolve_models(cfg: &RunConfig) -> Result<Vec<Source>> {
     let resolved: Vec<Source> = cfg
         .models
         .iter()
-        .map(|m| match m.starts_with("openai:") {
-            true => Endpoint::parse(m).map(Source::Server),
-            false => {
+        .map(|m| match crate::backend::scheme_of(m) {
+            Some(scheme) => Ok(Source::Remote {
+                reference: m.clone(),
+                scheme,
+                name: (scheme.name)(m)?,
+            }),
+            None => {
                 crate::models::resolve(m, cfg.models_file.as_ref(), &cfg.hub).map(Source::Local)
             }
         })

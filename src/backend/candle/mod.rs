@@ -1008,16 +1008,6 @@ impl Backend for CandleBackend {
         self.batch_docs
     }
 
-    fn loglikelihood(
-        &mut self,
-        context: &str,
-        breaks: &[usize],
-        continuations: &[String],
-    ) -> Result<Vec<LogLikelihood>> {
-        let r = ChoiceRequest::new(context, breaks, continuations);
-        super::one(self.loglikelihood_batch(std::slice::from_ref(&r))?)
-    }
-
     /// Requests go in groups whose base caches (their prefixes before the last chunk) hold at
     /// most [`BATCH_BASE_BYTES`]. In a group, every request's prefix chunks but the last run
     /// together, a chunk per request per pass; then the last prefix chunks of all requests run
@@ -1053,18 +1043,8 @@ impl Backend for CandleBackend {
         Ok(out)
     }
 
-    fn generate_until(
-        &mut self,
-        context: &str,
-        breaks: &[usize],
-        until: &[String],
-        max_tokens: usize,
-    ) -> Result<String> {
-        self.generate(&GenerateRequest::new(context, breaks, until, max_tokens))
-    }
-
-    fn generate_sampled(&mut self, request: &GenerateRequest) -> Result<String> {
-        self.generate(request)
+    fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
+        requests.iter().map(|r| self.generate(r)).collect()
     }
 
     fn loglikelihood_rolling(&mut self, text: &str) -> Result<f64> {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Runs lm-evaluation-harness itself on lm-eval's own task files over small local data and keeps
-its logged samples as a fixture, which `tests/lm_eval_parity.rs` compares icl-eval against item by
+its logged samples as a fixture, which `tests/it/lm_eval_parity.rs` compares icl-eval against item by
 item (prompt, generation, every filter's answer, every metric).
 
 Run once, where lm-eval can be installed (the fixture is committed; CI never runs this):

@@ -594,7 +594,7 @@ fn wait_with_peak_rss(mut child: std::process::Child) -> Result<(bool, i64)> {
 /// How two runs' samples of the same cells compare. A sweep's K = 32 prompts are those of a
 /// K = 32 run, but a sweep also cuts them after 1 and 8 demonstrations (where its shorter prompts
 /// end), and float sums over other chunk boundaries round differently in the last bits; the same
-/// sweep without prefix reuse (`--kv-cache-mb 0`) is bit-identical, which `tests/protocol.rs`
+/// sweep without prefix reuse (`--kv-cache-mb 0`) is bit-identical, which `tests/it/protocol.rs`
 /// checks.
 #[derive(Debug, Clone, Copy)]
 pub struct Agreement {

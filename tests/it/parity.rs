@@ -1,8 +1,7 @@
 //! Tokenizer and logit parity with Hugging Face transformers (`tests/fixtures/ref_*.json`).
 //! Needs the real model: `scripts/fetch-models.sh`. Run with `cargo test -- --include-ignored`.
 
-mod common;
-
+use crate::common;
 use common::{floats, ids};
 use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
 use serde_json::Value;

@@ -5,8 +5,7 @@
 //! by doc over both the test and the few-shot split, as lm-eval's own file read in place
 //! (`tests/fixtures/lm_eval_tasks`, with `--allow-python` where lm-eval builds them in Python).
 
-mod common;
-
+use crate::common;
 use common::fake_hub::FakeHub;
 use icl_eval::task::{LoadOptions, Task, discover, load_task_using};
 

@@ -1,8 +1,7 @@
 //! The `knn` sentence encoder against sentence-transformers' own outputs (tests/fixtures/minilm.json,
 //! copied from ../shared/reference/minilm.json), and `knn` demonstrations end to end.
 
-mod common;
-
+use crate::common;
 use std::fs;
 
 use common::{floats, icl_eval, ids, root, tmp};

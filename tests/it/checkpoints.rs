@@ -5,8 +5,7 @@
 //! windows of mistral, gemma2 and gemma3 cross the cache boundary), prefix reuse and batch
 //! packing bit for bit.
 
-mod common;
-
+use crate::common;
 use std::path::PathBuf;
 
 use icl_eval::backend::Backend;

@@ -1,8 +1,7 @@
 //! The three bundled tokenizers (built from GGUF metadata) give text back unchanged, and SmolLM2
 //! isolates Unicode numerals the way the original tokenizer does.
 
-mod common;
-
+use crate::common;
 use common::{gemma3, qwen05, smollm2};
 use icl_eval::backend::candle::load_tokenizer;
 

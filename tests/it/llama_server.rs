@@ -3,8 +3,7 @@
 //! 127.0.0.1 with a bundled GGUF and stopped when the test ends. Its answers are compared with the
 //! in-process candle backend's on the same file.
 
-mod common;
-
+use crate::common;
 use common::fake_hub::FakeHub;
 
 use std::collections::BTreeMap;

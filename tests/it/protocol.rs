@@ -1,8 +1,7 @@
 //! The in-context-learning protocol end to end: samplers, seeds, label studies, orderings and
 //! calibration through the real binary; bad settings are one-line errors.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};

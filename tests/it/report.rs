@@ -1,7 +1,6 @@
 //! Reports from real runs: merging run folders, comparing runs, and report.html in a real browser.
 
-mod common;
-
+use crate::common;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -7,8 +7,7 @@
 //! `lambada_openai.yaml` (log-likelihoods, `perplexity`) and `translation/wmt16_de-en.yaml`
 //! (generations, corpus `bleu`, `chrf`, `ter`).
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

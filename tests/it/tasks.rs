@@ -3,8 +3,7 @@
 //! 2-shot prompts for 2 docs and is scored with SmolLM2 through the real binary; gold answers of a
 //! few docs are checked against the data files by hand.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;

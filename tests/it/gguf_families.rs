@@ -7,8 +7,7 @@
 //!   moves log-probabilities by whole nats, or the file does not load);
 //! - icl-eval's GGUF reader scores the same file: within 1e-4 nats, as the checkpoint itself.
 
-mod common;
-
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -2,8 +2,7 @@
 //! `apply_chat_template` (tests/fixtures/chat_templates.json, from ../shared/reference), and
 //! `--chat-template` runs end to end.
 
-mod common;
-
+use crate::common;
 use std::fs;
 
 use common::{gemma3, icl_eval, ids, qwen05, read_samples, root, smollm2, tmp};

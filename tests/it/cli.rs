@@ -1,8 +1,7 @@
 //! End-to-end tests of the real binary: bad input (hermetic) and full runs on SmolLM2 (ignored by
 //! plain `cargo test`; README command 2 runs them with `--include-ignored`).
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;

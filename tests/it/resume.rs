@@ -1,8 +1,7 @@
 //! Interrupted runs resume to the uninterrupted result; shards merge into the unsharded run.
 //! Real binary, real model (SmolLM2), a multiple-choice and a generation task.
 
-mod common;
-
+use crate::common;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};

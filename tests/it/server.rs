@@ -2,8 +2,7 @@
 //! log-probabilities, retries through faults, errors, and `--models openai:…` end to end with the
 //! real binary (a character-level fake model, so every score is computed by hand).
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -287,6 +286,11 @@ fn a_server_that_stays_down_is_a_clear_error_without_the_key() {
             .all(|r| r.headers.contains("Bearer sk-very-secret"))
     );
     assert!(seen.iter().all(|r| !r.body.contains("sk-very-secret")));
+    // Every attempt reached the completions endpoint: 1 + 3 retries.
+    assert_eq!(
+        seen.iter().filter(|r| r.path == "/v1/completions").count(),
+        4
+    );
 }
 
 #[test]

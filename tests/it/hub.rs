@@ -2,8 +2,7 @@
 //! (`/api/models/ORG/REPO/revision/main`, `/ORG/REPO/resolve/main/FILE` with ETag, X-Repo-Commit and
 //! Content-Range), then again offline from the cache it filled.
 
-mod common;
-
+use crate::common;
 use common::fake_hub::{COMMIT, FakeHub, Served};
 
 use std::collections::HashMap;

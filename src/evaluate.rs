@@ -185,14 +185,7 @@ impl Memo {
 enum Need {
     /// Skipped: the 0-shot prompt does not fit (recorded in the sample).
     Nothing,
-    Choices {
-        prompt: Key,
-        /// `acc_calibrated`: the content-free prompts.
-        content_free: Option<Vec<Key>>,
-        unconditional: Option<Key>,
-        /// `acc_mutual_info`: the continuations after an empty context.
-        mutual_info: Option<Key>,
-    },
+    Choices(ChoiceKeys),
     /// `generate_until`: one generation per repeat (greedy repeats share one request).
     Text(Vec<Key>),
     /// `multiple_input`: one request per input, each scoring the shared continuation.
@@ -201,6 +194,17 @@ enum Need {
     Continuation(Key),
     /// `loglikelihood_rolling`: the document alone.
     Document(Key),
+}
+
+/// A multiple-choice cell's requests.
+struct ChoiceKeys {
+    prompt: Key,
+    /// `acc_calibrated`: the content-free prompts.
+    content_free: Option<Vec<Key>>,
+    /// `acc_pmi`: the choices after the neutral prefix.
+    unconditional: Option<Key>,
+    /// `acc_mutual_info`: the continuations after an empty context.
+    mutual_info: Option<Key>,
 }
 
 /// One (doc, seed, label study, ordering, K) of a block, planned and waiting for its answers.
@@ -440,12 +444,12 @@ impl Requests<'_> {
                 let mutual_info = task
                     .needs(Needs::EmptyContext)
                     .then(|| memo.need_choices(pending, "", Vec::new(), &conts));
-                Need::Choices {
+                Need::Choices(ChoiceKeys {
                     prompt,
                     content_free,
                     unconditional,
                     mutual_info,
-                }
+                })
             }
             Answer::Inputs { inputs, .. } => {
                 let conts = prompt::continuations(task, self.item, self.format);
@@ -517,175 +521,224 @@ fn finish(task: &Task, memo: &Memo, cell: Cell) -> Result<Sample> {
         sample: mut s,
         need,
     } = cell;
-    let primary = task.primary_metric().metric;
     match (need, &item.answer) {
         (Need::Nothing, _) => {}
-        (
-            Need::Choices {
-                prompt,
-                content_free,
-                unconditional,
-                mutual_info,
-            },
-            Answer::Choice { choices, gold },
-        ) => {
-            let logprobs = memo.choices(&prompt)?;
-            let prior = content_free
-                .map(|keys| {
-                    let cf = keys
-                        .iter()
-                        .map(|k| memo.choices(k))
-                        .collect::<Result<Vec<_>>>()?;
-                    Ok::<_, anyhow::Error>(choice::content_free_prior(&cf))
-                })
-                .transpose()?;
-            let unconditional = unconditional.map(|k| memo.choices(&k)).transpose()?;
-            let mut cs = choice::score_choices(
-                &logprobs,
-                choices,
-                prior.as_deref(),
-                unconditional.as_deref(),
-            );
-            if let Some(k) = mutual_info {
-                cs.pred_mutual_info = Some(choice::pred_mutual_info(&logprobs, &memo.choices(&k)?));
-            }
-            for &m in &task.metrics {
-                if let PerDoc::ChoiceStats(stats) = m.spec().per_doc {
-                    s.stats.insert(m.name().to_string(), stats(&cs, *gold));
-                }
-                if let Some(v) = m.choice_value(&cs, *gold) {
-                    s.metrics.insert(m.name().to_string(), v);
-                }
-            }
-            let pred = primary.pick(&cs).unwrap_or(cs.pred);
-            s.prediction = Some(choices[pred].clone());
-            s.correct = Some(s.metrics.get(primary.name()).is_some_and(|&v| v > 0.5));
-            s.logprobs = Some(logprobs);
-            s.calibration = prior;
-            s.unconditional = unconditional;
+        (Need::Choices(keys), Answer::Choice { choices, gold }) => {
+            finish_choices(task, memo, &mut s, keys, choices, *gold)?
         }
         (Need::Inputs(keys), Answer::Inputs { inputs, gold, .. }) => {
-            let logprobs = keys
-                .iter()
-                .map(|k| Ok(memo.single(k)?.logprob))
-                .collect::<Result<Vec<f64>>>()?;
-            // Inputs are scored as one choice score over the inputs' log-likelihoods of the
-            // shared continuation: `acc` picks the likeliest; lm-eval scores `f1`/`mcc` of
-            // inputs on (gold input, predicted input).
-            let cs = choice::score_choices(&logprobs, inputs, None, None);
-            s.prediction = Some(inputs[cs.pred].clone());
-            s.correct = Some(cs.pred == *gold);
-            for &m in &task.metrics {
-                if let PerDoc::ChoiceStats(stats) = m.spec().per_doc {
-                    s.stats.insert(m.name().to_string(), stats(&cs, *gold));
-                }
-                s.metrics
-                    .insert(m.name().to_string(), hit(cs.pred == *gold));
-            }
-            s.logprobs = Some(logprobs);
+            finish_inputs(task, memo, &mut s, &keys, inputs, *gold)?
         }
         (Need::Continuation(key), Answer::Continuation(_)) => {
-            let ll = memo.single(&key)?;
-            s.correct = Some(ll.is_greedy);
-            s.metrics = task
-                .metrics
-                .iter()
-                .map(|&m| {
-                    let v = match m.spec().per_doc {
-                        // The summary turns the mean log-likelihood into exp(−mean).
-                        PerDoc::LogLikelihood => ll.logprob,
-                        _ => hit(ll.is_greedy),
-                    };
-                    (m.name().to_string(), v)
-                })
-                .collect();
-            s.logprobs = Some(vec![ll.logprob]);
+            finish_continuation(task, memo, &mut s, &key)?
         }
         (Need::Document(key), Answer::Document(text)) => {
-            let ll = *memo
-                .documents
-                .get(&key)
-                .context("internal: a document was planned but not scored")?;
-            for &m in &task.metrics {
-                let PerDoc::DocumentStats(stats) = m.spec().per_doc else {
-                    bail!("internal: `{}` does not score documents", m.name());
-                };
-                let stats = stats(ll, text);
-                // An empty document has no bytes: no per-doc value (JSON has no NaN), while its
-                // statistics still add nothing to the cell's sums.
-                let alone = m.corpus_score(&[&stats]);
-                if alone.is_finite() {
-                    s.metrics.insert(m.name().to_string(), alone);
-                }
-                s.stats.insert(m.name().to_string(), stats);
-            }
-            s.logprobs = Some(vec![ll]);
+            finish_document(task, memo, &mut s, &key, text)?
         }
         (Need::Text(keys), Answer::Text(target)) => {
-            let mut responses = keys
-                .iter()
-                .map(|k| {
-                    memo.generated
-                        .get(k)
-                        .cloned()
-                        .context("internal: a generation was planned but not answered")
-                })
-                .collect::<Result<Vec<String>>>()?;
-            // Greedy repeats are one generation, shown `repeats` times as lm-eval would get it.
-            while responses.len() < task.repeats {
-                responses.push(responses[0].clone());
-            }
-            let text = responses[0].clone();
-            // Each answer (the generation, or each filter's) is scored by every metric; the first
-            // filter's answer is the prediction, and `correct` is its exact match.
-            let answers: Vec<(Option<&str>, String)> = if task.filters.is_empty() {
-                vec![(None, text.clone())]
-            } else {
-                let choices = task.doc_choices.get(item.id).map_or(&[][..], Vec::as_slice);
-                task.filters
-                    .iter()
-                    .map(|f| (Some(f.name.as_str()), f.apply(&responses, choices)))
-                    .collect()
-            };
-            for (i, (filter, answer)) in answers.iter().enumerate() {
-                let em = score::exact_match_with(&task.exact_match, answer, target);
-                if i == 0 {
-                    s.prediction = Some(match filter {
-                        None => answer.trim().to_string(),
-                        Some(_) => answer.clone(),
-                    });
-                    s.correct = Some(em > 0.5);
-                }
-                for &m in &task.metrics {
-                    let name = crate::task::Reported::new(m, *filter).name().to_string();
-                    let value = match m.spec().per_doc {
-                        PerDoc::TextStats(stats) => {
-                            let stats = stats(answer, target);
-                            let alone = m.corpus_score(&[&stats]);
-                            s.stats.insert(name.clone(), stats);
-                            alone
-                        }
-                        _ => em,
-                    };
-                    s.metrics.insert(name, value);
-                }
-            }
-            if !task.filters.is_empty() {
-                s.filtered = Some(
-                    answers
-                        .into_iter()
-                        .filter_map(|(f, a)| Some((f?.to_string(), a)))
-                        .collect(),
-                );
-            }
-            s.generated = Some(text);
-            if responses.len() > 1 {
-                s.generations = Some(responses);
-            }
+            finish_text(task, memo, &mut s, item, &keys, target)?
         }
         _ => anyhow::bail!("internal: a cell's requests do not match its answer type"),
     }
     Ok(s)
+}
+
+/// A multiple-choice cell: every metric's value (and a corpus metric's statistics) from the
+/// choices' log-likelihoods and the extra requests its metrics needed.
+fn finish_choices(
+    task: &Task,
+    memo: &Memo,
+    s: &mut Sample,
+    keys: ChoiceKeys,
+    choices: &[String],
+    gold: usize,
+) -> Result<()> {
+    let ChoiceKeys {
+        prompt,
+        content_free,
+        unconditional,
+        mutual_info,
+    } = keys;
+    let primary = task.primary_metric().metric;
+    let logprobs = memo.choices(&prompt)?;
+    let prior = content_free
+        .map(|keys| {
+            let cf = keys
+                .iter()
+                .map(|k| memo.choices(k))
+                .collect::<Result<Vec<_>>>()?;
+            Ok::<_, anyhow::Error>(choice::content_free_prior(&cf))
+        })
+        .transpose()?;
+    let unconditional = unconditional.map(|k| memo.choices(&k)).transpose()?;
+    let mut cs = choice::score_choices(
+        &logprobs,
+        choices,
+        prior.as_deref(),
+        unconditional.as_deref(),
+    );
+    if let Some(k) = mutual_info {
+        cs.pred_mutual_info = Some(choice::pred_mutual_info(&logprobs, &memo.choices(&k)?));
+    }
+    for &m in &task.metrics {
+        if let PerDoc::ChoiceStats(stats) = m.spec().per_doc {
+            s.stats.insert(m.name().to_string(), stats(&cs, gold));
+        }
+        if let Some(v) = m.choice_value(&cs, gold) {
+            s.metrics.insert(m.name().to_string(), v);
+        }
+    }
+    let pred = primary.pick(&cs).unwrap_or(cs.pred);
+    s.prediction = Some(choices[pred].clone());
+    s.correct = Some(s.metrics.get(primary.name()).is_some_and(|&v| v > 0.5));
+    s.logprobs = Some(logprobs);
+    s.calibration = prior;
+    s.unconditional = unconditional;
+    Ok(())
+}
+
+/// A multiple-input cell: the inputs' log-likelihoods of the shared continuation.
+fn finish_inputs(
+    task: &Task,
+    memo: &Memo,
+    s: &mut Sample,
+    keys: &[Key],
+    inputs: &[String],
+    gold: usize,
+) -> Result<()> {
+    let logprobs = keys
+        .iter()
+        .map(|k| Ok(memo.single(k)?.logprob))
+        .collect::<Result<Vec<f64>>>()?;
+    // Inputs are scored as one choice score over the inputs' log-likelihoods of the
+    // shared continuation: `acc` picks the likeliest; lm-eval scores `f1`/`mcc` of
+    // inputs on (gold input, predicted input).
+    let cs = choice::score_choices(&logprobs, inputs, None, None);
+    s.prediction = Some(inputs[cs.pred].clone());
+    s.correct = Some(cs.pred == gold);
+    for &m in &task.metrics {
+        if let PerDoc::ChoiceStats(stats) = m.spec().per_doc {
+            s.stats.insert(m.name().to_string(), stats(&cs, gold));
+        }
+        s.metrics.insert(m.name().to_string(), hit(cs.pred == gold));
+    }
+    s.logprobs = Some(logprobs);
+    Ok(())
+}
+
+/// A `loglikelihood` cell: the continuation's log-likelihood and whether it is greedy.
+fn finish_continuation(task: &Task, memo: &Memo, s: &mut Sample, key: &Key) -> Result<()> {
+    let ll = memo.single(key)?;
+    s.correct = Some(ll.is_greedy);
+    s.metrics = task
+        .metrics
+        .iter()
+        .map(|&m| {
+            let v = match m.spec().per_doc {
+                // The summary turns the mean log-likelihood into exp(−mean).
+                PerDoc::LogLikelihood => ll.logprob,
+                _ => hit(ll.is_greedy),
+            };
+            (m.name().to_string(), v)
+        })
+        .collect();
+    s.logprobs = Some(vec![ll.logprob]);
+    Ok(())
+}
+
+/// A `loglikelihood_rolling` cell: the document's statistics for each rolling metric.
+fn finish_document(task: &Task, memo: &Memo, s: &mut Sample, key: &Key, text: &str) -> Result<()> {
+    let ll = *memo
+        .documents
+        .get(key)
+        .context("internal: a document was planned but not scored")?;
+    for &m in &task.metrics {
+        let PerDoc::DocumentStats(stats) = m.spec().per_doc else {
+            bail!("internal: `{}` does not score documents", m.name());
+        };
+        let stats = stats(ll, text);
+        // An empty document has no bytes: no per-doc value (JSON has no NaN), while its
+        // statistics still add nothing to the cell's sums.
+        let alone = m.corpus_score(&[&stats]);
+        if alone.is_finite() {
+            s.metrics.insert(m.name().to_string(), alone);
+        }
+        s.stats.insert(m.name().to_string(), stats);
+    }
+    s.logprobs = Some(vec![ll]);
+    Ok(())
+}
+
+/// A generation cell: each answer (the generation, or each filter's) scored by every metric.
+fn finish_text(
+    task: &Task,
+    memo: &Memo,
+    s: &mut Sample,
+    item: &Item,
+    keys: &[Key],
+    target: &str,
+) -> Result<()> {
+    let mut responses = keys
+        .iter()
+        .map(|k| {
+            memo.generated
+                .get(k)
+                .cloned()
+                .context("internal: a generation was planned but not answered")
+        })
+        .collect::<Result<Vec<String>>>()?;
+    // Greedy repeats are one generation, shown `repeats` times as lm-eval would get it.
+    while responses.len() < task.repeats {
+        responses.push(responses[0].clone());
+    }
+    let text = responses[0].clone();
+    // Each answer (the generation, or each filter's) is scored by every metric; the first
+    // filter's answer is the prediction, and `correct` is its exact match.
+    let answers: Vec<(Option<&str>, String)> = if task.filters.is_empty() {
+        vec![(None, text.clone())]
+    } else {
+        let choices = task.doc_choices.get(item.id).map_or(&[][..], Vec::as_slice);
+        task.filters
+            .iter()
+            .map(|f| (Some(f.name.as_str()), f.apply(&responses, choices)))
+            .collect()
+    };
+    for (i, (filter, answer)) in answers.iter().enumerate() {
+        let em = score::exact_match_with(&task.exact_match, answer, target);
+        if i == 0 {
+            s.prediction = Some(match filter {
+                None => answer.trim().to_string(),
+                Some(_) => answer.clone(),
+            });
+            s.correct = Some(em > 0.5);
+        }
+        for &m in &task.metrics {
+            let name = crate::task::Reported::new(m, *filter).name().to_string();
+            let value = match m.spec().per_doc {
+                PerDoc::TextStats(stats) => {
+                    let stats = stats(answer, target);
+                    let alone = m.corpus_score(&[&stats]);
+                    s.stats.insert(name.clone(), stats);
+                    alone
+                }
+                _ => em,
+            };
+            s.metrics.insert(name, value);
+        }
+    }
+    if !task.filters.is_empty() {
+        s.filtered = Some(
+            answers
+                .into_iter()
+                .filter_map(|(f, a)| Some((f?.to_string(), a)))
+                .collect(),
+        );
+    }
+    s.generated = Some(text);
+    if responses.len() > 1 {
+        s.generations = Some(responses);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,44 +20,8 @@ pub fn merge(dirs: &[PathBuf], output: &Path, python: Option<&Path>) -> Result<R
         .iter()
         .map(|d| record::read_run(d))
         .collect::<Result<Vec<_>>>()?;
+    check_shards(&runs)?;
     let first = &runs[0];
-    let Some(count) = first.record.shard.map(|s| s.count) else {
-        bail!(
-            "{}: not a shard (its config.json has no `shard`); merge takes the folders of a run \
-             made with --shard I/N",
-            first.dir.display()
-        );
-    };
-    let mut seen = HashSet::new();
-    for r in &runs {
-        let shown = r.dir.display();
-        let Some(shard) = r.record.shard else {
-            bail!("{shown}: not a shard (its config.json has no `shard`)");
-        };
-        if r.record.run_id.is_empty() || r.record.run_id != first.record.run_id {
-            bail!(
-                "{shown}: a shard of a different run than {} (different tasks, models, shots, \
-                 seeds, limit or protocol)",
-                first.dir.display()
-            );
-        }
-        if shard.count != count {
-            bail!(
-                "{shown}: shard {shard}, but {} is of {count} shards",
-                first.dir.display()
-            );
-        }
-        if !seen.insert(shard.index) {
-            bail!("{shown}: shard {shard} is given twice");
-        }
-    }
-    let missing: Vec<String> = (1..=count)
-        .filter(|i| !seen.contains(i))
-        .map(|i| format!("{i}/{count}"))
-        .collect();
-    if !missing.is_empty() {
-        bail!("merge: shard {} missing", missing.join(", "));
-    }
     if output.join("samples.jsonl").exists() {
         bail!(
             "--output: {} already holds a finished run; choose another folder",
@@ -135,4 +99,46 @@ pub fn merge(dirs: &[PathBuf], output: &Path, python: Option<&Path>) -> Result<R
     input.python = python.map(Path::to_path_buf);
     report::write_report(output, &input)?;
     Ok(data)
+}
+/// The folders are the N shards of one run, each once.
+fn check_shards(runs: &[record::RunData]) -> Result<()> {
+    let first = &runs[0];
+    let Some(count) = first.record.shard.map(|s| s.count) else {
+        bail!(
+            "{}: not a shard (its config.json has no `shard`); merge takes the folders of a run \
+             made with --shard I/N",
+            first.dir.display()
+        );
+    };
+    let mut seen = HashSet::new();
+    for r in runs {
+        let shown = r.dir.display();
+        let Some(shard) = r.record.shard else {
+            bail!("{shown}: not a shard (its config.json has no `shard`)");
+        };
+        if r.record.run_id.is_empty() || r.record.run_id != first.record.run_id {
+            bail!(
+                "{shown}: a shard of a different run than {} (different tasks, models, shots, \
+                 seeds, limit or protocol)",
+                first.dir.display()
+            );
+        }
+        if shard.count != count {
+            bail!(
+                "{shown}: shard {shard}, but {} is of {count} shards",
+                first.dir.display()
+            );
+        }
+        if !seen.insert(shard.index) {
+            bail!("{shown}: shard {shard} is given twice");
+        }
+    }
+    let missing: Vec<String> = (1..=count)
+        .filter(|i| !seen.contains(i))
+        .map(|i| format!("{i}/{count}"))
+        .collect();
+    if !missing.is_empty() {
+        bail!("merge: shard {} missing", missing.join(", "));
+    }
+    Ok(())
 }

@@ -97,6 +97,49 @@ impl ReportInput {
 /// (different YAML, template or data) unless `allow_mixed`, a model name with different weights, and
 /// a (task, model, K) cell present in two runs — each error names the runs involved.
 pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
+    let (tasks, models) = distinct_tasks_and_models(runs, allow_mixed)?;
+    let samples = samples_of_distinct_cells(runs)?;
+    let notes = setting_notes(runs);
+    let mut groups: Vec<Group> = Vec::new();
+    for g in runs.iter().flat_map(|r| &r.record.groups) {
+        if !groups.iter().any(|x| x.name == g.name) {
+            groups.push(g.clone());
+        }
+    }
+    let mut examples: Vec<Example> = Vec::new();
+    for run in runs {
+        for e in &run.examples {
+            if !examples.iter().any(|x| x.task == e.task && x.k == e.k) {
+                examples.push(e.clone());
+            }
+        }
+    }
+    Ok(ReportInput {
+        tasks: tasks
+            .iter()
+            .map(|(t, _)| TaskMeta::from_record(t))
+            .collect::<Result<_>>()?,
+        models: models.into_iter().map(|(m, _)| m).collect(),
+        samples,
+        examples,
+        runs: runs
+            .iter()
+            .map(|r| (r.dir.clone(), r.record.clone()))
+            .collect(),
+        notes,
+        // `icl-eval report`/`merge` set it from --allow-python.
+        python: None,
+        groups,
+    })
+}
+
+/// Each task and model once, in run order; a task that differs between runs refuses unless
+/// `allow_mixed`, a model name with other weights always.
+#[allow(clippy::type_complexity)]
+fn distinct_tasks_and_models(
+    runs: &[RunData],
+    allow_mixed: bool,
+) -> Result<(Vec<(TaskRecord, PathBuf)>, Vec<(ModelInfo, PathBuf)>)> {
     let mut tasks: Vec<(TaskRecord, PathBuf)> = Vec::new();
     let mut models: Vec<(ModelInfo, PathBuf)> = Vec::new();
     let mut mixed = Vec::new();
@@ -134,6 +177,11 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
             mixed.join("; ")
         );
     }
+    Ok((tasks, models))
+}
+
+/// Every run's samples; a cell two runs both hold refuses.
+fn samples_of_distinct_cells(runs: &[RunData]) -> Result<Vec<crate::record::Sample>> {
     type Cell = (String, String, &'static str, &'static str, usize);
     let mut cells: Vec<(Cell, &Path)> = Vec::new();
     let mut samples = Vec::new();
@@ -171,6 +219,12 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
         }
         samples.extend(run.samples.iter().cloned());
     }
+    Ok(samples)
+}
+
+/// A note for each run whose settings differ from the first's: seed, limit, weights, and any
+/// field of the recorded protocol (compared generically, field by field).
+fn setting_notes(runs: &[RunData]) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(first) = runs.first() {
         let r0 = &first.record;
@@ -186,6 +240,7 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
             if r.weights != r0.weights {
                 differ.push(format!("weights {} vs {}", r0.weights, r.weights));
             }
+            differ.extend(protocol_differences(&r0.protocol, &r.protocol));
             if !differ.is_empty() {
                 notes.push(format!(
                     "{} and {} differ in {}: their cells use other demonstrations, docs or precision",
@@ -196,37 +251,29 @@ pub fn merge(runs: &[RunData], allow_mixed: bool) -> Result<ReportInput> {
             }
         }
     }
-    let mut groups: Vec<Group> = Vec::new();
-    for g in runs.iter().flat_map(|r| &r.record.groups) {
-        if !groups.iter().any(|x| x.name == g.name) {
-            groups.push(g.clone());
-        }
-    }
-    let mut examples: Vec<Example> = Vec::new();
-    for run in runs {
-        for e in &run.examples {
-            if !examples.iter().any(|x| x.task == e.task && x.k == e.k) {
-                examples.push(e.clone());
+    notes
+}
+
+/// The protocol fields two runs set differently, as `field a vs b`.
+fn protocol_differences(a: &crate::record::Protocol, b: &crate::record::Protocol) -> Vec<String> {
+    fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    flatten(&format!("{prefix}{k}."), x, out);
+                }
             }
+            other => out.push((prefix.trim_end_matches('.').to_string(), other.to_string())),
         }
     }
-    Ok(ReportInput {
-        tasks: tasks
-            .iter()
-            .map(|(t, _)| TaskMeta::from_record(t))
-            .collect::<Result<_>>()?,
-        models: models.into_iter().map(|(m, _)| m).collect(),
-        samples,
-        examples,
-        runs: runs
-            .iter()
-            .map(|r| (r.dir.clone(), r.record.clone()))
-            .collect(),
-        notes,
-        // `icl-eval report`/`merge` set it from --allow-python.
-        python: None,
-        groups,
-    })
+    let (mut fa, mut fb) = (Vec::new(), Vec::new());
+    flatten("", &serde_json::to_value(a).unwrap_or_default(), &mut fa);
+    flatten("", &serde_json::to_value(b).unwrap_or_default(), &mut fb);
+    fa.iter()
+        .zip(&fb)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, y)| format!("{} {} vs {}", x.0, x.1, y.1))
+        .collect()
 }
 
 /// What [`write_report`] produced.
@@ -320,6 +367,19 @@ fn write_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocols_are_compared_field_by_field() {
+        let a = crate::record::Protocol::default();
+        let mut b = a.clone();
+        b.seeds = 3;
+        b.flags.demo_order = Some(crate::sampler::DemoOrder::ByLabel);
+        assert_eq!(
+            protocol_differences(&a, &b),
+            ["flags.demo_order null vs \"by_label\"", "seeds 1 vs 3"]
+        );
+        assert!(protocol_differences(&a, &a).is_empty());
+    }
     use crate::task::{Item, Metric};
 
     fn run(dir: &str, hash: &str, model: &str, samples: Vec<Sample>) -> RunData {

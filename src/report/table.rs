@@ -23,57 +23,7 @@ pub fn summarize(
     models: &[ModelInfo],
     python: Option<&std::path::Path>,
 ) -> Result<DataFrame> {
-    let mut task = Vec::new();
-    let mut model = Vec::new();
-    let mut params = Vec::new();
-    let mut sampler = Vec::new();
-    let mut labels = Vec::new();
-    let mut k = Vec::new();
-    let mut metric = Vec::new();
-    let mut seed = Vec::new();
-    let mut perm = Vec::new();
-    let mut value: Vec<Option<f64>> = Vec::new();
-    let mut k_eff: Vec<Option<f64>> = Vec::new();
-    let mut corpus = CorpusDraws::default();
-    for s in samples {
-        let Some(t) = tasks.iter().find(|t| t.name == s.task) else {
-            continue;
-        };
-        let p = models
-            .iter()
-            .find(|m| m.name == s.model)
-            .map_or(0, |m| m.parameters);
-        for m in &t.metrics {
-            if m.metric.is_corpus() {
-                corpus.add(s, p, m, t.aggregations.get(m.name()));
-                continue;
-            }
-            task.push(s.task.clone());
-            model.push(s.model.clone());
-            params.push(p);
-            sampler.push(s.sampler.name());
-            labels.push(s.demo_labels.name());
-            k.push(s.k as u32);
-            metric.push(m.name().to_string());
-            seed.push(s.seed);
-            perm.push(s.permutation as u32);
-            value.push(s.metrics.get(m.name()).copied());
-            k_eff.push(s.k_effective.map(|x| x as f64));
-        }
-    }
-    let long = df!(
-        "task" => task,
-        "model" => model,
-        "parameters" => params,
-        "sampler" => sampler,
-        "demo_labels" => labels,
-        "k" => k,
-        "metric" => metric,
-        "seed" => seed,
-        "permutation" => perm,
-        "value" => value,
-        "k_effective" => k_eff,
-    )?;
+    let (long, corpus) = long_rows(samples, tasks, models)?;
     let cell = [
         col("task"),
         col("model"),
@@ -165,6 +115,67 @@ pub fn summarize(
     )
     .collect()?;
     Ok(summary)
+}
+
+/// One row per (sample, per-doc metric) with its cell columns, seed and ordering; the corpus
+/// metrics' samples gathered per draw instead.
+fn long_rows(
+    samples: &[Sample],
+    tasks: &[TaskMeta],
+    models: &[ModelInfo],
+) -> Result<(DataFrame, CorpusDraws)> {
+    let mut task = Vec::new();
+    let mut model = Vec::new();
+    let mut params = Vec::new();
+    let mut sampler = Vec::new();
+    let mut labels = Vec::new();
+    let mut k = Vec::new();
+    let mut metric = Vec::new();
+    let mut seed = Vec::new();
+    let mut perm = Vec::new();
+    let mut value: Vec<Option<f64>> = Vec::new();
+    let mut k_eff: Vec<Option<f64>> = Vec::new();
+    let mut corpus = CorpusDraws::default();
+    for s in samples {
+        let Some(t) = tasks.iter().find(|t| t.name == s.task) else {
+            continue;
+        };
+        let p = models
+            .iter()
+            .find(|m| m.name == s.model)
+            .map_or(0, |m| m.parameters);
+        for m in &t.metrics {
+            if m.metric.is_corpus() {
+                corpus.add(s, p, m, t.aggregations.get(m.name()));
+                continue;
+            }
+            task.push(s.task.clone());
+            model.push(s.model.clone());
+            params.push(p);
+            sampler.push(s.sampler.name());
+            labels.push(s.demo_labels.name());
+            k.push(s.k as u32);
+            metric.push(m.name().to_string());
+            seed.push(s.seed);
+            perm.push(s.permutation as u32);
+            value.push(s.metrics.get(m.name()).copied());
+            k_eff.push(s.k_effective.map(|x| x as f64));
+        }
+    }
+    let long = df!(
+        "task" => task,
+        "model" => model,
+        "parameters" => params,
+        "sampler" => sampler,
+        "demo_labels" => labels,
+        "k" => k,
+        "metric" => metric,
+        "seed" => seed,
+        "permutation" => perm,
+        "value" => value,
+        "k_effective" => k_eff,
+    )?;
+    Ok((long, corpus))
 }
 
 /// The docs of each draw (cell, seed, ordering) of a corpus metric, scored together: the draw's

@@ -813,55 +813,10 @@ impl Translation {
     }
 
     fn finish(mut self, shown: &str) -> Result<Imported, Vec<String>> {
-        // lm-eval's `TaskConfig` defaults the output type to a generation (FLD's files omit it).
-        if self.output_type.is_none() && self.task.is_some() {
-            self.output_type = Some("generate_until".into());
-            self.notes
-                .push("no `output_type`: lm-eval's default, generate_until".into());
-        }
-        for (field, missing) in [
-            ("task", self.task.is_none()),
-            ("doc_to_text", self.doc_to_text.is_none()),
-            ("doc_to_target", self.doc_to_target.is_none()),
-        ] {
-            if missing {
-                self.problems.push(format!("key `{field}` is missing"));
-            }
-        }
-        // A metric icl-eval computes, but not for this output type (`perplexity` of a generation).
-        let output = self.output_type.as_deref().and_then(|o| {
-            serde_yaml::from_value::<super::spec::OutputType>(Value::String(o.into())).ok()
-        });
-        if let Some(o) = output {
-            for m in &self.metrics {
-                if let Err(e) = super::Metric::parse(m, o) {
-                    self.problems.push(format!(
-                        "key `metric_list` has metric `{m}`, which icl-eval cannot score here: {e}"
-                    ));
-                }
-            }
-        }
-        let test = self.splits[TEST]
-            .clone()
-            .or(self.splits[VALIDATION].clone());
-        let fewshot = self.splits[FEWSHOT]
-            .clone()
-            .or(self.splits[TRAIN].clone())
-            .or(self.splits[VALIDATION].clone())
-            .or(test.clone());
-        let Some(test) = test else {
-            self.problems.push(
-                "neither `test_split` nor `validation_split` is set: nothing to evaluate".into(),
-            );
+        self.check_keys();
+        let Some((test, fewshot, dataset)) = self.test_and_fewshot() else {
             return Err(self.located(shown));
         };
-        let fewshot = fewshot.unwrap_or_else(|| test.clone());
-        let checked = if self.samples.is_some() || self.hooks.contains_key("fewshot_samples") {
-            test.clone()
-        } else {
-            fewshot.clone()
-        };
-        let dataset = self.dataset(&test, &checked);
         if !self.problems.is_empty() {
             return Err(self.located(shown));
         }
@@ -923,35 +878,123 @@ impl Translation {
         }
         put("output_type", Value::String(output_type.clone()));
         if output_type == "generate_until" {
-            let mut g = Mapping::new();
-            if let Some(u) = self.until.take() {
-                g.insert("until".into(), u);
-            }
-            // lm-eval's default budget (max_gen_toks) is 256.
-            let max = self.max_tokens.or(self.max_new_tokens).unwrap_or(256);
-            g.insert("max_tokens".into(), max.into());
-            if self.do_sample == Some(true) {
-                g.insert("do_sample".into(), true.into());
-                g.extend(std::mem::take(&mut self.sampling));
-                self.notes.push(
-                    "do_sample: icl-eval draws each generation from its own seeded generator, so \
-                     sampled answers repeat run to run but are not lm-eval's (torch's) draws"
-                        .into(),
-                );
-            } else if self.sampling.get("top_p").is_some()
-                || self
-                    .sampling
-                    .get("temperature")
-                    .and_then(Value::as_f64)
-                    .is_some_and(|t| t != 0.0)
-            {
-                self.notes.push(
-                    "`temperature` / `top_p` dropped: without `do_sample` lm-eval decodes greedily"
-                        .into(),
-                );
-            }
-            put("generation", Value::Mapping(g));
+            put("generation", self.generation_block());
         }
+        if let Some(m) = self.headline_first(&output_type) {
+            put("metrics", m);
+        }
+        if !self.rest(&mut out, &output_type) {
+            return Err(self.located(shown));
+        }
+        let body = serde_yaml::to_string(&Value::Mapping(out)).map_err(|e| vec![e.to_string()])?;
+        let mut yaml = format!(
+            "# Imported from the lm-evaluation-harness task {shown} by `icl-eval tasks import`.\n"
+        );
+        for n in &self.notes {
+            yaml.push_str(&format!("# Note: {n}\n"));
+        }
+        yaml.push_str(&body);
+        Ok(Imported {
+            task,
+            yaml,
+            notes: self.notes,
+        })
+    }
+
+    /// lm-eval's default output type, the keys every task needs, and metrics this output type
+    /// cannot score.
+    fn check_keys(&mut self) {
+        // lm-eval's `TaskConfig` defaults the output type to a generation (FLD's files omit it).
+        if self.output_type.is_none() && self.task.is_some() {
+            self.output_type = Some("generate_until".into());
+            self.notes
+                .push("no `output_type`: lm-eval's default, generate_until".into());
+        }
+        for (field, missing) in [
+            ("task", self.task.is_none()),
+            ("doc_to_text", self.doc_to_text.is_none()),
+            ("doc_to_target", self.doc_to_target.is_none()),
+        ] {
+            if missing {
+                self.problems.push(format!("key `{field}` is missing"));
+            }
+        }
+        // A metric icl-eval computes, but not for this output type (`perplexity` of a generation).
+        let output = self.output_type.as_deref().and_then(|o| {
+            serde_yaml::from_value::<super::spec::OutputType>(Value::String(o.into())).ok()
+        });
+        if let Some(o) = output {
+            for m in &self.metrics {
+                if let Err(e) = super::Metric::parse(m, o) {
+                    self.problems.push(format!(
+                        "key `metric_list` has metric `{m}`, which icl-eval cannot score here: {e}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The test split, the few-shot split and the `dataset:` block; `None` when nothing is
+    /// evaluated.
+    fn test_and_fewshot(&mut self) -> Option<(String, String, Value)> {
+        let test = self.splits[TEST]
+            .clone()
+            .or(self.splits[VALIDATION].clone());
+        let fewshot = self.splits[FEWSHOT]
+            .clone()
+            .or(self.splits[TRAIN].clone())
+            .or(self.splits[VALIDATION].clone())
+            .or(test.clone());
+        let Some(test) = test else {
+            self.problems.push(
+                "neither `test_split` nor `validation_split` is set: nothing to evaluate".into(),
+            );
+            return None;
+        };
+        let fewshot = fewshot.unwrap_or_else(|| test.clone());
+        let checked = if self.samples.is_some() || self.hooks.contains_key("fewshot_samples") {
+            test.clone()
+        } else {
+            fewshot.clone()
+        };
+        let dataset = self.dataset(&test, &checked);
+        Some((test, fewshot, dataset))
+    }
+
+    /// A generation's `generation:` block: stop sequences, budget, sampling.
+    fn generation_block(&mut self) -> Value {
+        let mut g = Mapping::new();
+        if let Some(u) = self.until.take() {
+            g.insert("until".into(), u);
+        }
+        // lm-eval's default budget (max_gen_toks) is 256.
+        let max = self.max_tokens.or(self.max_new_tokens).unwrap_or(256);
+        g.insert("max_tokens".into(), max.into());
+        if self.do_sample == Some(true) {
+            g.insert("do_sample".into(), true.into());
+            g.extend(std::mem::take(&mut self.sampling));
+            self.notes.push(
+                "do_sample: icl-eval draws each generation from its own seeded generator, so \
+                     sampled answers repeat run to run but are not lm-eval's (torch's) draws"
+                    .into(),
+            );
+        } else if self.sampling.get("top_p").is_some()
+            || self
+                .sampling
+                .get("temperature")
+                .and_then(Value::as_f64)
+                .is_some_and(|t| t != 0.0)
+        {
+            self.notes.push(
+                "`temperature` / `top_p` dropped: without `do_sample` lm-eval decodes greedily"
+                    .into(),
+            );
+        }
+        Value::Mapping(g)
+    }
+
+    /// The metrics, the headline first (an accuracy before any lower-is-better metric).
+    fn headline_first(&mut self, output_type: &str) -> Option<Value> {
         // icl-eval's headline (first) metric decides each doc's `correct`, so lower-is-better
         // metrics (Brier score, perplexity, TER) go last, after an accuracy; a rolling task's
         // perplexities decide nothing and stay as they are.
@@ -975,17 +1018,21 @@ impl Translation {
         }
         higher.extend(lower);
         self.metrics = higher;
-        if !self.metrics.is_empty() {
-            put(
-                "metrics",
-                Value::Sequence(self.metrics.iter().cloned().map(Value::String).collect()),
-            );
-        }
+        (!self.metrics.is_empty())
+            .then(|| Value::Sequence(self.metrics.iter().cloned().map(Value::String).collect()))
+    }
+
+    /// The keys after the metrics (repeats, num_fewshot, metadata, filters, exact-match options,
+    /// the few-shot block) into `out`; false when one is a problem (pushed).
+    fn rest(&mut self, out: &mut Mapping, output_type: &str) -> bool {
+        let mut put = |k: &str, v: Value| {
+            out.insert(Value::String(k.into()), v);
+        };
         if let Some(n) = self.repeats.filter(|&n| n > 1) {
             if output_type != "generate_until" {
                 self.problems
                     .push("key `repeats` applies only to output_type generate_until".into());
-                return Err(self.located(shown));
+                return false;
             }
             put("repeats", n.into());
         }
@@ -999,7 +1046,7 @@ impl Translation {
                  here; icl-eval scores them as one `exact_match`, so it cannot give both"
                     .into(),
             );
-            return Err(self.located(shown));
+            return false;
         }
         if let Some(v) = self.version.take() {
             let mut m = Mapping::new();
@@ -1010,7 +1057,7 @@ impl Translation {
             if output_type != "generate_until" {
                 self.problems
                     .push("key `filter_list` applies only to output_type generate_until".into());
-                return Err(self.located(shown));
+                return false;
             }
             put("filter_list", f);
         }
@@ -1040,19 +1087,7 @@ impl Translation {
             }
             put("fewshot", Value::Mapping(f));
         }
-        let body = serde_yaml::to_string(&Value::Mapping(out)).map_err(|e| vec![e.to_string()])?;
-        let mut yaml = format!(
-            "# Imported from the lm-evaluation-harness task {shown} by `icl-eval tasks import`.\n"
-        );
-        for n in &self.notes {
-            yaml.push_str(&format!("# Note: {n}\n"));
-        }
-        yaml.push_str(&body);
-        Ok(Imported {
-            task,
-            yaml,
-            notes: self.notes,
-        })
+        true
     }
 
     /// `dataset:` — lm-eval's local `data_files`, or the Hugging Face Hub dataset itself.

@@ -165,17 +165,23 @@ fn is_lm_eval(merged: &serde_yaml::Value) -> bool {
 
 /// The spec checked and rendered into a task; `None` when any problem was found. The order of
 /// reads (templates, then data) is the order of the task hash.
-fn build_spec(
-    cx: &mut Ctx,
-    mut spec: TaskSpec,
-    path: &Path,
-    python: Option<&Path>,
-) -> Option<Task> {
+/// A task's compiled templates: the test docs', and the demonstrations' own where lm-eval's
+/// `fewshot_config.doc_to_*` gives them.
+struct Templates {
+    env: Environment<'static>,
+    choices: Option<ChoiceSpec>,
+    fewshot_env: Option<Environment<'static>>,
+    /// Every template compiled.
+    ok: bool,
+}
+
+/// Compiles the task's templates, each problem recorded.
+fn compile_templates(cx: &mut Ctx, spec: &TaskSpec) -> Templates {
     let mut env = template_env();
     let mut ok = add_template(cx, &mut env, "description", &spec.description);
     ok &= add_template(cx, &mut env, "doc_to_text", &spec.doc_to_text);
     ok &= add_template(cx, &mut env, "doc_to_target", &spec.doc_to_target);
-    let choices = choice_spec(cx, &mut env, &spec, &mut ok);
+    let choices = choice_spec(cx, &mut env, spec, &mut ok);
     if let Some(gp) = &spec.gen_prefix {
         ok &= add_template(cx, &mut env, "gen_prefix", gp);
         if spec.output_type == OutputType::MultipleInput {
@@ -202,15 +208,19 @@ fn build_spec(
             if let Some(gp) = &spec.gen_prefix {
                 ok &= add_template(cx, &mut e, "gen_prefix", gp);
             }
-            choice_spec(cx, &mut e, &spec, &mut ok);
+            choice_spec(cx, &mut e, spec, &mut ok);
             e
         });
-    if spec.generation.is_some() && spec.output_type != OutputType::GenerateUntil {
-        cx.problem("field `generation` applies only to output_type generate_until");
+    Templates {
+        env,
+        choices,
+        fewshot_env,
+        ok,
     }
-    let mut metrics = metrics(cx, &spec);
-    let exact_match = exact_match_options(cx, &spec);
-    let filters = filters(cx, &spec);
+}
+
+/// A generation's stop sequences and token budget (the few-shot delimiter and 32 by default).
+fn generation_limits(cx: &mut Ctx, spec: &TaskSpec) -> (Vec<String>, usize) {
     let (until, max_tokens) = match &spec.generation {
         Some(g) => (
             g.until
@@ -223,7 +233,25 @@ fn build_spec(
     if max_tokens == 0 {
         cx.problem("field `generation.max_tokens` must be at least 1");
     }
-    let sampling = sampling(cx, &spec);
+    (until, max_tokens)
+}
+
+/// The splits a task reads, as raw docs: loaded, run through its Python hooks (with
+/// `--allow-python`), inline samples added, `process_docs` applied; with the few-shot split's name,
+/// the Python aggregations and the hooks that ran.
+struct Splits {
+    docs: BTreeMap<String, Vec<serde_json::Value>>,
+    fewshot: String,
+    aggregations: BTreeMap<String, String>,
+    python: Vec<String>,
+}
+
+fn read_splits(
+    cx: &mut Ctx,
+    spec: &TaskSpec,
+    python: Option<&Path>,
+    metrics: &[Metric],
+) -> Option<Splits> {
     let inline = spec.fewshot.samples.clone();
     let hooked_samples = spec
         .python
@@ -247,7 +275,7 @@ fn build_spec(
     };
     let mut splits = load_splits(cx, &spec.dataset, &wanted)?;
     let aggregations = match &spec.python {
-        Some(h) => super::hooks::aggregations(cx, python, h, &metrics)?,
+        Some(h) => super::hooks::aggregations(cx, python, h, metrics)?,
         None => BTreeMap::new(),
     };
     let python_ran = match &spec.python {
@@ -267,6 +295,60 @@ fn build_spec(
             return None;
         }
     }
+    Some(Splits {
+        docs: splits,
+        fewshot: fewshot_split,
+        aggregations,
+        python: python_ran,
+    })
+}
+
+/// lm-eval's `f1` is scikit-learn's binary F1 (of choice 1), which refuses more labels: false
+/// (a problem recorded) when a doc has more than two options.
+fn f1_is_binary(cx: &mut Ctx, metrics: &[Metric], test: &Option<Vec<super::Item>>) -> bool {
+    if metrics.contains(&Metric::F1)
+        && let Some(item) = test
+            .iter()
+            .flatten()
+            .find(|i| i.options().is_some_and(|o| o.len() > 2))
+    {
+        cx.problem(format!(
+            "field `metrics`: `f1` is binary (scikit-learn's default, as lm-eval calls it), but doc \
+             {} has {} choices; use `f1_weighted` or `mcc`",
+            item.id,
+            item.options().map_or(0, <[String]>::len)
+        ));
+        return false;
+    }
+    true
+}
+
+fn build_spec(
+    cx: &mut Ctx,
+    mut spec: TaskSpec,
+    path: &Path,
+    python: Option<&Path>,
+) -> Option<Task> {
+    let Templates {
+        env,
+        choices,
+        fewshot_env,
+        mut ok,
+    } = compile_templates(cx, &spec);
+    if spec.generation.is_some() && spec.output_type != OutputType::GenerateUntil {
+        cx.problem("field `generation` applies only to output_type generate_until");
+    }
+    let mut metrics = metrics(cx, &spec);
+    let exact_match = exact_match_options(cx, &spec);
+    let filters = filters(cx, &spec);
+    let (until, max_tokens) = generation_limits(cx, &spec);
+    let sampling = sampling(cx, &spec);
+    let Splits {
+        docs: splits,
+        fewshot: fewshot_split,
+        aggregations,
+        python: python_ran,
+    } = read_splits(cx, &spec, python, &metrics)?;
     ok &= check_splits(cx, &spec, &splits, &fewshot_split);
     if !ok || !cx.problems.is_empty() {
         return None;
@@ -305,23 +387,14 @@ fn build_spec(
     if !cx.problems.is_empty() {
         return None;
     }
-    // lm-eval's `f1` is scikit-learn's binary F1 (of choice 1), which refuses more labels.
-    if metrics.contains(&Metric::F1)
-        && let Some(item) = test
-            .iter()
-            .flatten()
-            .find(|i| i.options().is_some_and(|o| o.len() > 2))
-    {
-        cx.problem(format!(
-            "field `metrics`: `f1` is binary (scikit-learn's default, as lm-eval calls it), but doc \
-             {} has {} choices; use `f1_weighted` or `mcc`",
-            item.id,
-            item.options().map_or(0, <[String]>::len)
-        ));
+    if !f1_is_binary(cx, &metrics, &test) {
         return None;
     }
     // Only `acc_calibrated` reads them; other tasks' templates may need real values (an `int`).
-    let content_free = if metrics.contains(&Metric::AccCalibrated) {
+    let content_free = if metrics
+        .iter()
+        .any(|m| m.spec().needs == crate::metric::Needs::ContentFree)
+    {
         content_free_inputs(cx, &render, splits[&spec.test_split].first())?
     } else {
         Vec::new()

@@ -348,67 +348,14 @@ impl Decoder {
         segments: &[Segment<'_>],
         keep: CacheOut,
     ) -> Result<Vec<(Tensor, KvCache)>> {
-        let mut spans = Vec::with_capacity(segments.len());
-        let mut ids = Vec::new();
-        for seg in segments {
-            let t = seg.ids.len();
-            if t == 0 {
-                bail!("forward pass over zero tokens");
-            }
-            let past: usize = seg.past.iter().map(|c| c.len).sum();
-            if past + t > self.cfg.context_length {
-                bail!(
-                    "sequence of {} tokens exceeds the model's context length {}",
-                    past + t,
-                    self.cfg.context_length
-                );
-            }
-            spans.push((ids.len(), t, past));
-            ids.extend_from_slice(seg.ids);
-        }
-        let rows = ids.len();
-        let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
-        let x = match &self.embed {
-            Some(e) => e.index_select(&ids_t, 0)?,
-            None => self.output.rows(&ids_t)?,
-        };
-        let mut x = x.unsqueeze(0)?; // [1, rows, d]
-        if let Some(s) = self.cfg.embed_scale {
-            x = (x * s)?;
-        }
-        if let (Some(table), Some(offset)) = (&self.positions, self.cfg.learned_positions) {
-            let pos: Vec<u32> = spans
-                .iter()
-                .flat_map(|&(_, t, past)| (past..past + t).map(move |p| (p + offset) as u32))
-                .collect();
-            let pos = table.index_select(&Tensor::new(pos.as_slice(), &self.device)?, 0)?;
-            x = x.broadcast_add(&pos)?;
-        }
-        let angles = |inv: &Tensor| -> Result<(Tensor, Tensor)> {
-            let parts = spans
-                .iter()
-                .map(|&(_, t, past)| rope_angles(inv, past, t, &self.device))
-                .collect::<Result<Vec<_>>>()?;
-            let (cos, sin): (Vec<Tensor>, Vec<Tensor>) = parts.into_iter().unzip();
-            Ok((Tensor::cat(&cos, 0)?, Tensor::cat(&sin, 0)?))
-        };
+        let (spans, mut x) = self.embed_segments(segments)?;
+        let rows = spans.iter().map(|s| s.1).sum::<usize>();
         let rotary = self.cfg.rotary_dims > 0;
-        let (cos, sin) = if rotary {
-            angles(&self.inv_freq)?
-        } else {
-            let none = Tensor::zeros(0, DType::F32, &self.device)?;
-            (none.clone(), none)
-        };
-        let local = if rotary && self.cfg.rope_local != self.cfg.rope {
-            Some(angles(&self.inv_freq_local)?)
-        } else {
-            None
-        };
+        let (cos, sin, local) = self.segment_angles(&spans)?;
         let (nh, nkv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let mut kept: Vec<Vec<LayerKv>> = vec![Vec::with_capacity(self.layers.len()); spans.len()];
         for (li, layer) in self.layers.iter().enumerate() {
             let sliding = self.cfg.sliding_layers[li];
-            let window = self.window(li);
             let h = self.pre_norm(&layer.attn_norm, &x)?;
             let (mut q, mut k, v) = match &layer.qkv {
                 Qkv::Split(q, k, v) => (q.forward(&h)?, k.forward(&h)?, v.forward(&h)?),
@@ -440,68 +387,8 @@ impl Decoder {
                 q = self.rotate(&q, c, s)?;
                 k = self.rotate(&k, c, s)?;
             }
-            let mut outs = Vec::with_capacity(spans.len());
-            for (si, &(off, t, _)) in spans.iter().enumerate() {
-                let part = |x: &Tensor| -> Result<Tensor> {
-                    Ok(if spans.len() == 1 {
-                        x.clone()
-                    } else {
-                        x.narrow(2, off, t)?.contiguous()?
-                    })
-                };
-                let (q, k_own, v_own) = (part(&q)?, part(&k)?, part(&v)?);
-                // Position of the first key held: only the first past cache may have dropped
-                // keys (a full cache continued by its own tokens), so the rest follow on.
-                let mut pieces: Vec<(Tensor, Tensor)> = Vec::new();
-                let (mut at, mut first) = (0, None);
-                for c in &segments[si].past {
-                    if let Some(l) = c.layers.get(li) {
-                        match first {
-                            None => first = Some(at + l.dropped),
-                            Some(_) if l.dropped > 0 => {
-                                bail!("a cache with dropped keys continues another cache")
-                            }
-                            Some(_) => {}
-                        }
-                        pieces.extend(l.pieces.iter().cloned());
-                    }
-                    at += c.len;
-                }
-                let offset = first.unwrap_or(at);
-                pieces.push((k_own, v_own));
-                let (k_all, v_all) = if pieces.len() == 1 {
-                    pieces[0].clone()
-                } else {
-                    let (ks, vs): (Vec<&Tensor>, Vec<&Tensor>) =
-                        pieces.iter().map(|(k, v)| (k, v)).unzip();
-                    (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?)
-                };
-                outs.push(self.attention(&q, &k_all, &v_all, window, offset)?); // [1, nh, t, hd]
-                kept[si].push(match keep {
-                    CacheOut::Full => {
-                        let end = at + t;
-                        let held = k_all.dim(2)?;
-                        let keep = self.held(li, end);
-                        if keep < held {
-                            // A copy, so the dropped keys' memory goes with the pass.
-                            let tail = |x: &Tensor| x.narrow(2, held - keep, keep)?.contiguous();
-                            LayerKv {
-                                pieces: vec![(tail(&k_all)?, tail(&v_all)?)],
-                                dropped: end - keep,
-                            }
-                        } else {
-                            LayerKv {
-                                pieces,
-                                dropped: offset,
-                            }
-                        }
-                    }
-                    CacheOut::Own => LayerKv {
-                        pieces: vec![pieces.pop().expect("the segment's own piece")],
-                        dropped: 0,
-                    },
-                });
-            }
+            let mut outs =
+                self.attend_segments(li, &q, &k, &v, &spans, segments, keep, &mut kept)?;
             let attn = if outs.len() == 1 {
                 outs.pop().expect("one segment")
             } else {
@@ -534,6 +421,161 @@ impl Decoder {
             out.push((hidden, KvCache { layers, len }));
         }
         Ok(out)
+    }
+
+    /// The packed segments' token embeddings (scaled, plus learned positions) as `[1, rows, d]`,
+    /// and each segment's (first row, tokens, past tokens); checks each fits the context.
+    #[allow(clippy::type_complexity)]
+    fn embed_segments(
+        &self,
+        segments: &[Segment<'_>],
+    ) -> Result<(Vec<(usize, usize, usize)>, Tensor)> {
+        let mut spans = Vec::with_capacity(segments.len());
+        let mut ids = Vec::new();
+        for seg in segments {
+            let t = seg.ids.len();
+            if t == 0 {
+                bail!("forward pass over zero tokens");
+            }
+            let past: usize = seg.past.iter().map(|c| c.len).sum();
+            if past + t > self.cfg.context_length {
+                bail!(
+                    "sequence of {} tokens exceeds the model's context length {}",
+                    past + t,
+                    self.cfg.context_length
+                );
+            }
+            spans.push((ids.len(), t, past));
+            ids.extend_from_slice(seg.ids);
+        }
+        let ids_t = Tensor::new(ids.as_slice(), &self.device)?;
+        let x = match &self.embed {
+            Some(e) => e.index_select(&ids_t, 0)?,
+            None => self.output.rows(&ids_t)?,
+        };
+        let mut x = x.unsqueeze(0)?; // [1, rows, d]
+        if let Some(s) = self.cfg.embed_scale {
+            x = (x * s)?;
+        }
+        if let (Some(table), Some(offset)) = (&self.positions, self.cfg.learned_positions) {
+            let pos: Vec<u32> = spans
+                .iter()
+                .flat_map(|&(_, t, past)| (past..past + t).map(move |p| (p + offset) as u32))
+                .collect();
+            let pos = table.index_select(&Tensor::new(pos.as_slice(), &self.device)?, 0)?;
+            x = x.broadcast_add(&pos)?;
+        }
+        Ok((spans, x))
+    }
+
+    /// The rotary angles (cos, sin) of every packed row, and the sliding layers' own where their
+    /// base differs; empty without rotary embeddings.
+    #[allow(clippy::type_complexity)]
+    fn segment_angles(
+        &self,
+        spans: &[(usize, usize, usize)],
+    ) -> Result<(Tensor, Tensor, Option<(Tensor, Tensor)>)> {
+        let angles = |inv: &Tensor| -> Result<(Tensor, Tensor)> {
+            let parts = spans
+                .iter()
+                .map(|&(_, t, past)| rope_angles(inv, past, t, &self.device))
+                .collect::<Result<Vec<_>>>()?;
+            let (cos, sin): (Vec<Tensor>, Vec<Tensor>) = parts.into_iter().unzip();
+            Ok((Tensor::cat(&cos, 0)?, Tensor::cat(&sin, 0)?))
+        };
+        let rotary = self.cfg.rotary_dims > 0;
+        let (cos, sin) = if rotary {
+            angles(&self.inv_freq)?
+        } else {
+            let none = Tensor::zeros(0, DType::F32, &self.device)?;
+            (none.clone(), none)
+        };
+        let local = if rotary && self.cfg.rope_local != self.cfg.rope {
+            Some(angles(&self.inv_freq_local)?)
+        } else {
+            None
+        };
+        Ok((cos, sin, local))
+    }
+
+    /// Layer `li`'s attention of each segment over its past caches and itself, its keys and
+    /// values kept as `keep` says into `kept`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_segments(
+        &self,
+        li: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        spans: &[(usize, usize, usize)],
+        segments: &[Segment<'_>],
+        keep: CacheOut,
+        kept: &mut [Vec<LayerKv>],
+    ) -> Result<Vec<Tensor>> {
+        let window = self.window(li);
+        let mut outs = Vec::with_capacity(spans.len());
+        for (si, &(off, t, _)) in spans.iter().enumerate() {
+            let part = |x: &Tensor| -> Result<Tensor> {
+                Ok(if spans.len() == 1 {
+                    x.clone()
+                } else {
+                    x.narrow(2, off, t)?.contiguous()?
+                })
+            };
+            let (q, k_own, v_own) = (part(q)?, part(k)?, part(v)?);
+            // Position of the first key held: only the first past cache may have dropped
+            // keys (a full cache continued by its own tokens), so the rest follow on.
+            let mut pieces: Vec<(Tensor, Tensor)> = Vec::new();
+            let (mut at, mut first) = (0, None);
+            for c in &segments[si].past {
+                if let Some(l) = c.layers.get(li) {
+                    match first {
+                        None => first = Some(at + l.dropped),
+                        Some(_) if l.dropped > 0 => {
+                            bail!("a cache with dropped keys continues another cache")
+                        }
+                        Some(_) => {}
+                    }
+                    pieces.extend(l.pieces.iter().cloned());
+                }
+                at += c.len;
+            }
+            let offset = first.unwrap_or(at);
+            pieces.push((k_own, v_own));
+            let (k_all, v_all) = if pieces.len() == 1 {
+                pieces[0].clone()
+            } else {
+                let (ks, vs): (Vec<&Tensor>, Vec<&Tensor>) =
+                    pieces.iter().map(|(k, v)| (k, v)).unzip();
+                (Tensor::cat(&ks, 2)?, Tensor::cat(&vs, 2)?)
+            };
+            outs.push(self.attention(&q, &k_all, &v_all, window, offset)?); // [1, nh, t, hd]
+            kept[si].push(match keep {
+                CacheOut::Full => {
+                    let end = at + t;
+                    let held = k_all.dim(2)?;
+                    let keep = self.held(li, end);
+                    if keep < held {
+                        // A copy, so the dropped keys' memory goes with the pass.
+                        let tail = |x: &Tensor| x.narrow(2, held - keep, keep)?.contiguous();
+                        LayerKv {
+                            pieces: vec![(tail(&k_all)?, tail(&v_all)?)],
+                            dropped: end - keep,
+                        }
+                    } else {
+                        LayerKv {
+                            pieces,
+                            dropped: offset,
+                        }
+                    }
+                }
+                CacheOut::Own => LayerKv {
+                    pieces: vec![pieces.pop().expect("the segment's own piece")],
+                    dropped: 0,
+                },
+            });
+        }
+        Ok(outs)
     }
 
     /// `norm(x)` in the config's kind.

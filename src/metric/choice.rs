@@ -113,18 +113,63 @@ pub fn confidence_stats(s: &ChoiceScore, gold: usize) -> Vec<f64> {
     vec![top, hit(s.pred == gold)]
 }
 
+/// A doc's statistics for [`batch_calibrated_acc`]: its gold index, then its probabilities
+/// over the choices (renormalised).
+pub fn gold_and_probs(s: &ChoiceScore, gold: usize) -> Vec<f64> {
+    std::iter::once(gold as f64)
+        .chain(s.probs.iter().copied())
+        .collect()
+}
+
+/// Batch calibration (Zhou et al., ICLR 2024): the contextual prior p̂(y | C) is the mean of the
+/// docs' probabilities over the choices (no content-free inputs, no labels); each doc's pick is
+/// argmax log p(y | x, C) − log p̂(y | C); the value is the share of picks that are gold. Docs
+/// are the cell's (one prior per cell, as the paper's batch of test inputs). NaN when the docs'
+/// choice counts differ (the loader refuses such a task).
+pub fn batch_calibrated_acc(stats: &[&[f64]]) -> f64 {
+    let Some(first) = stats.first() else {
+        return f64::NAN;
+    };
+    let n = first.len() - 1;
+    if stats.iter().any(|s| s.len() != n + 1) {
+        return f64::NAN;
+    }
+    let mut prior = vec![0.0; n];
+    for s in stats {
+        for (p, x) in prior.iter_mut().zip(&s[1..]) {
+            *p += x / stats.len() as f64;
+        }
+    }
+    let hits = stats
+        .iter()
+        .filter(|s| {
+            let pick = argmax(s[1..].iter().zip(&prior).map(|(p, q)| p.ln() - q.ln()));
+            pick == s[0] as usize
+        })
+        .count();
+    hits as f64 / stats.len() as f64
+}
+
 /// Bins of [`ece`].
 const ECE_BINS: usize = 10;
 
-/// HELM's `ece_10_bin` (the `calibration` package's `get_ece_em`): docs sorted by confidence and
-/// split into 10 bins of equal mass (numpy's `array_split`: the first `n mod 10` bins one doc
+/// One bin of [`ece_bins`]: docs, their mean confidence and their accuracy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bin {
+    pub docs: usize,
+    pub confidence: f64,
+    pub accuracy: f64,
+}
+
+/// HELM's bins (the `calibration` package's `get_ece_em`, 10 bins): docs sorted by confidence
+/// and split into bins of equal mass (numpy's `array_split`: the first `n mod 10` bins one doc
 /// larger); a bin's upper edge is the midpoint between its last confidence and the next bin's
-/// first, the last edge 1; each doc falls in the first bin whose edge is ≥ its confidence; the
-/// error is Σ over bins of (docs in bin / n) · |mean confidence − accuracy|. Lower is better.
-pub fn ece(stats: &[&[f64]]) -> f64 {
+/// first, the last edge 1, equal edges merged; each doc falls in the first bin whose edge is ≥
+/// its confidence. Empty bins are left out. `stats` as [`confidence_stats`] writes them.
+pub fn ece_bins(stats: &[&[f64]]) -> Vec<Bin> {
     let n = stats.len();
     if n == 0 {
-        return f64::NAN;
+        return Vec::new();
     }
     let mut conf: Vec<f64> = stats.iter().map(|s| s[0]).collect();
     conf.sort_by(f64::total_cmp);
@@ -139,16 +184,33 @@ pub fn ece(stats: &[&[f64]]) -> f64 {
     edges.push(1.0);
     edges.sort_by(f64::total_cmp);
     edges.dedup();
-    // Per bin: docs, Σ (confidence − correct).
-    let mut bins = vec![(0usize, 0.0f64); edges.len()];
+    // Per bin: docs, Σ confidence, Σ correct.
+    let mut bins = vec![(0usize, 0.0f64, 0.0f64); edges.len()];
     for s in stats {
         let b = edges.partition_point(|&e| e < s[0]).min(edges.len() - 1);
         bins[b].0 += 1;
-        bins[b].1 += s[0] - s[1];
+        bins[b].1 += s[0];
+        bins[b].2 += s[1];
     }
-    bins.iter()
-        .filter(|(count, _)| *count > 0)
-        .map(|&(count, diff)| count as f64 / n as f64 * (diff / count as f64).abs())
+    bins.into_iter()
+        .filter(|b| b.0 > 0)
+        .map(|(docs, conf, correct)| Bin {
+            docs,
+            confidence: conf / docs as f64,
+            accuracy: correct / docs as f64,
+        })
+        .collect()
+}
+
+/// HELM's `ece_10_bin`: over [`ece_bins`], Σ (docs in bin / n) · |mean confidence − accuracy|.
+/// Lower is better.
+pub fn ece(stats: &[&[f64]]) -> f64 {
+    if stats.is_empty() {
+        return f64::NAN;
+    }
+    ece_bins(stats)
+        .iter()
+        .map(|b| b.docs as f64 / stats.len() as f64 * (b.confidence - b.accuracy).abs())
         .sum()
 }
 
@@ -242,6 +304,33 @@ mod tests {
             choice_metrics(&[Metric::AccPmi], &s, 1)[&Metric::AccPmi],
             1.0
         );
+    }
+
+    #[test]
+    fn batch_calibration_divides_out_the_mean_probability_of_the_cell() {
+        // Three docs over (A, B), probabilities after renormalising:
+        //   doc 0: (.9, .1) gold A    doc 1: (.7, .3) gold B    doc 2: (.85, .15) gold A
+        // p̂ = (2.45/3, .55/3) = (.817, .183). Calibrated ratios p / p̂:
+        //   doc 0: (1.10, .55) → A ✓   doc 1: (.86, 1.64) → B ✓   doc 2: (1.04, .82) → A ✓
+        // acc picks A every time: 2/3; batch-calibrated: 3/3.
+        let docs: Vec<Vec<f64>> = vec![
+            vec![0.0, 0.9, 0.1],
+            vec![1.0, 0.7, 0.3],
+            vec![0.0, 0.85, 0.15],
+        ];
+        let stats: Vec<&[f64]> = docs.iter().map(Vec::as_slice).collect();
+        assert_eq!(batch_calibrated_acc(&stats), 1.0);
+        // A doc alone is its own prior: every choice ties, the first wins.
+        assert_eq!(batch_calibrated_acc(&stats[1..2]), 0.0);
+        assert_eq!(batch_calibrated_acc(&stats[..1]), 1.0);
+        // Docs with other numbers of choices cannot share a prior.
+        let mixed: Vec<&[f64]> = vec![&docs[0], &[0.0, 0.5, 0.3, 0.2]];
+        assert!(batch_calibrated_acc(&mixed).is_nan());
+        // The statistics: gold, then the softmaxed choice probabilities.
+        let choices = vec!["a".to_string(), "b".to_string()];
+        let s = score_choices(&[0.25f64.ln(), 0.75f64.ln()], &choices, None, None);
+        let st = gold_and_probs(&s, 1);
+        assert!(st[0] == 1.0 && (st[1] - 0.25).abs() < 1e-12 && (st[2] - 0.75).abs() < 1e-12);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub enum Metric {
     AccCalibrated,
     AccPmi,
     AccMutualInfo,
+    AccBatchCalibrated,
     BrierScore,
     Ece,
     Perplexity,
@@ -139,6 +140,9 @@ pub struct Spec {
     /// lm-eval's `aggregation` names that compute what icl-eval computes for this metric;
     /// `None`: not one of lm-eval's metrics.
     pub lm_eval: Option<&'static [&'static str]>,
+    /// Every doc must have the same number of choices (the metric compares choices by position
+    /// across docs); the loader refuses a task where they differ.
+    pub same_choices: bool,
 }
 
 use OutputType::{
@@ -163,6 +167,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::Pick(|s| Some(s.pred)),
         summary: Summary::Mean,
         lm_eval: Some(&["mean"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::AccNorm,
@@ -174,6 +179,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::Pick(|s| Some(s.pred_norm)),
         summary: Summary::Mean,
         lm_eval: Some(&["mean"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::AccBytes,
@@ -185,6 +191,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::Pick(|s| Some(s.pred_bytes)),
         summary: Summary::Mean,
         lm_eval: Some(&["mean"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::AccCalibrated,
@@ -196,6 +203,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::Pick(|s| s.pred_calibrated),
         summary: Summary::Mean,
         lm_eval: None,
+        same_choices: false,
     },
     Spec {
         metric: Metric::AccPmi,
@@ -207,6 +215,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::Pick(|s| s.pred_pmi),
         summary: Summary::Mean,
         lm_eval: None,
+        same_choices: false,
     },
     Spec {
         metric: Metric::AccMutualInfo,
@@ -218,6 +227,19 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::Pick(|s| s.pred_mutual_info),
         summary: Summary::Mean,
         lm_eval: Some(&["mean"]),
+        same_choices: false,
+    },
+    Spec {
+        metric: Metric::AccBatchCalibrated,
+        name: "acc_batch_calibrated",
+        applies: &[Mc],
+        lower_is_better: false,
+        shown: Shown::Share,
+        needs: Needs::Nothing,
+        per_doc: PerDoc::ChoiceStats(choice::gold_and_probs),
+        summary: Summary::Corpus(choice::batch_calibrated_acc),
+        lm_eval: None,
+        same_choices: true,
     },
     Spec {
         metric: Metric::BrierScore,
@@ -229,6 +251,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::Choice(|s, gold| choice::brier(&s.probs, gold)),
         summary: Summary::Mean,
         lm_eval: Some(&["mean"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::Ece,
@@ -240,6 +263,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::ChoiceStats(choice::confidence_stats),
         summary: Summary::Corpus(choice::ece),
         lm_eval: None,
+        same_choices: false,
     },
     Spec {
         metric: Metric::ExactMatch,
@@ -251,6 +275,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::Match,
         summary: Summary::Mean,
         lm_eval: Some(&["mean"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::Perplexity,
@@ -262,6 +287,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::LogLikelihood,
         summary: Summary::ExpNegMean,
         lm_eval: Some(&["mean", "perplexity"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::Bleu,
@@ -273,6 +299,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::TextStats(corpus::bleu_stats),
         summary: Summary::Corpus(corpus::bleu),
         lm_eval: Some(&["bleu"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::Chrf,
@@ -284,6 +311,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::TextStats(corpus::chrf_stats),
         summary: Summary::Corpus(corpus::chrf),
         lm_eval: Some(&["chrf"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::Ter,
@@ -295,6 +323,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::TextStats(corpus::ter_stats),
         summary: Summary::Corpus(corpus::ter),
         lm_eval: Some(&["ter"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::F1,
@@ -306,6 +335,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::ChoiceStats(gold_and_pred),
         summary: Summary::Corpus(corpus::f1),
         lm_eval: Some(&["f1"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::F1Weighted,
@@ -317,6 +347,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::ChoiceStats(gold_and_pred),
         summary: Summary::Corpus(corpus::f1_weighted),
         lm_eval: Some(&[]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::Mcc,
@@ -328,6 +359,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::ChoiceStats(gold_and_pred),
         summary: Summary::Corpus(corpus::mcc),
         lm_eval: Some(&["matthews_corrcoef"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::WordPerplexity,
@@ -339,6 +371,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::DocumentStats(corpus::word_stats),
         summary: Summary::Corpus(corpus::weighted_perplexity),
         lm_eval: Some(&["weighted_perplexity"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::BytePerplexity,
@@ -350,6 +383,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::DocumentStats(corpus::byte_stats),
         summary: Summary::Corpus(corpus::weighted_perplexity),
         lm_eval: Some(&["weighted_perplexity"]),
+        same_choices: false,
     },
     Spec {
         metric: Metric::BitsPerByte,
@@ -361,6 +395,7 @@ pub static SPECS: &[Spec] = &[
         per_doc: PerDoc::DocumentStats(corpus::byte_stats),
         summary: Summary::Corpus(corpus::bits_per_byte),
         lm_eval: Some(&["bits_per_byte"]),
+        same_choices: false,
     },
 ];
 
@@ -496,6 +531,7 @@ mod tests {
             | Metric::AccCalibrated
             | Metric::AccPmi
             | Metric::AccMutualInfo
+            | Metric::AccBatchCalibrated
             | Metric::BrierScore
             | Metric::Ece
             | Metric::Perplexity
@@ -509,7 +545,7 @@ mod tests {
             | Metric::BytePerplexity
             | Metric::BitsPerByte => m,
         };
-        assert_eq!(SPECS.len(), 19);
+        assert_eq!(SPECS.len(), 20);
         for s in SPECS {
             assert_eq!(every(s.metric), s.metric);
             assert_eq!(SPECS.iter().filter(|o| o.metric == s.metric).count(), 1);

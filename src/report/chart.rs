@@ -26,7 +26,7 @@ pub const PALETTE: [RGBColor; 8] = [
 
 /// How far the y axis runs past its top value (100%) so a legend of `entries` lines sits above the
 /// data instead of on it: a legend line takes up to 10% of the axis at the panel size below.
-fn headroom(entries: usize) -> f64 {
+pub(super) fn headroom(entries: usize) -> f64 {
     1.08 + 0.1 * entries as f64
 }
 
@@ -470,14 +470,14 @@ where
 }
 
 /// Panels in rows of at most three: `((rows, cols), (width, height))` of the canvas.
-fn grid(panels: usize) -> ((usize, usize), (u32, u32)) {
+pub(super) fn grid(panels: usize) -> ((usize, usize), (u32, u32)) {
     let cols = panels.clamp(1, 3);
     let rows = panels.div_ceil(cols).max(1);
     ((rows, cols), (PANEL_W * cols as u32, PANEL_H * rows as u32))
 }
 
 /// A panel's title and margins, shared by every chart.
-fn panel_builder<'a, 'b, DB: DrawingBackend>(
+pub(super) fn panel_builder<'a, 'b, DB: DrawingBackend>(
     area: &'a DrawingArea<DB, Shift>,
     title: &str,
 ) -> ChartBuilder<'a, 'b, DB> {
@@ -491,7 +491,7 @@ fn panel_builder<'a, 'b, DB: DrawingBackend>(
 
 /// Draws one series: a line, a marker per point and ± error bars (clipped to 0..`y_max`), with its
 /// legend entry.
-fn draw_series<'a, DB, X>(
+pub(super) fn draw_series<'a, DB, X>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
     name: &str,
     color: RGBColor,
@@ -539,7 +539,7 @@ fn parameters_label(x: f64) -> String {
 }
 
 /// The legend, in the headroom above 100%.
-fn draw_legend<'a, DB, X>(
+pub(super) fn draw_legend<'a, DB, X>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
 ) -> Result<()>
 where

@@ -8,6 +8,7 @@ pub mod groups;
 pub mod html;
 pub mod labels;
 pub mod latex;
+pub mod reliability;
 pub mod table;
 
 use std::fs::{self, File};
@@ -319,6 +320,13 @@ pub fn write_report(dir: &Path, input: &ReportInput) -> Result<Report> {
         charts.push((
             "calibration",
             "Accuracy with and without calibration against the number of demonstrations",
+        ));
+    }
+    let model_names: Vec<String> = input.models.iter().map(|m| m.name.clone()).collect();
+    if reliability::reliability(dir, &input.samples, &input.tasks, &model_names)? {
+        charts.push((
+            "reliability",
+            "Reliability: accuracy against confidence, per model and K (the bins of `ece`)",
         ));
     }
     if chart::accuracy_vs_model_size(dir, &summary, &input.tasks, &input.models)? {

@@ -303,20 +303,36 @@ fn read_splits(
     })
 }
 
-/// lm-eval's `f1` is scikit-learn's binary F1 (of choice 1), which refuses more labels: false
-/// (a problem recorded) when a doc has more than two options.
-fn f1_is_binary(cx: &mut Ctx, metrics: &[Metric], test: &Option<Vec<super::Item>>) -> bool {
+/// Choice counts the metrics need: lm-eval's `f1` is scikit-learn's binary F1 (of choice 1),
+/// which refuses more labels; a metric that compares choices by position across docs
+/// (`same_choices` in its table entry) needs every doc to have as many. False (a problem
+/// recorded) when a doc breaks either.
+fn choice_counts_fit(cx: &mut Ctx, metrics: &[Metric], test: &Option<Vec<super::Item>>) -> bool {
+    let items = || test.iter().flatten();
+    let count = |i: &super::Item| i.options().map_or(0, <[String]>::len);
     if metrics.contains(&Metric::F1)
-        && let Some(item) = test
-            .iter()
-            .flatten()
-            .find(|i| i.options().is_some_and(|o| o.len() > 2))
+        && let Some(item) = items().find(|i| count(i) > 2)
     {
         cx.problem(format!(
             "field `metrics`: `f1` is binary (scikit-learn's default, as lm-eval calls it), but doc \
              {} has {} choices; use `f1_weighted` or `mcc`",
             item.id,
-            item.options().map_or(0, <[String]>::len)
+            count(item)
+        ));
+        return false;
+    }
+    if let Some(m) = metrics.iter().find(|m| m.spec().same_choices)
+        && let Some(first) = items().next()
+        && let Some(item) = items().find(|i| count(i) != count(first))
+    {
+        cx.problem(format!(
+            "field `metrics`: `{}` compares choices by position across docs, but doc {} has {} \
+             choices and doc {} has {}; give every doc the same choices or drop the metric",
+            m.name(),
+            first.id,
+            count(first),
+            item.id,
+            count(item)
         ));
         return false;
     }
@@ -387,7 +403,7 @@ fn build_spec(
     if !cx.problems.is_empty() {
         return None;
     }
-    if !f1_is_binary(cx, &metrics, &test) {
+    if !choice_counts_fit(cx, &metrics, &test) {
         return None;
     }
     // Only `acc_calibrated` reads them; other tasks' templates may need real values (an `int`).

@@ -899,6 +899,16 @@ fn cmd_report(a: &ReportArgs) -> Result<()> {
         eprintln!("note: {n}");
     }
     let out = report::write_report(&dir, &input)?;
+    // A run whose scoring finished but whose report was cut short is complete once its report
+    // is written in place.
+    if let [one] = runs.as_slice()
+        && !one.record.complete
+        && same_folder(&one.dir, &dir)
+    {
+        let mut record = one.record.clone();
+        record.complete = true;
+        record::write_config(&dir, &record)?;
+    }
     println!("{}", out.markdown);
     println!(
         "Report in {}/report.html (summary.md/.csv/.tex, charts {})",

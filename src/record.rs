@@ -473,10 +473,12 @@ pub fn read_run(dir: &Path) -> Result<RunData> {
     )
     .with_context(|| format!("{}: not an icl-eval run config", config.display()))?;
     let samples_path = dir.join("samples.jsonl");
-    if !record.complete || !samples_path.is_file() {
+    // `samples.jsonl` appears only once every sample is scored (renamed from the partial file);
+    // `complete: true` follows the report, so a run stopped while reporting is still whole here.
+    if !samples_path.is_file() {
         bail!(
-            "{shown}: the run did not finish (config.json says complete: false or samples.jsonl is \
-             missing); finish or re-run it before reporting"
+            "{shown}: the run did not finish (samples.jsonl is missing); run the same command \
+             again to resume it before reporting"
         );
     }
     let text = fs::read_to_string(&samples_path)

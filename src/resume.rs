@@ -52,9 +52,18 @@ pub fn locate(
                 }
                 return Ok(None);
             };
-            if record.complete || dir.join("samples.jsonl").exists() {
+            if record.complete {
                 bail!(
                     "--output: {} already holds a finished run; choose another folder",
+                    dir.display()
+                );
+            }
+            // Scored to the end, but stopped before its report and `complete: true` were written.
+            if dir.join("samples.jsonl").exists() {
+                bail!(
+                    "--output: {} holds a run whose samples are all scored but whose report was \
+                     not finished; write it with `icl-eval report {}`",
+                    dir.display(),
                     dir.display()
                 );
             }

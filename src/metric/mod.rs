@@ -494,12 +494,12 @@ impl Metric {
         }
     }
 
-    /// The choice this metric picks (the prediction a sample records when it is the headline);
-    /// `None` for a metric that picks none or whose requests were not made.
+    /// The choice this metric picks for a doc on its own (the prediction a sample records when
+    /// it is the headline); `None` for a metric that picks none per doc (a corpus metric's picks,
+    /// such as batch calibration's, depend on the cell) or whose requests were not made.
     pub fn pick(self, s: &ChoiceScore) -> Option<usize> {
         match self.spec().per_doc {
             PerDoc::Pick(pick) => pick(s),
-            PerDoc::ChoiceStats(_) => Some(s.pred),
             _ => None,
         }
     }

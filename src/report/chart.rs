@@ -142,7 +142,7 @@ fn row_of_metric(c: &SummaryColumns, task: &str, metric: &str, k: u32, m: &str) 
     })
 }
 
-/// Writes `calibration.png` and `.svg` when a task reports `acc_calibrated` or `acc_pmi`: per task,
+/// Writes `calibration.png` and `.svg` when a task reports `acc_calibrated`, `acc_pmi` or `acc_batch_calibrated`: per task,
 /// each model's accuracy under every multiple-choice metric against K (solid `acc`, the others in
 /// the next palette colours), with the same error bars as `accuracy_vs_shots`. Returns whether it
 /// wrote them.
@@ -153,9 +153,12 @@ pub fn calibration(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Resul
     let shown: Vec<&TaskMeta> = tasks
         .iter()
         .filter(|t| {
-            t.metrics
-                .iter()
-                .any(|m| matches!(m.metric, Metric::AccCalibrated | Metric::AccPmi))
+            t.metrics.iter().any(|m| {
+                matches!(
+                    m.metric,
+                    Metric::AccCalibrated | Metric::AccPmi | Metric::AccBatchCalibrated
+                )
+            })
         })
         .collect();
     if shown.is_empty() {
@@ -171,11 +174,10 @@ pub fn calibration(dir: &Path, summary: &DataFrame, tasks: &[TaskMeta]) -> Resul
         .map(|t| {
             let mut lines = Vec::new();
             for m in &models {
-                for metric in t
-                    .metrics
-                    .iter()
-                    .filter(|m| !matches!(m.metric, Metric::AccNorm | Metric::AccBytes))
-                {
+                for metric in t.metrics.iter().filter(|m| {
+                    !m.metric.lower_is_better()
+                        && !matches!(m.metric, Metric::AccNorm | Metric::AccBytes)
+                }) {
                     let pts = ks
                         .iter()
                         .filter_map(|&k| {
@@ -353,20 +355,35 @@ fn render(dir: &Path, name: &str, panels: &[Panel], x_max: f64, y_max: Option<f6
     let ((rows, cols), size) = grid(panels.len());
     let png = dir.join(format!("{name}.png"));
     draw(
-        BitMapBackend::new(&png, size).into_drawing_area(),
+        BitMapBackend::new(&partial(&png), size).into_drawing_area(),
         panels,
         (rows, cols),
         x_max,
         y_max,
     )?;
+    publish(&png)?;
     let svg = dir.join(format!("{name}.svg"));
     draw(
-        SVGBackend::new(&svg, size).into_drawing_area(),
+        SVGBackend::new(&partial(&svg), size).into_drawing_area(),
         panels,
         (rows, cols),
         x_max,
         y_max,
-    )
+    )?;
+    publish(&svg)
+}
+
+/// Where a chart is drawn before [`publish`] renames it into place, so a reader (or a run
+/// killed while drawing) never leaves half of one under its name: `NAME.tmp.png`.
+pub(super) fn partial(path: &Path) -> std::path::PathBuf {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    path.with_extension(format!("tmp.{ext}"))
+}
+
+/// Renames a chart drawn at [`partial`] into place.
+pub(super) fn publish(path: &Path) -> Result<()> {
+    std::fs::rename(partial(path), path)
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
 }
 
 fn draw<DB: DrawingBackend>(
@@ -655,20 +672,22 @@ pub fn accuracy_vs_model_size(
     let hi = sizes[sizes.len() - 1].2 as f64 * 1.6;
     let png = dir.join("accuracy_vs_model_size.png");
     draw_sizes(
-        BitMapBackend::new(&png, size).into_drawing_area(),
+        BitMapBackend::new(&partial(&png), size).into_drawing_area(),
         &panels,
         (lo, hi),
         rows,
         cols,
     )?;
+    publish(&png)?;
     let svg = dir.join("accuracy_vs_model_size.svg");
     draw_sizes(
-        SVGBackend::new(&svg, size).into_drawing_area(),
+        SVGBackend::new(&partial(&svg), size).into_drawing_area(),
         &panels,
         (lo, hi),
         rows,
         cols,
     )?;
+    publish(&svg)?;
     Ok(true)
 }
 

@@ -8,10 +8,9 @@
 //! Standard errors treat tasks as independent: macro √(Σ se²) / T, micro √(Σ (n·se)²) / N.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use polars::prelude::*;
 
 use super::table::SummaryColumns;
@@ -217,11 +216,11 @@ pub fn write_csv(path: &Path, rows: &[GroupRow]) -> Result<()> {
         "tasks" => rows.iter().map(|r| r.tasks as u32).collect::<Vec<_>>(),
         "n" => rows.iter().map(|r| r.n).collect::<Vec<_>>(),
     )?;
-    let mut f = File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
-    CsvWriter::new(&mut f)
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf)
         .include_header(true)
         .finish(&mut df)?;
-    Ok(())
+    crate::record::write_atomic(path, &buf)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::TaskMeta;
 use crate::record::Sample;
@@ -155,7 +155,7 @@ pub fn write_csv(path: &Path, shares: &[LabelShares]) -> Result<()> {
             ));
         }
     }
-    std::fs::write(path, w).with_context(|| format!("cannot write {}", path.display()))
+    crate::record::write_atomic(path, w.as_bytes())
 }
 
 #[cfg(test)]

@@ -1,9 +1,8 @@
 //! The summary as a LaTeX table (`summary.tex`, booktabs), ready for `\input` in a paper.
 
-use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use polars::prelude::DataFrame;
 
 use super::table::SummaryColumns;
@@ -77,7 +76,7 @@ pub fn table(summary: &DataFrame) -> Result<String> {
 /// Writes `summary.tex`.
 pub fn write(dir: &Path, summary: &DataFrame) -> Result<()> {
     let path = dir.join("summary.tex");
-    fs::write(&path, table(summary)?).with_context(|| format!("cannot write {}", path.display()))
+    crate::record::write_atomic(&path, table(summary)?.as_bytes())
 }
 
 #[cfg(test)]

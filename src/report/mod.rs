@@ -11,10 +11,9 @@ pub mod latex;
 pub mod reliability;
 pub mod table;
 
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use polars::prelude::{CsvWriter, DataFrame, SerWriter};
 
 use crate::backend::ModelInfo;
@@ -354,11 +353,11 @@ fn write_tables(
     shares: &[LabelShares],
     group_rows: &[groups::GroupRow],
 ) -> Result<String> {
-    let csv = dir.join("summary.csv");
-    let mut f = File::create(&csv).with_context(|| format!("cannot write {}", csv.display()))?;
-    CsvWriter::new(&mut f)
+    let mut csv = Vec::new();
+    CsvWriter::new(&mut csv)
         .include_header(true)
         .finish(&mut summary.clone())?;
+    crate::record::write_atomic(&dir.join("summary.csv"), &csv)?;
     let mut md = table::markdown(summary)?;
     if !group_rows.is_empty() {
         md.push_str(&groups::markdown(group_rows));
@@ -368,7 +367,7 @@ fn write_tables(
         md.push_str(&labels::markdown(shares));
         labels::write_csv(&dir.join("labels.csv"), shares)?;
     }
-    fs::write(dir.join("summary.md"), &md)?;
+    crate::record::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
     Ok(md)
 }
 

@@ -11,7 +11,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::TaskMeta;
-use super::chart::{PALETTE, draw_legend, draw_series, grid, headroom, panel_builder};
+use super::chart::{
+    PALETTE, draw_legend, draw_series, grid, headroom, panel_builder, partial, publish,
+};
 use crate::metric::Metric;
 use crate::metric::choice::{Bin, ece, ece_bins};
 use crate::record::Sample;
@@ -66,16 +68,18 @@ pub fn reliability(
     let ((rows, cols), size) = grid(panels.len());
     let png = dir.join("reliability.png");
     draw(
-        BitMapBackend::new(&png, size).into_drawing_area(),
+        BitMapBackend::new(&partial(&png), size).into_drawing_area(),
         &panels,
         (rows, cols),
     )?;
+    publish(&png)?;
     let svg = dir.join("reliability.svg");
     draw(
-        SVGBackend::new(&svg, size).into_drawing_area(),
+        SVGBackend::new(&partial(&svg), size).into_drawing_area(),
         &panels,
         (rows, cols),
     )?;
+    publish(&svg)?;
     Ok(true)
 }
 

@@ -217,8 +217,10 @@ impl RunFolder {
         )
     }
 
-    /// Completes the folder: samples renamed into place, `config.json` marked complete, then the
-    /// report (a failing report never costs the scored samples).
+    /// Completes the folder: samples renamed into place, the report written (each file through a
+    /// temporary file and a rename), then `config.json` marked complete — last, so a run killed
+    /// on the way is never marked finished with missing outputs (a failing report never costs
+    /// the scored samples).
     pub fn finish(mut self, cfg: &RunConfig, tasks: &[Task]) -> Result<RunOutcome> {
         self.bar.finish_and_clear();
         let elapsed = self.elapsed();
@@ -230,7 +232,6 @@ impl RunFolder {
         fs::rename(&self.partial, self.dir.join("samples.jsonl"))?;
         self.record.wall_seconds = elapsed;
         self.record.models = self.models.clone();
-        self.record.complete = true;
         record::write_config(&self.dir, &self.record)?;
         let dir = self.dir;
         let input = ReportInput {
@@ -238,7 +239,7 @@ impl RunFolder {
             models: self.models,
             samples: self.samples,
             examples: self.examples,
-            runs: vec![(dir.clone(), self.record)],
+            runs: vec![(dir.clone(), self.record.clone())],
             notes: Vec::new(),
             groups: cfg.groups.clone(),
             python: cfg.python.clone(),
@@ -251,6 +252,9 @@ impl RunFolder {
                 dir.display()
             )
         })?;
+        let mut record = self.record;
+        record.complete = true;
+        record::write_config(&dir, &record)?;
         Ok(RunOutcome {
             dir,
             summary: report.summary,

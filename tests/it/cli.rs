@@ -226,6 +226,57 @@ fn a_k_beyond_the_context_is_noted_with_what_fits() {
     assert_eq!(cut.k_effective, Some(3));
 }
 
+/// `complete: true` is written last: a run whose report fails (here `report.html` cannot be
+/// replaced) keeps `complete: false` beside its finished samples, a rerun says how to finish it,
+/// and `icl-eval report` on the folder then completes it.
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn a_run_is_marked_complete_only_after_its_report() {
+    let model = common::reference_dir().join("tiny-hf/llama");
+    let d = tmp("complete-last");
+    std::fs::create_dir_all(d.join("report.html")).unwrap();
+    let args = [
+        "run",
+        "--tasks",
+        "sentiment_reviews",
+        "--models",
+        model.to_str().unwrap(),
+        "--shots",
+        "0,1",
+        "--limit",
+        "2",
+        "--no-cache",
+        "--output",
+        d.to_str().unwrap(),
+    ];
+    let o = icl_eval(&args);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("report could not be written"),
+        "{}",
+        stderr(&o)
+    );
+    let config = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap()
+    };
+    assert_eq!(config()["complete"], false);
+    assert!(d.join("samples.jsonl").is_file());
+    let o = icl_eval(&args);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("icl-eval report"), "{}", stderr(&o));
+    std::fs::remove_dir(d.join("report.html")).unwrap();
+    let o = icl_eval(&["report", d.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(config()["complete"], true);
+    assert!(d.join("report.html").is_file() && d.join("summary.csv").is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 fn gguf_header(tensor_count: u64, kv: &[u8]) -> Vec<u8> {
     let mut b = b"GGUF".to_vec();
     b.extend(3u32.to_le_bytes());

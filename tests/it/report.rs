@@ -150,9 +150,23 @@ fn report_merges_run_folders_and_refuses_incompatible_ones() {
     let o = icl_eval(&allow.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
 
-    // An unfinished run is not reported as if whole.
+    // A run stopped after scoring, while its report was written (`complete: true` comes last):
+    // `report` on its folder writes the report and marks it complete.
     config["complete"] = json!(false);
     fs::write(changed.join("config.json"), config.to_string()).unwrap();
+    fs::remove_file(changed.join("summary.csv")).unwrap();
+    let o = icl_eval(&["report", changed.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(changed.join("summary.csv").is_file());
+    let now: Value =
+        serde_json::from_str(&fs::read_to_string(changed.join("config.json")).unwrap()).unwrap();
+    assert_eq!(now["complete"], json!(true));
+    // A run whose scoring did not finish is not reported as if whole.
+    fs::rename(
+        changed.join("samples.jsonl"),
+        changed.join("samples.jsonl.partial"),
+    )
+    .unwrap();
     let o = icl_eval(&["report", changed.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("did not finish"), "{}", stderr(&o));

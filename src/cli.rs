@@ -422,11 +422,18 @@ fn parse_shot(s: &str) -> Result<Shot, String> {
 }
 
 fn parse_shots(s: &str) -> Result<usize, String> {
-    s.trim().parse::<usize>().map_err(|_| {
+    let k = s.trim().parse::<usize>().map_err(|_| {
         format!(
             "`{s}` is not a number of demonstrations; use whole numbers ≥ 0, e.g. --shots 0,1,32"
         )
-    })
+    })?;
+    let max = icl_eval::run::shots::MAX_K;
+    if k > max {
+        return Err(format!(
+            "{k} is more than {max} demonstrations, which no model's context holds"
+        ));
+    }
+    Ok(k)
 }
 
 /// Runs the parsed command.

@@ -136,6 +136,13 @@ impl Memo {
     fn answer(&mut self, backend: &mut dyn Backend, pending: Pending) -> Result<()> {
         for (key, text) in pending.documents {
             let ll = backend.loglikelihood_rolling(&text)?;
+            if !crate::backend::possible_logprob(ll) {
+                bail!(
+                    "model `{}`: the backend returned an impossible log-likelihood ({ll:?}) for a \
+                     document; its weights are broken, and nothing of it was recorded",
+                    backend.info().name
+                );
+            }
             self.documents.insert(key, ll);
         }
         let (keys, requests): (Vec<Key>, Vec<ChoiceRequest>) = pending.choices.into_iter().unzip();

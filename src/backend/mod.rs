@@ -174,8 +174,10 @@ impl GenerateRequest {
     }
 }
 
-/// Checks that a backend answered each request once and each continuation once: a server or a
-/// cache that returns more or fewer would otherwise pick the wrong answer.
+/// Checks that a backend answered each request once and each continuation once, each with a
+/// possible log-likelihood (finite, not above 0): a server or a cache that returns more or fewer
+/// would otherwise pick the wrong answer, and a NaN or an absurd value (broken weights, a
+/// misbehaving server) would be scored as if it meant something.
 pub fn check_answers(
     model: &str,
     requests: &[ChoiceRequest],
@@ -199,8 +201,27 @@ pub fn check_answers(
                 tail(&r.context, 60)
             );
         }
+        if let Some((c, l)) = r
+            .continuations
+            .iter()
+            .zip(a)
+            .find(|(_, l)| !possible_logprob(l.logprob))
+        {
+            anyhow::bail!(
+                "model `{model}`: the backend returned an impossible log-likelihood ({:?}) for the \
+                 continuation {c:?} after the prompt ending {:?}; its weights or its server are \
+                 broken, and nothing of this batch was recorded",
+                l.logprob,
+                tail(&r.context, 60)
+            );
+        }
     }
     Ok(())
+}
+
+/// Whether `logprob` can be a log-probability: finite and not above 0 (beyond rounding).
+pub fn possible_logprob(logprob: f64) -> bool {
+    logprob.is_finite() && logprob <= 1e-3
 }
 
 /// The last `n` characters of `s`, to name a prompt in an error.
@@ -329,6 +350,32 @@ pub fn cut_at_stop(text: &str, until: &[String]) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impossible_log_likelihoods_are_refused_before_anything_uses_them() {
+        let r = [ChoiceRequest::new(
+            "Q: 1+1=",
+            &[],
+            &[" 2".into(), " 3".into()],
+        )];
+        let ll = |logprob| LogLikelihood {
+            logprob,
+            is_greedy: false,
+            n_tokens: 1,
+        };
+        assert!(check_answers("m", &r, &[vec![ll(-0.5), ll(0.0)]]).is_ok());
+        for bad in [f64::NAN, 1e308, f64::NEG_INFINITY, 0.5] {
+            let e = check_answers("m", &r, &[vec![ll(-0.5), ll(bad)]])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("model `m`")
+                    && e.contains("impossible log-likelihood")
+                    && e.contains("\" 3\""),
+                "{e}"
+            );
+        }
+    }
 
     /// Draws follow softmax(logits / T) (checked against the exact shares), cut to the nucleus,
     /// and depend on the seed alone.

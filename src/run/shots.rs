@@ -6,12 +6,19 @@
 pub fn parse_entry(entry: &str) -> Result<Vec<usize>, String> {
     let entry = entry.trim();
     let number = |s: &str, what: &str| -> Result<usize, String> {
-        s.trim().parse::<usize>().map_err(|_| {
+        let k = s.trim().parse::<usize>().map_err(|_| {
             format!(
                 "`{entry}`: {what} `{s}` is not a whole number ≥ 0; write K, A..B, A..B:+STEP \
                  or A..B:xFACTOR, e.g. --shots 0,1..2048:x2"
             )
-        })
+        })?;
+        if k > MAX_K {
+            return Err(format!(
+                "`{entry}`: {what} {k} is more than {MAX_K} demonstrations, which no model's \
+                 context holds (each takes at least a token)"
+            ));
+        }
+        Ok(k)
     };
     let Some((from, rest)) = entry.split_once("..") else {
         return Ok(vec![number(entry, "K")?]);
@@ -73,9 +80,13 @@ pub fn parse_entry(entry: &str) -> Result<Vec<usize>, String> {
 /// More K's than any study plots: a range past it is a typo.
 const MAX_ENTRIES: usize = 1000;
 
+/// The largest K: a million demonstrations of at least a token each pass every context there
+/// is, and K stays far inside every integer type the run folder and reports use for it.
+pub const MAX_K: usize = 1_000_000;
+
 #[cfg(test)]
 mod tests {
-    use super::parse_entry;
+    use super::{MAX_K, parse_entry};
 
     #[test]
     fn ranges_expand_as_written() {
@@ -105,10 +116,16 @@ mod tests {
             let e = parse_entry(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }
-        // The largest K does not overflow the next step.
+        // K is bounded (no wrap in a 32-bit column): 4294967296 was once read back as 0.
+        assert_eq!(parse_entry("1000000").unwrap(), vec![MAX_K]);
         assert_eq!(
-            parse_entry(&format!("{}..{}:x2", usize::MAX / 2 + 1, usize::MAX)).unwrap(),
-            vec![usize::MAX / 2 + 1]
+            parse_entry("524288..1000000:x2").unwrap(),
+            vec![524_288],
+            "the next step passes the end"
         );
+        for bad in ["1000001", "4294967296", "0..4294967296"] {
+            let e = parse_entry(bad).unwrap_err();
+            assert!(e.contains("more than 1000000 demonstrations"), "{bad}: {e}");
+        }
     }
 }

@@ -457,3 +457,46 @@ fn without_a_tokenize_endpoint_a_named_tokenizer_counts_tokens() {
         "{e}"
     );
 }
+
+/// A server that answers an absurd log-likelihood (1e308, the JSON stand-in for a broken model)
+/// for one continuation: the run stops with an error naming the model, task and docs, and no
+/// sample computed from it is written (nothing cached either: a rerun asks again).
+#[test]
+fn an_impossible_log_likelihood_stops_the_run_before_anything_is_written() {
+    let (addr, _) = common::fake_server(move |_, path, body| {
+        let (status, mut v) = answer(path, body);
+        let broken = path == "/v1/completions"
+            && body["echo"] == true
+            && body["prompt"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("positive"));
+        if broken {
+            let lps = v["choices"][0]["logprobs"]["token_logprobs"]
+                .as_array_mut()
+                .unwrap();
+            let last = lps.len() - 2;
+            lps[last] = json!(1e308);
+        }
+        Act::Reply(status, vec![], v.to_string())
+    });
+    let d = common::tmp("server-impossible");
+    let out = d.join("run");
+    let o = run(
+        &format!("openai:{addr}/v1#fake"),
+        &out,
+        &d.join("cache.sqlite"),
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("model `fake`")
+            && e.contains("impossible log-likelihood (1e308)")
+            && e.contains("task sentiment_reviews, doc"),
+        "{e}"
+    );
+    let partial = std::fs::read_to_string(out.join("samples.jsonl.partial")).unwrap_or_default();
+    assert!(
+        !partial.contains("null") && !partial.contains("1e308"),
+        "{partial}"
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,50 @@ pub(super) struct RunFolder {
     saved: Instant,
     /// Samples each model scores.
     pub per_model: usize,
+    /// Held while the folder is written, so a second run on it stops instead of appending.
+    _lock: File,
+}
+
+/// The lock file in a run folder.
+const LOCK: &str = ".icl-eval.lock";
+
+/// Takes the folder's exclusive lock (released when the process ends, however it ends) and
+/// records this process in it; a folder another run is writing is refused, naming that run.
+fn lock(dir: &Path) -> Result<File> {
+    use std::io::{Read, Seek};
+    let path = dir.join(LOCK);
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            anyhow::bail!(
+                "--output: {} is being written by another icl-eval run ({}); wait for it to \
+                 finish, or choose another folder",
+                dir.display(),
+                holder.trim()
+            );
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    writeln!(
+        f,
+        "process {} since {}",
+        std::process::id(),
+        chrono::Utc::now().to_rfc3339()
+    )?;
+    Ok(f)
 }
 
 impl RunFolder {
@@ -70,6 +114,7 @@ impl RunFolder {
         };
         fs::create_dir_all(&dir)
             .with_context(|| format!("--output: cannot create {}", dir.display()))?;
+        let lock = lock(&dir)?;
         let cells: usize = tasks
             .iter()
             .zip(shots)
@@ -118,6 +163,7 @@ impl RunFolder {
                 .with_context(|| format!("cannot write {}", partial.display()))?,
         );
         let folder = RunFolder {
+            _lock: lock,
             dir,
             before: record.wall_seconds.unwrap_or(0.0),
             record,

@@ -242,3 +242,49 @@ fn killed_runs_resume_to_the_uninterrupted_result_and_shards_merge_into_it() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("shard 2/3 missing"));
 }
+
+/// Two identical commands on one folder: the second stops at once, naming the run that holds it,
+/// and the first finishes with every sample once.
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh smollm2-135m)"]
+fn a_second_run_on_a_folder_being_written_is_refused() {
+    let d = tmp("locked");
+    let out = d.join("run");
+    let out_s = out.display().to_string();
+    let args = [
+        "run",
+        "--tasks",
+        "sentiment_reviews",
+        "--models",
+        "smollm2-135m",
+        "--shots",
+        "0,32",
+        "--limit",
+        "24",
+        "--no-cache",
+        "--output",
+        out_s.as_str(),
+    ];
+    let mut first = common::command_in(&common::root(), &args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !out.join("config.json").is_file() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the first run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = icl_eval(&args);
+    let e = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        e.contains("is being written by another icl-eval run (process "),
+        "{e}"
+    );
+    assert!(first.wait().unwrap().success());
+    let samples = common::read_samples(&out);
+    assert_eq!(samples.len(), 48, "each (doc, K) once");
+}

@@ -50,7 +50,12 @@ impl RequestCache {
         // Several runs (shards) may share one cache: wait for each other's writes.
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(|| format!("--cache: {shown} is not a usable SQLite file"))?;
+            .with_context(|| {
+                format!(
+                    "--cache: {shown} is not a usable SQLite file{}",
+                    corrupt(path)
+                )
+            })?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS requests (
                  key BLOB PRIMARY KEY,
@@ -58,7 +63,12 @@ impl RequestCache {
                  value TEXT NOT NULL
              );",
         )
-        .with_context(|| format!("--cache: {shown} is not an icl-eval request cache"))?;
+        .with_context(|| {
+            format!(
+                "--cache: {shown} is not an icl-eval request cache{}",
+                corrupt(path)
+            )
+        })?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),
@@ -78,7 +88,13 @@ impl RequestCache {
                 |r| r.get(0),
             )
             .optional()
-            .with_context(|| format!("cannot read the request cache {}", self.path.display()))
+            .with_context(|| {
+                format!(
+                    "cannot read the request cache {}{}",
+                    self.path.display(),
+                    corrupt(&self.path)
+                )
+            })
     }
 
     fn put(&self, key: &[u8; 32], model: &str, value: &str) -> Result<()> {
@@ -87,7 +103,13 @@ impl RequestCache {
                 "INSERT OR REPLACE INTO requests (key, model, value) VALUES (?1, ?2, ?3)",
                 params![&key[..], model, value],
             )
-            .with_context(|| format!("cannot write the request cache {}", self.path.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot write the request cache {}{}",
+                    self.path.display(),
+                    corrupt(&self.path)
+                )
+            })?;
         Ok(())
     }
 
@@ -118,6 +140,30 @@ impl RequestCache {
         self.conn.execute_batch("VACUUM;")?;
         Ok(n)
     }
+}
+
+/// What to do about a cache file that cannot be read: it only saves work, so clearing it loses
+/// nothing a rerun cannot compute again.
+fn corrupt(path: &Path) -> String {
+    format!(
+        " (the file may be damaged); clear it with `icl-eval cache clear --cache {}` (it only \
+         saves recomputation), or run with --no-cache",
+        path.display()
+    )
+}
+
+/// Deletes a cache file that cannot be opened, with SQLite's side files; returns whether there
+/// was one.
+pub fn remove_file(path: &Path) -> Result<bool> {
+    let mut any = false;
+    for suffix in ["", "-wal", "-shm"] {
+        let p = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("cannot delete {}", p.display()))?;
+            any = true;
+        }
+    }
+    Ok(any)
 }
 
 /// What identifies a model's answers: its weights, how they are held, and the backend's

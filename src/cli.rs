@@ -559,7 +559,20 @@ fn cmd_cache(a: &CacheArgs) -> Result<()> {
         println!("No request cache at {} yet.", path.display());
         return Ok(());
     }
-    let c = cache::RequestCache::open(&path)?;
+    let c = match (cache::RequestCache::open(&path), &a.action) {
+        (Ok(c), _) => c,
+        // A damaged file only cost recomputation: clearing all of it is deleting it.
+        (Err(e), CacheAction::Clear { model: None }) => {
+            cache::remove_file(&path)?;
+            println!(
+                "{} could not be read as a request cache ({}); deleted it",
+                path.display(),
+                e.root_cause()
+            );
+            return Ok(());
+        }
+        (Err(e), _) => return Err(e),
+    };
     match &a.action {
         CacheAction::Stats => {
             let stats = c.stats()?;

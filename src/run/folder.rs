@@ -128,6 +128,7 @@ impl RunFolder {
         // Models scored in an earlier session keep their records; their work is not repeated.
         let (samples, earlier_models) = match unfinished {
             Some(u) => {
+                check_plan(&u.samples, cfg, tasks, shots, &partial)?;
                 record.started = u.record.started;
                 record.resumed = u.record.resumed;
                 record.resumed.push(ResumePoint {
@@ -308,6 +309,55 @@ impl RunFolder {
             charts: report.charts,
         })
     }
+}
+
+/// Refuses a partial file holding a sample twice or one this run would not score (a task, doc,
+/// K, seed, label study or ordering outside its plan): resuming it would count such rows in the
+/// summary as if they were the run's.
+fn check_plan(
+    samples: &[Sample],
+    cfg: &RunConfig,
+    tasks: &[Task],
+    shots: &[Vec<usize>],
+    partial: &Path,
+) -> Result<()> {
+    let p = &cfg.protocol;
+    let seeds = p.seed_list(cfg.seed);
+    let mut seen = std::collections::HashSet::new();
+    for (line, s) in samples.iter().enumerate() {
+        let plan = tasks.iter().zip(shots).find(|(t, _)| t.name == s.task);
+        let in_plan = plan.is_some_and(|(t, ks)| {
+            let n = cfg.limit.map_or(t.test.len(), |l| l.min(t.test.len()));
+            let doc = t.test[..n]
+                .iter()
+                .position(|i| i.id == s.doc_id)
+                .is_some_and(|pos| cfg.shard.is_none_or(|sh| sh.holds(pos)));
+            doc && ks.contains(&s.k)
+        }) && seeds.contains(&s.seed)
+            && p.demo_labels.contains(&s.demo_labels)
+            && s.permutation < p.permutations;
+        let why = if !in_plan {
+            "is not a cell of this run (task, doc, K, seed, labels or ordering)"
+        } else if !seen.insert((
+            s.model.as_str(),
+            s.task.as_str(),
+            s.doc_id,
+            s.k,
+            s.seed,
+            s.demo_labels,
+            s.permutation,
+        )) {
+            "repeats an earlier sample"
+        } else {
+            continue;
+        };
+        anyhow::bail!(
+            "{}: line {} {why}; the folder was changed by hand — delete it to start the run over",
+            partial.display(),
+            line + 1
+        );
+    }
+    Ok(())
 }
 
 /// Whether Ctrl-C asked the run to stop.

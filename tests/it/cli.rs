@@ -830,3 +830,27 @@ fn bench_prints_speed_reuse_and_memory_tables() {
         assert!(rss > 50.0, "{row}");
     }
 }
+
+/// A damaged request cache: every command that reads it says so and how to clear it, and
+/// `cache clear` clears it (the cache only saves recomputation).
+#[test]
+fn a_damaged_request_cache_is_named_and_cleared() {
+    let d = tmp("damaged-cache");
+    let file = d.join("requests.sqlite");
+    std::fs::write(&file, b"this is not SQLite, it is a damaged cache file").unwrap();
+    let f = file.to_str().unwrap();
+    let o = icl_eval(&["cache", "stats", "--cache", f]);
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("may be damaged") && e.contains(&format!("icl-eval cache clear --cache {f}")),
+        "{e}"
+    );
+    let o = icl_eval(&["cache", "clear", "--cache", f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("deleted it"));
+    assert!(!file.exists());
+    let o = icl_eval(&["cache", "stats", "--cache", f]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("No request cache"));
+}

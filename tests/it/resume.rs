@@ -288,3 +288,73 @@ fn a_second_run_on_a_folder_being_written_is_refused() {
     let samples = common::read_samples(&out);
     assert_eq!(samples.len(), 48, "each (doc, K) once");
 }
+
+/// A partial file holding a sample twice, or a sample of a doc the run does not score, is refused
+/// on resume, naming the line, instead of being counted in the summary (n = 301 for 300 docs).
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn resume_refuses_rows_outside_the_plan_or_repeated() {
+    let model = common::reference_dir().join("tiny-hf/llama");
+    let d = tmp("resume-plan");
+    let out = d.join("run");
+    let out_s = out.display().to_string();
+    let args = [
+        "run",
+        "--tasks",
+        "sentiment_reviews",
+        "--models",
+        model.to_str().unwrap(),
+        "--shots",
+        "0,1",
+        "--limit",
+        "3",
+        "--output",
+        out_s.as_str(),
+    ];
+    let o = icl_eval(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<String> = fs::read_to_string(out.join("samples.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 6);
+    // Made unfinished again, with a doctored partial file.
+    let unfinish = |partial: &[String]| {
+        let config = out.join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+        c["complete"] = serde_json::json!(false);
+        fs::write(&config, c.to_string()).unwrap();
+        let _ = fs::remove_file(out.join("samples.jsonl"));
+        fs::write(out.join("samples.jsonl.partial"), partial.join("\n") + "\n").unwrap();
+    };
+    let repeated = vec![lines[0].clone(), lines[1].clone(), lines[0].clone()];
+    unfinish(&repeated);
+    let o = icl_eval(&args);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("line 3 repeats an earlier sample"),
+        "{e}"
+    );
+    let mut outside: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    outside["doc_id"] = serde_json::json!(99999);
+    unfinish(&[lines[0].clone(), outside.to_string()]);
+    let o = icl_eval(&args);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("line 2 is not a cell of this run"),
+        "{e}"
+    );
+    // The honest part of it resumes to the whole run.
+    unfinish(&lines[..4]);
+    let o = icl_eval(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        fs::read_to_string(out.join("samples.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
+}

@@ -314,6 +314,22 @@ fn continuation_score(choice: &Value, prompt: &str, context_len: &str) -> Result
     if out.n_tokens == 0 {
         bail!("the continuation got no token of its own in the server's tokenization");
     }
+    // The echo must reach the prompt's end: a server that echoes one token short would score a
+    // shorter continuation as if it were the whole.
+    let covered = tokens
+        .iter()
+        .zip(&offsets)
+        .filter(|&(_, &off)| off < prompt_end)
+        .map(|(t, off)| off + unit(t))
+        .max()
+        .unwrap_or(0);
+    if covered < prompt_end {
+        bail!(
+            "the server echoed {covered} of the prompt's {prompt_end} {}; scoring needs the whole \
+             prompt echoed with its log-probabilities",
+            if bytes { "bytes" } else { "characters" }
+        );
+    }
     Ok(out)
 }
 
@@ -467,6 +483,29 @@ impl OpenAiBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_echo_that_stops_short_of_the_prompt_is_refused() {
+        // "ab cd" after "ab": the echo holds "a", "b", " c" and no "d".
+        let choice = json!({"logprobs": {
+            "tokens": ["a", "b", " c"],
+            "text_offset": [0, 1, 2],
+            "token_logprobs": [null, -1.0, -2.0],
+            "top_logprobs": [null, {"b": -1.0}, {" c": -2.0}],
+        }});
+        let e = continuation_score(&choice, "ab cd", "ab")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("echoed 4 of the prompt's 5"), "{e}");
+        let whole = json!({"logprobs": {
+            "tokens": ["a", "b", " c", "d", "!"],
+            "text_offset": [0, 1, 2, 4, 5],
+            "token_logprobs": [null, -1.0, -2.0, -0.5, -3.0],
+            "top_logprobs": [null, {"b": -1.0}, {" c": -2.0}, {"d": -0.5}, {"!": -3.0}],
+        }});
+        let ll = continuation_score(&whole, "ab cd", "ab").unwrap();
+        assert_eq!((ll.logprob, ll.n_tokens), (-2.5, 2));
+    }
 
     #[test]
     fn references_parse_and_bad_ones_say_how_to_write_them() {

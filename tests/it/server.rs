@@ -167,10 +167,31 @@ fn healthy(path: &str, body: &Value) -> Act {
     match path {
         "/v1/models" => ok(json!({"data": [{"id": "m", "meta": {"n_ctx_train": 2048}}]})),
         "/tokenize" => ok(json!({"tokens": [1, 2, 3]})),
+        // The alignment probe, echoed a character a token, each the likeliest at its place.
+        "/v1/completions" if body["echo"] == true && body["prompt"] == ALIGNMENT_PROBE => {
+            let tokens: Vec<String> = ALIGNMENT_PROBE.chars().map(String::from).collect();
+            let offsets: Vec<usize> = (0..tokens.len()).collect();
+            let lps: Vec<Value> = (0..tokens.len())
+                .map(|i| if i == 0 { Value::Null } else { json!(-0.5) })
+                .collect();
+            let tops: Vec<Value> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    if i == 0 {
+                        Value::Null
+                    } else {
+                        json!({ t.as_str(): -0.5 })
+                    }
+                })
+                .collect();
+            ok(json!({"choices": [{"text": ALIGNMENT_PROBE, "logprobs": {
+                "tokens": tokens, "text_offset": offsets, "token_logprobs": lps,
+                "top_logprobs": tops,
+            }}]}))
+        }
         "/v1/completions" if body["echo"] == true => {
-            if body["prompt"] != ALIGNMENT_PROBE {
-                assert_eq!(body["prompt"], "Q: 1+1= 2");
-            }
+            assert_eq!(body["prompt"], "Q: 1+1= 2");
             // The context's tokens, then " 2" (the continuation), then a generated "\n".
             ok(json!({"choices": [{"text": "Q: 1+1= 2\n", "logprobs": {
                 "tokens": ["Q", ":", " 1", "+", "1", "=", " 2", "\n"],

@@ -246,12 +246,13 @@ struct TaskDirs {
 }
 
 impl TaskDirs {
+    /// Where task names are looked up, in precedence order: the `--tasks-dir` folders as given
+    /// (the user named them), then `./tasks`; a name found earlier shadows the same name later.
     fn dirs(&self) -> Vec<PathBuf> {
-        let mut d = Vec::new();
+        let mut d = self.tasks_dir.clone();
         if Path::new("tasks").is_dir() {
             d.push(PathBuf::from("tasks"));
         }
-        d.extend(self.tasks_dir.iter().cloned());
         d
     }
 
@@ -716,7 +717,24 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
     let options = d.load_options(HubOptions::from_env());
     println!("| task | tags | output type | test docs | few-shot docs | file | description |");
     println!("|---|---|---|---:|---:|---|---|");
-    for src in discover(&d.dirs())? {
+    let found = discover(&d.dirs())?;
+    for (i, src) in found.iter().enumerate() {
+        // An entry whose name an earlier one (an earlier folder in precedence) has is not the
+        // one `--tasks NAME` runs.
+        if let Some(first) = found[..i]
+            .iter()
+            .find(|o| o.name == src.name && o.problem.is_none())
+        {
+            println!(
+                "| {} | {} | – | – | – | {} | shadowed: `--tasks {}` runs {} |",
+                src.name,
+                src.tags.join(", "),
+                src.path.display(),
+                src.name,
+                first.path.display()
+            );
+            continue;
+        }
         if let Some(g) = &src.group {
             println!(
                 "| {} | – | group | – | – | {} | {} members: {} |",

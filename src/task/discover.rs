@@ -510,6 +510,20 @@ fn expand(
         .filter(usable)
         .find(|t| t.name == n && t.group.is_none())
     {
+        // The first folder in precedence wins; say so when another file has the name too.
+        if stack.is_empty()
+            && let Some(other) = known
+                .iter()
+                .filter(usable)
+                .find(|o| o.name == n && o.path != t.path && o.group.is_none())
+        {
+            eprintln!(
+                "note: task `{n}` is in {} and {}; running the first (--tasks-dir folders come \
+                 before ./tasks)",
+                t.path.display(),
+                other.path.display()
+            );
+        }
         return Ok(vec![task_ref(t, keys, via)]);
     }
     if let Some(src) = known.iter().filter(usable).find(|t| t.name == n)

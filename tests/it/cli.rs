@@ -854,3 +854,46 @@ fn a_damaged_request_cache_is_named_and_cleared() {
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("No request cache"));
 }
+
+/// A task name in a `--tasks-dir` folder and in ./tasks: the folder the user named wins, a note
+/// names both files, and `icl-eval tasks` marks the ./tasks entry as shadowed.
+#[test]
+fn a_tasks_dir_shadows_the_library_and_says_so() {
+    let d = tmp("shadowed");
+    let own = std::fs::read_to_string(root().join("tasks/two_digit_addition.yaml")).unwrap();
+    std::fs::write(
+        d.join("two_digit_addition.yaml"),
+        own.replace("doc_to_text: \"Q:", "doc_to_text: \"SHADOW Q:"),
+    )
+    .unwrap();
+    let dir = d.to_str().unwrap();
+    let o = icl_eval(&[
+        "prompt",
+        "--tasks-dir",
+        dir,
+        "--task",
+        "two_digit_addition",
+        "--shots",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("SHADOW Q:"));
+    let e = stderr(&o);
+    assert!(
+        e.contains("note: task `two_digit_addition` is in")
+            && e.contains("tasks/two_digit_addition.yaml")
+            && e.contains("--tasks-dir folders come before ./tasks"),
+        "{e}"
+    );
+    let o = icl_eval(&["tasks", "--tasks-dir", dir]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains("| shadowed: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.starts_with("| two_digit_addition |")
+            && line.contains("tasks/two_digit_addition.yaml"),
+        "{line}"
+    );
+}

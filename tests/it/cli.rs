@@ -885,7 +885,11 @@ fn a_tasks_dir_shadows_the_library_and_says_so() {
             && e.contains("--tasks-dir folders come before ./tasks"),
         "{e}"
     );
-    let o = icl_eval(&["tasks", "--tasks-dir", dir]);
+    // Offline: the library's Hub tasks are listed as not loadable without asking the network.
+    let o = common::command_in(&root(), &["tasks", "--tasks-dir", dir])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     let line = out
         .lines()

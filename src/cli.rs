@@ -10,7 +10,6 @@ use clap::{Args, Parser, Subcommand};
 use icl_eval::backend::candle::{DeviceChoice, WeightsChoice, load_prompt_model};
 use icl_eval::merge;
 use icl_eval::models::{self, HubOptions, ModelsFile};
-use icl_eval::record::ChatMode;
 use icl_eval::run::{PromptFlags, Protocol, RunConfig, run};
 use icl_eval::sampler::DemoLabels;
 use icl_eval::shard::Shard;
@@ -835,13 +834,7 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
             )
         })?),
     };
-    let format = match (template, a.prompt.chat()) {
-        (Some(template), Some(mode)) => prompt::Format::Chat {
-            template,
-            multiturn: mode == ChatMode::Multiturn,
-        },
-        _ => prompt::Format::Plain,
-    };
+    let format = prompt::Format::of(template, a.prompt.fewshot_as_multiturn);
     match &model {
         None => print!(
             "{}",

@@ -54,6 +54,20 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// The test docs a run scores of `task`: the first `limit`, those of `shard`'s positions.
+pub fn planned_docs(
+    task: &Task,
+    limit: Option<usize>,
+    shard: Option<Shard>,
+) -> impl Iterator<Item = &Item> {
+    let n = limit.map_or(task.test.len(), |l| l.min(task.test.len()));
+    task.test[..n]
+        .iter()
+        .enumerate()
+        .filter(move |(pos, _)| shard.is_none_or(|s| s.holds(*pos)))
+        .map(|(_, item)| item)
+}
+
 /// How many docs of `task` a run evaluates: the first `limit`, then the shard's share of them.
 pub fn doc_count(task: &Task, limit: Option<usize>, shard: Option<Shard>) -> usize {
     let n = limit.map_or(task.test.len(), |l| l.min(task.test.len()));
@@ -230,9 +244,6 @@ pub fn evaluate_task(
     emit: &mut dyn FnMut(Sample) -> Result<()>,
 ) -> Result<()> {
     let task = selector.task();
-    let n = plan
-        .limit
-        .map_or(task.test.len(), |l| l.min(task.test.len()));
     let template = match plan.chat {
         Some(_) => Some(backend.chat_template().with_context(|| {
             format!(
@@ -243,19 +254,8 @@ pub fn evaluate_task(
         })?),
         None => None,
     };
-    let format = match (&template, plan.chat) {
-        (Some(t), Some(mode)) => prompt::Format::Chat {
-            template: t,
-            multiturn: mode == ChatMode::Multiturn,
-        },
-        _ => prompt::Format::Plain,
-    };
-    let docs: Vec<&Item> = task.test[..n]
-        .iter()
-        .enumerate()
-        .filter(|(pos, _)| plan.shard.is_none_or(|s| s.holds(*pos)))
-        .map(|(_, item)| item)
-        .collect();
+    let format = prompt::Format::of(template.as_ref(), plan.chat == Some(ChatMode::Multiturn));
+    let docs: Vec<&Item> = planned_docs(task, plan.limit, plan.shard).collect();
     let mut memo = Memo::default();
     for block in docs.chunks(backend.concurrency().max(1)) {
         let mut pending = Pending::default();
@@ -587,14 +587,7 @@ fn finish_choices(
     if let Some(k) = mutual_info {
         cs.pred_mutual_info = Some(choice::pred_mutual_info(&logprobs, &memo.choices(&k)?));
     }
-    for &m in &task.metrics {
-        if let PerDoc::ChoiceStats(stats) = m.spec().per_doc {
-            s.stats.insert(m.name().to_string(), stats(&cs, gold));
-        }
-        if let Some(v) = m.choice_value(&cs, gold) {
-            s.metrics.insert(m.name().to_string(), v);
-        }
-    }
+    record_choice_metrics(task, s, &cs, gold);
     let pred = primary.pick(&cs).unwrap_or(cs.pred);
     s.prediction = Some(choices[pred].clone());
     s.correct = Some(s.metrics.get(primary.name()).is_some_and(|&v| v > 0.5));
@@ -602,6 +595,19 @@ fn finish_choices(
     s.calibration = prior;
     s.unconditional = unconditional;
     Ok(())
+}
+
+/// Each metric's value of a doc scored as a choice (its choices, or a multiple-input doc's
+/// inputs), and a corpus metric's statistics.
+fn record_choice_metrics(task: &Task, s: &mut Sample, cs: &choice::ChoiceScore, gold: usize) {
+    for &m in &task.metrics {
+        if let PerDoc::ChoiceStats(stats) = m.spec().per_doc {
+            s.stats.insert(m.name().to_string(), stats(cs, gold));
+        }
+        if let Some(v) = m.choice_value(cs, gold) {
+            s.metrics.insert(m.name().to_string(), v);
+        }
+    }
 }
 
 /// A multiple-input cell: the inputs' log-likelihoods of the shared continuation.
@@ -623,12 +629,7 @@ fn finish_inputs(
     let cs = choice::score_choices(&logprobs, inputs, None, None);
     s.prediction = Some(inputs[cs.pred].clone());
     s.correct = Some(cs.pred == gold);
-    for &m in &task.metrics {
-        if let PerDoc::ChoiceStats(stats) = m.spec().per_doc {
-            s.stats.insert(m.name().to_string(), stats(&cs, gold));
-        }
-        s.metrics.insert(m.name().to_string(), hit(cs.pred == gold));
-    }
+    record_choice_metrics(task, s, &cs, gold);
     s.logprobs = Some(logprobs);
     Ok(())
 }

@@ -17,7 +17,19 @@ pub enum Format<'a> {
     },
 }
 
-impl Format<'_> {
+impl<'a> Format<'a> {
+    /// Through `template` when there is one (demonstrations as turns when `multiturn`), else
+    /// plain text.
+    pub fn of(template: Option<&'a ChatTemplate>, multiturn: bool) -> Self {
+        match template {
+            Some(template) => Format::Chat {
+                template,
+                multiturn,
+            },
+            None => Format::Plain,
+        }
+    }
+
     /// What goes between a prompt and its answer: the task's target delimiter in plain text,
     /// nothing after a chat template's assistant header.
     pub fn target_delimiter<'t>(&self, task: &'t Task) -> &'t str {

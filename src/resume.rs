@@ -184,6 +184,11 @@ impl Done {
         !self.0.is_empty() && self.0.contains(&key(s))
     }
 
+    /// Adds `s`'s cell; false when it was there already.
+    pub fn insert(&mut self, s: &Sample) -> bool {
+        self.0.insert(key(s))
+    }
+
     /// How many cells are scored.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -408,11 +408,6 @@ impl Metric {
             .expect("every metric has an entry in SPECS (pinned by a test)")
     }
 
-    /// Every metric, in the order error messages list them.
-    pub fn all() -> impl Iterator<Item = Metric> {
-        SPECS.iter().map(|s| s.metric)
-    }
-
     /// The metric named `name` in YAML and results.
     pub fn from_name(name: &str) -> Option<Metric> {
         SPECS.iter().find(|s| s.name == name).map(|s| s.metric)

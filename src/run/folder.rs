@@ -2,6 +2,7 @@
 //! flushed line at a time, `config.json` kept current, and at the end renamed into place and
 //! reported. Nothing here decides what is scored.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Interrupted, RunConfig, RunOutcome, setup};
 use crate::backend::ModelInfo;
-use crate::evaluate::doc_count;
+use crate::evaluate::{doc_count, planned_docs};
 use crate::record::{self, Example, ResumePoint, RunRecord, Sample, TaskRecord};
 use crate::report::{self, ReportInput, TaskMeta};
 use crate::resume::{self, Done};
@@ -323,30 +324,27 @@ fn check_plan(
 ) -> Result<()> {
     let p = &cfg.protocol;
     let seeds = p.seed_list(cfg.seed);
-    let mut seen = std::collections::HashSet::new();
+    // Per task: the docs it scores and its K's, gathered once.
+    let plans: Vec<(&str, HashSet<usize>, &[usize])> = tasks
+        .iter()
+        .zip(shots)
+        .map(|(t, ks)| {
+            let docs = planned_docs(t, cfg.limit, cfg.shard)
+                .map(|i| i.id)
+                .collect();
+            (t.name.as_str(), docs, ks.as_slice())
+        })
+        .collect();
+    let mut seen = Done::default();
     for (line, s) in samples.iter().enumerate() {
-        let plan = tasks.iter().zip(shots).find(|(t, _)| t.name == s.task);
-        let in_plan = plan.is_some_and(|(t, ks)| {
-            let n = cfg.limit.map_or(t.test.len(), |l| l.min(t.test.len()));
-            let doc = t.test[..n]
-                .iter()
-                .position(|i| i.id == s.doc_id)
-                .is_some_and(|pos| cfg.shard.is_none_or(|sh| sh.holds(pos)));
-            doc && ks.contains(&s.k)
+        let in_plan = plans.iter().any(|(name, docs, ks)| {
+            *name == s.task && docs.contains(&s.doc_id) && ks.contains(&s.k)
         }) && seeds.contains(&s.seed)
             && p.demo_labels.contains(&s.demo_labels)
             && s.permutation < p.permutations;
         let why = if !in_plan {
             "is not a cell of this run (task, doc, K, seed, labels or ordering)"
-        } else if !seen.insert((
-            s.model.as_str(),
-            s.task.as_str(),
-            s.doc_id,
-            s.k,
-            s.seed,
-            s.demo_labels,
-            s.permutation,
-        )) {
+        } else if !seen.insert(s) {
             "repeats an earlier sample"
         } else {
             continue;

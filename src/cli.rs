@@ -784,9 +784,9 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
 
 fn cmd_prompt(a: PromptArgs) -> Result<()> {
     let found = task::discover::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
-    let tasks = [task::load_ref(
-        &found,
-        &a.dirs.load_options(a.source.hub()),
+    let tasks = [task::formulation::formulate_as(
+        task::load_ref(&found, &a.dirs.load_options(a.source.hub()))?,
+        a.prompt.format,
     )?];
     let t = &tasks[0];
     let Some(item) = t.test.get(a.doc) else {

@@ -313,6 +313,7 @@ fn plan_doc<'t>(
                         seed,
                         permutation,
                         demo_labels: labels,
+                        format: task.format,
                         ..Sample::unscored(
                             &backend.info().name,
                             &task.name,

@@ -32,6 +32,10 @@ pub struct PromptFlags {
     /// demonstrations folded into one user turn.
     #[arg(long)]
     pub chat_template: bool,
+    /// How multiple-choice tasks ask, overriding each task's `format:`: cloze (each choice's
+    /// text scored) or mcqa (the choices lettered in the prompt, the letter scored).
+    #[arg(long, value_enum)]
+    pub format: Option<crate::task::Formulation>,
     /// With --chat-template: each demonstration a user turn and an assistant turn.
     #[arg(long, requires = "chat_template")]
     pub fewshot_as_multiturn: bool,
@@ -126,6 +130,9 @@ pub struct Sample {
     /// What answers the demonstrations showed.
     #[serde(default)]
     pub demo_labels: DemoLabels,
+    /// How the task asked (multiple choice: cloze or mcqa); written only when mcqa.
+    #[serde(default, skip_serializing_if = "crate::task::Formulation::is_cloze")]
+    pub format: crate::task::Formulation,
     /// Demonstrations used after fitting the context (absent when the doc was skipped).
     pub k_effective: Option<usize>,
     /// When the context cut demonstrations: the few-shot doc ids of those kept, in prompt order.
@@ -198,6 +205,7 @@ impl Sample {
             seed: 0,
             permutation: 0,
             demo_labels: DemoLabels::Gold,
+            format: Default::default(),
             k_effective: None,
             kept_demos: None,
             prompt_hash: None,
@@ -255,6 +263,9 @@ pub struct TaskRecord {
     /// report is rebuilt with `--allow-python`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aggregations: BTreeMap<String, String>,
+    /// How a multiple-choice task asked (`format:`, `--format`); written only when mcqa.
+    #[serde(default, skip_serializing_if = "crate::task::Formulation::is_cloze")]
+    pub format: crate::task::Formulation,
 }
 
 impl TaskRecord {
@@ -277,6 +288,7 @@ impl TaskRecord {
             version: t.version.clone(),
             python: t.python.clone(),
             aggregations: t.aggregations.clone(),
+            format: t.format,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::record::Sample;
 use crate::record::{RunRecord, write_atomic};
 use crate::sampler::DemoLabels;
 use crate::shard::Shard;
+use crate::task::Formulation;
 
 /// The name of the file samples stream to until the run is complete.
 pub const PARTIAL: &str = "samples.jsonl.partial";
@@ -171,7 +172,7 @@ pub fn read_partial(path: &Path) -> Result<Vec<Sample>> {
 
 /// The cells of a run already scored, by everything that identifies one.
 #[derive(Debug, Default)]
-pub struct Done(HashSet<(String, String, usize, u64, DemoLabels, usize, usize)>);
+pub struct Done(HashSet<CellKey>);
 
 impl Done {
     /// The cells of these samples.
@@ -200,10 +201,22 @@ impl Done {
     }
 }
 
-fn key(s: &Sample) -> (String, String, usize, u64, DemoLabels, usize, usize) {
+type CellKey = (
+    String,
+    String,
+    Formulation,
+    usize,
+    u64,
+    DemoLabels,
+    usize,
+    usize,
+);
+
+fn key(s: &Sample) -> CellKey {
     (
         s.model.clone(),
         s.task.clone(),
+        s.format,
         s.doc_id,
         s.seed,
         s.demo_labels,

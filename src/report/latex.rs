@@ -92,6 +92,7 @@ mod tests {
             "model" => ["m", "m", "m", "m"],
             "parameters" => [1u64, 1, 1, 1],
             "sampler" => ["random"; 4],
+            "format" => ["cloze"; 4],
             "demo_labels" => ["gold"; 4],
             "k" => [0u32, 1, 0, 0],
             "metric" => ["exact_match", "exact_match", "acc", "perplexity"],

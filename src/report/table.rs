@@ -29,6 +29,7 @@ pub fn summarize(
         col("model"),
         col("parameters"),
         col("sampler"),
+        col("format"),
         col("demo_labels"),
         col("k"),
         col("metric"),
@@ -108,6 +109,7 @@ pub fn summarize(
             "parameters",
             "model",
             "sampler",
+            "format",
             "demo_labels",
             "k",
         ],
@@ -128,6 +130,7 @@ fn long_rows(
     let mut model = Vec::new();
     let mut params = Vec::new();
     let mut sampler = Vec::new();
+    let mut format = Vec::new();
     let mut labels = Vec::new();
     let mut k = Vec::new();
     let mut metric = Vec::new();
@@ -153,6 +156,7 @@ fn long_rows(
             model.push(s.model.clone());
             params.push(p);
             sampler.push(s.sampler.name());
+            format.push(s.format.name());
             labels.push(s.demo_labels.name());
             k.push(s.k as u32);
             metric.push(m.name().to_string());
@@ -167,6 +171,7 @@ fn long_rows(
         "model" => model,
         "parameters" => params,
         "sampler" => sampler,
+        "format" => format,
         "demo_labels" => labels,
         "k" => k,
         "metric" => metric,
@@ -193,6 +198,7 @@ struct DrawKey {
     model: String,
     parameters: u64,
     sampler: String,
+    format: String,
     demo_labels: String,
     k: u32,
     metric: String,
@@ -221,6 +227,7 @@ impl CorpusDraws {
             model: s.model.clone(),
             parameters,
             sampler: s.sampler.name().to_string(),
+            format: s.format.name().to_string(),
             demo_labels: s.demo_labels.name().to_string(),
             k: s.k as u32,
             metric: m.name().to_string(),
@@ -263,8 +270,8 @@ impl CorpusDraws {
             _ => vec![f64::NAN; hooked.len()],
         }
         .into_iter();
-        let (mut task, mut model, mut params, mut sampler, mut labels) =
-            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut task, mut model, mut params, mut sampler, mut format, mut labels) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         let (mut k, mut metric, mut seed, mut perm) = (vec![], vec![], vec![], vec![]);
         let (mut value, mut stderr, mut n, mut skipped, mut k_eff) =
             (vec![], vec![], vec![], vec![], vec![]);
@@ -301,6 +308,7 @@ impl CorpusDraws {
             model.push(key.model);
             params.push(key.parameters);
             sampler.push(key.sampler);
+            format.push(key.format);
             labels.push(key.demo_labels);
             k.push(key.k);
             metric.push(key.metric);
@@ -312,6 +320,7 @@ impl CorpusDraws {
             "model" => model,
             "parameters" => params,
             "sampler" => sampler,
+            "format" => format,
             "demo_labels" => labels,
             "k" => k,
             "metric" => metric,
@@ -362,6 +371,8 @@ pub struct SummaryColumns<'a> {
     pub model: &'a StringChunked,
     pub parameters: &'a UInt64Chunked,
     pub sampler: &'a StringChunked,
+    /// How multiple-choice tasks asked (`cloze`, `mcqa`).
+    pub format: &'a StringChunked,
     pub demo_labels: &'a StringChunked,
     pub k: &'a UInt32Chunked,
     pub metric: &'a StringChunked,
@@ -374,8 +385,8 @@ pub struct SummaryColumns<'a> {
     pub n: &'a UInt32Chunked,
     pub skipped: &'a UInt32Chunked,
     pub mean_k_effective: &'a Float64Chunked,
-    /// What a chart line stands for: the model, plus the sampler and label study when the summary
-    /// holds more than one of them.
+    /// What a chart line stands for: the model, plus the sampler, formulation and label study
+    /// when the summary holds more than one of them.
     pub series: Vec<String>,
     /// Whether any cell averages several seeds.
     many_seeds: bool,
@@ -387,13 +398,20 @@ impl<'a> SummaryColumns<'a> {
         let model = df.column("model")?.str()?;
         let sampler = df.column("sampler")?.str()?;
         let demo_labels = df.column("demo_labels")?.str()?;
-        let (many_samplers, many_labels) =
-            (distinct(sampler).len() > 1, distinct(demo_labels).len() > 1);
+        let format = df.column("format")?.str()?;
+        let (many_samplers, many_labels, many_formats) = (
+            distinct(sampler).len() > 1,
+            distinct(demo_labels).len() > 1,
+            distinct(format).len() > 1,
+        );
         let series = (0..df.height())
             .map(|i| {
                 let mut s = model.get(i).unwrap_or("").to_string();
                 if many_samplers {
                     s.push_str(&format!(" · {}", sampler.get(i).unwrap_or("")));
+                }
+                if many_formats {
+                    s.push_str(&format!(" · {}", format.get(i).unwrap_or("")));
                 }
                 if many_labels {
                     s.push_str(&format!(" · {} labels", demo_labels.get(i).unwrap_or("")));
@@ -408,6 +426,7 @@ impl<'a> SummaryColumns<'a> {
             model,
             parameters: df.column("parameters")?.u64()?,
             sampler,
+            format,
             demo_labels,
             k: df.column("k")?.u32()?,
             metric: df.column("metric")?.str()?,
@@ -448,6 +467,7 @@ pub fn markdown(summary: &DataFrame) -> Result<String> {
     let samplers = distinct(c.sampler);
     let labels = distinct(c.demo_labels);
     let show_sampler = samplers != ["random"];
+    let show_format = distinct(c.format) != ["cloze"];
     let show_labels = labels != ["gold"];
     let show_seeds = c.has_seeds();
     let show_perms =
@@ -456,6 +476,10 @@ pub fn markdown(summary: &DataFrame) -> Result<String> {
     let mut align = vec!["---", "---"];
     if show_sampler {
         head.push("sampler");
+        align.push("---");
+    }
+    if show_format {
+        head.push("format");
         align.push("---");
     }
     if show_labels {
@@ -486,6 +510,9 @@ pub fn markdown(summary: &DataFrame) -> Result<String> {
         ];
         if show_sampler {
             row.push(c.sampler.get(i).unwrap_or("").to_string());
+        }
+        if show_format {
+            row.push(c.format.get(i).unwrap_or("").to_string());
         }
         if show_labels {
             row.push(c.demo_labels.get(i).unwrap_or("").to_string());

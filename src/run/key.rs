@@ -36,6 +36,10 @@ fn run_key(cfg: &RunConfig, tasks: &[Task], shots: &[usize]) -> String {
         true => format!("{key}|task-shots"),
         false => key,
     };
+    let key = match cfg.protocol.flags.format {
+        Some(f) => format!("{key}|format={}", f.name()),
+        None => key,
+    };
     // A GPU's answers round differently: never resume a CPU run on it (CPU keys stay as before).
     match cfg.device {
         DeviceChoice::Cpu => key,
@@ -140,6 +144,7 @@ mod tests {
                     encoder: Some(PathBuf::from("models/enc")),
                     chat_template: true,
                     fewshot_as_multiturn: true,
+                    format: Some(crate::task::Formulation::Mcqa),
                 },
             },
             weights: WeightsChoice::Quantized,
@@ -152,7 +157,7 @@ mod tests {
             "[\"aa11\"]|[\"models/a.gguf\", \"hf:org/b\"]|[4]|1234|None|Quantized|\
              Protocol { seeds: 3, permutations: 2, demo_labels: [Gold, Random], \
              sampler: Some(Knn), demo_order: Some(NearestFirst), chat: Some(Multiturn) }|\
-             Some(\"models/enc\")|cuda:1"
+             Some(\"models/enc\")|format=mcqa|cuda:1"
         );
         // Settings outside the key (threads, batch size, output folder) leave the id alone.
         let other = RunConfig {

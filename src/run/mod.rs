@@ -109,6 +109,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     for note in notes
         .iter()
         .chain(&setup::multiturn_cost(&cfg.protocol, &shots))
+        .chain(&setup::unformulated(&cfg.protocol, &tasks))
     {
         eprintln!("{note}");
     }

@@ -118,9 +118,27 @@ pub(super) fn load_tasks(cfg: &RunConfig) -> Result<Vec<Task>> {
                 python: cfg.python.as_deref(),
                 hub: cfg.hub.clone(),
             };
-            crate::task::load_ref(r, &options)
+            let task = crate::task::load_ref(r, &options)?;
+            crate::task::formulation::formulate_as(task, cfg.protocol.flags.format)
         })
         .collect()
+}
+
+/// A line naming the tasks `--format mcqa` leaves as written (they are not multiple choice).
+pub(super) fn unformulated(protocol: &Protocol, tasks: &[Task]) -> Option<String> {
+    let asked = protocol.flags.format?;
+    let others: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.output_type != crate::task::OutputType::MultipleChoice)
+        .map(|t| t.name.as_str())
+        .collect();
+    (asked == crate::task::Formulation::Mcqa && !others.is_empty()).then(|| {
+        format!(
+            "note: --format mcqa letters the choices of multiple-choice tasks only; {} run as \
+             written",
+            others.join(", ")
+        )
+    })
 }
 
 /// Results are keyed by task name, so two tasks may not share one.

@@ -403,6 +403,14 @@ fn build_spec(
     if !cx.problems.is_empty() {
         return None;
     }
+    if spec.format == super::Formulation::Mcqa && spec.output_type != OutputType::MultipleChoice {
+        cx.problem(format!(
+            "field `format: mcqa` applies to output_type multiple_choice only (this task is {}); \
+             remove it",
+            spec.output_type.name()
+        ));
+        return None;
+    }
     if !choice_counts_fit(cx, &metrics, &test) {
         return None;
     }
@@ -451,6 +459,7 @@ fn build_spec(
         gen_prefix: spec.gen_prefix.is_some(),
         sampling,
         num_fewshot: spec.num_fewshot,
+        format: spec.format,
     })
 }
 

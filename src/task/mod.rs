@@ -4,6 +4,7 @@ pub mod dataset;
 pub mod discover;
 pub mod fewshot;
 pub mod filter;
+pub mod formulation;
 pub mod generators;
 pub mod hooks;
 pub mod import;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 
 pub use crate::metric::{Metric, OutputType};
 pub use discover::{TaskSource, discover};
+pub use formulation::Formulation;
 pub use include::TaskRef;
 pub use load::{
     LoadOptions, load_ref, load_ref_with_problems, load_task, load_task_using, load_task_with,
@@ -187,6 +189,9 @@ pub struct Task {
     pub sampling: Option<(f64, f64)>,
     /// The task's own K (lm-eval's `num_fewshot`), run by `--shots task`.
     pub num_fewshot: Option<usize>,
+    /// How a multiple-choice task asks: the task's `format:` as loaded (its docs cloze), the
+    /// formulation its docs are in after [`formulation::formulate`].
+    pub format: Formulation,
 }
 
 /// `exact_match`'s options, compiled from `task::spec::ExactMatchSpec`.
@@ -288,6 +293,7 @@ impl Task {
             gen_prefix: false,
             num_fewshot: None,
             sampling: None,
+            format: Formulation::Cloze,
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct TaskSpec {
     /// The task's own K (lm-eval's `num_fewshot`), which `--shots task` runs; `--shots` with
     /// numbers runs those instead.
     pub num_fewshot: Option<usize>,
+    /// `multiple_choice`: `cloze` (each choice's text scored, the default) or `mcqa` (the choices
+    /// lettered in the prompt, the letter scored); `--format` overrides it.
+    #[serde(default)]
+    pub format: super::Formulation,
 }
 
 /// `exact_match:` — lm-eval's (Hugging Face `evaluate`'s) options of the metric, applied to the

@@ -901,3 +901,75 @@ fn a_tasks_dir_shadows_the_library_and_says_so() {
         "{line}"
     );
 }
+
+/// `--format mcqa` letters a multiple-choice task's choices: the prompt is the one written here
+/// by hand (the cue line `Sentiment:` gives way to the lettered choices and `Answer:`, each
+/// demonstration answers with its letter), and the letters are what is scored.
+#[test]
+fn mcqa_prompts_are_the_hand_written_ones() {
+    let o = icl_eval(&[
+        "prompt",
+        "--task",
+        "sentiment_reviews",
+        "--shots",
+        "2",
+        "--seed",
+        "1",
+        "--format",
+        "mcqa",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = "Review: I love this keyboard; typing on it is a genuine pleasure.\n\
+                    A. negative\nB. positive\nAnswer: B\n\n\
+                    Review: A smart, thoughtful book that changed the way I think about work.\n\
+                    A. negative\nB. positive\nAnswer: B\n\n\
+                    Review: A beautifully written novel with characters I will remember for a long time.\n\
+                    A. negative\nB. positive\nAnswer:";
+    assert_eq!(String::from_utf8_lossy(&o.stdout), expected);
+    assert!(stderr(&o).contains(r#"[" A", " B"]"#), "{}", stderr(&o));
+    // The same command without --format is the task as written (cloze).
+    let cloze = icl_eval(&[
+        "prompt",
+        "--task",
+        "sentiment_reviews",
+        "--shots",
+        "2",
+        "--seed",
+        "1",
+    ]);
+    let cloze = String::from_utf8_lossy(&cloze.stdout).into_owned();
+    assert!(cloze.ends_with("for a long time.\nSentiment:"), "{cloze}");
+    assert!(cloze.contains("Sentiment: positive\n\n"), "{cloze}");
+}
+
+/// Bad formulations are one-line errors naming the fix.
+#[test]
+fn bad_formats_are_one_line_errors() {
+    let o = icl_eval(&[
+        "prompt",
+        "--task",
+        "sentiment_reviews",
+        "--format",
+        "letters",
+    ]);
+    assert_one_line_error(&o, &["--format", "cloze", "mcqa"]);
+    let d = tmp("mcqa-on-generation");
+    write(
+        &d,
+        "gen.yaml",
+        "task: gen\ndataset: {path: d.jsonl}\ndoc_to_text: \"{{ q }}\"\ndoc_to_target: \"{{ a }}\"\n\
+         output_type: generate_until\ntest_split: all\nformat: mcqa\n",
+    );
+    write(&d, "d.jsonl", "{\"q\": \"1+1=\", \"a\": \"2\"}\n");
+    let o = icl_eval(&[
+        "prompt",
+        "--task",
+        &d.join("gen.yaml").display().to_string(),
+    ]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains("gen.yaml") && e.contains("format: mcqa") && e.contains("multiple_choice"),
+        "{e}"
+    );
+}

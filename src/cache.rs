@@ -321,6 +321,10 @@ impl Backend for Cached<'_> {
         self.inner.chat_template()
     }
 
+    fn takes_messages(&self) -> bool {
+        self.inner.takes_messages()
+    }
+
     fn concurrency(&self) -> usize {
         self.inner.concurrency()
     }

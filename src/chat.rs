@@ -7,7 +7,7 @@ use minijinja::{Environment, Error, ErrorKind};
 use serde::Serialize;
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
@@ -76,6 +76,33 @@ pub fn messages(
     }
     out.push(user(query.to_string()));
     out
+}
+
+/// The messages a chat endpoint receives: the description as the system message (when there is
+/// one), then as [`messages`] gives them without it — one user turn holding the rest of `plain`
+/// (the demonstrations and the query), or each demonstration as a user and an assistant turn.
+pub fn api_messages(
+    plain: &str,
+    description: &str,
+    demos: &[(&str, Option<&str>)],
+    query: &str,
+    multiturn: bool,
+) -> Vec<Message> {
+    let mut out = Vec::with_capacity(2 * demos.len() + 2);
+    if !description.is_empty() {
+        out.push(Message {
+            role: "system".into(),
+            content: description.into(),
+        });
+    }
+    let rest = plain.strip_prefix(description).unwrap_or(plain);
+    out.extend(messages(rest, "", demos, query, multiturn));
+    out
+}
+
+/// The messages [`api_messages`] serialized (a chat endpoint's request context), read back.
+pub fn parse_messages(context: &str) -> Option<Vec<Message>> {
+    serde_json::from_str(context).ok()
 }
 
 #[cfg(test)]

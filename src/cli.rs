@@ -12,7 +12,7 @@ use icl_eval::merge;
 use icl_eval::models::{self, HubOptions, ModelsFile};
 use icl_eval::run::{PromptFlags, Protocol, RunConfig, run};
 use icl_eval::sampler::DemoLabels;
-use icl_eval::shard::Shard;
+use icl_eval::shard::{Shard, ShardChoice};
 use icl_eval::task::{self, discover};
 use icl_eval::validate::validate_task;
 use icl_eval::{cache, prompt, record, report};
@@ -321,9 +321,13 @@ struct RunArgs {
     #[arg(long)]
     output: Option<PathBuf>,
     /// Evaluate only shard I of N (the docs at positions p with p mod N = I - 1); combine the N
-    /// folders with `icl-eval merge`.
-    #[arg(long, value_name = "I/N")]
-    shard: Option<Shard>,
+    /// folders with `icl-eval merge`. `auto`: I and N from a Slurm array, the tasks of a Slurm
+    /// job or a Kubernetes Indexed Job, each worker writing OUTPUT/shard-I-of-N.
+    #[arg(long, value_name = "I/N|auto")]
+    shard: Option<ShardChoice>,
+    /// With --shard auto: the number of workers, for schedulers that set none (Kubernetes).
+    #[arg(long, value_name = "N", env = "ICL_EVAL_SHARDS")]
+    shards: Option<usize>,
     /// How to hold the weights in memory.
     #[arg(long, value_enum, default_value_t = WeightsChoice::Auto)]
     weights: WeightsChoice,
@@ -475,6 +479,21 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             "--shots task runs each task at its own num_fewshot; give it alone, not with numbers"
         );
     }
+    let (shard, output) = match a.shard {
+        None => (None, a.output),
+        Some(ShardChoice::Fixed(s)) => (Some(s), a.output),
+        Some(ShardChoice::Auto) => {
+            let s = Shard::from_cluster(&|name| std::env::var(name).ok(), a.shards)
+                .map_err(anyhow::Error::msg)?;
+            let dir = a.output.context(
+                "--shard auto: give --output DIR, a folder every worker shares; each writes \
+                 DIR/shard-I-of-N and `icl-eval merge DIR/shard-*` joins them",
+            )?;
+            let dir = dir.join(s.folder_name());
+            eprintln!("--shard auto: shard {s}, writing {}", dir.display());
+            (Some(s), Some(dir))
+        }
+    };
     let cfg = RunConfig {
         tasks: selection.tasks,
         groups: selection.groups,
@@ -501,13 +520,13 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         kv_cache_mb: a.kv_cache_mb,
         batch_docs: a.batch_size,
         threads: a.threads,
-        output: a.output,
+        output,
         results_root: PathBuf::from("results"),
         python: a.dirs.python().map(Path::to_path_buf),
         data_dir: a.dirs.data_dir,
         weights: a.weights,
         device: a.device,
-        shard: a.shard,
+        shard,
         cache: (!a.no_cache).then(|| a.cache.unwrap_or_else(cache::default_path)),
         server: icl_eval::backend::http::Options {
             timeout: std::time::Duration::from_secs(a.request_timeout.max(1)),
@@ -820,6 +839,9 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
         }
         None => None,
     };
+    if a.prompt.fewshot_as_multiturn && !a.prompt.chat_template {
+        bail!("--fewshot-as-multiturn: needs --chat-template (and --model, whose template it is)");
+    }
     // A chat template is the model's: without one the prompt cannot be rendered as `run` would.
     let template = match (a.prompt.chat(), &model) {
         (None, _) => None,

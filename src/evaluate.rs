@@ -245,6 +245,7 @@ pub fn evaluate_task(
 ) -> Result<()> {
     let task = selector.task();
     let template = match plan.chat {
+        _ if backend.takes_messages() => None,
         Some(_) => Some(backend.chat_template().with_context(|| {
             format!(
                 "--chat-template: model `{}` ships no chat template (tokenizer.chat_template); \
@@ -254,9 +255,14 @@ pub fn evaluate_task(
         })?),
         None => None,
     };
-    let format = prompt::Format::of(template.as_ref(), plan.chat == Some(ChatMode::Multiturn));
+    let multiturn = plan.chat == Some(ChatMode::Multiturn);
+    let format = match backend.takes_messages() {
+        true => prompt::Format::Messages { multiturn },
+        false => prompt::Format::of(template.as_ref(), multiturn),
+    };
     let docs: Vec<&Item> = planned_docs(task, plan.limit, plan.shard).collect();
     let mut memo = Memo::default();
+    let (mut unanswered, mut answered) = (0usize, 0usize);
     for block in docs.chunks(backend.concurrency().max(1)) {
         let mut pending = Pending::default();
         let mut cells = Vec::new();
@@ -282,8 +288,27 @@ pub fn evaluate_task(
             }
         })?;
         for cell in cells {
-            emit(finish(task, &memo, cell)?)?;
+            let s = finish(task, &memo, cell)?;
+            if s.logprobs
+                .as_deref()
+                .is_some_and(crate::backend::unanswered)
+            {
+                unanswered += 1;
+            } else if s.logprobs.is_some() {
+                answered += 1;
+            }
+            emit(s)?;
         }
+    }
+    if unanswered > 0 {
+        eprintln!(
+            "note: task {}, {}: {unanswered} of {} answers ({:.1}%) listed none of the letters \
+             among their top log-probabilities (or named none); they count as wrong",
+            task.name,
+            backend.info().name,
+            unanswered + answered,
+            100.0 * unanswered as f64 / (unanswered + answered) as f64
+        );
     }
     Ok(())
 }
@@ -591,6 +616,16 @@ fn finish_choices(
     record_choice_metrics(task, s, &cs, gold);
     let pred = primary.pick(&cs).unwrap_or(cs.pred);
     s.prediction = Some(choices[pred].clone());
+    if crate::backend::unanswered(&logprobs) {
+        // No letter was the answer: every pick is wrong, not the first of equal scores.
+        for &m in &task.metrics {
+            if m.choice_value(&cs, gold).is_some() && !matches!(m.spec().per_doc, PerDoc::Choice(_))
+            {
+                s.metrics.insert(m.name().to_string(), 0.0);
+            }
+        }
+        s.prediction = None;
+    }
     s.correct = Some(s.metrics.get(primary.name()).is_some_and(|&v| v > 0.5));
     s.logprobs = Some(logprobs);
     s.calibration = prior;

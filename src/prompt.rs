@@ -15,6 +15,12 @@ pub enum Format<'a> {
         template: &'a ChatTemplate,
         multiturn: bool,
     },
+    /// Chat messages for an endpoint that applies its own template (`openai-chat:`), as JSON:
+    /// the description as the system message, the rest folded into one user turn or, when
+    /// `multiturn`, each demonstration a user and an assistant turn.
+    Messages {
+        multiturn: bool,
+    },
 }
 
 impl<'a> Format<'a> {
@@ -35,7 +41,7 @@ impl<'a> Format<'a> {
     pub fn target_delimiter<'t>(&self, task: &'t Task) -> &'t str {
         match self {
             Format::Plain => &task.target_delimiter,
-            Format::Chat { .. } => "",
+            Format::Chat { .. } | Format::Messages { .. } => "",
         }
     }
 }
@@ -50,17 +56,21 @@ pub fn render(
     format: Format,
 ) -> Result<(String, Vec<usize>)> {
     let (plain, breaks) = build_with_query(task, description, demos, query);
-    let Format::Chat {
-        template,
-        multiturn,
-    } = format
-    else {
-        return Ok((plain, breaks));
-    };
     let pairs: Vec<(&str, Option<&str>)> = demos
         .iter()
         .map(|d| (d.item.text.as_str(), d.answer))
         .collect();
+    let (template, multiturn) = match format {
+        Format::Plain => return Ok((plain, breaks)),
+        Format::Messages { multiturn } => {
+            let m = chat::api_messages(&plain, description, &pairs, query, multiturn);
+            return Ok((serde_json::to_string(&m)?, Vec::new()));
+        }
+        Format::Chat {
+            template,
+            multiturn,
+        } => (template, multiturn),
+    };
     let folded = !multiturn || demos.is_empty();
     let text = template.render(&chat::messages(
         &plain,

@@ -37,7 +37,7 @@ pub struct PromptFlags {
     #[arg(long, value_enum)]
     pub format: Option<crate::task::Formulation>,
     /// With --chat-template: each demonstration a user turn and an assistant turn.
-    #[arg(long, requires = "chat_template")]
+    #[arg(long)]
     pub fewshot_as_multiturn: bool,
 }
 

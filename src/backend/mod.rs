@@ -3,6 +3,7 @@
 pub mod candle;
 pub mod http;
 pub mod openai;
+pub mod openai_chat;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -19,10 +20,23 @@ pub struct Scheme {
     pub name: fn(&str) -> Result<String>,
     /// Connects to the model the reference names, with the run's server options.
     pub connect: fn(&str, &http::Options) -> Result<Box<dyn Backend>>,
+    /// A chat endpoint: prompts go as chat messages ([`Backend::takes_messages`]), and it scores
+    /// only the answer letters of multiple choice in `mcqa` form, besides generating.
+    pub chat: bool,
 }
 
 /// Every backend reached by a reference's scheme.
-pub static SCHEMES: &[Scheme] = &[openai::SCHEME];
+pub static SCHEMES: &[Scheme] = &[openai::SCHEME, openai_chat::SCHEME];
+
+/// The log-likelihood a chat endpoint gives an answer letter it did not list among its top
+/// log-probabilities: below any listed one, so a listed letter is always picked before it, and
+/// the same for every unlisted letter, so a doc none of whose letters is listed is unanswered.
+pub const UNLISTED: f64 = -1.0e4;
+
+/// Whether a choice's log-likelihoods say no choice was answered (every one [`UNLISTED`]).
+pub fn unanswered(logprobs: &[f64]) -> bool {
+    !logprobs.is_empty() && logprobs.iter().all(|&l| l <= UNLISTED)
+}
 
 /// The scheme a model reference names, if any.
 pub fn scheme_of(reference: &str) -> Option<&'static Scheme> {
@@ -56,6 +70,10 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// Storage of the weights in memory (`f32` or `quantized`).
     pub weights: String,
+    /// How an API backend scores (a chat endpoint: the answer letters from the first token's
+    /// top log-probabilities, or from generated text); empty in process.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scoring: String,
 }
 
 #[cfg(test)]
@@ -74,6 +92,7 @@ impl ModelInfo {
             quantization: "F32".into(),
             context_length: 8192,
             weights: "f32".into(),
+            scoring: String::new(),
         }
     }
 }
@@ -265,6 +284,12 @@ pub trait Backend {
     /// The model's own chat template, if it ships one.
     fn chat_template(&self) -> Option<crate::chat::ChatTemplate> {
         None
+    }
+
+    /// Whether prompts reach the model as chat messages (JSON, `prompt::Format::Messages`)
+    /// that the endpoint renders with its own template, rather than as text.
+    fn takes_messages(&self) -> bool {
+        false
     }
 
     /// lm-eval's `loglikelihood_rolling`: the log-likelihood of the whole of `text` after the

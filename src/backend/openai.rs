@@ -21,13 +21,14 @@ use super::{
 pub const SCHEME: super::Scheme = super::Scheme {
     prefix: "openai:",
     usage: "openai:http://HOST:PORT/v1#MODEL (an OpenAI-compatible completions server)",
-    name: |reference| Ok(Endpoint::parse(reference)?.model),
+    name: |reference| Ok(Endpoint::parse_as(reference, "openai:")?.model),
     connect: |reference, opts| {
         Ok(Box::new(OpenAiBackend::connect(
             Endpoint::parse(reference)?,
             opts.clone(),
         )?))
     },
+    chat: false,
 };
 
 /// Where the model is served: `openai:BASE#MODEL`.
@@ -42,10 +43,18 @@ pub struct Endpoint {
 impl Endpoint {
     /// Parses `openai:http://HOST:PORT/v1#MODEL`.
     pub fn parse(reference: &str) -> Result<Self> {
-        let usage = "write it as openai:http://HOST:PORT/v1#MODEL";
-        let rest = reference
-            .strip_prefix("openai:")
-            .with_context(|| format!("`{reference}`: not an openai: reference; {usage}"))?;
+        Self::parse_as(reference, "openai:")
+    }
+
+    /// Parses `PREFIXhttp://HOST:PORT/v1#MODEL` for the scheme `prefix` (`openai-chat:`).
+    pub fn parse_as(reference: &str, prefix: &str) -> Result<Self> {
+        let usage = format!("write it as {prefix}http://HOST:PORT/v1#MODEL");
+        let rest = reference.strip_prefix(prefix).with_context(|| {
+            format!(
+                "`{reference}`: not an {} reference; {usage}",
+                prefix.trim_end_matches(':')
+            )
+        })?;
         let (base, model) = rest
             .split_once('#')
             .with_context(|| format!("`{reference}`: no model id after `#`; {usage}"))?;
@@ -83,36 +92,68 @@ enum Tokenize {
 
 /// A model served over the OpenAI completions API.
 pub struct OpenAiBackend {
-    endpoint: Endpoint,
-    client: Client,
-    tokenize: Tokenize,
-    local: Option<tokenizers::Tokenizer>,
+    server: Server,
     /// Whether the server's echoed log-probabilities were found aligned with their tokens.
     aligned: bool,
-    info: ModelInfo,
 }
 
 impl OpenAiBackend {
     /// Connects: checks the server serves `endpoint.model`, finds its context length and how it
     /// counts tokens. Fails with what to do when any of these is missing.
     pub fn connect(endpoint: Endpoint, opts: Options) -> Result<Self> {
+        Ok(Self {
+            server: Server::connect(endpoint, opts, "openai:", "openai-server")?,
+            aligned: false,
+        })
+    }
+
+    fn completions(&self, body: Value) -> Result<Value> {
+        let url = format!("{}/completions", self.server.endpoint.base);
+        let v = self.server.client.call("POST", &url, Some(&body))?;
+        v["choices"]
+            .get(0)
+            .cloned()
+            .with_context(|| format!("{url}: the response has no choices"))
+    }
+}
+
+/// A model behind an OpenAI-compatible server, whatever endpoint scores it: where it is, the
+/// client that reaches it, how it counts tokens, and what the run records about it.
+pub(super) struct Server {
+    pub(super) endpoint: Endpoint,
+    pub(super) client: Client,
+    tokenize: Tokenize,
+    local: Option<tokenizers::Tokenizer>,
+    pub(super) info: ModelInfo,
+}
+
+impl Server {
+    /// Connects: checks the server serves `endpoint.model`, finds its context length and how it
+    /// counts tokens. Fails with what to do when any of these is missing. `prefix` is the
+    /// reference's scheme, `architecture` what the run records as the model's.
+    pub(super) fn connect(
+        endpoint: Endpoint,
+        opts: Options,
+        prefix: &str,
+        architecture: &str,
+    ) -> Result<Self> {
         let mut b = Self {
             client: Client::new(opts),
             tokenize: Tokenize::LlamaCpp,
             local: None,
-            aligned: false,
             info: ModelInfo {
                 name: endpoint.model.clone(),
-                reference: format!("openai:{}#{}", endpoint.base, endpoint.model),
+                reference: format!("{prefix}{}#{}", endpoint.base, endpoint.model),
                 path: endpoint.base.clone(),
                 sha256: String::new(),
-                architecture: "openai-server".into(),
+                architecture: architecture.into(),
                 family: String::new(),
                 parameters: 0,
                 non_embedding_parameters: 0,
                 quantization: String::new(),
                 context_length: 0,
                 weights: "server".into(),
+                scoring: String::new(),
             },
             endpoint,
         };
@@ -187,19 +228,40 @@ impl OpenAiBackend {
         Ok(b)
     }
 
-    fn completions(&self, body: Value) -> Result<Value> {
-        let url = format!("{}/completions", self.endpoint.base);
+    /// Prompt tokens of `text` as the server (or `--tokenizer`) counts them.
+    pub(super) fn count_tokens(&self, text: &str) -> Result<usize> {
+        if let Some(t) = &self.local {
+            let enc = t
+                .encode(text, true)
+                .map_err(|e| anyhow::anyhow!("--tokenizer: {e}"))?;
+            return Ok(enc.len());
+        }
+        let (url, body) = match self.tokenize {
+            Tokenize::Local => bail!("internal: no local tokenizer loaded"),
+            Tokenize::LlamaCpp => (
+                format!("{}/tokenize", self.endpoint.root()),
+                json!({"content": text, "add_special": true}),
+            ),
+            Tokenize::Vllm => (
+                format!("{}/tokenize", self.endpoint.root()),
+                json!({"model": self.endpoint.model, "prompt": text}),
+            ),
+            Tokenize::Extras => (
+                format!("{}/extras/tokenize", self.endpoint.root()),
+                json!({"model": self.endpoint.model, "input": text}),
+            ),
+        };
         let v = self.client.call("POST", &url, Some(&body))?;
-        v["choices"]
-            .get(0)
-            .cloned()
-            .with_context(|| format!("{url}: the response has no choices"))
+        v["tokens"]
+            .as_array()
+            .map(Vec::len)
+            .with_context(|| format!("{url}: the response has no `tokens`"))
     }
 }
 
 /// The context length the server reports: llama.cpp's `/props`, else fields of the model entry
 /// (vLLM's `max_model_len`, llama.cpp's `meta.n_ctx_train`).
-fn context_length(b: &OpenAiBackend, entry: &Value) -> Option<usize> {
+fn context_length(b: &Server, entry: &Value) -> Option<usize> {
     let from_entry = entry["max_model_len"]
         .as_u64()
         .or_else(|| entry["meta"]["n_ctx"].as_u64())
@@ -335,40 +397,15 @@ fn continuation_score(choice: &Value, prompt: &str, context_len: &str) -> Result
 
 impl Backend for OpenAiBackend {
     fn info(&self) -> &ModelInfo {
-        &self.info
+        &self.server.info
     }
 
     fn count_tokens(&self, text: &str) -> Result<usize> {
-        if let Some(t) = &self.local {
-            let enc = t
-                .encode(text, true)
-                .map_err(|e| anyhow::anyhow!("--tokenizer: {e}"))?;
-            return Ok(enc.len());
-        }
-        let (url, body) = match self.tokenize {
-            Tokenize::Local => bail!("internal: no local tokenizer loaded"),
-            Tokenize::LlamaCpp => (
-                format!("{}/tokenize", self.endpoint.root()),
-                json!({"content": text, "add_special": true}),
-            ),
-            Tokenize::Vllm => (
-                format!("{}/tokenize", self.endpoint.root()),
-                json!({"model": self.endpoint.model, "prompt": text}),
-            ),
-            Tokenize::Extras => (
-                format!("{}/extras/tokenize", self.endpoint.root()),
-                json!({"model": self.endpoint.model, "input": text}),
-            ),
-        };
-        let v = self.client.call("POST", &url, Some(&body))?;
-        v["tokens"]
-            .as_array()
-            .map(Vec::len)
-            .with_context(|| format!("{url}: the response has no `tokens`"))
+        self.server.count_tokens(text)
     }
 
     fn concurrency(&self) -> usize {
-        self.client.opts.concurrency.max(1)
+        self.server.client.opts.concurrency.max(1)
     }
 
     fn loglikelihood_batch(
@@ -385,6 +422,7 @@ impl Backend for OpenAiBackend {
             .flat_map(|r| r.continuations.iter().map(|c| (r.context.as_str(), c)))
             .collect();
         let mut scores = self
+            .server
             .client
             .in_parallel(&jobs, |&(context, c)| self.score(context, c))?
             .into_iter();
@@ -395,7 +433,9 @@ impl Backend for OpenAiBackend {
     }
 
     fn generate_batch(&mut self, requests: &[GenerateRequest]) -> Result<Vec<String>> {
-        self.client.in_parallel(requests, |r| self.generate(r))
+        self.server
+            .client
+            .in_parallel(requests, |r| self.generate(r))
     }
 }
 
@@ -408,7 +448,7 @@ impl OpenAiBackend {
     /// it when the model adds no BOS token (abetlen/llama-cpp-python#1983).
     fn check_alignment(&self) -> Result<()> {
         let choice = self.completions(json!({
-            "model": self.endpoint.model,
+            "model": self.server.endpoint.model,
             "prompt": ALIGNMENT_PROBE,
             "max_tokens": 1,
             "temperature": 0.0,
@@ -417,7 +457,7 @@ impl OpenAiBackend {
         }))?;
         // The score call names a missing logprobs field the way scoring would.
         continuation_score(&choice, ALIGNMENT_PROBE, "One,")
-            .with_context(|| format!("{}/completions", self.endpoint.base))?;
+            .with_context(|| format!("{}/completions", self.server.endpoint.base))?;
         if shifted_by_one(&choice["logprobs"], 5) {
             bail!(
                 "{}: the server's echoed log-probabilities are shifted by one token: each prompt \
@@ -426,7 +466,7 @@ impl OpenAiBackend {
                  abetlen/llama-cpp-python#1983), so every score would be wrong. Serve the model \
                  with a server that scores prompts correctly (vLLM), or use it for generation \
                  tasks only",
-                self.endpoint.base
+                self.server.endpoint.base
             );
         }
         Ok(())
@@ -438,7 +478,7 @@ impl OpenAiBackend {
         let prompt = format!("{ctx}{cont}");
         // One generated token, as lm-eval asks: some servers refuse max_tokens 0.
         let choice = self.completions(json!({
-            "model": self.endpoint.model,
+            "model": self.server.endpoint.model,
             "prompt": prompt,
             "max_tokens": 1,
             "temperature": 0.0,
@@ -446,7 +486,7 @@ impl OpenAiBackend {
             "logprobs": 1,
         }))?;
         continuation_score(&choice, &prompt, ctx)
-            .with_context(|| format!("{}/completions", self.endpoint.base))
+            .with_context(|| format!("{}/completions", self.server.endpoint.base))
     }
 
     /// Greedy generation for one request.
@@ -454,7 +494,7 @@ impl OpenAiBackend {
         // OpenAI's API takes at most four stop sequences; the rest are cut here.
         let stop: Vec<&String> = r.until.iter().take(4).collect();
         let mut body = json!({
-            "model": self.endpoint.model,
+            "model": self.server.endpoint.model,
             "prompt": r.context,
             "max_tokens": r.max_tokens,
             "temperature": 0.0,
@@ -474,7 +514,10 @@ impl OpenAiBackend {
         }
         let choice = self.completions(body)?;
         let text = choice["text"].as_str().with_context(|| {
-            format!("{}/completions: the choice has no text", self.endpoint.base)
+            format!(
+                "{}/completions: the choice has no text",
+                self.server.endpoint.base
+            )
         })?;
         Ok(cut_at_stop(text, &r.until).0)
     }

@@ -115,6 +115,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
     }
     // Every reference resolves (and downloads) before any work starts.
     let sources = setup::resolve_models(cfg)?;
+    setup::check_chat_models(&sources, &tasks)?;
     let run_id = key::run_id(cfg, &tasks, &setup::all_shots(&shots));
     let (mut folder, done) =
         folder::RunFolder::open(cfg, &tasks, &selectors, &shots, run_id, sources.len())?;

@@ -53,7 +53,12 @@ pub(super) fn score_model(
             permutations: p.permutations,
             demo_labels: &p.demo_labels,
             limit: cfg.limit,
-            chat: p.flags.chat(),
+            // A chat endpoint always takes messages: folded, or as turns when asked.
+            chat: match backend.takes_messages() {
+                true if p.flags.fewshot_as_multiturn => Some(record::ChatMode::Multiturn),
+                true => Some(record::ChatMode::Folded),
+                false => p.flags.chat(),
+            },
             shard: cfg.shard,
             done: Some(done),
         };

@@ -45,6 +45,17 @@ pub(super) fn check_command(cfg: &RunConfig) -> Result<Vec<usize>> {
         );
     }
     cfg.protocol.check()?;
+    let f = &cfg.protocol.flags;
+    let all_chat = cfg
+        .models
+        .iter()
+        .all(|m| crate::backend::scheme_of(m).is_some_and(|s| s.chat));
+    if f.fewshot_as_multiturn && !f.chat_template && !all_chat {
+        bail!(
+            "--fewshot-as-multiturn: needs --chat-template (demonstrations as turns of each \
+             model's chat template), unless every model is a chat endpoint (openai-chat:)"
+        );
+    }
     let mut shots = cfg.shots.clone();
     shots.sort_unstable();
     shots.dedup();
@@ -139,6 +150,60 @@ pub(super) fn unformulated(protocol: &Protocol, tasks: &[Task]) -> Option<String
             others.join(", ")
         )
     })
+}
+
+/// Refuses a task a chat endpoint cannot score, before anything runs: only generation and
+/// multiple choice whose choices are letters (`mcqa`) can be answered without prompt
+/// log-probabilities, and only from the prompt itself.
+pub(super) fn check_chat_models(sources: &[Source], tasks: &[Task]) -> Result<()> {
+    use crate::metric::Needs;
+    use crate::task::OutputType;
+    let Some(Source::Remote { reference, .. }) = sources
+        .iter()
+        .find(|s| matches!(s, Source::Remote { scheme, .. } if scheme.chat))
+    else {
+        return Ok(());
+    };
+    let scheme = reference.split_once(':').map_or("", |(s, _)| s);
+    for t in tasks {
+        let why = match t.output_type {
+            OutputType::GenerateUntil => None,
+            OutputType::MultipleChoice
+                if t.format == crate::task::Formulation::Cloze
+                    && !crate::task::formulation::already_lettered(t) =>
+            {
+                Some(
+                    "it is cloze multiple choice, whose choices' texts only prompt \
+                     log-probabilities can score; run it with --format mcqa (the choices lettered, \
+                     the answer letter read from the model's reply)"
+                        .to_string(),
+                )
+            }
+            OutputType::MultipleChoice => t
+                .metrics
+                .iter()
+                .find(|m| matches!(m.spec().needs, Needs::Neutral | Needs::EmptyContext))
+                .map(|m| {
+                    format!(
+                        "its metric {} scores the choices without the question, which a chat \
+                         reply cannot; remove it from the task's metrics",
+                        m.name()
+                    )
+                }),
+            other => Some(format!(
+                "its output_type {} needs prompt log-probabilities, which chat endpoints do not \
+                 return; score it with openai: (a completions endpoint) or in process",
+                other.name()
+            )),
+        };
+        if let Some(why) = why {
+            bail!(
+                "--models {reference}: task `{}` cannot run on a {scheme}: endpoint: {why}",
+                t.name
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Results are keyed by task name, so two tasks may not share one.

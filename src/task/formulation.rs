@@ -90,7 +90,7 @@ pub fn formulate(mut task: Task, formulation: Formulation) -> Result<Task> {
 }
 
 /// Whether every test doc's choices are already `A`, `B`, … in order.
-fn already_lettered(task: &Task) -> bool {
+pub fn already_lettered(task: &Task) -> bool {
     task.test.iter().all(|item| match &item.answer {
         Answer::Choice { choices, .. } => choices
             .iter()

@@ -291,3 +291,109 @@ fn qwen_through_llama_cpp_gives_candles_greedy_answers() {
     eprintln!("{report}");
     assert!(same * 10 >= served.len() * 9, "{report}");
 }
+
+/// `openai-chat:` against llama-cpp-python's chat endpoint: ARC-Easy in `mcqa` form, the
+/// letter read from the first answer token's top log-probabilities, against the same GGUF in
+/// process with its chat template (folded, the same messages rendered by minijinja), letter by
+/// letter; generation through the chat endpoint against candle's greedy answers; and a cloze task
+/// refused before anything runs.
+#[test]
+#[ignore = "needs llama-cpp-python's server (scripts/install-llama-server.sh) and the bundled Qwen2.5-Coder-0.5B"]
+fn chat_endpoint_answers_mcqa_letters_like_candle() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let d = common::tmp("llama-chat");
+    let gguf = common::qwen05();
+    let server = Server::start(&gguf, "qwen", &d);
+    let chat = format!("openai-chat:{}#qwen", server.base);
+    let gguf = gguf.to_string_lossy().to_string();
+    let mcqa = [
+        "--tasks", "arc_easy", "--format", "mcqa", "--shots", "0,5", "--limit", "20",
+    ];
+    let mut served: Vec<&str> = mcqa.to_vec();
+    served.extend(["--models", &chat, "--context-length", "2048"]);
+    let o = run(&d.join("chat"), &served);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut local: Vec<&str> = mcqa.to_vec();
+    local.extend(["--models", &gguf, "--chat-template"]);
+    let o = run(&d.join("candle"), &local);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (by_cell(&d.join("chat")), by_cell(&d.join("candle")));
+    let (same, report) = same_answers(&a, &b, &["arc_easy"], 10.0);
+    eprintln!("{report}");
+    assert_eq!(a.len(), 40);
+    // The two sides differ in numerics (llama.cpp's kernels against candle's on the same Q4_K_M
+    // weights): letters the model holds nearly equal can swap. Every cell with a clear answer on
+    // both sides (a margin of 0.1 nats between the best two letters) must agree.
+    let margin = |s: &Sample| {
+        let mut l = s.logprobs.clone().unwrap();
+        l.sort_by(|x, y| y.total_cmp(x));
+        l[0] - l[1]
+    };
+    let clear: Vec<_> = a
+        .keys()
+        .filter(|k| margin(&a[*k]) >= 0.1 && margin(&b[*k]) >= 0.1)
+        .collect();
+    let split: Vec<_> = clear
+        .iter()
+        .filter(|k| a[**k].prediction != b[**k].prediction)
+        .collect();
+    eprintln!(
+        "clear answers: {} of {}, split: {split:?}",
+        clear.len(),
+        a.len()
+    );
+    assert!(split.is_empty(), "{report}");
+    assert!(clear.len() * 2 >= a.len(), "{report}");
+    assert!(same * 100 >= 80 * a.len(), "{report}");
+    assert!(
+        a.values()
+            .all(|s| s.format == icl_eval::task::Formulation::Mcqa)
+    );
+    let config = std::fs::read_to_string(d.join("chat/config.json")).unwrap();
+    assert!(config.contains("top log-probabilities"), "{config}");
+
+    // Generation: the chat endpoint's greedy answers against candle's through the same template.
+    let gen_args = [
+        "--tasks",
+        "two_digit_addition",
+        "--shots",
+        "0,4",
+        "--limit",
+        "20",
+    ];
+    let mut served: Vec<&str> = gen_args.to_vec();
+    served.extend(["--models", &chat, "--context-length", "2048"]);
+    let o = run(&d.join("chat-gen"), &served);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut local: Vec<&str> = gen_args.to_vec();
+    local.extend(["--models", &gguf, "--chat-template"]);
+    let o = run(&d.join("candle-gen"), &local);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (by_cell(&d.join("chat-gen")), by_cell(&d.join("candle-gen")));
+    let (same, report) = same_answers(&a, &b, &["two_digit_addition"], 10.0);
+    eprintln!("{report}");
+    assert!(same * 100 >= 90 * a.len(), "{report}");
+
+    // A cloze task cannot be scored from a chat reply: refused, naming the fix.
+    let o = run(
+        &d.join("cloze"),
+        &[
+            "--tasks",
+            "arc_easy",
+            "--shots",
+            "0",
+            "--limit",
+            "1",
+            "--models",
+            &chat,
+            "--context-length",
+            "2048",
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("--format mcqa") && e.contains("arc_easy"),
+        "{e}"
+    );
+    assert!(!d.join("cloze/samples.jsonl").exists());
+}

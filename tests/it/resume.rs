@@ -358,3 +358,145 @@ fn resume_refuses_rows_outside_the_plan_or_repeated() {
         6
     );
 }
+
+/// `--shard auto` under a simulated Slurm array (stepped ids), `srun` tasks and a Kubernetes
+/// Indexed Job: each worker finds its shard in the scheduler's variables and writes
+/// OUTPUT/shard-I-of-N, and `merge OUTPUT/shard-*` gives the folder `--shard I/N` by hand gives;
+/// outside any cluster, or with numbers that do not add up, one line names the fix.
+#[test]
+#[ignore = "needs models/ (scripts/fetch-models.sh smollm2-135m)"]
+fn shard_auto_finds_slurm_and_kubernetes_workers_and_merges_like_shards_by_hand() {
+    let d = tmp("shard-auto");
+    let model = smollm2().display().to_string();
+    let run_args = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "run",
+            "--tasks",
+            "sentiment_reviews",
+            "--models",
+            &model,
+            "--shots",
+            "0,2",
+            "--limit",
+            "5",
+            "--output",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let scheduler_free = |c: &mut Command| {
+        for v in [
+            "SLURM_ARRAY_TASK_ID",
+            "SLURM_ARRAY_TASK_COUNT",
+            "SLURM_ARRAY_TASK_MIN",
+            "SLURM_ARRAY_TASK_MAX",
+            "SLURM_ARRAY_TASK_STEP",
+            "SLURM_PROCID",
+            "SLURM_NTASKS",
+            "JOB_COMPLETION_INDEX",
+            "ICL_EVAL_SHARDS",
+        ] {
+            c.env_remove(v);
+        }
+    };
+    let by_hand = d.join("by-hand");
+    let mut folders = Vec::new();
+    for i in 1..=3 {
+        let out = by_hand.join(format!("{i}")).display().to_string();
+        let a = run_args(&out, &["--shard", &format!("{i}/3")]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let mut c = command(&a, None);
+        scheduler_free(&mut c);
+        ok(&c.output().unwrap());
+        folders.push(out);
+    }
+    let merge = |out: &Path, shards: &[String]| {
+        let out_s = out.display().to_string();
+        let mut m = vec!["merge", "--output", out_s.as_str()];
+        m.extend(shards.iter().map(String::as_str));
+        ok(&icl_eval(&m));
+    };
+    merge(&d.join("merged-by-hand"), &folders);
+    // Each scheduler's workers, in reverse order, with the variables it sets.
+    let slurm_array = |i: usize| {
+        vec![
+            ("SLURM_ARRAY_TASK_ID", (10 + 10 * i).to_string()),
+            ("SLURM_ARRAY_TASK_COUNT", "3".into()),
+            ("SLURM_ARRAY_TASK_MIN", "10".into()),
+            ("SLURM_ARRAY_TASK_MAX", "30".into()),
+            ("SLURM_ARRAY_TASK_STEP", "10".into()),
+            ("SLURM_NTASKS", "1".into()),
+            ("SLURM_PROCID", "0".into()),
+        ]
+    };
+    let srun = |i: usize| {
+        vec![
+            ("SLURM_PROCID", i.to_string()),
+            ("SLURM_NTASKS", "3".into()),
+        ]
+    };
+    let k8s = |i: usize| {
+        vec![
+            ("JOB_COMPLETION_INDEX", i.to_string()),
+            ("ICL_EVAL_SHARDS", "3".into()),
+        ]
+    };
+    type Vars = Vec<(&'static str, String)>;
+    let schedulers: [(&str, &dyn Fn(usize) -> Vars); 3] = [
+        ("slurm-array", &slurm_array),
+        ("srun", &srun),
+        ("k8s", &k8s),
+    ];
+    for (name, vars) in schedulers {
+        let out = d.join(name);
+        let out_s = out.display().to_string();
+        for i in (0..3).rev() {
+            let a = run_args(&out_s, &["--shard", "auto"]);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            let mut c = command(&a, None);
+            scheduler_free(&mut c);
+            c.envs(vars(i));
+            ok(&c.output().unwrap());
+        }
+        let mut shards: Vec<String> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path().display().to_string())
+            .collect();
+        shards.sort();
+        assert_eq!(shards.len(), 3, "{name}: {shards:?}");
+        assert!(shards[0].ends_with("shard-1-of-3"), "{shards:?}");
+        let merged = d.join(format!("merged-{name}"));
+        merge(&merged, &shards);
+        for f in ["samples.jsonl", "summary.csv"] {
+            assert_eq!(
+                fs::read_to_string(merged.join(f)).unwrap(),
+                fs::read_to_string(d.join("merged-by-hand").join(f)).unwrap(),
+                "{name}: {f}"
+            );
+        }
+    }
+    // Outside a cluster, a Kubernetes worker without a count, numbers that do not add up.
+    let out = d.join("refused").display().to_string();
+    for (vars, says) in [
+        (vec![], "--shard I/N"),
+        (vec![("JOB_COMPLETION_INDEX", "0")], "--shards N"),
+        (
+            vec![("SLURM_PROCID", "3"), ("SLURM_NTASKS", "3")],
+            "do not add up",
+        ),
+    ] {
+        let a = run_args(&out, &["--shard", "auto"]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let mut c = command(&a, None);
+        scheduler_free(&mut c);
+        c.envs(vars);
+        let o = c.output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(says), "{e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    }
+}

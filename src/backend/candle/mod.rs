@@ -244,6 +244,7 @@ impl CandleBackend {
             quantization: loaded.quantization,
             context_length: loaded.model.config().context_length,
             weights: loaded.weights,
+            scoring: String::new(),
         };
         Ok(Self {
             info,

@@ -521,3 +521,248 @@ fn an_impossible_log_likelihood_stops_the_run_before_anything_is_written() {
         "{partial}"
     );
 }
+
+/// A fake chat endpoint: `/v1/models`, `/tokenize`, and `/v1/chat/completions` answered by
+/// `chat(n, body)` (n counts chat requests from 1; the connection probe is the first).
+fn chat_server(
+    chat: impl Fn(usize, &Value) -> Act + Send + Sync + 'static,
+) -> (String, common::RequestLog) {
+    let n = Arc::new(AtomicUsize::new(0));
+    common::fake_server(move |_, p, b| match p {
+        "/v1/chat/completions" => chat(n.fetch_add(1, Ordering::SeqCst) + 1, b),
+        "/v1/models" => Act::Reply(
+            200,
+            vec![],
+            json!({"data": [{"id": "fake", "meta": {"n_ctx_train": 4096}}]}).to_string(),
+        ),
+        "/tokenize" => {
+            let n = b["content"].as_str().unwrap_or("").chars().count();
+            Act::Reply(200, vec![], json!({"tokens": vec![0; n]}).to_string())
+        }
+        _ => Act::Reply(404, vec![], "{}".into()),
+    })
+}
+
+/// A chat answer whose first token has these top log-probabilities.
+fn top(entries: &[(&str, f64)]) -> Act {
+    let tops: Vec<Value> = entries
+        .iter()
+        .map(|(t, l)| json!({"token": t, "logprob": l, "bytes": null}))
+        .collect();
+    Act::Reply(
+        200,
+        vec![],
+        json!({"choices": [{"message": {"role": "assistant", "content": entries[0].0},
+            "logprobs": {"content": [{"token": entries[0].0, "logprob": entries[0].1,
+                                      "top_logprobs": tops}]}}]})
+        .to_string(),
+    )
+}
+
+fn reply(content: &str) -> Act {
+    Act::Reply(
+        200,
+        vec![],
+        json!({"choices": [{"message": {"role": "assistant", "content": content}}]}).to_string(),
+    )
+}
+
+fn chat_connect(addr: &str, opts: Options) -> anyhow::Result<Box<dyn Backend>> {
+    let scheme = icl_eval::backend::scheme_of("openai-chat:").unwrap();
+    (scheme.connect)(&format!("openai-chat:{addr}/v1#fake"), &opts)
+}
+
+/// The messages `prompt::Format::Messages` sends for one user turn.
+fn user(text: &str) -> String {
+    json!([{"role": "user", "content": text}]).to_string()
+}
+
+#[test]
+fn chat_letters_come_from_the_top_log_probabilities_and_unlisted_ones_are_not_chosen() {
+    let (addr, log) = chat_server(|n, _| match n {
+        // The probe, then a reply listing two of the four letters, then one listing none.
+        1 => top(&[("A", -0.1)]),
+        2 => top(&[("B", -0.4), ("The", -1.0), (" A", -2.0), ("A", -2.5)]),
+        _ => top(&[("I", -0.2), ("The", -1.0)]),
+    });
+    let mut b = chat_connect(&addr, fast()).unwrap();
+    assert!(b.takes_messages());
+    assert!(
+        b.info()
+            .scoring
+            .contains("top log-probabilities (100 asked, 1 given)"),
+        "{}",
+        b.info().scoring
+    );
+    let letters: Vec<String> = ["A", "B", "C", "D"].iter().map(|s| s.to_string()).collect();
+    let ll = b
+        .loglikelihood(&user("Q?\nA. a\nB. b\nC. c\nD. d\nAnswer:"), &[], &letters)
+        .unwrap();
+    let a = ((-2.0f64).exp() + (-2.5f64).exp()).ln();
+    assert!((ll[0].logprob - a).abs() < 1e-12, "{ll:?}");
+    assert_eq!(ll[1].logprob, -0.4);
+    assert_eq!(
+        (ll[2].logprob, ll[3].logprob),
+        (icl_eval::backend::UNLISTED, icl_eval::backend::UNLISTED)
+    );
+    assert!(ll[1].is_greedy && !ll[0].is_greedy);
+    let none = b.loglikelihood(&user("Q2?"), &[], &letters).unwrap();
+    let lps: Vec<f64> = none.iter().map(|l| l.logprob).collect();
+    assert!(icl_eval::backend::unanswered(&lps));
+    let sent: Value = serde_json::from_str(&log.lock().unwrap()[3].body).unwrap();
+    assert_eq!(sent["messages"][0]["role"], "user");
+    assert_eq!(
+        (sent["max_tokens"].clone(), sent["top_logprobs"].clone()),
+        (json!(1), json!(100))
+    );
+    // A cloze continuation is refused, naming the fix.
+    let e = b
+        .loglikelihood(&user("Q?"), &[], &[" positive".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--format mcqa"), "{e}");
+}
+
+#[test]
+fn a_chat_endpoint_without_log_probabilities_answers_by_generated_letter() {
+    let (addr, log) = chat_server(|n, b| match (n, b["messages"][0]["content"].as_str()) {
+        (1, _) => reply("A"),
+        (_, Some("gen")) => reply("42\nQ: next"),
+        _ => reply("The answer is (C)."),
+    });
+    let mut b = chat_connect(&addr, fast()).unwrap();
+    assert!(
+        b.info().scoring.contains("generated answer"),
+        "{}",
+        b.info().scoring
+    );
+    let letters: Vec<String> = ["A", "B", "C"].iter().map(|s| s.to_string()).collect();
+    let ll = b.loglikelihood(&user("Q?"), &[], &letters).unwrap();
+    assert_eq!(
+        ll.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        [
+            icl_eval::backend::UNLISTED,
+            icl_eval::backend::UNLISTED,
+            0.0
+        ]
+    );
+    assert_eq!(
+        b.generate_until(&user("gen"), &[], &["\n".into()], 8)
+            .unwrap(),
+        "42"
+    );
+    let sent: Value = serde_json::from_str(&log.lock().unwrap().last().unwrap().body).unwrap();
+    assert_eq!(
+        (sent["stop"].clone(), sent["temperature"].clone()),
+        (json!(["\n"]), json!(0.0))
+    );
+}
+
+#[test]
+fn chat_faults_are_retried_and_bad_answers_are_named() {
+    // 429 with Retry-After, then a hang past the time-out, then the answer.
+    let (addr, _) = chat_server(|n, _| match n {
+        1 => top(&[("A", -0.1)]),
+        2 => Act::Reply(429, vec![("Retry-After", "1".into())], "{}".into()),
+        3 => Act::Hang(Duration::from_secs(3)),
+        _ => top(&[("A", -0.3), ("B", -1.5)]),
+    });
+    let mut b = chat_connect(&addr, fast()).unwrap();
+    let start = Instant::now();
+    let ll = b
+        .loglikelihood(&user("Q?"), &[], &["A".into(), "B".into()])
+        .unwrap();
+    assert_eq!((ll[0].logprob, ll[1].logprob), (-0.3, -1.5));
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    // Malformed JSON, and a server that keeps timing out: errors, not panics.
+    let (addr, _) = chat_server(|n, _| match n {
+        1 => top(&[("A", -0.1)]),
+        _ => Act::Reply(200, vec![], "{\"choices\": [".into()),
+    });
+    let mut b = chat_connect(&addr, fast()).unwrap();
+    let e = format!(
+        "{:#}",
+        b.loglikelihood(&user("Q?"), &[], &["A".into()])
+            .unwrap_err()
+    );
+    assert!(e.contains("chat/completions"), "{e}");
+    let (addr, _) = chat_server(|n, _| match n {
+        1 => top(&[("A", -0.1)]),
+        _ => Act::Hang(Duration::from_secs(3)),
+    });
+    let mut opts = fast();
+    opts.retries = 1;
+    let mut b = chat_connect(&addr, opts).unwrap();
+    let e = format!(
+        "{:#}",
+        b.loglikelihood(&user("Q?"), &[], &["A".into()])
+            .unwrap_err()
+    );
+    assert!(e.to_lowercase().contains("time"), "{e}");
+}
+
+/// End to end through the binary: a cloze task on a chat endpoint is one line naming the fix;
+/// in mcqa form it runs, records the scoring path, and notes the unanswered docs.
+#[test]
+fn openai_chat_runs_mcqa_and_refuses_cloze() {
+    let (addr, _) = chat_server(|n, b| {
+        let text = b["messages"][0]["content"].as_str().unwrap_or("");
+        match n {
+            1 => top(&[("A", -0.1)]),
+            // Docs whose review mentions "not" get no letter at all.
+            _ if text.rsplit("Review:").next().unwrap_or("").contains("not") => {
+                top(&[("Hmm", -0.1)])
+            }
+            _ => top(&[("B", -0.2), ("A", -1.8)]),
+        }
+    });
+    let model = format!("openai-chat:{addr}/v1#fake");
+    let d = common::tmp("openai-chat-run");
+    let out = d.join("run").display().to_string();
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "run",
+            "--tasks",
+            "sentiment_reviews",
+            "--models",
+            &model,
+            "--shots",
+            "0,2",
+            "--limit",
+            "12",
+            "--output",
+            &out,
+            "--no-cache",
+        ];
+        a.extend_from_slice(extra);
+        common::icl_eval(&a)
+    };
+    let o = run(&[]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("--format mcqa") && e.trim_end().lines().count() == 1,
+        "{e}"
+    );
+    let o = run(&["--format", "mcqa"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    let samples = common::read_samples(&d.join("run"));
+    assert_eq!(samples.len(), 24);
+    let unanswered = samples.iter().filter(|s| s.prediction.is_none()).count();
+    assert!(unanswered > 0 && unanswered < 24, "{unanswered}");
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s.prediction.is_none())
+            .all(|s| s.metrics["acc"] == 0.0)
+    );
+    assert!(e.contains(&format!("{unanswered} of 24 answers")), "{e}");
+    let config = std::fs::read_to_string(d.join("run/config.json")).unwrap();
+    assert!(
+        config.contains("\"scoring\": \"chat: answer letters"),
+        "{config}"
+    );
+}

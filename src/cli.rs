@@ -1063,6 +1063,7 @@ mod tests {
             "threads",
             "output",
             "shard",
+            "shards",
             "weights",
             "device",
             "cache",

@@ -310,6 +310,30 @@ fn absurd_gguf_sizes_are_rejected_without_allocating() {
     }
 }
 
+/// A GGUF whose metadata sets `general.alignment` to 0 (candle's reader divides by it) is an
+/// error naming the file, not a panic.
+#[test]
+fn a_gguf_with_alignment_zero_is_an_error_not_a_panic() {
+    let d = tmp("alignment-zero");
+    let key = b"general.alignment";
+    let mut kv = (key.len() as u64).to_le_bytes().to_vec();
+    kv.extend(key);
+    kv.extend(4u32.to_le_bytes()); // GGUF type 4: u32
+    kv.extend(0u32.to_le_bytes());
+    let p = d.join("align0.gguf");
+    fs::write(&p, gguf_header(0, &kv)).unwrap();
+    let o = icl_eval(&[
+        "run",
+        "--tasks",
+        "two_digit_addition",
+        "--models",
+        &p.display().to_string(),
+        "--output",
+        &d.join("run").display().to_string(),
+    ]);
+    assert_one_line_error(&o, &[&p.display().to_string(), "invalid GGUF"]);
+}
+
 #[test]
 fn tasks_and_prompt_commands_work_without_a_model() {
     let o = icl_eval(&["tasks"]);

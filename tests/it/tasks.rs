@@ -589,7 +589,7 @@ fn python_hooks_run_only_when_allowed_and_are_recorded() {
             .skip(1)
             .map(|l| {
                 let f: Vec<&str> = l.split(',').collect();
-                ((f[5].to_string(), f[6].to_string()), f[7].to_string())
+                ((f[6].to_string(), f[7].to_string()), f[8].to_string())
             })
             .collect()
     };
@@ -819,8 +819,8 @@ fn loglikelihood_rolling_scores_each_document_whole_in_windows() {
         summary
             .lines()
             .map(|l| l.split(',').collect::<Vec<_>>())
-            .find(|f| f[5] == "0" && f[6] == metric)
-            .unwrap_or_else(|| panic!("no {metric} in {summary}"))[7]
+            .find(|f| f[6] == "0" && f[7] == metric)
+            .unwrap_or_else(|| panic!("no {metric} in {summary}"))[8]
             .parse()
             .unwrap()
     };

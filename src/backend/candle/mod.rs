@@ -10,6 +10,7 @@ pub mod gemma3;
 mod gguf_meta;
 pub mod gpt2;
 pub mod gpt_neox;
+mod guard;
 pub mod hf;
 pub mod llama;
 pub mod olmo2;
@@ -582,8 +583,10 @@ fn open_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>, String
         );
     }
     let mut reader = BufReader::new(File::open(path)?);
-    let content = gguf_file::Content::read(&mut reader)
-        .map_err(|e| anyhow::anyhow!("{shown}: invalid GGUF: {}", first_line(&e)))?;
+    let content = guard::no_panic(format!("{shown}: invalid GGUF"), || {
+        gguf_file::Content::read(&mut reader)
+    })?
+    .map_err(|e| anyhow::anyhow!("{shown}: invalid GGUF: {}", first_line(&e)))?;
     let arch = content
         .metadata
         .get("general.architecture")

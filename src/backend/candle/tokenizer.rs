@@ -129,10 +129,13 @@ impl TextTokenizer {
 
     /// Token ids of `text`, with `<bos>` first when the model adds one.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode_fast(text, self.post_process)
-            .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
+        // A tokenizer.json's pre-tokenizer regex can backtrack without end on some text; the
+        // regex engine then panics at its retry limit.
+        let enc = super::guard::no_panic(
+            "tokenizer failed (its pre-tokenizer pattern gave up on this text)",
+            || self.inner.encode_fast(text, self.post_process),
+        )?
+        .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if self.add_bos
             && let Some(bos) = self.bos_id
@@ -367,4 +370,38 @@ fn sentencepiece_bpe(
     tok.add_tokens(user)
         .map_err(|e| anyhow::anyhow!("cannot add user-defined tokens: {e}"))?;
     Ok(tok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tokenizer.json whose pre-tokenizer pattern backtracks exponentially (`(a|aa)+$` on a
+    /// run of `a` that does not end the text): the regex engine gives up and panics; encoding is
+    /// an error instead.
+    #[test]
+    fn a_backtracking_pre_tokenizer_is_an_error_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("icl-eval-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        std::fs::write(
+            &path,
+            r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null,
+                "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a|aa)+$"},
+                                  "behavior": "Isolated", "invert": false},
+                "post_processor": null, "decoder": null,
+                "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1, "[UNK]": 2},
+                          "unk_token": "[UNK]"}}"#,
+        )
+        .unwrap();
+        let t = TextTokenizer::from_tokenizer_json(&path, None, &[]).unwrap();
+        assert!(t.encode("ab").is_ok());
+        let hostile = format!("{}b", "a".repeat(40));
+        let e = t.encode(&hostile).unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer failed") && e.contains("retry-limit"),
+            "{e}"
+        );
+    }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use icl_eval::backend::Backend;
 use icl_eval::backend::candle::{CandleBackend, WeightsChoice};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn checkpoint(arch: &str) -> PathBuf {
     let dir = common::reference_dir().join("tiny-hf").join(arch);
@@ -448,4 +448,38 @@ fn a_run_over_several_families_records_them_and_draws_a_line_per_family() {
         listing.contains("| tiny-gpt2 | gpt2 | gpt2 |") && listing.contains("| gemma2 | tiny |"),
         "{listing}"
     );
+}
+
+/// A configuration declaring absurd sizes (`num_hidden_layers: 1e9`) is an error naming the key
+/// before anything is allocated for it, and one declaring more layers than its weights hold
+/// names the first missing layer.
+#[test]
+#[ignore = "needs ../shared/reference/tiny-hf"]
+fn absurd_layer_counts_are_errors_not_allocations() {
+    let dir = copy_checkpoint("llama", "absurd-layers");
+    edit_config(&dir, |c| {
+        c.insert("num_hidden_layers".into(), json!(1_000_000_000u64));
+    });
+    let e = load_error(&dir);
+    assert!(e.contains("layer count") && e.contains("1000000000"), "{e}");
+    for arch in ["gemma3", "mistral"] {
+        let dir = copy_checkpoint(arch, &format!("absurd-{arch}"));
+        edit_config(&dir, |c| {
+            c.insert("num_hidden_layers".into(), json!(1_000_000_000u64));
+        });
+        let e = load_error(&dir);
+        assert!(e.contains("layer count"), "{arch}: {e}");
+    }
+    let dir = copy_checkpoint("llama", "extra-layers");
+    let n = {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        v["num_hidden_layers"].as_u64().unwrap()
+    };
+    edit_config(&dir, |c| {
+        c.insert("num_hidden_layers".into(), json!(n + 3));
+    });
+    let e = load_error(&dir);
+    assert!(e.contains(&format!("layer {n} of the {}", n + 3)), "{e}");
 }

@@ -115,6 +115,40 @@ pub struct DecoderConfig {
     pub context_length: usize,
 }
 
+/// The largest layer count, head count, head width and hidden width a configuration may declare:
+/// far beyond any published model (the largest have about 130 layers and 128 heads), and small
+/// enough that what is allocated per layer or per head before the weights are read (layer
+/// tables, the layers themselves) stays small, so a hostile `num_hidden_layers: 1e9` is an
+/// error, not an allocation of hundreds of gigabytes.
+pub const MAX_SHAPE: (usize, usize, usize, usize) = (1_024, 1_024, 4_096, 262_144);
+
+/// Refuses a declared shape beyond [`MAX_SHAPE`], naming the key (`what` says which file).
+pub fn plausible_shape(
+    n_layers: usize,
+    n_heads: usize,
+    head_dim: usize,
+    hidden: usize,
+) -> Result<()> {
+    let (layers, heads, width, size) = MAX_SHAPE;
+    for (n, max, key) in [
+        (
+            n_layers,
+            layers,
+            "layer count (num_hidden_layers / block_count)",
+        ),
+        (n_heads, heads, "attention head count"),
+        (head_dim, width, "head dimension"),
+        (hidden, size, "hidden size"),
+    ] {
+        if n > max {
+            bail!(
+                "the configuration declares a {key} of {n}, more than any model has (at most {max}); the file is damaged or not a model's"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl DecoderConfig {
     /// The llama shape (RMSNorm, full rotary halves of base 10,000, SiLU-gated MLP, causal
     /// attention scaled by 1/√head_dim); families change what differs.
@@ -314,6 +348,12 @@ impl HfConfig {
     /// The shared decoder's base shape from the fields every family has.
     pub fn base(&self) -> Result<DecoderConfig> {
         let head_dim = self.head_dim()?;
+        plausible_shape(
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            head_dim,
+            self.hidden_size,
+        )?;
         Ok(DecoderConfig::base(
             &self.model_type,
             self.num_hidden_layers,
@@ -327,6 +367,7 @@ impl HfConfig {
 
     /// Per layer, whether it slides: from `layer_types`, else every `pattern`-th layer is global.
     pub fn sliding_layers(&self, default_pattern: usize) -> Result<Vec<bool>> {
+        plausible_shape(self.num_hidden_layers, 0, 0, 0)?;
         match (&self.layer_types, self.sliding_window_pattern) {
             (Some(types), _) => {
                 if types.len() != self.num_hidden_layers {

@@ -8,7 +8,7 @@
 //! shape, residual layout, windows and caps) and in which optional tensors they have (biases,
 //! fused projections); their own modules read those from each file format.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::{D, DType, Device, Tensor};
 
 use super::attention::{Visibility, masked_softmax, transposed_keys};
@@ -157,7 +157,12 @@ impl Decoder {
         let device = src.device().clone();
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            layers.push(load_layer(&cfg, src, i)?);
+            layers.push(load_layer(&cfg, src, i).with_context(|| {
+                format!(
+                    "layer {i} of the {} the configuration declares",
+                    cfg.n_layers
+                )
+            })?);
         }
         let norm = load_norm(&cfg, src, "output_norm")?;
         let positions = match cfg.learned_positions {

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file::{self, Value};
 
-use super::config::{DecoderConfig, Rope};
+use super::config::{DecoderConfig, Rope, plausible_shape};
 
 /// The metadata of one architecture (keys are prefixed by its name).
 pub struct Meta<'a> {
@@ -87,6 +87,7 @@ impl<'a> Meta<'a> {
             None if n_heads > 0 && hidden.is_multiple_of(n_heads) => hidden / n_heads,
             None => bail!("embedding_length {hidden} is not a multiple of head_count {n_heads}"),
         };
+        plausible_shape(self.usize("block_count")?, n_heads, head_dim, hidden)?;
         Ok(DecoderConfig::base(
             self.arch,
             self.usize("block_count")?,

@@ -32,6 +32,9 @@ impl ChatTemplate {
             .build()
             .map_err(|e| anyhow!("{e}"))?;
         env.set_syntax(syntax);
+        // A model's template is code from its files: bounded like a task's (many-shot multi-turn
+        // prompts take a few hundred thousand steps).
+        env.set_fuel(Some(200_000_000));
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });

@@ -564,6 +564,11 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
+        // Nothing written yet (tasks loading, templates rendering): nothing to keep, stop now.
+        if !icl_eval::run::writing() {
+            eprintln!("\nStopped before the run folder was opened; nothing was written");
+            std::process::exit(130);
+        }
         eprintln!("\nStopping after the current batch of docs (Ctrl-C again quits at once)…");
     });
     if let Err(e) = installed {

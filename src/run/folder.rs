@@ -116,6 +116,7 @@ impl RunFolder {
         fs::create_dir_all(&dir)
             .with_context(|| format!("--output: cannot create {}", dir.display()))?;
         let lock = lock(&dir)?;
+        super::WRITING.store(true, std::sync::atomic::Ordering::SeqCst);
         let cells: usize = tasks
             .iter()
             .zip(shots)

@@ -24,6 +24,16 @@ use crate::shard::Shard;
 pub use crate::record::{PromptFlags, Protocol};
 pub use setup::selectors;
 
+/// Set once a run's folder is open: before that a run has written nothing, so a signal may stop
+/// it at once (loading tasks, rendering templates, resolving models) instead of waiting for a
+/// batch boundary that has not come.
+static WRITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a run in this process has opened its folder (see [`WRITING`]).
+pub fn writing() -> bool {
+    WRITING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Everything a run needs, resolved from the command line.
 #[derive(Debug, Clone)]
 pub struct RunConfig {

@@ -657,6 +657,7 @@ fn regex_replace(text: &str, pattern: &str, replacement: &str) -> Result<String,
 fn template_env() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(super::TEMPLATE_FUEL));
     // Python's string and list methods (`text.split(' ')`, `.strip()`), which lm-eval templates
     // use because lm-eval renders them with Jinja2 over Python objects.
     env.set_unknown_method_callback(python_methods);

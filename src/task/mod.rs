@@ -211,6 +211,15 @@ pub struct DataFile {
     pub sha256: String,
 }
 
+/// Steps one template may take rendering one doc (minijinja's fuel): thousands of times what a
+/// task's templates need, and a bound on a template that would loop for hours.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// The most bytes one rendered template of one doc may hold (a description, an input, a
+/// target): far beyond any prompt a model's context takes, and a bound on what a task's
+/// templates can make memory hold per doc.
+pub const MAX_RENDERED: usize = 16 << 20;
+
 /// Content-free inputs of contextual calibration (Zhao et al. 2021).
 pub const CONTENT_FREE: [&str; 3] = ["N/A", "", "[MASK]"];
 

@@ -86,7 +86,14 @@ impl Renderer<'_> {
     /// One template rendered for one doc.
     pub(super) fn render(&self, name: &str, doc: &JValue) -> Result<String, String> {
         let t = self.env.get_template(name).map_err(|e| format!("{e}"))?;
-        t.render(doc.clone()).map_err(|e| {
+        let text = t.render(doc.clone()).map_err(|e| {
+            if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                return format!(
+                    "field `{name}`: {OVER_LIMIT}the template ran past {} steps (a loop over a \
+                     huge range, or loops nested without need); simplify it",
+                    super::TEMPLATE_FUEL
+                );
+            }
             // Strict undefined says only "undefined value": name the doc fields the template
             // uses that this doc lacks.
             let mut missing: Vec<String> = t
@@ -105,7 +112,16 @@ impl Renderer<'_> {
                         .join(", ")
                 ),
             }
-        })
+        })?;
+        if text.len() > super::MAX_RENDERED {
+            return Err(format!(
+                "field `{name}`: {OVER_LIMIT}it rendered {} bytes, more than the {} MiB a prompt \
+                 part may hold; shorten the template or its data",
+                text.len(),
+                super::MAX_RENDERED >> 20
+            ));
+        }
+        Ok(text)
     }
 
     /// A doc rendered into an item: its text, answer and choices.
@@ -209,6 +225,10 @@ fn resolve_gold(field: &str, target: &str, choices: &[String]) -> Result<usize, 
         })
 }
 
+/// How an error over one of the rendering limits begins: the split stops at the first, since
+/// every later doc would spend the same time or memory to fail the same way.
+const OVER_LIMIT: &str = "over a limit: ";
+
 /// Every doc of a split rendered; each distinct failure reported once, with the docs it hit.
 pub(super) fn render_split(
     cx: &mut Ctx,
@@ -222,6 +242,10 @@ pub(super) fn render_split(
     for (id, doc) in docs.iter().enumerate() {
         match r.item(id, doc) {
             Ok(it) => items.push(it),
+            Err(e) if e.contains(OVER_LIMIT) => {
+                failures.push((e.replacen(OVER_LIMIT, "", 1), vec![id]));
+                break;
+            }
             Err(e) => match failures.iter_mut().find(|(m, _)| *m == e) {
                 Some((_, ids)) => ids.push(id),
                 None => failures.push((e, vec![id])),

@@ -997,3 +997,85 @@ fn bad_formats_are_one_line_errors() {
         "{e}"
     );
 }
+
+/// A template that would run for hours or build a gigabyte string stops at its limits at the
+/// first doc, with one line naming the field and the limit.
+#[test]
+fn runaway_templates_stop_at_their_limits() {
+    let d = tmp("template-limits");
+    let docs: String = (0..200)
+        .map(|_| "{\"q\": \"1+1=\", \"a\": \"2\"}\n")
+        .collect();
+    write(&d, "d.jsonl", &docs);
+    let task = |name: &str, text: &str| {
+        write(
+            &d,
+            &format!("{name}.yaml"),
+            &format!(
+                "task: {name}\ndataset: {{path: d.jsonl}}\ntest_split: all\ndoc_to_text: \"{text}\"\n\
+                 doc_to_target: \"{{{{ a }}}}\"\noutput_type: generate_until\n"
+            ),
+        )
+    };
+    let nested = task(
+        "nested",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ q }}",
+    );
+    let doubling = task(
+        "doubling",
+        "{% set ns = namespace(s='aaaaaaaa') %}{% for i in range(22) %}{% set ns.s = ns.s ~ ns.s %}\
+         {% endfor %}{{ ns.s }}",
+    );
+    for (path, says) in [(&nested, "steps"), (&doubling, "MiB")] {
+        let start = std::time::Instant::now();
+        let o = icl_eval(&["prompt", "--task", path]);
+        assert_one_line_error(&o, &["doc_to_text", "doc 0", says]);
+        assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+    }
+}
+
+/// Ctrl-C while tasks are still loading (nothing written yet) stops at once, instead of waiting
+/// for a batch of docs that has not begun.
+#[test]
+#[cfg(unix)]
+fn a_signal_while_tasks_load_stops_at_once() {
+    let d = tmp("signal-loading");
+    // 3,000 docs whose template takes ~1M steps each: tens of seconds to load.
+    let docs: String = (0..3000)
+        .map(|_| "{\"q\": \"1+1=\", \"a\": \"2\"}\n")
+        .collect();
+    write(&d, "d.jsonl", &docs);
+    let task = write(
+        &d,
+        "slow.yaml",
+        "task: slow\ndataset: {path: d.jsonl}\ntest_split: all\n\
+         doc_to_text: \"{% for i in range(100000) %}{% for j in range(3) %}{% endfor %}{% endfor %}{{ q }}\"\n\
+         doc_to_target: \"{{ a }}\"\noutput_type: generate_until\n",
+    );
+    let out = d.join("run");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_icl-eval"))
+        .args([
+            "run", "--tasks", &task, "--models", "x.gguf", "--shots", "0", "--output",
+        ])
+        .arg(&out)
+        .current_dir(root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "still loading");
+    let signalled = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        signalled.elapsed().as_secs() < 5,
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(130));
+    assert!(stderr(&o).contains("nothing was written"), "{}", stderr(&o));
+    assert!(!out.exists());
+}

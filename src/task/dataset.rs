@@ -59,23 +59,49 @@ pub fn read(path: &Path, bytes: &[u8], ds: &DatasetSpec) -> Result<Vec<Value>, V
     }
 }
 
+/// The most bytes a compressed data file may expand to: benchmark splits are megabytes to a few
+/// hundred; a file that expands further (a decompression bomb) is refused before it fills memory.
+pub const MAX_DECOMPRESSED: u64 = 1 << 30;
+
 /// The file name without its compression extension, and the decompressed bytes.
 fn decompress<'a>(
     shown: &str,
     name: &'a str,
     bytes: &[u8],
 ) -> Result<(&'a str, Vec<u8>), Vec<String>> {
-    let mut out = Vec::new();
+    decompress_within(shown, name, bytes, MAX_DECOMPRESSED)
+}
+
+/// [`decompress`], refusing more than `max` decompressed bytes.
+fn decompress_within<'a>(
+    shown: &str,
+    name: &'a str,
+    bytes: &[u8],
+    max: u64,
+) -> Result<(&'a str, Vec<u8>), Vec<String>> {
     let failed = |e: std::io::Error, kind: &str| vec![format!("{shown}: not valid {kind}: {e}")];
-    if let Some(inner) = name.strip_suffix(".gz") {
-        flate2::read::MultiGzDecoder::new(bytes)
+    // Read one byte past the bound, so a file that reaches it is told apart from one that fits.
+    let bounded = |reader: &mut dyn Read, kind: &str| {
+        let mut out = Vec::new();
+        reader
+            .take(max + 1)
             .read_to_end(&mut out)
-            .map_err(|e| failed(e, "gzip"))?;
+            .map_err(|e| failed(e, kind))?;
+        if out.len() as u64 > max {
+            return Err(vec![format!(
+                "{shown}: expands past {} MiB when decompressed (from {} bytes); a data file \
+                 that large is refused (decompress it yourself if it is genuine)",
+                max >> 20,
+                bytes.len()
+            )]);
+        }
+        Ok(out)
+    };
+    if let Some(inner) = name.strip_suffix(".gz") {
+        let out = bounded(&mut flate2::read::MultiGzDecoder::new(bytes), "gzip")?;
         Ok((inner, out))
     } else if let Some(inner) = name.strip_suffix(".bz2") {
-        bzip2::read::MultiBzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| failed(e, "bzip2"))?;
+        let out = bounded(&mut bzip2::read::MultiBzDecoder::new(bytes), "bzip2")?;
         Ok((inner, out))
     } else {
         Ok((name, bytes.to_vec()))
@@ -351,6 +377,13 @@ mod tests {
             assert_eq!(docs.len(), 2, "{name}");
             assert_eq!(docs[1]["a"], "y");
         }
+        // A decompression bomb stops at the bound, with the bound's memory, not the bomb's.
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        bomb.write_all(&vec![b'\n'; 3 << 20]).unwrap();
+        let bomb = bomb.finish().unwrap();
+        let e = decompress_within("b.jsonl.gz", "b.jsonl.gz", &bomb, 2 << 20).unwrap_err();
+        assert!(e[0].contains("b.jsonl.gz: expands past 2 MiB"), "{e:?}");
+        assert!(decompress_within("b.jsonl.gz", "b.jsonl.gz", &bomb, 3 << 20).is_ok());
         let e = read(Path::new("d.jsonl.gz"), b"not gzip", &ds).unwrap_err();
         assert!(e[0].contains("d.jsonl.gz: not valid gzip"), "{e:?}");
     }

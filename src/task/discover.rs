@@ -240,7 +240,7 @@ pub fn discover(dirs: &[PathBuf]) -> Result<Vec<TaskSource>> {
             // more, for its leading comment only.
             let (merged, text) = match include::read_merged(&path) {
                 Ok((v, texts)) => (Ok(v), texts.into_iter().next().unwrap_or_default()),
-                Err(e) => (Err(e), fs::read_to_string(&path).unwrap_or_default()),
+                Err(e) => (Err(e), leading_text(&path)),
             };
             let about = text
                 .lines()
@@ -340,6 +340,14 @@ fn define_inline_tasks(found: &mut Vec<TaskSource>) {
         }
     }
     found.extend(defined);
+}
+
+/// The first 64 KiB of a file that failed to load, for its leading comment (it may be huge).
+fn leading_text(path: &Path) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let _ = fs::File::open(path).and_then(|f| f.take(64 << 10).read_to_end(&mut head));
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// Every `*.yaml` / `*.yml` under `dir`; files named `_*` only where they are group files

@@ -195,6 +195,57 @@ fn first_of_repeated(lines: &[&str], line: usize, col: usize, key: &str) -> Opti
     None
 }
 
+/// The largest task file read (YAML and includes): a task's YAML is settings and templates,
+/// kilobytes; data lives in data files.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// How deep `[` and `{` may nest in a task file: lm-eval's deepest files nest 4; the YAML parser
+/// takes time quadratic in the depth.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// The depth and 1-based line where flow brackets first nest deeper than [`MAX_FLOW_DEPTH`],
+/// outside quoted strings and comments.
+fn deep_flow(text: &str) -> Option<(usize, usize)> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let (mut single, mut double, mut comment, mut escaped) = (false, false, false, false);
+    let mut prev = '\n';
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+            comment = false;
+        } else if comment {
+        } else if double {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                double = false;
+            }
+        } else if single {
+            // `''` inside single quotes is a quote: it closes and reopens, which this toggling
+            // reads the same way.
+            single = c != '\'';
+        } else {
+            match c {
+                '#' if prev.is_whitespace() => comment = true,
+                '"' => double = true,
+                '\'' => single = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some((depth, line));
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = c;
+    }
+    None
+}
+
 fn read_level(
     path: &Path,
     depth: usize,
@@ -207,7 +258,21 @@ fn read_level(
             "{shown}: `include` nested more than {MAX_DEPTH} deep (a cycle?)"
         ));
     }
+    let len = fs::metadata(path).map_or(0, |m| m.len());
+    if len > MAX_FILE_BYTES {
+        return Err(format!(
+            "{shown}: {len} bytes, more than the {} MiB a task file may hold; put data in a data \
+             file (`dataset:`) and long text in a template file (`file:NAME`)",
+            MAX_FILE_BYTES >> 20
+        ));
+    }
     let text = fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    if let Some((depth, line)) = deep_flow(&text) {
+        return Err(format!(
+            "{shown}:{line}: brackets nested {depth} deep, more than the {MAX_FLOW_DEPTH} a task \
+             file may nest (the YAML parser slows down quadratically with depth); flatten it"
+        ));
+    }
     let v = last_key_wins(&text, &shown.to_string(), notes)?;
     texts.push(text);
     merge_includes(path, &shown.to_string(), v, depth, texts, notes)
@@ -267,6 +332,26 @@ fn merge_includes(
         merged.insert(k, val);
     }
     Ok(Value::Mapping(merged))
+}
+
+#[cfg(test)]
+mod flow_tests {
+    use super::*;
+
+    #[test]
+    fn deep_flow_nesting_is_found_outside_strings_and_comments() {
+        assert_eq!(deep_flow("a: [[1, {b: [2]}]]\n"), None);
+        let deep = format!("x: 1\nmetadata: {}{}\n", "[".repeat(65), "]".repeat(65));
+        assert_eq!(deep_flow(&deep), Some((65, 2)));
+        let quoted = format!(
+            "t: \"{}\"\nu: '{}'\n# {}\n",
+            "[".repeat(100),
+            "{".repeat(100),
+            "[".repeat(100)
+        );
+        assert_eq!(deep_flow(&quoted), None);
+        assert_eq!(deep_flow(&"[]".repeat(10_000)), None, "wide is fine");
+    }
 }
 
 #[cfg(test)]

@@ -1079,3 +1079,37 @@ fn a_signal_while_tasks_load_stops_at_once() {
     assert!(stderr(&o).contains("nothing was written"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+/// A task file nested thousands of brackets deep (which the YAML parser reads in quadratic
+/// time) or larger than a task file may be is refused in a linear scan, naming the file and line:
+/// finding the other tasks of the folder stays fast.
+#[test]
+fn deeply_nested_or_huge_task_files_are_refused_fast() {
+    let d = tmp("hostile-yaml");
+    write(&d, "d.jsonl", "{\"q\": \"1+1=\", \"a\": \"2\"}\n");
+    write(
+        &d,
+        "base.yaml",
+        "task: base\ndataset: {path: d.jsonl}\ntest_split: all\ndoc_to_text: \"{{ q }}\"\n\
+         doc_to_target: \"{{ a }}\"\noutput_type: generate_until\n",
+    );
+    let deep = format!(
+        "task: deep\nmetadata: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let deep_path = write(&d, "deep.yaml", &deep);
+    let huge = format!("task: huge\n# {}\n", "x".repeat(5 << 20));
+    let huge_path = write(&d, "huge.yaml", &huge);
+    let dir = d.display().to_string();
+    let start = std::time::Instant::now();
+    let o = common::command_in(&root(), &["prompt", "--task", "base", "--tasks-dir", &dir])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
+    let o = icl_eval(&["prompt", "--task", &deep_path]);
+    assert_one_line_error(&o, &["deep.yaml:2", "nested", "flatten"]);
+    let o = icl_eval(&["prompt", "--task", &huge_path]);
+    assert_one_line_error(&o, &["huge.yaml", "MiB a task file may hold"]);
+}

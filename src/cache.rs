@@ -204,6 +204,23 @@ pub struct Cached<'a> {
     pub counts: RequestCounts,
 }
 
+/// A stored answer with its checksum (16 hex digits of the sha256 of key and answer), so a value
+/// altered on disk (a flipped bit, a hand edit) is recomputed rather than believed.
+fn seal(key: &[u8; 32], json: &str) -> String {
+    format!("{} {json}", checksum(key, json))
+}
+
+/// The answer of a sealed value whose checksum holds; `None` for a damaged one or one stored
+/// before answers were sealed (both are computed again and stored sealed).
+fn unseal<'a>(key: &[u8; 32], text: &'a str) -> Option<&'a str> {
+    let (sum, json) = text.split_once(' ')?;
+    (sum.len() == 16 && sum == checksum(key, json)).then_some(json)
+}
+
+fn checksum(key: &[u8; 32], json: &str) -> String {
+    crate::hash::short_hash(&format!("{}\n{json}", hex::encode(key)))
+}
+
 impl<'a> Cached<'a> {
     /// Wraps `inner`; `cache: None` only counts requests.
     pub fn new(inner: &'a mut dyn Backend, cache: Option<&'a RequestCache>) -> Self {
@@ -261,7 +278,7 @@ impl<'a> Cached<'a> {
             let stored = match self.cache {
                 Some(cache) => cache
                     .get(k)?
-                    .and_then(|text| serde_json::from_str(&text).ok()),
+                    .and_then(|text| unseal(k, &text).and_then(|j| serde_json::from_str(j).ok())),
                 None => None,
             };
             self.counts.cached += u64::from(stored.is_some());
@@ -287,7 +304,7 @@ impl<'a> Cached<'a> {
                     cache.put(
                         &keys[i],
                         &self.inner.info().name,
-                        &serde_json::to_string(&v)?,
+                        &seal(&keys[i], &serde_json::to_string(&v)?),
                     )?;
                 }
                 answers[i] = Some(v);
@@ -353,6 +370,30 @@ impl Backend for Cached<'_> {
     // Whole documents are scored once per run (every K asks the same), so they pass uncached.
     fn loglikelihood_rolling(&mut self, text: &str) -> Result<f64> {
         self.inner.loglikelihood_rolling(text)
+    }
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use super::*;
+
+    #[test]
+    fn altered_or_unsealed_answers_are_not_believed() {
+        let key = [7u8; 32];
+        let sealed = seal(&key, "[{\"logprob\":-1.5}]");
+        assert_eq!(unseal(&key, &sealed), Some("[{\"logprob\":-1.5}]"));
+        let altered = sealed.replace("-1.5", "-0.5");
+        assert_eq!(unseal(&key, &altered), None);
+        assert_eq!(
+            unseal(&[8u8; 32], &sealed),
+            None,
+            "another request's answer"
+        );
+        assert_eq!(
+            unseal(&key, "[{\"logprob\":-1.5}]"),
+            None,
+            "stored unsealed"
+        );
     }
 }
 

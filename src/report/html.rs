@@ -172,7 +172,18 @@ pub fn render(
         tasks => Value::from(Serde(&tasks)),
         per_cell => ITEMS_PER_CELL,
     })?;
-    Ok(page)
+    Ok(displayable(page))
+}
+
+/// The page without the control characters HTML forbids (a NUL in a doc's text): each shown as
+/// U+FFFD, the replacement character, so browsers and parsers read the page as written.
+fn displayable(page: String) -> String {
+    let forbidden = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r');
+    if page.contains(forbidden) {
+        page.replace(forbidden, "\u{FFFD}")
+    } else {
+        page
+    }
 }
 
 /// The configuration table: one row per run folder.
@@ -374,6 +385,14 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_page() {
+        assert_eq!(
+            displayable("a\0b\x07c\td\n".into()),
+            "a\u{FFFD}b\u{FFFD}c\td\n"
+        );
+    }
 
     #[test]
     fn parameter_counts_are_grouped() {

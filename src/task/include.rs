@@ -316,6 +316,14 @@ fn merge_includes(
                 base_path.display()
             ));
         }
+        // Only task files: a system file (`/etc/shadow`) read as YAML would have its content
+        // quoted back in the errors. lm-eval names some bases `_default_template_yaml`.
+        if !(name.ends_with("yaml") || name.ends_with(".yml")) {
+            return Err(format!(
+                "{shown}: field `include`: {} is not a task file (a name ending in yaml or .yml)",
+                base_path.display()
+            ));
+        }
         let base = read_level(&base_path, depth + 1, texts, notes)?;
         let Value::Mapping(base) = base else {
             return Err(format!(

@@ -403,6 +403,14 @@ fn build_spec(
     if !cx.problems.is_empty() {
         return None;
     }
+    if spec.task.trim().is_empty() || spec.task.contains(|c: char| c == '|' || c.is_control()) {
+        cx.problem(format!(
+            "field `task`: {:?} cannot name a task: a name holds no `|`, line break or other \
+             control character (it labels tables, charts and files)",
+            spec.task
+        ));
+        return None;
+    }
     if spec.format == super::Formulation::Mcqa && spec.output_type != OutputType::MultipleChoice {
         cx.problem(format!(
             "field `format: mcqa` applies to output_type multiple_choice only (this task is {}); \

@@ -1113,3 +1113,24 @@ fn deeply_nested_or_huge_task_files_are_refused_fast() {
     let o = icl_eval(&["prompt", "--task", &huge_path]);
     assert_one_line_error(&o, &["huge.yaml", "MiB a task file may hold"]);
 }
+
+/// `include:` takes task files only (a system file read as YAML had its first line quoted back
+/// in the error), and a task name that would break tables (`|`, a line break) is refused.
+#[test]
+fn includes_of_other_files_and_names_that_break_tables_are_refused() {
+    let d = tmp("include-secret");
+    write(&d, "secret.txt", "root:s3cr3t-hash:20228:0:99999:7:::\n");
+    let inc = write(&d, "inc.yaml", "include: secret.txt\ntask: inc\n");
+    let o = icl_eval(&["prompt", "--task", &inc]);
+    assert_one_line_error(&o, &["secret.txt", "not a task file"]);
+    assert!(!stderr(&o).contains("s3cr3t"), "{}", stderr(&o));
+    write(&d, "d.jsonl", "{\"q\": \"1+1=\", \"a\": \"2\"}\n");
+    let piped = write(
+        &d,
+        "piped.yaml",
+        "task: \"a|b\"\ndataset: {path: d.jsonl}\ntest_split: all\ndoc_to_text: \"{{ q }}\"\n\
+         doc_to_target: \"{{ a }}\"\noutput_type: generate_until\n",
+    );
+    let o = icl_eval(&["prompt", "--task", &piped]);
+    assert_one_line_error(&o, &["piped.yaml", "field `task`", "`|`"]);
+}

@@ -13,12 +13,12 @@ flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=
 wheels="$cache/wheels-portable"
 stamp="$venv/.icl-eval-build"
 # The tests of lm-eval's Python hooks (--allow-python) run a venv of their own with `datasets`:
-# process_docs hooks take a datasets.Dataset, as in lm-eval.
+# process_docs hooks take a datasets.Dataset, as in lm-eval; aggregation hooks such as cb's
+# `cb_multi_fi` call scikit-learn.
 hooks="$cache/hooks-venv"
-if ! "$hooks/bin/python" -c "import datasets" 2>/dev/null; then
-  rm -rf "$hooks"
-  python3 -m venv "$hooks"
-  "$hooks/bin/pip" install -q datasets
+if ! "$hooks/bin/python" -c "import datasets, sklearn" 2>/dev/null; then
+  [ -x "$hooks/bin/python" ] || python3 -m venv "$hooks"
+  "$hooks/bin/pip" install -q datasets scikit-learn
 fi
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version $flags" ] \
   && "$venv/bin/python" -c "import llama_cpp, llama_cpp.server, sys; sys.exit(llama_cpp.__version__ != '$version')" 2>/dev/null; then

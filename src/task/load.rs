@@ -307,10 +307,18 @@ fn read_splits(
 /// which refuses more labels; a metric that compares choices by position across docs
 /// (`same_choices` in its table entry) needs every doc to have as many. False (a problem
 /// recorded) when a doc breaks either.
-fn choice_counts_fit(cx: &mut Ctx, metrics: &[Metric], test: &Option<Vec<super::Item>>) -> bool {
+fn choice_counts_fit(
+    cx: &mut Ctx,
+    metrics: &[Metric],
+    aggregations: &std::collections::BTreeMap<String, String>,
+    test: &Option<Vec<super::Item>>,
+) -> bool {
     let items = || test.iter().flatten();
     let count = |i: &super::Item| i.options().map_or(0, <[String]>::len);
+    // A task's own Python aggregation of `f1` (lm-eval's `cb_multi_fi`, a macro F1 over three
+    // labels) decides what F1 means over its labels.
     if metrics.contains(&Metric::F1)
+        && !aggregations.contains_key(Metric::F1.name())
         && let Some(item) = items().find(|i| count(i) > 2)
     {
         cx.problem(format!(
@@ -419,7 +427,7 @@ fn build_spec(
         ));
         return None;
     }
-    if !choice_counts_fit(cx, &metrics, &test) {
+    if !choice_counts_fit(cx, &metrics, &aggregations, &test) {
         return None;
     }
     // Only `acc_calibrated` reads them; other tasks' templates may need real values (an `int`).

@@ -828,3 +828,135 @@ fn loglikelihood_rolling_scores_each_document_whole_in_windows() {
     assert!((value("byte_perplexity") - (-total_ll / bytes).exp()).abs() < 1e-9);
     assert!((value("bits_per_byte") - -total_ll / bytes / std::f64::consts::LN_2).abs() < 1e-9);
 }
+
+/// lm-eval's SuperGLUE `cb` — its `default.yaml` metric list and `aggregate.py` as lm-eval ships
+/// them (`f1` aggregated by `cb_multi_fi`, scikit-learn's binary F1 of each of the three labels,
+/// averaged) — runs under `--allow-python` on a hand-made three-label split, and its `f1` is the
+/// macro F1 computed here from the run's own predictions.
+#[test]
+#[ignore = "needs the bundled SmolLM2 and the venv of scripts/install-llama-server.sh"]
+fn lm_evals_cb_runs_with_its_python_macro_f1() {
+    let python = common::hooks_python();
+    let d = common::tmp("cb-macro-f1");
+    let tasks = d.join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let rows = [
+        ("It is raining hard.", "It is wet outside", 0),
+        ("The shop closed at noon.", "The shop is open at night", 1),
+        ("Tom bought a car.", "Tom likes red", 2),
+        ("The cat sleeps on the mat.", "The cat is resting", 0),
+        ("Ann never eats meat.", "Ann ate a steak", 1),
+        ("The train left early.", "The driver is tall", 2),
+        ("All birds in the cage sing.", "A bird in the cage sings", 0),
+        ("The lake froze last night.", "The lake is warm", 1),
+        ("Sam reads a book.", "The book is new", 2),
+    ];
+    let jsonl: String = rows
+        .iter()
+        .map(|(p, h, l)| {
+            format!("{{\"premise\": \"{p}\", \"hypothesis\": \"{h}\", \"label\": {l}}}\n")
+        })
+        .collect();
+    std::fs::write(tasks.join("cb.jsonl"), jsonl).unwrap();
+    std::fs::write(
+        tasks.join("aggregate.py"),
+        "import numpy as np\n\n\ndef cb_multi_fi(items):\n    from sklearn.metrics import f1_score\n\n\
+         \x20   preds, golds = zip(*items)\n    preds = np.array(preds)\n    golds = np.array(golds)\n\
+         \x20   f11 = f1_score(y_true=golds == 0, y_pred=preds == 0)\n\
+         \x20   f12 = f1_score(y_true=golds == 1, y_pred=preds == 1)\n\
+         \x20   f13 = f1_score(y_true=golds == 2, y_pred=preds == 2)\n\
+         \x20   avg_f1 = np.mean([f11, f12, f13])\n    return avg_f1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tasks.join("cb.yaml"),
+        format!(
+            "task: cb_hand\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {}/cb.jsonl\n\
+             output_type: multiple_choice\nvalidation_split: validation\n\
+             doc_to_text: \"{{{{premise}}}}\\nQuestion: {{{{hypothesis}}}}. True, False, or Neither?\\nAnswer:\"\n\
+             doc_to_target: label\ndoc_to_choice: ['True', 'False', 'Neither']\n\
+             metric_list:\n  - metric: acc\n  - metric: f1\n    aggregation: !function \"aggregate.cb_multi_fi\"\n\
+             metadata:\n  version: 1.0\n",
+            tasks.display()
+        ),
+    )
+    .unwrap();
+    let dir = tasks.to_str().unwrap();
+    let py = python.to_str().unwrap();
+    let listed = common::icl_eval(&[
+        "tasks",
+        "--tasks-dir",
+        dir,
+        "--allow-python",
+        "--python",
+        py,
+    ]);
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with("| cb_hand "))
+        .unwrap_or_default();
+    assert!(
+        row.contains("multiple_choice") && row.contains("| 9 |"),
+        "{listing}"
+    );
+    let out = d.join("run");
+    let o = common::icl_eval(&[
+        "run",
+        "--tasks-dir",
+        dir,
+        "--tasks",
+        "cb_hand",
+        "--allow-python",
+        "--python",
+        py,
+        "--models",
+        common::smollm2().to_str().unwrap(),
+        "--shots",
+        "0,2",
+        "--output",
+        out.to_str().unwrap(),
+        "--no-cache",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = common::read_samples(&out);
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    for k in [0usize, 2] {
+        let pairs: Vec<(usize, usize)> = samples
+            .iter()
+            .filter(|s| s.k == k)
+            .map(|s| {
+                let label = |t: &str| {
+                    ["True", "False", "Neither"]
+                        .iter()
+                        .position(|c| *c == t)
+                        .unwrap()
+                };
+                (label(&s.gold), label(s.prediction.as_deref().unwrap()))
+            })
+            .collect();
+        // scikit-learn's binary F1 of one label, 0 where it is never predicted nor true.
+        let f1 = |c: usize| {
+            let tp = pairs.iter().filter(|(g, p)| *g == c && *p == c).count() as f64;
+            let fp = pairs.iter().filter(|(g, p)| *g != c && *p == c).count() as f64;
+            let fn_ = pairs.iter().filter(|(g, p)| *g == c && *p != c).count() as f64;
+            if tp == 0.0 {
+                0.0
+            } else {
+                2.0 * tp / (2.0 * tp + fp + fn_)
+            }
+        };
+        let expected = (f1(0) + f1(1) + f1(2)) / 3.0;
+        let got: f64 = summary
+            .lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f[6] == k.to_string() && f[7] == "f1")
+            .unwrap_or_else(|| panic!("no f1 at K={k}: {summary}"))[8]
+            .parse()
+            .unwrap();
+        assert!(
+            (got - expected).abs() < 1e-9,
+            "K={k}: {got} vs {expected} ({pairs:?})"
+        );
+    }
+}

@@ -108,12 +108,7 @@ impl OpenAiBackend {
     }
 
     fn completions(&self, body: Value) -> Result<Value> {
-        let url = format!("{}/completions", self.server.endpoint.base);
-        let v = self.server.client.call("POST", &url, Some(&body))?;
-        v["choices"]
-            .get(0)
-            .cloned()
-            .with_context(|| format!("{url}: the response has no choices"))
+        self.server.first_choice("completions", body)
     }
 }
 
@@ -228,6 +223,17 @@ impl Server {
         Ok(b)
     }
 
+    /// The first choice of the answer to `body` POSTed to the API's `path` (`completions`,
+    /// `chat/completions`).
+    pub(super) fn first_choice(&self, path: &str, body: Value) -> Result<Value> {
+        let url = format!("{}/{path}", self.endpoint.base);
+        let v = self.client.call("POST", &url, Some(&body))?;
+        v["choices"]
+            .get(0)
+            .cloned()
+            .with_context(|| format!("{url}: the response has no choices"))
+    }
+
     /// Prompt tokens of `text` as the server (or `--tokenizer`) counts them.
     pub(super) fn count_tokens(&self, text: &str) -> Result<usize> {
         if let Some(t) = &self.local {
@@ -256,6 +262,17 @@ impl Server {
             .as_array()
             .map(Vec::len)
             .with_context(|| format!("{url}: the response has no `tokens`"))
+    }
+}
+
+/// A generation request's sampling settings in `body`: on the server, its own generator, seeded
+/// per request (vLLM and llama.cpp honour `seed`), so answers are repeatable on the same server,
+/// not equal to candle's. Greedy requests keep `temperature: 0`.
+pub(super) fn sampled(body: &mut Value, r: &GenerateRequest) {
+    if let Some(s) = r.sampling {
+        body["temperature"] = json!(s.temperature);
+        body["top_p"] = json!(s.top_p);
+        body["seed"] = json!(s.seed);
     }
 }
 
@@ -505,13 +522,7 @@ impl OpenAiBackend {
             "presence_penalty": 0.0,
             "frequency_penalty": 0.0,
         });
-        // Sampling on the server: its own generator, seeded per request (vLLM and llama.cpp
-        // honour `seed`), so answers are repeatable on the same server, not equal to candle's.
-        if let Some(s) = r.sampling {
-            body["temperature"] = json!(s.temperature);
-            body["top_p"] = json!(s.top_p);
-            body["seed"] = json!(s.seed);
-        }
+        sampled(&mut body, r);
         let choice = self.completions(body)?;
         let text = choice["text"].as_str().with_context(|| {
             format!(

@@ -106,12 +106,7 @@ impl ChatBackend {
     }
 
     fn chat(&self, body: Value) -> Result<Value> {
-        let url = format!("{}/chat/completions", self.server.endpoint.base);
-        let v = self.server.client.call("POST", &url, Some(&body))?;
-        v["choices"]
-            .get(0)
-            .cloned()
-            .with_context(|| format!("{url}: the response has no choices"))
+        self.server.first_choice("chat/completions", body)
     }
 
     /// The request's messages, as `prompt::Format::Messages` wrote them.
@@ -195,11 +190,7 @@ impl ChatBackend {
             "presence_penalty": 0.0,
             "frequency_penalty": 0.0,
         });
-        if let Some(s) = r.sampling {
-            body["temperature"] = json!(s.temperature);
-            body["top_p"] = json!(s.top_p);
-            body["seed"] = json!(s.seed);
-        }
+        super::openai::sampled(&mut body, r);
         let choice = self.chat(body)?;
         let text = choice["message"]["content"].as_str().with_context(|| {
             format!(

@@ -182,7 +182,7 @@ fn distinct_tasks_and_models(
 
 /// Every run's samples; a cell two runs both hold refuses.
 fn samples_of_distinct_cells(runs: &[RunData]) -> Result<Vec<crate::record::Sample>> {
-    type Cell = (String, String, &'static str, &'static str, usize);
+    type Cell = (String, String, &'static str, &'static str, &'static str, usize);
     let mut cells: Vec<(Cell, &Path)> = Vec::new();
     let mut samples = Vec::new();
     for run in runs {
@@ -195,6 +195,7 @@ fn samples_of_distinct_cells(runs: &[RunData]) -> Result<Vec<crate::record::Samp
                     s.model.clone(),
                     s.sampler.name(),
                     s.demo_labels.name(),
+                    s.format.name(),
                     s.k,
                 )
             })
@@ -204,13 +205,14 @@ fn samples_of_distinct_cells(runs: &[RunData]) -> Result<Vec<crate::record::Samp
         for c in own {
             if let Some((_, other)) = cells.iter().find(|(x, _)| *x == c) {
                 bail!(
-                    "cell (task {}, model {}, sampler {}, {} labels, K = {}) is in both {} and {}; \
-                     report them separately",
+                    "cell (task {}, model {}, sampler {}, {} labels, {}, K = {}) is in both {} and \
+                     {}; report them separately",
                     c.0,
                     c.1,
                     c.2,
                     c.3,
                     c.4,
+                    c.5,
                     other.display(),
                     run.dir.display()
                 );

@@ -182,7 +182,14 @@ fn distinct_tasks_and_models(
 
 /// Every run's samples; a cell two runs both hold refuses.
 fn samples_of_distinct_cells(runs: &[RunData]) -> Result<Vec<crate::record::Sample>> {
-    type Cell = (String, String, &'static str, &'static str, &'static str, usize);
+    type Cell = (
+        String,
+        String,
+        &'static str,
+        &'static str,
+        &'static str,
+        usize,
+    );
     let mut cells: Vec<(Cell, &Path)> = Vec::new();
     let mut samples = Vec::new();
     for run in runs {

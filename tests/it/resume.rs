@@ -500,3 +500,82 @@ fn shard_auto_finds_slurm_and_kubernetes_workers_and_merges_like_shards_by_hand(
         assert_eq!(e.trim_end().lines().count(), 1, "{e}");
     }
 }
+
+/// A real Slurm job array (the one-node cluster of `scripts/slurm-one-node.sh`): `sbatch
+/// --array=0-2` runs three workers with `--shard auto`, and their merged folder is the one three
+/// shards given by hand merge into.
+#[test]
+#[ignore = "needs a Slurm cluster (scripts/slurm-one-node.sh, as root) and models/ (scripts/fetch-models.sh smollm2-135m)"]
+fn a_slurm_job_array_shards_itself_and_merges_like_shards_by_hand() {
+    let d = tmp("slurm-array");
+    let model = smollm2().display().to_string();
+    let bin = env!("CARGO_BIN_EXE_icl-eval");
+    let run = |out: &Path, shard: &str| {
+        format!(
+            "{bin} run --tasks sentiment_reviews --models {model} --shots 0,2 --limit 5 \
+             --shard {shard} --output {}",
+            out.display()
+        )
+    };
+    let mut by_hand = Vec::new();
+    for i in 1..=3 {
+        let out = d.join(format!("by-hand-{i}"));
+        let cmd = run(&out, &format!("{i}/3"));
+        let args: Vec<&str> = cmd.split(' ').skip(1).collect();
+        ok(&command(&args, None).output().unwrap());
+        by_hand.push(out.display().to_string());
+    }
+    let merge = |out: &Path, shards: &[String]| {
+        let out_s = out.display().to_string();
+        let mut m = vec!["merge", "--output", out_s.as_str()];
+        m.extend(shards.iter().map(String::as_str));
+        ok(&icl_eval(&m));
+    };
+    merge(&d.join("merged-by-hand"), &by_hand);
+    let out = d.join("array");
+    let script = d.join("job.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/bash\nexport ICL_EVAL_NO_CACHE=1\nexec {}\n",
+            run(&out, "auto")
+        ),
+    )
+    .unwrap();
+    let o = Command::new("sbatch")
+        .args([
+            "--array=0-2",
+            "--wait",
+            "--job-name=icl-eval-test",
+            "--output",
+        ])
+        .arg(d.join("slurm-%a.log"))
+        .arg("--chdir")
+        .arg(root())
+        .arg(&script)
+        .output()
+        .expect("sbatch: run scripts/slurm-one-node.sh first");
+    let logs: String = (0..3)
+        .map(|i| fs::read_to_string(d.join(format!("slurm-{i}.log"))).unwrap_or_default())
+        .collect();
+    assert!(
+        o.status.success(),
+        "{}\n{logs}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut shards: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    shards.sort();
+    assert_eq!(shards.len(), 3, "{shards:?}\n{logs}");
+    assert!(logs.contains("--shard auto: shard 3/3"), "{logs}");
+    merge(&d.join("merged-array"), &shards);
+    for f in ["samples.jsonl", "summary.csv"] {
+        assert_eq!(
+            fs::read_to_string(d.join("merged-array").join(f)).unwrap(),
+            fs::read_to_string(d.join("merged-by-hand").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}

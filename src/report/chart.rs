@@ -581,7 +581,8 @@ type SizeLine = (String, Vec<(f64, f64, f64)>, Vec<String>);
 /// Writes `accuracy_vs_model_size.png` and `.svg` when the run has two or more models: x = parameters
 /// (log axis), one panel per task (its headline metric) plus the mean over tasks. When some family
 /// has several sizes, one line per (family, K), as the GPT-3 paper draws each family's scaling;
-/// else one line per K through every model. Points are labelled by model.
+/// else one line per K through every model; with several samplers, formulations or label studies,
+/// one line per setting too (cloze beside mcqa). Points are labelled by model.
 pub fn accuracy_vs_model_size(
     dir: &Path,
     summary: &DataFrame,
@@ -589,27 +590,47 @@ pub fn accuracy_vs_model_size(
     models: &[crate::backend::ModelInfo],
 ) -> Result<bool> {
     let c = SummaryColumns::of(summary)?;
-    // One point per model: with several samplers or label studies, the first series of each
-    // model in summary order. (series, family, parameters)
+    // One point per series (a model, and its setting when the summary holds several).
+    // (series, family, parameters)
     let mut sizes: Vec<(String, String, u64)> = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
+    // Each series' setting: what its name adds to the model's (" · mcqa"), one line each.
+    let mut settings: Vec<String> = Vec::new();
+    let mut setting_of: Vec<(String, String)> = Vec::new();
     for i in 0..summary.height() {
         // Models of unknown size (behind a server) have no place on this axis.
         if let (Some(m), Some(p)) = (c.model.get(i), c.parameters.get(i))
             && p > 0
-            && !seen.contains(&m)
+            && !sizes.iter().any(|s| s.0 == c.series[i])
         {
-            seen.push(m);
             let family = models
                 .iter()
                 .find(|info| info.name == m)
                 .map_or_else(String::new, |info| info.family.clone());
+            let setting = c.series[i].strip_prefix(m).unwrap_or("").to_string();
+            if !settings.contains(&setting) {
+                settings.push(setting.clone());
+            }
+            setting_of.push((c.series[i].clone(), setting));
             sizes.push((c.series[i].clone(), family, p));
         }
     }
-    if sizes.len() < 2 {
+    let n_models = {
+        let mut ps: Vec<&str> = (0..summary.height())
+            .filter_map(|i| c.model.get(i))
+            .collect();
+        ps.sort_unstable();
+        ps.dedup();
+        ps.len()
+    };
+    if sizes.len() < 2 || n_models < 2 {
         return Ok(false);
     }
+    let setting = |series: &str| {
+        setting_of
+            .iter()
+            .find(|(s, _)| s == series)
+            .map_or("", |(_, set)| set.as_str())
+    };
     sizes.sort_by_key(|(m, _, p)| (*p, m.clone()));
     let mut families: Vec<(String, Vec<(String, u64)>)> = Vec::new();
     for (m, f, p) in &sizes {
@@ -618,7 +639,14 @@ pub fn accuracy_vs_model_size(
             None => families.push((f.clone(), vec![(m.clone(), *p)])),
         }
     }
-    let per_family = families.len() > 1 && families.iter().any(|(_, m)| m.len() > 1);
+    // A family with several sizes (not several settings of one model) gets lines of its own.
+    let sized = |members: &Vec<(String, u64)>| {
+        let mut ps: Vec<u64> = members.iter().map(|m| m.1).collect();
+        ps.sort_unstable();
+        ps.dedup();
+        ps.len() > 1
+    };
+    let per_family = families.len() > 1 && families.iter().any(|(_, m)| sized(m));
     if !per_family {
         families = vec![(
             String::new(),
@@ -634,21 +662,22 @@ pub fn accuracy_vs_model_size(
     let lines = |f: &CellValue| -> Vec<SizeLine> {
         let mut out = Vec::new();
         for (family, members) in &families {
-            for (ki, &k) in ks.iter().enumerate() {
-                let mut pts = Vec::new();
-                let mut labels = Vec::new();
-                for (m, p) in members {
-                    if let Some((v, s)) = f(k, m) {
-                        pts.push((*p as f64, v, s));
-                        labels.push(if ki == 0 { m.clone() } else { String::new() });
+            for set in &settings {
+                for (ki, &k) in ks.iter().enumerate() {
+                    let mut pts = Vec::new();
+                    let mut labels = Vec::new();
+                    for (m, p) in members.iter().filter(|(m, _)| setting(m) == set) {
+                        if let Some((v, s)) = f(k, m) {
+                            pts.push((*p as f64, v, s));
+                            labels.push(if ki == 0 { m.clone() } else { String::new() });
+                        }
                     }
+                    let name = match family.is_empty() {
+                        true => format!("K = {k}{set}"),
+                        false => format!("{family}{set}, K = {k}"),
+                    };
+                    out.push((name, pts, labels));
                 }
-                let name = if family.is_empty() {
-                    format!("K = {k}")
-                } else {
-                    format!("{family}, K = {k}")
-                };
-                out.push((name, pts, labels));
             }
         }
         out

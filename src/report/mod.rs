@@ -474,7 +474,7 @@ mod tests {
             .to_string();
         assert!(
             e.contains(
-                "(task t, model small, sampler random, gold labels, K = 0) is in both runs/a and runs/a"
+                "(task t, model small, sampler random, gold labels, cloze, K = 0) is in both runs/a and runs/a"
             ),
             "{e}"
         );

@@ -24,6 +24,9 @@ if [ ! -s /etc/munge/munge.key ]; then
   chmod 400 /etc/munge/munge.key
 fi
 
+# slurmctld and slurmd find each other by this host's short name.
+getent hosts "$NODE" >/dev/null || echo "127.0.0.1 $NODE" >> /etc/hosts
+
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge
 chown slurm:slurm /var/spool/slurmctld /var/log/slurm
 chown munge:munge /run/munge

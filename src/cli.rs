@@ -807,6 +807,8 @@ fn cmd_tasks(d: &TaskDirs) -> Result<()> {
 }
 
 fn cmd_prompt(a: PromptArgs) -> Result<()> {
+    // `prompt` renders local models' templates only: no chat endpoint stands in for one.
+    a.prompt.check(false)?;
     let found = task::discover::resolve(std::slice::from_ref(&a.task), &a.dirs.dirs())?.remove(0);
     let tasks = [task::formulation::formulate_as(
         task::load_ref(&found, &a.dirs.load_options(a.source.hub()))?,
@@ -844,9 +846,6 @@ fn cmd_prompt(a: PromptArgs) -> Result<()> {
         }
         None => None,
     };
-    if a.prompt.fewshot_as_multiturn && !a.prompt.chat_template {
-        bail!("--fewshot-as-multiturn: needs --chat-template (and --model, whose template it is)");
-    }
     // A chat template is the model's: without one the prompt cannot be rendered as `run` would.
     let template = match (a.prompt.chat(), &model) {
         (None, _) => None,

@@ -56,14 +56,17 @@ pub fn render(
     format: Format,
 ) -> Result<(String, Vec<usize>)> {
     let (plain, breaks) = build_with_query(task, description, demos, query);
-    let pairs: Vec<(&str, Option<&str>)> = demos
-        .iter()
-        .map(|d| (d.item.text.as_str(), d.answer))
-        .collect();
+    // Built only for chat: a plain prompt (rendered many times while fitting) needs no pairs.
+    let pairs = || -> Vec<(&str, Option<&str>)> {
+        demos
+            .iter()
+            .map(|d| (d.item.text.as_str(), d.answer))
+            .collect()
+    };
     let (template, multiturn) = match format {
         Format::Plain => return Ok((plain, breaks)),
         Format::Messages { multiturn } => {
-            let m = chat::api_messages(&plain, description, &pairs, query, multiturn);
+            let m = chat::api_messages(&plain, description, &pairs(), query, multiturn);
             return Ok((serde_json::to_string(&m)?, Vec::new()));
         }
         Format::Chat {
@@ -75,7 +78,7 @@ pub fn render(
     let text = template.render(&chat::messages(
         &plain,
         description,
-        &pairs,
+        &pairs(),
         query,
         multiturn,
     ))?;

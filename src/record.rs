@@ -42,6 +42,18 @@ pub struct PromptFlags {
 }
 
 impl PromptFlags {
+    /// Refuses `--fewshot-as-multiturn` where there are no turns to split demonstrations into:
+    /// without `--chat-template`, unless every model is a chat endpoint (`chat_endpoints`).
+    pub fn check(&self, chat_endpoints: bool) -> Result<()> {
+        if self.fewshot_as_multiturn && !self.chat_template && !chat_endpoints {
+            bail!(
+                "--fewshot-as-multiturn: needs --chat-template (demonstrations as turns of each \
+                 model's chat template), unless every model is a chat endpoint (openai-chat:)"
+            );
+        }
+        Ok(())
+    }
+
     /// How prompts go through a chat template (`None`: plain text).
     pub fn chat(&self) -> Option<ChatMode> {
         self.chat_template.then_some(if self.fewshot_as_multiturn {

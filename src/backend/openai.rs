@@ -234,6 +234,11 @@ impl Server {
             .with_context(|| format!("{url}: the response has no choices"))
     }
 
+    /// Requests kept in flight at once (`--concurrency`).
+    pub(super) fn concurrency(&self) -> usize {
+        self.client.opts.concurrency.max(1)
+    }
+
     /// Prompt tokens of `text` as the server (or `--tokenizer`) counts them.
     pub(super) fn count_tokens(&self, text: &str) -> Result<usize> {
         if let Some(t) = &self.local {
@@ -422,7 +427,7 @@ impl Backend for OpenAiBackend {
     }
 
     fn concurrency(&self) -> usize {
-        self.server.client.opts.concurrency.max(1)
+        self.server.concurrency()
     }
 
     fn loglikelihood_batch(

@@ -78,12 +78,11 @@ impl ChatBackend {
                 "logprobs": true,
                 "top_logprobs": n,
             });
-            let url = format!("{}/chat/completions", server.endpoint.base);
             // A refusal (400: more than the server allows) tries fewer; no field means none.
-            let Ok(v) = server.client.call("POST", &url, Some(&body)) else {
+            let Ok(choice) = server.first_choice("chat/completions", body) else {
                 continue;
             };
-            given = first_token(&v)
+            given = first_token(&choice)
                 .and_then(|t| t["top_logprobs"].as_array())
                 .map_or(0, Vec::len);
             if given > 0 {
@@ -202,12 +201,8 @@ impl ChatBackend {
     }
 }
 
-/// The first answer token's entry of a chat completion's `logprobs.content`.
-fn first_token(choice_or_response: &Value) -> Option<&Value> {
-    let choice = match choice_or_response.get("choices") {
-        Some(c) => c.get(0)?,
-        None => choice_or_response,
-    };
+/// The first answer token's entry of a chat completion choice's `logprobs.content`.
+fn first_token(choice: &Value) -> Option<&Value> {
     choice["logprobs"]["content"].get(0)
 }
 
@@ -305,7 +300,7 @@ impl Backend for ChatBackend {
     }
 
     fn concurrency(&self) -> usize {
-        self.server.client.opts.concurrency.max(1)
+        self.server.concurrency()
     }
 
     fn takes_messages(&self) -> bool {

@@ -574,6 +574,17 @@ where
         .map_err(|e| anyhow!("chart: {e}"))
 }
 
+/// A point of the model-size chart: a series (a model, and its setting when the summary holds
+/// several), the family its line follows and its parameter count.
+struct SizePoint {
+    series: String,
+    model: String,
+    /// What the series' name adds to the model's (" · mcqa"); empty with one setting.
+    setting: String,
+    family: String,
+    parameters: u64,
+}
+
 /// A line of the model-size chart: its name, (parameters, value, stderr) per model, and the
 /// label drawn beside each point (empty: none).
 type SizeLine = (String, Vec<(f64, f64, f64)>, Vec<String>);
@@ -591,67 +602,57 @@ pub fn accuracy_vs_model_size(
 ) -> Result<bool> {
     let c = SummaryColumns::of(summary)?;
     // One point per series (a model, and its setting when the summary holds several).
-    // (series, family, parameters)
-    let mut sizes: Vec<(String, String, u64)> = Vec::new();
-    // Each series' setting: what its name adds to the model's (" · mcqa"), one line each.
-    let mut settings: Vec<String> = Vec::new();
-    let mut setting_of: Vec<(String, String)> = Vec::new();
+    let mut sizes: Vec<SizePoint> = Vec::new();
     for i in 0..summary.height() {
         // Models of unknown size (behind a server) have no place on this axis.
         if let (Some(m), Some(p)) = (c.model.get(i), c.parameters.get(i))
             && p > 0
-            && !sizes.iter().any(|s| s.0 == c.series[i])
+            && !sizes.iter().any(|s| s.series == c.series[i])
         {
-            let family = models
-                .iter()
-                .find(|info| info.name == m)
-                .map_or_else(String::new, |info| info.family.clone());
-            let setting = c.series[i].strip_prefix(m).unwrap_or("").to_string();
-            if !settings.contains(&setting) {
-                settings.push(setting.clone());
-            }
-            setting_of.push((c.series[i].clone(), setting));
-            sizes.push((c.series[i].clone(), family, p));
+            sizes.push(SizePoint {
+                series: c.series[i].clone(),
+                model: m.to_string(),
+                setting: c.series[i].strip_prefix(m).unwrap_or("").to_string(),
+                family: models
+                    .iter()
+                    .find(|info| info.name == m)
+                    .map_or_else(String::new, |info| info.family.clone()),
+                parameters: p,
+            });
         }
     }
-    let n_models = {
-        let mut ps: Vec<&str> = (0..summary.height())
-            .filter_map(|i| c.model.get(i))
-            .collect();
-        ps.sort_unstable();
-        ps.dedup();
-        ps.len()
+    // Each value once, in the order first seen (summary order).
+    let once = |values: &mut dyn Iterator<Item = &str>| {
+        let mut out: Vec<String> = Vec::new();
+        for v in values {
+            if !out.iter().any(|o| o == v) {
+                out.push(v.to_string());
+            }
+        }
+        out
     };
-    if sizes.len() < 2 || n_models < 2 {
+    if once(&mut sizes.iter().map(|s| s.model.as_str())).len() < 2 {
         return Ok(false);
     }
-    let setting = |series: &str| {
-        setting_of
-            .iter()
-            .find(|(s, _)| s == series)
-            .map_or("", |(_, set)| set.as_str())
-    };
-    sizes.sort_by_key(|(m, _, p)| (*p, m.clone()));
-    let mut families: Vec<(String, Vec<(String, u64)>)> = Vec::new();
-    for (m, f, p) in &sizes {
-        match families.iter_mut().find(|(name, _)| name == f) {
-            Some((_, members)) => members.push((m.clone(), *p)),
-            None => families.push((f.clone(), vec![(m.clone(), *p)])),
+    // One line per setting (" · mcqa").
+    let settings = once(&mut sizes.iter().map(|s| s.setting.as_str()));
+    sizes.sort_by_key(|s| (s.parameters, s.series.clone()));
+    let mut families: Vec<(String, Vec<&SizePoint>)> = Vec::new();
+    for point in &sizes {
+        match families.iter_mut().find(|(name, _)| *name == point.family) {
+            Some((_, members)) => members.push(point),
+            None => families.push((point.family.clone(), vec![point])),
         }
     }
     // A family with several sizes (not several settings of one model) gets lines of its own.
-    let sized = |members: &Vec<(String, u64)>| {
-        let mut ps: Vec<u64> = members.iter().map(|m| m.1).collect();
-        ps.sort_unstable();
-        ps.dedup();
-        ps.len() > 1
+    let sized = |members: &[&SizePoint]| {
+        members
+            .iter()
+            .any(|m| m.parameters != members[0].parameters)
     };
     let per_family = families.len() > 1 && families.iter().any(|(_, m)| sized(m));
     if !per_family {
-        families = vec![(
-            String::new(),
-            sizes.iter().map(|(m, _, p)| (m.clone(), *p)).collect(),
-        )];
+        families = vec![(String::new(), sizes.iter().collect())];
     }
     let mut ks: Vec<u32> = (0..c.k.len()).filter_map(|i| c.k.get(i)).collect();
     ks.sort_unstable();
@@ -666,10 +667,13 @@ pub fn accuracy_vs_model_size(
                 for (ki, &k) in ks.iter().enumerate() {
                     let mut pts = Vec::new();
                     let mut labels = Vec::new();
-                    for (m, p) in members.iter().filter(|(m, _)| setting(m) == set) {
-                        if let Some((v, s)) = f(k, m) {
-                            pts.push((*p as f64, v, s));
-                            labels.push(if ki == 0 { m.clone() } else { String::new() });
+                    for m in members.iter().filter(|m| m.setting == *set) {
+                        if let Some((v, s)) = f(k, &m.series) {
+                            pts.push((m.parameters as f64, v, s));
+                            labels.push(match ki {
+                                0 => m.series.clone(),
+                                _ => String::new(),
+                            });
                         }
                     }
                     let name = match family.is_empty() {
@@ -697,8 +701,8 @@ pub fn accuracy_vs_model_size(
         ));
     }
     let ((rows, cols), size) = grid(panels.len());
-    let lo = sizes[0].2 as f64 / 1.6;
-    let hi = sizes[sizes.len() - 1].2 as f64 * 1.6;
+    let lo = sizes[0].parameters as f64 / 1.6;
+    let hi = sizes[sizes.len() - 1].parameters as f64 * 1.6;
     let png = dir.join("accuracy_vs_model_size.png");
     draw_sizes(
         BitMapBackend::new(&partial(&png), size).into_drawing_area(),

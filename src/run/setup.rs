@@ -45,17 +45,11 @@ pub(super) fn check_command(cfg: &RunConfig) -> Result<Vec<usize>> {
         );
     }
     cfg.protocol.check()?;
-    let f = &cfg.protocol.flags;
     let all_chat = cfg
         .models
         .iter()
         .all(|m| crate::backend::scheme_of(m).is_some_and(|s| s.chat));
-    if f.fewshot_as_multiturn && !f.chat_template && !all_chat {
-        bail!(
-            "--fewshot-as-multiturn: needs --chat-template (demonstrations as turns of each \
-             model's chat template), unless every model is a chat endpoint (openai-chat:)"
-        );
-    }
+    cfg.protocol.flags.check(all_chat)?;
     let mut shots = cfg.shots.clone();
     shots.sort_unstable();
     shots.dedup();
@@ -158,13 +152,15 @@ pub(super) fn unformulated(protocol: &Protocol, tasks: &[Task]) -> Option<String
 pub(super) fn check_chat_models(sources: &[Source], tasks: &[Task]) -> Result<()> {
     use crate::metric::Needs;
     use crate::task::OutputType;
-    let Some(Source::Remote { reference, .. }) = sources
+    let Some(Source::Remote {
+        reference, scheme, ..
+    }) = sources
         .iter()
         .find(|s| matches!(s, Source::Remote { scheme, .. } if scheme.chat))
     else {
         return Ok(());
     };
-    let scheme = reference.split_once(':').map_or("", |(s, _)| s);
+    let scheme = scheme.prefix.trim_end_matches(':');
     for t in tasks {
         let why = match t.output_type {
             OutputType::GenerateUntil => None,

@@ -122,7 +122,8 @@ pub struct DecoderConfig {
 /// error, not an allocation of hundreds of gigabytes.
 pub const MAX_SHAPE: (usize, usize, usize, usize) = (1_024, 1_024, 4_096, 262_144);
 
-/// Refuses a declared shape beyond [`MAX_SHAPE`], naming the key (`what` says which file).
+/// Refuses a declared shape beyond [`MAX_SHAPE`], naming the key. Both `base()`s call it, and
+/// every family builds on one of them before sizing anything per layer.
 pub fn plausible_shape(
     n_layers: usize,
     n_heads: usize,
@@ -367,7 +368,6 @@ impl HfConfig {
 
     /// Per layer, whether it slides: from `layer_types`, else every `pattern`-th layer is global.
     pub fn sliding_layers(&self, default_pattern: usize) -> Result<Vec<bool>> {
-        plausible_shape(self.num_hidden_layers, 0, 0, 0)?;
         match (&self.layer_types, self.sliding_window_pattern) {
             (Some(types), _) => {
                 if types.len() != self.num_hidden_layers {

@@ -87,10 +87,11 @@ impl<'a> Meta<'a> {
             None if n_heads > 0 && hidden.is_multiple_of(n_heads) => hidden / n_heads,
             None => bail!("embedding_length {hidden} is not a multiple of head_count {n_heads}"),
         };
-        plausible_shape(self.usize("block_count")?, n_heads, head_dim, hidden)?;
+        let n_layers = self.usize("block_count")?;
+        plausible_shape(n_layers, n_heads, head_dim, hidden)?;
         Ok(DecoderConfig::base(
             self.arch,
-            self.usize("block_count")?,
+            n_layers,
             n_heads,
             self.opt_usize("attention.head_count_kv")?
                 .unwrap_or(n_heads),

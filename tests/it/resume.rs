@@ -52,6 +52,14 @@ fn args<'a>(model: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     a
 }
 
+/// `icl-eval merge SHARDS --output OUT`, which must succeed.
+fn merge(out: &Path, shards: &[String]) {
+    let out_s = out.display().to_string();
+    let mut m = vec!["merge", "--output", out_s.as_str()];
+    m.extend(shards.iter().map(String::as_str));
+    ok(&icl_eval(&m));
+}
+
 fn ok(o: &std::process::Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
@@ -414,12 +422,6 @@ fn shard_auto_finds_slurm_and_kubernetes_workers_and_merges_like_shards_by_hand(
         ok(&c.output().unwrap());
         folders.push(out);
     }
-    let merge = |out: &Path, shards: &[String]| {
-        let out_s = out.display().to_string();
-        let mut m = vec!["merge", "--output", out_s.as_str()];
-        m.extend(shards.iter().map(String::as_str));
-        ok(&icl_eval(&m));
-    };
     merge(&d.join("merged-by-hand"), &folders);
     // Each scheduler's workers, in reverse order, with the variables it sets.
     let slurm_array = |i: usize| {
@@ -525,12 +527,6 @@ fn a_slurm_job_array_shards_itself_and_merges_like_shards_by_hand() {
         ok(&command(&args, None).output().unwrap());
         by_hand.push(out.display().to_string());
     }
-    let merge = |out: &Path, shards: &[String]| {
-        let out_s = out.display().to_string();
-        let mut m = vec!["merge", "--output", out_s.as_str()];
-        m.extend(shards.iter().map(String::as_str));
-        ok(&icl_eval(&m));
-    };
     merge(&d.join("merged-by-hand"), &by_hand);
     let out = d.join("array");
     let script = d.join("job.sh");
